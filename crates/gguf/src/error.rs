@@ -21,7 +21,9 @@ pub enum GgufError {
         needed: u64,
         available: u64,
     },
-    #[error("{field} at offset {offset} is {count}, which cannot fit in the {available} bytes left")]
+    #[error(
+        "{field} at offset {offset} is {count}, which cannot fit in the {available} bytes left"
+    )]
     ImplausibleCount {
         offset: u64,
         field: String,

@@ -50,7 +50,8 @@ impl Metadata {
     }
 
     fn required(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
 
     fn wrong(key: &str, expected: &'static str, found: &Value) -> GgufError {

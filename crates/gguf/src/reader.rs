@@ -300,7 +300,11 @@ impl<'a> Cursor<'a> {
             n_elements = n_elements
                 .checked_mul(dim)
                 .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| bad(format!("dimension {d} = {dim} makes the element count overflow")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "dimension {d} = {dim} makes the element count overflow"
+                    ))
+                })?;
             dims.push(dim);
         }
         let type_at = self.pos;
@@ -310,7 +314,7 @@ impl<'a> Cursor<'a> {
             tensor: name.clone(),
             type_id,
         })?;
-        if dims[0] % ty.block_size() as u64 != 0 {
+        if !dims[0].is_multiple_of(ty.block_size() as u64) {
             return Err(bad(format!(
                 "row length {} is not a multiple of the {} block size {}",
                 dims[0],
@@ -322,7 +326,7 @@ impl<'a> Cursor<'a> {
             .bytes_for(n_elements)
             .ok_or_else(|| bad("data size overflows".into()))?;
         let offset = self.u64(&format!("tensor {name:?} offset"))?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(bad(format!(
                 "data offset {offset} is not a multiple of the alignment {alignment}"
             )));

@@ -50,7 +50,7 @@ impl GgufWriter {
         let expected = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|_| dims[0] % ty.block_size() as u64 == 0)
+            .filter(|_| dims[0].is_multiple_of(ty.block_size() as u64))
             .and_then(|n| ty.bytes_for(n));
         if expected != Some(data.len() as u64) {
             return Err(GgufError::Write(format!(

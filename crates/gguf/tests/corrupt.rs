@@ -47,7 +47,8 @@ fn err(bytes: &[u8]) -> GgufError {
 fn valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", Value::String("llama".into()));
-    w.add_tensor("a", &[32, 2], GgmlType::Q8_0, vec![0; 68]).unwrap();
+    w.add_tensor("a", &[32, 2], GgmlType::Q8_0, vec![0; 68])
+        .unwrap();
     w.to_bytes()
 }
 
@@ -75,7 +76,10 @@ fn truncated_names_offset_and_field() {
     let bytes = w.to_bytes();
     let e = err(&bytes[..40]);
     let msg = e.to_string();
-    assert!(matches!(e, GgufError::Truncated { offset: 32, .. }), "{msg}");
+    assert!(
+        matches!(e, GgufError::Truncated { offset: 32, .. }),
+        "{msg}"
+    );
     assert!(msg.contains("metadata key #0"), "{msg}");
 }
 
@@ -87,7 +91,10 @@ fn absurd_counts_are_rejected_before_allocating() {
         "{e}"
     );
     let e = err(&Raw::header(3, 0, 1 << 40).data(0));
-    assert!(matches!(e, GgufError::ImplausibleCount { offset: 16, .. }), "{e}");
+    assert!(
+        matches!(e, GgufError::ImplausibleCount { offset: 16, .. }),
+        "{e}"
+    );
 
     let mut r = Raw::header(3, 0, 1);
     r.str("big").u32(9).u32(4).u64(1 << 50);
@@ -100,7 +107,17 @@ fn string_length_past_the_end() {
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(8).u64(1_000_000);
     let e = err(&r.0);
-    assert!(matches!(e, GgufError::Truncated { offset: 45, needed: 1_000_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::Truncated {
+                offset: 45,
+                needed: 1_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("metadata value \"k\""), "{e}");
 }
 
@@ -109,7 +126,17 @@ fn unknown_value_type() {
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(13);
     let e = err(&r.data(0));
-    assert!(matches!(e, GgufError::UnknownValueType { type_id: 13, offset: 33, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::UnknownValueType {
+                type_id: 13,
+                offset: 33,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -117,7 +144,10 @@ fn unknown_tensor_type() {
     let mut r = Raw::header(3, 1, 0);
     r.tensor("w", &[32], 4, 0);
     let e = err(&r.data(64));
-    assert!(matches!(e, GgufError::UnknownTensorType { type_id: 4, .. }), "{e}");
+    assert!(
+        matches!(e, GgufError::UnknownTensorType { type_id: 4, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("\"w\""), "{e}");
 }
 
@@ -141,11 +171,17 @@ fn tensor_out_of_range() {
     let mut r = Raw::header(3, 1, 0);
     r.tensor("w", &[64], 0, 0);
     let e = err(&r.data(100));
-    assert!(matches!(e, GgufError::TensorOutOfRange { ref tensor, .. } if tensor == "w"), "{e}");
+    assert!(
+        matches!(e, GgufError::TensorOutOfRange { ref tensor, .. } if tensor == "w"),
+        "{e}"
+    );
 
     let mut r = Raw::header(3, 1, 0);
     r.tensor("w", &[8], 0, u64::MAX - 31);
-    assert!(matches!(err(&r.data(64)), GgufError::TensorOutOfRange { .. }));
+    assert!(matches!(
+        err(&r.data(64)),
+        GgufError::TensorOutOfRange { .. }
+    ));
 }
 
 #[test]
@@ -164,7 +200,10 @@ fn misaligned_offset_and_duplicates() {
 
     let mut r = Raw::header(3, 2, 0);
     r.tensor("a", &[8], 0, 0).tensor("a", &[8], 0, 32);
-    assert!(matches!(err(&r.data(64)), GgufError::DuplicateTensor { .. }));
+    assert!(matches!(
+        err(&r.data(64)),
+        GgufError::DuplicateTensor { .. }
+    ));
 
     let mut r = Raw::header(3, 0, 2);
     r.str("k").u32(4).u32(1).str("k").u32(4).u32(2);

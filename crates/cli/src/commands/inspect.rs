@@ -1,0 +1,216 @@
+//! `llama-gpu inspect MODEL`: what a GGUF file holds, without loading the weights.
+
+use super::resolve_model;
+use anyhow::{Context, Result};
+use gguf::{GgufFile, Metadata};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF path, a store name (`default`) or a SHA-256 prefix.
+    #[arg(default_value = "default")]
+    model: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    path: String,
+    file_size: u64,
+    gguf_version: u32,
+    architecture: String,
+    name: Option<String>,
+    parameters: u64,
+    context_length: Option<u32>,
+    layers: Option<u32>,
+    embedding_length: Option<u32>,
+    feed_forward_length: Option<u32>,
+    heads: Option<u32>,
+    kv_heads: Option<u32>,
+    rope: Rope,
+    tensor_count: usize,
+    tensor_types: BTreeMap<String, usize>,
+    tokenizer: Tokenizer,
+    chat_template: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Rope {
+    freq_base: Option<f32>,
+    dimension_count: Option<u32>,
+    scaling_type: Option<String>,
+    scaling_factor: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct Tokenizer {
+    model: Option<String>,
+    pre: Option<String>,
+    vocab_size: Option<usize>,
+    special_tokens: BTreeMap<String, SpecialToken>,
+    add_bos_token: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct SpecialToken {
+    id: u32,
+    text: Option<String>,
+}
+
+fn report(file: &GgufFile) -> Result<Report> {
+    let g = &file.gguf;
+    let m = &g.metadata;
+    let arch = g
+        .architecture()
+        .context("reading the architecture")?
+        .to_owned();
+    let key = |k: &str| format!("{arch}.{k}");
+    let tokens = m.get_str_array("tokenizer.ggml.tokens").ok();
+    let mut special_tokens = BTreeMap::new();
+    for kind in ["bos", "eos", "eot", "unknown", "padding", "sep", "mask"] {
+        if let Ok(id) = m.get_u32(&format!("tokenizer.ggml.{kind}_token_id")) {
+            let text = tokens
+                .as_ref()
+                .and_then(|t| t.get(id as usize))
+                .map(|s| s.to_string());
+            special_tokens.insert(kind.to_owned(), SpecialToken { id, text });
+        }
+    }
+    let mut tensor_types = BTreeMap::new();
+    for t in &g.tensors {
+        *tensor_types.entry(t.ty.name().to_owned()).or_insert(0) += 1;
+    }
+    Ok(Report {
+        path: file.path.display().to_string(),
+        file_size: file.file_size(),
+        gguf_version: g.version,
+        name: m.get_str("general.name").ok().map(str::to_owned),
+        parameters: g.tensors.iter().map(|t| t.n_elements()).sum(),
+        context_length: m.get_u32(&key("context_length")).ok(),
+        layers: m.get_u32(&key("block_count")).ok(),
+        embedding_length: m.get_u32(&key("embedding_length")).ok(),
+        feed_forward_length: m.get_u32(&key("feed_forward_length")).ok(),
+        heads: m.get_u32(&key("attention.head_count")).ok(),
+        kv_heads: m.get_u32(&key("attention.head_count_kv")).ok(),
+        rope: Rope {
+            freq_base: m.get_f32(&key("rope.freq_base")).ok(),
+            dimension_count: m.get_u32(&key("rope.dimension_count")).ok(),
+            scaling_type: m.get_str(&key("rope.scaling.type")).ok().map(str::to_owned),
+            scaling_factor: m.get_f32(&key("rope.scaling.factor")).ok(),
+        },
+        tensor_count: g.tensors.len(),
+        tensor_types,
+        tokenizer: Tokenizer {
+            model: str_of(m, "tokenizer.ggml.model"),
+            pre: str_of(m, "tokenizer.ggml.pre"),
+            vocab_size: tokens.as_ref().map(|t| t.len()),
+            special_tokens,
+            add_bos_token: m.get_bool("tokenizer.ggml.add_bos_token").ok(),
+        },
+        chat_template: str_of(m, "tokenizer.chat_template"),
+        architecture: arch,
+    })
+}
+
+fn str_of(m: &Metadata, key: &str) -> Option<String> {
+    m.get_str(key).ok().map(str::to_owned)
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), T::to_string)
+}
+
+fn print_text(r: &Report) {
+    println!(
+        "file          {} ({:.1} MB, GGUF v{})",
+        r.path,
+        r.file_size as f64 / 1e6,
+        r.gguf_version
+    );
+    println!(
+        "architecture  {}{}",
+        r.architecture,
+        r.name
+            .as_ref()
+            .map(|n| format!("  ({n})"))
+            .unwrap_or_default()
+    );
+    println!("parameters    {:.1}M", r.parameters as f64 / 1e6);
+    println!("context       {}", opt(&r.context_length));
+    println!("layers        {}", opt(&r.layers));
+    println!(
+        "embedding     {}   feed-forward {}",
+        opt(&r.embedding_length),
+        opt(&r.feed_forward_length)
+    );
+    let head_dim = match (r.embedding_length, r.heads) {
+        (Some(e), Some(h)) if h > 0 => (e / h).to_string(),
+        _ => "-".into(),
+    };
+    println!(
+        "heads         {} (kv {}), head dim {head_dim}",
+        opt(&r.heads),
+        opt(&r.kv_heads)
+    );
+    println!(
+        "rope          freq_base {}, dims {}, scaling {}{}",
+        opt(&r.rope.freq_base),
+        opt(&r.rope.dimension_count),
+        r.rope.scaling_type.as_deref().unwrap_or("none"),
+        r.rope
+            .scaling_factor
+            .map(|f| format!(" x{f}"))
+            .unwrap_or_default()
+    );
+    let mut types: Vec<_> = r.tensor_types.iter().collect();
+    types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+    println!("tensors       {}: {}", r.tensor_count, types.join(", "));
+    let t = &r.tokenizer;
+    println!(
+        "tokenizer     {} / {}, vocab {}, add_bos {}",
+        opt(&t.model),
+        opt(&t.pre),
+        opt(&t.vocab_size),
+        opt(&t.add_bos_token)
+    );
+    for (kind, tok) in &t.special_tokens {
+        println!(
+            "  {kind:<11} {} {:?}",
+            tok.id,
+            tok.text.as_deref().unwrap_or("")
+        );
+    }
+    match &r.chat_template {
+        None => println!("chat template none (ChatML is used)"),
+        Some(tpl) => {
+            println!("chat template ({} chars)", tpl.len());
+            for line in tpl.lines().take(3) {
+                let short: String = line.chars().take(100).collect();
+                println!(
+                    "  {short}{}",
+                    if line.chars().count() > 100 {
+                        "…"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let path = resolve_model(&args.model)?;
+    let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let r = report(&file)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_text(&r);
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Helpers shared by the binary's integration tests.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The model store the tests share: `$LLAMA_GPU_HOME` when set, else one under
+/// `target/`, so the default model is pulled once per checkout.
+pub fn store_home() -> PathBuf {
+    match std::env::var_os("LLAMA_GPU_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-home"),
+    }
+}
+
+pub fn llama_gpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
+        .args(args)
+        .env("LLAMA_GPU_HOME", store_home())
+        .output()
+        .expect("cannot start llama-gpu")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
