@@ -106,6 +106,14 @@ impl Gguf {
         }
 
         let data_offset = r.pos.next_multiple_of(alignment);
+        if !tensors.is_empty() && data_offset > bytes.len() as u64 {
+            return Err(GgufError::Truncated {
+                offset: r.pos,
+                field: "padding before the data section".into(),
+                needed: data_offset - r.pos,
+                available: r.remaining(),
+            });
+        }
         let data_len = (bytes.len() as u64).saturating_sub(data_offset);
         check_tensor_ranges(&tensors, alignment, data_offset, data_len)?;
         Ok(Gguf {

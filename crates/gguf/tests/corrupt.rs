@@ -218,3 +218,11 @@ fn version_2_is_read() {
     assert_eq!(g.version, 2);
     assert_eq!(g.architecture().unwrap(), "llama");
 }
+
+#[test]
+fn empty_tensor_past_the_end_of_the_file() {
+    // Found by the fuzzer: a zero-sized tensor and a file that ends before the data section.
+    let mut r = Raw::header(3, 1, 0);
+    r.tensor("z", &[0], 0, 0);
+    assert!(matches!(err(&r.0), GgufError::Truncated { .. }));
+}
