@@ -1,0 +1,173 @@
+//! Scalar reference for GGML's 32-value block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1.
+//!
+//! Layouts (little-endian, `d`/`m`/`s` are f16):
+//! Q4_0 `d, qs[16]`: x = (q - 8)·d, low nibbles hold values 0..16, high nibbles 16..32.
+//! Q4_1 `d, m, qs[16]`: x = q·d + m.
+//! Q5_0 `d, qh[4], qs[16]`: a fifth bit per value in `qh`; x = (q - 16)·d.
+//! Q5_1 `d, m, qh[4], qs[16]`: x = q·d + m.
+//! Q8_0 `d, qs[32]` (i8): x = q·d.   Q8_1 `d, s, qs[32]`: s = d·Σq.
+
+use crate::{f16_at, put_f16};
+
+pub const QK: usize = 32;
+
+pub fn dequantize_q4_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for j in 0..16 {
+        let q = block[2 + j];
+        out[j] = ((q & 0xf) as i32 - 8) as f32 * d;
+        out[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+    }
+}
+
+pub fn dequantize_q4_1(block: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+    for j in 0..16 {
+        let q = block[4 + j];
+        out[j] = (q & 0xf) as f32 * d + m;
+        out[j + 16] = (q >> 4) as f32 * d + m;
+    }
+}
+
+fn fifth_bits(qh: u32, j: usize) -> (u8, u8) {
+    let low = (((qh >> j) << 4) & 0x10) as u8;
+    let high = ((qh >> (j + 12)) & 0x10) as u8;
+    (low, high)
+}
+
+pub fn dequantize_q5_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    for j in 0..16 {
+        let q = block[6 + j];
+        let (hl, hh) = fifth_bits(qh, j);
+        out[j] = (((q & 0xf) | hl) as i32 - 16) as f32 * d;
+        out[j + 16] = (((q >> 4) | hh) as i32 - 16) as f32 * d;
+    }
+}
+
+pub fn dequantize_q5_1(block: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+    let qh = u32::from_le_bytes([block[4], block[5], block[6], block[7]]);
+    for j in 0..16 {
+        let q = block[8 + j];
+        let (hl, hh) = fifth_bits(qh, j);
+        out[j] = ((q & 0xf) | hl) as f32 * d + m;
+        out[j + 16] = ((q >> 4) | hh) as f32 * d + m;
+    }
+}
+
+pub fn dequantize_q8_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for j in 0..QK {
+        out[j] = block[2 + j] as i8 as f32 * d;
+    }
+}
+
+pub fn dequantize_q8_1(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for j in 0..QK {
+        out[j] = block[4 + j] as i8 as f32 * d;
+    }
+}
+
+/// The value of largest magnitude, with its sign.
+fn signed_absmax(x: &[f32]) -> f32 {
+    x.iter().fold(
+        0.0f32,
+        |best, &v| if v.abs() > best.abs() { v } else { best },
+    )
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+pub fn quantize_q4_0(x: &[f32], block: &mut [u8]) {
+    let d = signed_absmax(x) / -8.0;
+    let id = inverse(d);
+    put_f16(block, 0, d);
+    for j in 0..16 {
+        let q0 = ((x[j] * id + 8.5) as i32).clamp(0, 15) as u8;
+        let q1 = ((x[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
+        block[2 + j] = q0 | (q1 << 4);
+    }
+}
+
+pub fn quantize_q4_1(x: &[f32], block: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    put_f16(block, 0, d);
+    put_f16(block, 2, min);
+    for j in 0..16 {
+        let q0 = (((x[j] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+        let q1 = (((x[j + 16] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+        block[4 + j] = q0 | (q1 << 4);
+    }
+}
+
+fn pack_q5(q: impl Fn(usize) -> u8, qh_at: usize, block: &mut [u8]) {
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let (q0, q1) = (q(j), q(j + 16));
+        block[qh_at + 4 + j] = (q0 & 0xf) | ((q1 & 0xf) << 4);
+        qh |= (((q0 & 0x10) >> 4) as u32) << j;
+        qh |= (((q1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    block[qh_at..qh_at + 4].copy_from_slice(&qh.to_le_bytes());
+}
+
+pub fn quantize_q5_0(x: &[f32], block: &mut [u8]) {
+    let d = signed_absmax(x) / -16.0;
+    let id = inverse(d);
+    put_f16(block, 0, d);
+    pack_q5(|j| ((x[j] * id + 16.5) as i32).clamp(0, 31) as u8, 2, block);
+}
+
+pub fn quantize_q5_1(x: &[f32], block: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    put_f16(block, 0, d);
+    put_f16(block, 2, min);
+    pack_q5(
+        |j| (((x[j] - min) * id + 0.5) as i32).clamp(0, 31) as u8,
+        4,
+        block,
+    );
+}
+
+/// Rounds to int8 codes with scale amax/127; returns (d, Σq).
+fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    let mut sum = 0;
+    for (c, v) in codes.iter_mut().zip(x) {
+        let q = (v * id).round() as i32;
+        sum += q;
+        *c = q as i8 as u8;
+    }
+    (d, sum)
+}
+
+pub fn quantize_q8_0(x: &[f32], block: &mut [u8]) {
+    let (d, _) = q8_codes(x, &mut block[2..34]);
+    put_f16(block, 0, d);
+}
+
+pub fn quantize_q8_1(x: &[f32], block: &mut [u8]) {
+    let (d, sum) = q8_codes(x, &mut block[4..36]);
+    put_f16(block, 0, d);
+    put_f16(block, 2, d * sum as f32);
+}

@@ -1,0 +1,147 @@
+//! GGML block formats and the CPU math over them: scalar reference dequantize and
+//! quantize for every supported type (`legacy` 32-value blocks, `kquants` 256-value
+//! super-blocks, plain floats here), and a matmul of quantized weights by f32
+//! activations (`matmul`).
+
+mod dot;
+mod kquants;
+mod legacy;
+mod matmul;
+
+pub use dot::dot_f32;
+pub use matmul::{matmul, QMatrix};
+
+use gguf::GgmlType;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QuantError {
+    #[error("tensor type {0} is not supported for computation (supported: {SUPPORTED})")]
+    Unsupported(GgmlType),
+    #[error("{ty} needs a multiple of {block} values, got {len}")]
+    NotBlockAligned {
+        ty: GgmlType,
+        block: usize,
+        len: usize,
+    },
+    #[error("{ty} data for {rows}x{cols} values needs {expected} bytes, got {actual}")]
+    WrongSize {
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+const SUPPORTED: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
+
+pub type Result<T, E = QuantError> = std::result::Result<T, E>;
+
+type BlockFn = fn(&[u8], &mut [f32]);
+type QuantFn = fn(&[f32], &mut [u8]);
+
+/// The scalar reference (dequantize, quantize) pair of a block type.
+fn block_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => (
+            |b, o| o[0] = f32_at(b, 0),
+            |x, b| b.copy_from_slice(&x[0].to_le_bytes()),
+        ),
+        F16 => (|b, o| o[0] = f16_at(b, 0), |x, b| put_f16(b, 0, x[0])),
+        BF16 => (
+            |b, o| o[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            |x, b| b.copy_from_slice(&half::bf16::from_f32(x[0]).to_le_bytes()),
+        ),
+        Q4_0 => (legacy::dequantize_q4_0, legacy::quantize_q4_0),
+        Q4_1 => (legacy::dequantize_q4_1, legacy::quantize_q4_1),
+        Q5_0 => (legacy::dequantize_q5_0, legacy::quantize_q5_0),
+        Q5_1 => (legacy::dequantize_q5_1, legacy::quantize_q5_1),
+        Q8_0 => (legacy::dequantize_q8_0, legacy::quantize_q8_0),
+        Q8_1 => (legacy::dequantize_q8_1, legacy::quantize_q8_1),
+        Q2_K => (kquants::dequantize_q2_k, kquants::quantize_q2_k),
+        Q3_K => (kquants::dequantize_q3_k, kquants::quantize_q3_k),
+        Q4_K => (kquants::dequantize_q4_k, kquants::quantize_q4_k),
+        Q5_K => (kquants::dequantize_q5_k, kquants::quantize_q5_k),
+        Q6_K => (kquants::dequantize_q6_k, kquants::quantize_q6_k),
+        Q8_K => (kquants::dequantize_q8_k, kquants::quantize_q8_k),
+        _ => return None,
+    })
+}
+
+/// Whether this crate can dequantize and quantize `ty`.
+pub fn is_supported(ty: GgmlType) -> bool {
+    block_fns(ty).is_some()
+}
+
+fn check_len(ty: GgmlType, len: usize) -> Result<()> {
+    if len % ty.block_size() != 0 {
+        return Err(QuantError::NotBlockAligned {
+            ty,
+            block: ty.block_size(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes `out.len()` values from `data` (which must hold exactly that many).
+pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
+    let (dequant, _) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
+    check_len(ty, out.len())?;
+    let expected = out.len() / ty.block_size() * ty.type_size();
+    if data.len() != expected {
+        return Err(QuantError::WrongSize {
+            ty,
+            rows: 1,
+            cols: out.len(),
+            expected,
+            actual: data.len(),
+        });
+    }
+    for (block, values) in data
+        .chunks_exact(ty.type_size())
+        .zip(out.chunks_exact_mut(ty.block_size()))
+    {
+        dequant(block, values);
+    }
+    Ok(())
+}
+
+/// Encodes `x` (a whole number of blocks) as `ty`.
+pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
+    check_len(ty, x.len())?;
+    let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
+    for (values, block) in x
+        .chunks_exact(ty.block_size())
+        .zip(out.chunks_exact_mut(ty.type_size()))
+    {
+        quant(values, block);
+    }
+    Ok(out)
+}
+
+pub(crate) fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+pub(crate) fn put_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+}
+
+/// `v` as it reads back after a round trip through f16.
+pub(crate) fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+use kquants::pack_scale_min_k4 as kquants_test_pack;
