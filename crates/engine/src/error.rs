@@ -1,0 +1,35 @@
+//! Engine errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error(transparent)]
+    Quant(#[from] quant::QuantError),
+    #[error("architecture {0:?} is not supported (supported: llama, mistral, qwen2)")]
+    UnsupportedArchitecture(String),
+    #[error("model is missing tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        actual: Vec<u64>,
+    },
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("prompt of {tokens} tokens does not fit in the context of {context} tokens")]
+    ContextOverflow { tokens: usize, context: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("invalid sampling parameter: {0}")]
+    Sampling(String),
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,39 @@
+//! Shared by the engine's integration tests: the default model and llama.cpp's reference data.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The default model, pulled into the tests' shared store on first use.
+pub fn default_model() -> PathBuf {
+    let home = match std::env::var_os("LLAMA_GPU_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-home"),
+    };
+    store::Store::open(home)
+        .and_then(|s| s.resolve("default"))
+        .expect("cannot get the default model")
+}
+
+/// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model).
+pub fn refs(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/refs")
+        .join(name)
+}
+
+pub fn jsonl(name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(refs(name))
+        .expect("reference file")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("reference JSON"))
+        .collect()
+}
+
+pub fn f32_file(name: &str) -> Vec<f32> {
+    std::fs::read(refs(name))
+        .expect("reference logits")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
