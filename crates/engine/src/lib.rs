@@ -1,10 +1,16 @@
 //! LLaMA-family inference: model configuration, the `Backend` trait and its CPU
 //! implementation, the model graph (`Llama`), tokenizer, chat templates and sampler.
 
+pub mod backend;
 pub mod config;
+pub mod cpu;
 pub mod error;
+pub mod model;
 pub mod tokenizer;
 
+pub use backend::Backend;
 pub use config::Config;
+pub use cpu::CpuBackend;
 pub use error::{EngineError, Result};
+pub use model::{Llama, Logits};
 pub use tokenizer::Tokenizer;

@@ -39,6 +39,11 @@ impl GgufFile {
         self.map.len() as u64
     }
 
+    /// The data section: tensor offsets are relative to its start.
+    pub fn tensor_bytes(&self) -> &[u8] {
+        &self.map[(self.gguf.data_offset as usize).min(self.map.len())..]
+    }
+
     pub fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
         // Ranges were validated against the file length by `Gguf::parse`.
         let start = (self.gguf.data_offset + info.offset) as usize;

@@ -1,0 +1,301 @@
+//! The CPU backend: weights stay quantized in the memory-mapped file; activations are
+//! f32; the KV cache is f16. Work is split across threads by rows or heads.
+
+use crate::backend::{Backend, Rope};
+use crate::error::{EngineError, Result};
+use gguf::{GgmlType, GgufFile};
+use half::f16;
+use quant::QMatrix;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// f32 activations, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuBuffer {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuBuffer {
+    fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// A tensor borrowed from the mapped file (matrices), or decoded to f32 (vectors).
+pub enum CpuWeight {
+    Quantized {
+        file: Arc<GgufFile>,
+        start: usize,
+        len: usize,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+    },
+    Dense(Vec<f32>),
+}
+
+impl CpuWeight {
+    fn matrix(&self) -> QMatrix<'_> {
+        match self {
+            CpuWeight::Quantized {
+                file,
+                start,
+                len,
+                ty,
+                rows,
+                cols,
+            } => QMatrix {
+                ty: *ty,
+                data: &file.tensor_bytes()[*start..*start + *len],
+                rows: *rows,
+                cols: *cols,
+            },
+            CpuWeight::Dense(v) => QMatrix {
+                ty: GgmlType::F32,
+                data: bytemuck_f32(v),
+                rows: 1,
+                cols: v.len(),
+            },
+        }
+    }
+
+    fn dense(&self) -> &[f32] {
+        match self {
+            CpuWeight::Dense(v) => v,
+            CpuWeight::Quantized { .. } => &[],
+        }
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns as bytes; the length is exact.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+pub struct CpuKvCache {
+    context: usize,
+    kv_dim: usize,
+    /// [layer][position][kv_dim]
+    k: Vec<f16>,
+    v: Vec<f16>,
+}
+
+impl CpuKvCache {
+    fn offset(&self, layer: usize, pos: usize) -> usize {
+        (layer * self.context + pos) * self.kv_dim
+    }
+}
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buffer = CpuBuffer;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight> {
+        let view = file
+            .tensor(name)
+            .map_err(|_| EngineError::MissingTensor(name.into()))?;
+        let info = view.info;
+        let cols = info.row_len() as usize;
+        let rows = info.n_rows() as usize;
+        if info.dims.len() == 1 {
+            let mut out = vec![0.0; cols];
+            quant::dequantize(info.ty, view.data, &mut out)?;
+            return Ok(CpuWeight::Dense(out));
+        }
+        QMatrix::new(info.ty, view.data, rows, cols)?;
+        Ok(CpuWeight::Quantized {
+            file: file.clone(),
+            start: (info.offset) as usize,
+            len: info.size as usize,
+            ty: info.ty,
+            rows,
+            cols,
+        })
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> CpuBuffer {
+        CpuBuffer {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
+    }
+
+    fn new_kv_cache(&self, layers: usize, context: usize, kv_dim: usize) -> CpuKvCache {
+        let n = layers * context * kv_dim;
+        CpuKvCache {
+            context,
+            kv_dim,
+            k: vec![f16::ZERO; n],
+            v: vec![f16::ZERO; n],
+        }
+    }
+
+    fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuBuffer) -> Result<()> {
+        let m = table.matrix();
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= m.rows {
+                return Err(EngineError::BadToken { id, vocab: m.rows });
+            }
+            m.dequantize_row(id as usize, &mut out.data[t * m.cols..(t + 1) * m.cols]);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &CpuBuffer, weight: &CpuWeight, eps: f32, out: &mut CpuBuffer) {
+        let w = weight.dense();
+        for (xr, or) in x
+            .data
+            .chunks_exact(x.cols)
+            .zip(out.data.chunks_exact_mut(x.cols))
+        {
+            let mean_sq = quant::dot_f32(xr, xr) / x.cols as f32;
+            let scale = 1.0 / (mean_sq + eps).sqrt();
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = v * scale * g;
+            }
+        }
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &CpuBuffer, out: &mut CpuBuffer) {
+        quant::matmul(&w.matrix(), &x.data, &mut out.data);
+    }
+
+    fn add_bias(&self, x: &mut CpuBuffer, bias: &CpuWeight) {
+        let b = bias.dense();
+        for row in x.data.chunks_exact_mut(x.cols) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+
+    fn rope(&self, x: &mut CpuBuffer, positions: &[usize], rope: &Rope) {
+        let half = rope.inv_freq.len();
+        let hd = rope.head_dim;
+        for (row, &pos) in x.data.chunks_exact_mut(x.cols).zip(positions) {
+            let p = pos as f32 * rope.position_scale;
+            for head in row.chunks_exact_mut(hd) {
+                for (i, &f) in rope.inv_freq.iter().enumerate() {
+                    let (sin, cos) = (p * f).sin_cos();
+                    let (a, b) = if rope.neox {
+                        (i, i + half)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+
+    fn kv_store(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        k: &CpuBuffer,
+        v: &CpuBuffer,
+        positions: &[usize],
+    ) {
+        for (t, &pos) in positions.iter().enumerate() {
+            let at = cache.offset(layer, pos);
+            let n = cache.kv_dim;
+            for (dst, &src) in cache.k[at..at + n].iter_mut().zip(k.row(t)) {
+                *dst = f16::from_f32(src);
+            }
+            for (dst, &src) in cache.v[at..at + n].iter_mut().zip(v.row(t)) {
+                *dst = f16::from_f32(src);
+            }
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CpuBuffer,
+        cache: &CpuKvCache,
+        layer: usize,
+        positions: &[usize],
+        n_kv_heads: usize,
+        out: &mut CpuBuffer,
+    ) {
+        let head_dim = cache.kv_dim / n_kv_heads;
+        let n_heads = q.cols / head_dim;
+        let group = n_heads / n_kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let cols = q.cols;
+        out.data
+            .par_chunks_mut(head_dim)
+            .enumerate()
+            .for_each(|(i, out_head)| {
+                let (t, h) = (i / n_heads, i % n_heads);
+                let pos = positions[t];
+                let qh = &q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim];
+                let kv_off = (h / group) * head_dim;
+                let mut key = vec![0.0f32; head_dim];
+                let mut scores = Vec::with_capacity(pos + 1);
+                for p in 0..=pos {
+                    let at = cache.offset(layer, p) + kv_off;
+                    for (d, s) in key.iter_mut().zip(&cache.k[at..at + head_dim]) {
+                        *d = s.to_f32();
+                    }
+                    scores.push(quant::dot_f32(qh, &key) * scale);
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                out_head.fill(0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    let at = cache.offset(layer, p) + kv_off;
+                    let w = w / sum;
+                    for (o, v) in out_head.iter_mut().zip(&cache.v[at..at + head_dim]) {
+                        *o += w * v.to_f32();
+                    }
+                }
+            });
+    }
+
+    fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {
+        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+
+    fn add(&self, x: &mut CpuBuffer, y: &CpuBuffer) {
+        for (a, &b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn rows(&self, x: &CpuBuffer, rows: std::ops::Range<usize>) -> CpuBuffer {
+        CpuBuffer {
+            data: self.to_host(x, rows.clone()),
+            rows: rows.len(),
+            cols: x.cols,
+        }
+    }
+
+    fn to_host(&self, x: &CpuBuffer, rows: std::ops::Range<usize>) -> Vec<f32> {
+        x.data[rows.start * x.cols..rows.end * x.cols].to_vec()
+    }
+}

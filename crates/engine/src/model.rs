@@ -1,0 +1,218 @@
+//! The LLaMA transformer, written once for every backend.
+
+use crate::backend::{Backend, Rope};
+use crate::config::{Config, RopeScaling};
+use crate::error::{EngineError, Result};
+use gguf::GgufFile;
+use std::sync::Arc;
+
+struct Layer<B: Backend> {
+    attn_norm: B::Weight,
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    /// Q/K/V biases (qwen2).
+    bias: Option<[B::Weight; 3]>,
+    wo: B::Weight,
+    ffn_norm: B::Weight,
+    w_gate: B::Weight,
+    w_up: B::Weight,
+    w_down: B::Weight,
+}
+
+pub struct Llama<B: Backend> {
+    pub config: Config,
+    pub backend: B,
+    token_embedding: B::Weight,
+    layers: Vec<Layer<B>>,
+    output_norm: B::Weight,
+    /// The output projection; the token embedding when the model ties them.
+    output: B::Weight,
+    rope: Rope,
+}
+
+/// Which positions of a forward call need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (prompt scoring).
+    All,
+    /// Tokens from this index of the call on (perplexity scores the second half).
+    From(usize),
+}
+
+fn check_shape(file: &GgufFile, name: &str, expected: &[usize]) -> Result<()> {
+    let info = file
+        .gguf
+        .tensor_info(name)
+        .ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+    let expected: Vec<u64> = expected.iter().map(|&d| d as u64).collect();
+    if info.dims != expected {
+        return Err(EngineError::TensorShape {
+            name: name.into(),
+            expected,
+            actual: info.dims.clone(),
+        });
+    }
+    Ok(())
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn load(backend: B, file: Arc<GgufFile>) -> Result<Llama<B>> {
+        let c = Config::from_metadata(&file.gguf.metadata)?;
+        let weight = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+            check_shape(&file, name, shape)?;
+            backend.upload_weight(&file, name)
+        };
+        let (d, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |t: &str| format!("blk.{i}.{t}");
+            let bias = if file.gguf.tensor_info(&n("attn_q.bias")).is_some() {
+                Some([
+                    weight(&n("attn_q.bias"), &[q])?,
+                    weight(&n("attn_k.bias"), &[kv])?,
+                    weight(&n("attn_v.bias"), &[kv])?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: weight(&n("attn_norm.weight"), &[d])?,
+                wq: weight(&n("attn_q.weight"), &[d, q])?,
+                wk: weight(&n("attn_k.weight"), &[d, kv])?,
+                wv: weight(&n("attn_v.weight"), &[d, kv])?,
+                bias,
+                wo: weight(&n("attn_output.weight"), &[q, d])?,
+                ffn_norm: weight(&n("ffn_norm.weight"), &[d])?,
+                w_gate: weight(&n("ffn_gate.weight"), &[d, ffn])?,
+                w_up: weight(&n("ffn_up.weight"), &[d, ffn])?,
+                w_down: weight(&n("ffn_down.weight"), &[ffn, d])?,
+            });
+        }
+        let vocab = [d, c.vocab_size];
+        let output = match file.gguf.tensor_info("output.weight") {
+            Some(_) => weight("output.weight", &vocab)?,
+            None => weight("token_embd.weight", &vocab)?,
+        };
+        let rope = rope_table(&c, &file)?;
+        Ok(Llama {
+            token_embedding: weight("token_embd.weight", &vocab)?,
+            output_norm: weight("output_norm.weight", &[d])?,
+            output,
+            layers,
+            rope,
+            config: c,
+            backend,
+        })
+    }
+
+    pub fn new_kv_cache(&self, context: usize) -> B::KvCache {
+        let c = &self.config;
+        self.backend.new_kv_cache(c.n_layers, context, c.kv_dim())
+    }
+
+    /// Runs `tokens` at positions `start..start + n` of one sequence whose earlier
+    /// positions are already in `cache`; returns logits (`vocab` per requested row).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &mut B::KvCache,
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let b = &self.backend;
+        let n = tokens.len();
+        let positions: Vec<usize> = (start..start + n).collect();
+
+        let mut x = b.alloc(n, c.dim);
+        let mut h = b.alloc(n, c.dim);
+        let mut q = b.alloc(n, c.q_dim());
+        let mut k = b.alloc(n, c.kv_dim());
+        let mut v = b.alloc(n, c.kv_dim());
+        let mut att = b.alloc(n, c.q_dim());
+        let mut gate = b.alloc(n, c.ffn_dim);
+        let mut up = b.alloc(n, c.ffn_dim);
+
+        b.embed(&self.token_embedding, tokens, &mut x)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            b.matmul(&layer.wq, &h, &mut q);
+            b.matmul(&layer.wk, &h, &mut k);
+            b.matmul(&layer.wv, &h, &mut v);
+            if let Some([bq, bk, bv]) = &layer.bias {
+                b.add_bias(&mut q, bq);
+                b.add_bias(&mut k, bk);
+                b.add_bias(&mut v, bv);
+            }
+            b.rope(&mut q, &positions, &self.rope);
+            b.rope(&mut k, &positions, &self.rope);
+            b.kv_store(cache, l, &k, &v, &positions);
+            b.attention(&q, cache, l, &positions, c.n_kv_heads, &mut att);
+            b.matmul(&layer.wo, &att, &mut h);
+            b.add(&mut x, &h);
+
+            // Feed-forward block (SwiGLU).
+            b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            b.matmul(&layer.w_gate, &h, &mut gate);
+            b.matmul(&layer.w_up, &h, &mut up);
+            b.silu_mul(&mut gate, &up);
+            b.matmul(&layer.w_down, &gate, &mut h);
+            b.add(&mut x, &h);
+        }
+
+        let rows = match logits {
+            Logits::Last => n - 1..n,
+            Logits::All => 0..n,
+            Logits::From(first) => first.min(n)..n,
+        };
+        b.rms_norm(&x, &self.output_norm, c.rms_eps, &mut h);
+        let h = if rows == (0..n) {
+            h
+        } else {
+            b.rows(&h, rows.clone())
+        };
+        let mut out = b.alloc(rows.len(), c.vocab_size);
+        b.matmul(&self.output, &h, &mut out);
+        Ok(b.to_host(&out, 0..rows.len()))
+    }
+}
+
+/// Rotation frequencies: base^(-2i/d), divided by per-pair factors when the model
+/// ships a `rope_freqs.weight` tensor (Llama 3.1-style long-context scaling).
+fn rope_table(c: &Config, file: &GgufFile) -> Result<Rope> {
+    let pairs = c.rope_dims / 2;
+    let factors = match file.tensor("rope_freqs.weight") {
+        Ok(view) => {
+            let mut f = vec![0.0; view.info.n_elements() as usize];
+            quant::dequantize(view.info.ty, view.data, &mut f)?;
+            if f.len() != pairs {
+                return Err(EngineError::TensorShape {
+                    name: "rope_freqs.weight".into(),
+                    expected: vec![pairs as u64],
+                    actual: view.info.dims.clone(),
+                });
+            }
+            f
+        }
+        Err(_) => vec![1.0; pairs],
+    };
+    let inv_freq = (0..pairs)
+        .map(|i| {
+            let f = (c.rope_base as f64).powf(-2.0 * i as f64 / c.rope_dims as f64);
+            (f / factors[i] as f64) as f32
+        })
+        .collect();
+    Ok(Rope {
+        inv_freq,
+        position_scale: match c.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear(f) => 1.0 / f,
+        },
+        neox: c.rope_neox,
+        head_dim: c.head_dim,
+    })
+}
