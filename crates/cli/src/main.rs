@@ -41,6 +41,16 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Manage the content-addressed model store.
     Models(commands::models::Args),
+    /// Generate text from a prompt (chat template applied unless --raw).
+    Run(commands::run::Args),
+    /// Chat interactively.
+    Chat(commands::chat::Args),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Print the text of token ids.
+    Detokenize(commands::tokenize::DetokenizeArgs),
+    /// Measure perplexity on a text file (llama-perplexity compatible).
+    Perplexity(commands::perplexity::Args),
 }
 
 fn init_logging(common: &Common) {
@@ -67,12 +77,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Models(args) => commands::models::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Tokenize(args) => commands::tokenize::tokenize(args),
+        Command::Detokenize(args) => commands::tokenize::detokenize(args),
+        Command::Perplexity(args) => commands::perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            let usage = e.downcast_ref::<commands::UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

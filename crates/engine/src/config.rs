@@ -58,7 +58,7 @@ impl Config {
         let dim = get("embedding_length")?;
         let n_heads = get("attention.head_count")?;
         let n_kv_heads = get("attention.head_count_kv").unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(EngineError::Config(format!(
                 "{n_heads} attention heads cannot be shared by {n_kv_heads} KV heads"
             )));
@@ -94,7 +94,7 @@ impl Config {
             rope_neox: arch == Architecture::Qwen2,
             rope_scaling,
         };
-        if config.rope_dims > head_dim || config.rope_dims % 2 != 0 {
+        if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {
             return Err(EngineError::Config(format!(
                 "rope.dimension_count {} must be even and at most the head size {head_dim}",
                 config.rope_dims

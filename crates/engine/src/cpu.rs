@@ -1,5 +1,5 @@
 //! The CPU backend: weights stay quantized in the memory-mapped file; activations are
-//! f32; the KV cache is f16. Work is split across threads by rows or heads.
+//! f32 (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split across threads by rows or heads.
 
 use crate::backend::{Backend, Rope};
 use crate::error::{EngineError, Result};
@@ -247,7 +247,12 @@ impl Backend for CpuBackend {
             .for_each(|(i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
                 let pos = positions[t];
-                let qh = &q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim];
+                // With an f16 cache GGML multiplies in f16: the query and the attention
+                // weights are rounded to f16 too, and so are they here.
+                let qh: Vec<f32> = q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
+                    .iter()
+                    .map(|&v| f16::from_f32(v).to_f32())
+                    .collect();
                 let kv_off = (h / group) * head_dim;
                 let mut key = vec![0.0f32; head_dim];
                 let mut scores = Vec::with_capacity(pos + 1);
@@ -256,7 +261,7 @@ impl Backend for CpuBackend {
                     for (d, s) in key.iter_mut().zip(&cache.k[at..at + head_dim]) {
                         *d = s.to_f32();
                     }
-                    scores.push(quant::dot_f32(qh, &key) * scale);
+                    scores.push(quant::dot_f32(&qh, &key) * scale);
                 }
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0.0;
@@ -267,7 +272,7 @@ impl Backend for CpuBackend {
                 out_head.fill(0.0);
                 for (p, &w) in scores.iter().enumerate() {
                     let at = cache.offset(layer, p) + kv_off;
-                    let w = w / sum;
+                    let w = f16::from_f32(w / sum).to_f32();
                     for (o, v) in out_head.iter_mut().zip(&cache.v[at..at + head_dim]) {
                         *o += w * v.to_f32();
                     }

@@ -2,15 +2,23 @@
 //! implementation, the model graph (`Llama`), tokenizer, chat templates and sampler.
 
 pub mod backend;
+pub mod chat;
 pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod model;
+pub mod sampler;
+pub mod session;
+pub mod text;
 pub mod tokenizer;
 
 pub use backend::Backend;
+pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use cpu::CpuBackend;
 pub use error::{EngineError, Result};
 pub use model::{Llama, Logits};
+pub use sampler::{Sampler, SamplingParams};
+pub use session::{FinishReason, GenerateOptions, Generated, Session};
+pub use text::TextStream;
 pub use tokenizer::Tokenizer;

@@ -147,14 +147,16 @@ pub fn quantize_q5_1(x: &[f32], block: &mut [u8]) {
     );
 }
 
-/// Rounds to int8 codes with scale amax/127; returns (d, Σq).
+/// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
+/// (whose results our reference logits come from) it multiplies by 127/amax and rounds
+/// halves to even.
 fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = inverse(d);
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0;
     for (c, v) in codes.iter_mut().zip(x) {
-        let q = (v * id).round() as i32;
+        let q = (v * id).round_ties_even() as i32;
         sum += q;
         *c = q as i8 as u8;
     }

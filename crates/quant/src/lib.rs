@@ -4,11 +4,13 @@
 //! activations (`matmul`).
 
 mod dot;
+mod kernels;
 mod kquants;
 mod legacy;
 mod matmul;
 
 pub use dot::dot_f32;
+pub use kernels::activation_type;
 pub use matmul::{matmul, QMatrix};
 
 use gguf::GgmlType;
@@ -76,7 +78,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 }
 
 fn check_len(ty: GgmlType, len: usize) -> Result<()> {
-    if len % ty.block_size() != 0 {
+    if !len.is_multiple_of(ty.block_size()) {
         return Err(QuantError::NotBlockAligned {
             ty,
             block: ty.block_size(),

@@ -181,8 +181,14 @@ fn q5_k_high_bits() {
     }
 }
 
+/// f64 dot products of the decoded weights with the activations as the kernels see
+/// them (quantized to the weight type's partner format).
 fn reference_matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
     let n = x.len() / w.cols;
+    let act = activation_type(w.ty);
+    let mut xq = vec![0.0; x.len()];
+    dequantize(act, &quantize(act, x).unwrap(), &mut xq).unwrap();
+    let x = &xq;
     let mut row = vec![0.0; w.cols];
     let mut out = vec![0.0; n * w.rows];
     for r in 0..w.rows {
@@ -203,7 +209,11 @@ fn reference_matmul(w: &QMatrix, x: &[f32]) -> Vec<f32> {
 fn matmul_matches_reference_and_is_batch_invariant() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for ty in ALL {
-        let cols = ty.block_size().max(32) * 3;
+        let cols = ty
+            .block_size()
+            .max(activation_type(ty).block_size())
+            .max(32)
+            * 3;
         let rows = 37;
         let wf: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let bytes = quantize(ty, &wf).unwrap();
@@ -214,7 +224,14 @@ fn matmul_matches_reference_and_is_batch_invariant() {
         matmul(&w, &x, &mut out);
         let reference = reference_matmul(&w, &x);
         for (a, b) in out.iter().zip(&reference) {
-            assert!((a - b).abs() < 1e-3, "{ty}: {a} vs {b}");
+            // Q8_1 carries its block sum s = d·Σq rounded to f16, as GGML does; the
+            // reference uses the exact sum, so those types get a looser bound.
+            let tol = if activation_type(ty) == Q8_1 {
+                1e-2
+            } else {
+                2e-3
+            };
+            assert!((a - b).abs() < tol * b.abs().max(1.0), "{ty}: {a} vs {b}");
         }
         for t in 0..n {
             let mut one = vec![0.0; rows];

@@ -1,15 +1,176 @@
-//! One module per subcommand.
+//! One module per subcommand, and the pieces they share: loading a model and reading
+//! sampling flags.
 
+pub mod chat;
 pub mod inspect;
 pub mod models;
+pub mod perplexity;
+pub mod run;
+pub mod tokenize;
 
-use anyhow::Context;
+use anyhow::{Context, Result};
+use engine::{ChatTemplate, CpuBackend, Llama, SamplingParams, Tokenizer};
+use gguf::GgufFile;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A mistake in the command line: reported like clap's own errors, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
 
 /// Resolves a model argument to a file, pulling known models on first use.
-pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
+pub fn resolve_model(model: &str) -> Result<PathBuf> {
     let store = store::Store::open_default().context("opening the model store")?;
     store
         .resolve(model)
         .with_context(|| format!("resolving model {model:?}"))
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a GGUF path, a store name (`default`), or a SHA-256 prefix.
+    #[arg(short, long, env = "LLAMA_GPU_MODEL", default_value = "default")]
+    pub model: String,
+    /// Context size in tokens (the KV cache is sized to it).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Worker threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Device: auto, cpu or cuda[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub struct Loaded {
+    pub model: Llama<CpuBackend>,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+fn choose_device(device: &str) -> Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        "auto" => {
+            tracing::info!("device auto: using the CPU (this build has no CUDA backend yet)");
+            Ok(())
+        }
+        d if d == "cuda" || d.starts_with("cuda:") => Err(usage(format!(
+            "--device {d}: this build has no CUDA backend yet; use --device cpu"
+        ))),
+        other => Err(usage(format!(
+            "--device {other:?} is not one of auto, cpu, cuda[:N]"
+        ))),
+    }
+}
+
+pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    choose_device(&args.device)?;
+    if args.ctx_size == 0 {
+        return Err(usage("--ctx-size must be at least 1"));
+    }
+    if let Some(n) = args.threads {
+        if n == 0 {
+            return Err(usage("--threads must be at least 1"));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting the thread pool")?;
+    }
+    let path = resolve_model(&args.model)?;
+    let file =
+        Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
+    let metadata = &file.gguf.metadata;
+    let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
+    let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;
+    let model = Llama::load(CpuBackend::new(), file.clone())
+        .with_context(|| format!("loading {}", path.display()))?;
+    if args.ctx_size > model.config.context_length {
+        tracing::warn!(
+            "--ctx-size {} is beyond the model's trained context of {}",
+            args.ctx_size,
+            model.config.context_length
+        );
+    }
+    Ok(Loaded {
+        model,
+        tokenizer,
+        template,
+    })
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub typical_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// TOKEN_ID=BIAS, repeatable (use -inf to ban a token).
+    #[arg(long = "logit-bias", value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not TOKEN_ID=BIAS"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a token id"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|_| format!("{bias:?} is not a number"))?;
+    Ok((id, bias))
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
+            seed,
+        };
+        params.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(params)
+    }
 }

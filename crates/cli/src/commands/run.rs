@@ -1,0 +1,166 @@
+//! `llama-gpu run`: one generation, streamed to stdout.
+
+use super::{load, usage, ModelArgs, SamplingArgs};
+use anyhow::{Context, Result};
+use engine::{EngineError, GenerateOptions, Message, Sampler, Session};
+use serde::Serialize;
+use std::io::{Read, Write};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prompt (read from stdin when absent).
+    prompt: Option<String>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// Use the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// System message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Stop string (repeatable); it is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Treat control tokens such as <|im_start|> in the prompt as plain text.
+    #[arg(long)]
+    no_parse_special: bool,
+    /// Keep only the last tokens of a prompt longer than the context.
+    #[arg(long)]
+    truncate: bool,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    prompt_tokens: usize,
+    prompt_seconds: f64,
+    prompt_tokens_per_second: f64,
+    generated_tokens: usize,
+    generation_seconds: f64,
+    generation_tokens_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    prompt_ids: &'a [u32],
+    gen_ids: &'a [u32],
+    text: &'a str,
+    finish_reason: engine::FinishReason,
+    timings: Timings,
+}
+
+fn read_prompt(arg: Option<String>) -> Result<String> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading the prompt from stdin")?;
+    String::from_utf8(bytes).map_err(|e| {
+        usage(format!(
+            "the prompt on stdin is not valid UTF-8 (bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.n_predict == 0 {
+        return Err(usage("-n must be at least 1"));
+    }
+    let params = args.sampling.params()?;
+    let prompt = read_prompt(args.prompt)?;
+    if prompt.is_empty() {
+        return Err(usage("the prompt is empty"));
+    }
+    let loaded = load(&args.model)?;
+    let text = if args.raw {
+        prompt
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &prompt));
+        loaded.template.render(&messages, true)?
+    };
+    let mut ids = loaded
+        .tokenizer
+        .encode_prompt(&text, !args.no_parse_special)?;
+    let context = args.model.ctx_size;
+    if ids.len() >= context {
+        if !args.truncate {
+            return Err(usage(format!(
+                "{} (use --truncate to keep the last tokens, or raise -c)",
+                EngineError::ContextOverflow {
+                    tokens: ids.len(),
+                    context
+                }
+            )));
+        }
+        ids.drain(..ids.len() - (context - 1));
+    }
+    let mut session = Session::new(&loaded.model, context);
+    let mut sampler = Sampler::new(params)?;
+    let options = GenerateOptions {
+        max_tokens: args.n_predict,
+        stop: args.stop,
+        ignore_eos: args.ignore_eos,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let json = args.json;
+    let generated = session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
+        if !json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    let timings = Timings {
+        prompt_tokens: generated.prompt_computed,
+        prompt_seconds: generated.prompt_seconds,
+        prompt_tokens_per_second: rate(generated.prompt_computed, generated.prompt_seconds),
+        generated_tokens: generated.tokens.len(),
+        generation_seconds: generated.generation_seconds,
+        generation_tokens_per_second: rate(generated.tokens.len(), generated.generation_seconds),
+    };
+    if json {
+        let out = Output {
+            prompt_ids: &ids,
+            gen_ids: &generated.tokens,
+            text: &generated.text,
+            finish_reason: generated.finish,
+            timings,
+        };
+        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+    } else {
+        writeln!(stdout)?;
+        eprintln!(
+            "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s",
+            timings.prompt_tokens,
+            timings.prompt_tokens_per_second,
+            timings.generated_tokens,
+            timings.generation_tokens_per_second
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Chat templates: the model's own Jinja template (`tokenizer.chat_template`) rendered
+//! with minijinja, or ChatML when the model has none.
+
+use crate::error::{EngineError, Result};
+use gguf::Metadata;
+use serde::{Deserialize, Serialize};
+
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn template_error(e: minijinja::Error) -> EngineError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    EngineError::Template(msg)
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned("chat", source.to_owned())
+            .map_err(template_error)?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
+    }
+
+    /// The model's template (ChatML if it has none), with its BOS/EOS token texts.
+    pub fn from_metadata(m: &Metadata) -> Result<ChatTemplate> {
+        let tokens = m.get_str_array("tokenizer.ggml.tokens").unwrap_or_default();
+        let text = |key: &str| {
+            m.get_u32(key)
+                .ok()
+                .and_then(|id| tokens.get(id as usize))
+                .map_or(String::new(), |s| s.to_string())
+        };
+        let source = m.get_str("tokenizer.chat_template").unwrap_or(CHATML);
+        ChatTemplate::new(
+            source,
+            &text("tokenizer.ggml.bos_token_id"),
+            &text("tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self.env.get_template("chat").map_err(template_error)?;
+        template
+            .render(minijinja::context! {
+                messages => minijinja::value::Serde(messages),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                tools => minijinja::Value::from(()),
+            })
+            .map_err(template_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_fallback() {
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let s = t.render(&[Message::new("user", "hi")], true).unwrap();
+        assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception() {
+        let t = ChatTemplate::new(
+            "{% if messages[0]['role'] == 'bad' %}{{ raise_exception('roles must alternate') }}{% endif %}{{ bos_token }}{{ messages[0]['content'].strip() }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[Message::new("user", "  x ")], false).unwrap(),
+            "<s>x"
+        );
+        let e = t.render(&[Message::new("bad", "")], false).unwrap_err();
+        assert!(e.to_string().contains("roles must alternate"), "{e}");
+        assert!(ChatTemplate::new("{% if %}", "", "").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! One conversation with a model: its KV cache, the tokens already in it, and the
+//! generation loop (prefill the prompt, then sample one token at a time). The cache is
+//! reused for the longest common prefix of consecutive prompts, as a chat needs.
+
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::model::{Llama, Logits};
+use crate::sampler::Sampler;
+use crate::text::TextStream;
+use crate::tokenizer::Tokenizer;
+use std::time::Instant;
+
+/// Tokens per forward call while reading a prompt.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    /// Prompt tokens actually computed (a reused prefix is not counted).
+    pub prompt_computed: usize,
+    pub prompt_seconds: f64,
+    pub generation_seconds: f64,
+}
+
+pub struct Session<'m, B: Backend> {
+    model: &'m Llama<B>,
+    cache: B::KvCache,
+    context: usize,
+    cached: Vec<u32>,
+}
+
+impl<'m, B: Backend> Session<'m, B> {
+    pub fn new(model: &'m Llama<B>, context: usize) -> Session<'m, B> {
+        Session {
+            cache: model.new_kv_cache(context),
+            model,
+            context,
+            cached: Vec::new(),
+        }
+    }
+
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Forgets the cached tokens (the memory is kept).
+    pub fn reset(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Brings the cache to exactly `prompt` and returns the last position's logits.
+    /// Returns how many tokens had to be computed.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() > self.context {
+            return Err(EngineError::ContextOverflow {
+                tokens: prompt.len(),
+                context: self.context,
+            });
+        }
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let start = common.min(prompt.len() - 1);
+        self.cached.truncate(start);
+        let mut logits = Vec::new();
+        for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
+            let pos = self.cached.len();
+            logits = self
+                .model
+                .forward(chunk, pos, &mut self.cache, Logits::Last)?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok((logits, prompt.len() - start))
+    }
+
+    /// Generates after `prompt`, calling `on_text` with each piece of text as soon as
+    /// it is complete; `on_text` returns false to stop.
+    pub fn generate(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        options: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generated> {
+        let t0 = Instant::now();
+        let (mut logits, prompt_computed) = self.prefill(prompt)?;
+        let prompt_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut history = prompt.to_vec();
+        let mut tokens = Vec::new();
+        let mut stream = TextStream::new(&options.stop);
+        let mut text = String::new();
+        let mut finish = FinishReason::Length;
+        while tokens.len() < options.max_tokens {
+            let id = sampler.sample(&mut logits, &history);
+            tokens.push(id);
+            history.push(id);
+            if !options.ignore_eos && tokenizer.is_end_of_generation(id) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let piece = stream.push(tokenizer.token_bytes(id));
+            text.push_str(&piece);
+            if !piece.is_empty() && !on_text(&piece) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if stream.stopped() {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if tokens.len() >= options.max_tokens || self.cached.len() >= self.context {
+                break;
+            }
+            let pos = self.cached.len();
+            logits = self
+                .model
+                .forward(&[id], pos, &mut self.cache, Logits::Last)?;
+            self.cached.push(id);
+        }
+        let tail = stream.finish();
+        if !tail.is_empty() {
+            on_text(&tail);
+            text.push_str(&tail);
+        }
+        Ok(Generated {
+            tokens,
+            text,
+            finish,
+            prompt_computed,
+            prompt_seconds,
+            generation_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Log-probability of each token of `tokens` given those before it, computed from
+    /// position `first` on (perplexity scores the second half of each window).
+    pub fn score(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f64>> {
+        if tokens.len() > self.context {
+            return Err(EngineError::ContextOverflow {
+                tokens: tokens.len(),
+                context: self.context,
+            });
+        }
+        self.cached.clear();
+        let vocab = self.model.config.vocab_size;
+        let mut out = Vec::new();
+        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            let pos = c * PREFILL_CHUNK;
+            let from = first.saturating_sub(pos).min(chunk.len());
+            let logits = self
+                .model
+                .forward(chunk, pos, &mut self.cache, Logits::From(from))?;
+            self.cached.extend_from_slice(chunk);
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                let next = pos + from + i + 1;
+                if next < tokens.len() {
+                    out.push(log_softmax_at(row, tokens[next] as usize));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    logits[index] as f64 - max - sum.ln()
+}

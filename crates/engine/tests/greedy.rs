@@ -1,0 +1,82 @@
+//! Greedy generation agrees with llama.cpp's on the reference prompts: identical tokens
+//! up to the first step where llama.cpp's top-2 margin is a near-tie (< 0.05).
+//!
+//! We reproduce GGML's activation quantization and f16 attention rounding, but not its
+//! vectorized exp and summation orders, so logits still differ by up to ~0.3 where
+//! rounding differences pile up. At most two prompts may therefore diverge early, and
+//! only at a step where llama.cpp's token is within 0.3 of our top-1 (a near-tie for
+//! both engines).
+
+mod common;
+use engine::{CpuBackend, Llama, Logits, Tokenizer};
+use std::sync::Arc;
+
+const NEAR_TIE: f64 = 0.05;
+const ALLOWED_GAP: f32 = 0.3;
+
+#[test]
+fn greedy_tokens_match_llama_cpp() {
+    let file = Arc::new(gguf::GgufFile::open(common::default_model()).unwrap());
+    let tok = Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
+    let model = Llama::load(CpuBackend::new(), file).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let mut diverged: Vec<(String, f32)> = Vec::new();
+    for case in common::jsonl("greedy_gen.jsonl") {
+        let prompt = case["prompt"].as_str().unwrap();
+        let prompt_ids = ids(&case["prompt_ids"]);
+        assert_eq!(tok.encode(prompt, true).unwrap(), prompt_ids, "{prompt:?}");
+        let want = ids(&case["gen_ids"]);
+        let margins: Vec<f64> = case["top1_minus_top2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
+        let must_match = margins
+            .iter()
+            .position(|&m| m < NEAR_TIE)
+            .unwrap_or(want.len());
+
+        let mut cache = model.new_kv_cache(prompt_ids.len() + want.len());
+        let mut logits = model
+            .forward(&prompt_ids, 0, &mut cache, Logits::Last)
+            .unwrap();
+        let mut got = Vec::new();
+        for step in 0..must_match {
+            let next = engine::sampler::argmax(&logits);
+            got.push(next);
+            if next != want[step] {
+                let gap = logits[next as usize] - logits[want[step] as usize];
+                let report = format!(
+                    "{prompt:?}: step {step} gave {next}, llama.cpp {} (its margin {:.3}; our gap to its token {gap:.3})",
+                    want[step], margins[step],
+                );
+                eprintln!("{report}");
+                diverged.push((report, gap));
+                break;
+            }
+            let pos = prompt_ids.len() + step;
+            logits = model
+                .forward(&[next], pos, &mut cache, Logits::Last)
+                .unwrap();
+        }
+        eprintln!(
+            "{:?}: {} of {must_match} required tokens identical",
+            &prompt[..prompt.len().min(30)],
+            got.len()
+        );
+    }
+    let reports: Vec<&str> = diverged.iter().map(|d| d.0.as_str()).collect();
+    assert!(diverged.len() <= 2, "{}", reports.join("\n"));
+    assert!(
+        diverged.iter().all(|d| d.1 < ALLOWED_GAP),
+        "{}",
+        reports.join("\n")
+    );
+}
