@@ -77,9 +77,9 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
 pub struct CpuKvCache {
     context: usize,
     kv_dim: usize,
-    /// [layer][position][kv_dim]
-    k: Vec<f16>,
-    v: Vec<f16>,
+    /// [layer][position][kv_dim], f16 bits
+    k: Vec<u16>,
+    v: Vec<u16>,
 }
 
 impl CpuKvCache {
@@ -142,8 +142,8 @@ impl Backend for CpuBackend {
         CpuKvCache {
             context,
             kv_dim,
-            k: vec![f16::ZERO; n],
-            v: vec![f16::ZERO; n],
+            k: vec![0; n],
+            v: vec![0; n],
         }
     }
 
@@ -219,10 +219,10 @@ impl Backend for CpuBackend {
             let at = cache.offset(layer, pos);
             let n = cache.kv_dim;
             for (dst, &src) in cache.k[at..at + n].iter_mut().zip(k.row(t)) {
-                *dst = f16::from_f32(src);
+                *dst = f16::from_f32(src).to_bits();
             }
             for (dst, &src) in cache.v[at..at + n].iter_mut().zip(v.row(t)) {
-                *dst = f16::from_f32(src);
+                *dst = f16::from_f32(src).to_bits();
             }
         }
     }
@@ -244,7 +244,7 @@ impl Backend for CpuBackend {
         out.data
             .par_chunks_mut(head_dim)
             .enumerate()
-            .for_each(|(i, out_head)| {
+            .for_each_init(Vec::new, |scores, (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
                 let pos = positions[t];
                 // With an f16 cache GGML multiplies in f16: the query and the attention
@@ -254,14 +254,10 @@ impl Backend for CpuBackend {
                     .map(|&v| f16::from_f32(v).to_f32())
                     .collect();
                 let kv_off = (h / group) * head_dim;
-                let mut key = vec![0.0f32; head_dim];
-                let mut scores = Vec::with_capacity(pos + 1);
+                scores.clear();
                 for p in 0..=pos {
                     let at = cache.offset(layer, p) + kv_off;
-                    for (d, s) in key.iter_mut().zip(&cache.k[at..at + head_dim]) {
-                        *d = s.to_f32();
-                    }
-                    scores.push(quant::dot_f32(&qh, &key) * scale);
+                    scores.push(quant::dot_f16(&cache.k[at..at + head_dim], &qh) * scale);
                 }
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0.0;
@@ -273,9 +269,7 @@ impl Backend for CpuBackend {
                 for (p, &w) in scores.iter().enumerate() {
                     let at = cache.offset(layer, p) + kv_off;
                     let w = f16::from_f32(w / sum).to_f32();
-                    for (o, v) in out_head.iter_mut().zip(&cache.v[at..at + head_dim]) {
-                        *o += w * v.to_f32();
-                    }
+                    quant::axpy_f16(out_head, w, &cache.v[at..at + head_dim]);
                 }
             });
     }

@@ -4,8 +4,10 @@
 //! result is scaled and summed in a fixed order. Matching GGML's rounding keeps our
 //! logits, and so greedy output, in step with llama.cpp.
 //!
-//! Each kernel is plain Rust written so the compiler vectorizes it; `matmul` calls it
-//! through a copy compiled for AVX2 when the CPU has it. Both give the same bits.
+//! Each kernel is plain Rust written so the compiler vectorizes it; `matmul` inlines it
+//! into copies compiled for AVX2 and AVX-512 and picks one at run time. Every copy
+//! computes the same integer sums and float operations in the same order, so all give
+//! the same bits.
 
 use crate::f16_at;
 use gguf::GgmlType;
@@ -23,27 +25,37 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
     }
 }
 
-/// Σ over blocks of one weight row · one activation row (both in their block formats).
-pub type DotKernel = fn(&[u8], &[u8]) -> f32;
+/// A dot-product kernel: one weight row (in `ty`) · one activation row (in its partner
+/// format). A trait with static functions, not a closure, so that `#[inline(always)]`
+/// reaches into each ISA-specific copy of the matmul loop.
+pub trait Kernel {
+    fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32;
+}
 
-pub fn kernel_for(weight: GgmlType) -> DotKernel {
-    use GgmlType::*;
-    match weight {
-        Q4_0 => dot_q4_0_q8_0,
-        Q4_1 => dot_q4_1_q8_1,
-        Q5_0 => dot_q5_0_q8_0,
-        Q5_1 => dot_q5_1_q8_1,
-        Q8_0 => dot_q8_0_q8_0,
-        Q2_K => |w, a| dot_by_dequantizing(Q2_K, w, a),
-        Q3_K => |w, a| dot_by_dequantizing(Q3_K, w, a),
-        Q4_K => |w, a| dot_by_dequantizing(Q4_K, w, a),
-        Q5_K => |w, a| dot_by_dequantizing(Q5_K, w, a),
-        Q6_K => |w, a| dot_by_dequantizing(Q6_K, w, a),
-        Q8_K => |w, a| dot_by_dequantizing(Q8_K, w, a),
-        Q8_1 => |w, a| dot_by_dequantizing(Q8_1, w, a),
-        F16 => |w, a| dot_by_dequantizing(F16, w, a),
-        BF16 => |w, a| dot_by_dequantizing(BF16, w, a),
-        _ => |w, a| dot_by_dequantizing(F32, w, a),
+macro_rules! kernel {
+    ($name:ident, $f:ident) => {
+        pub struct $name;
+        impl Kernel for $name {
+            #[inline(always)]
+            fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                $f(w, a)
+            }
+        }
+    };
+}
+
+kernel!(Q4_0Q8_0, dot_q4_0_q8_0);
+kernel!(Q4_1Q8_1, dot_q4_1_q8_1);
+kernel!(Q5_0Q8_0, dot_q5_0_q8_0);
+kernel!(Q5_1Q8_1, dot_q5_1_q8_1);
+kernel!(Q8_0Q8_0, dot_q8_0_q8_0);
+
+/// Every other weight type: decode both sides to f32.
+pub struct Dequantizing;
+impl Kernel for Dequantizing {
+    #[inline(always)]
+    fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+        dot_by_dequantizing(ty, w, a)
     }
 }
 
@@ -53,6 +65,7 @@ fn i8_at(b: &[u8], i: usize) -> i32 {
 }
 
 /// Q4_0 × Q8_0: d_w·d_a·Σ(q_w − 8)·q_a per block.
+#[inline(always)]
 pub fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
@@ -68,6 +81,7 @@ pub fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Q4_1 × Q8_1: d_w·d_a·Σq_w·q_a + m_w·s_a per block (s_a = d_a·Σq_a).
+#[inline(always)]
 pub fn dot_q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
@@ -90,6 +104,7 @@ fn q5_value(qs: &[u8], qh: u32, j: usize) -> (i32, i32) {
 }
 
 /// Q5_0 × Q8_0.
+#[inline(always)]
 pub fn dot_q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
@@ -105,6 +120,7 @@ pub fn dot_q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Q5_1 × Q8_1.
+#[inline(always)]
 pub fn dot_q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
@@ -120,6 +136,7 @@ pub fn dot_q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Q8_0 × Q8_0.
+#[inline(always)]
 pub fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
@@ -133,7 +150,7 @@ pub fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Any other pair: decode a stretch of each side to f32 and multiply.
-fn dot_by_dequantizing(weight: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+pub fn dot_by_dequantizing(weight: GgmlType, w: &[u8], a: &[u8]) -> f32 {
     let act = activation_type(weight);
     let cols = w.len() / weight.type_size() * weight.block_size();
     let unit = weight.block_size().max(act.block_size()).max(32);

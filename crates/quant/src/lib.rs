@@ -4,14 +4,16 @@
 //! activations (`matmul`).
 
 mod dot;
+mod isa;
 mod kernels;
 mod kquants;
 mod legacy;
 mod matmul;
 
-pub use dot::dot_f32;
+pub use dot::{axpy_f16, dot_f16, dot_f32};
 pub use kernels::activation_type;
-pub use matmul::{matmul, QMatrix};
+pub use isa::{selected_isa, Isa};
+pub use matmul::{matmul, matmul_with, QMatrix};
 
 use gguf::GgmlType;
 
@@ -129,8 +131,25 @@ pub(crate) fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// The little-endian f16 at `b[at..at + 2]`, as f32.
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    f16_bits_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// f16 → f32 without a lookup or a CPU feature, so it inlines into every kernel copy:
+/// moving the exponent and mantissa into f32 position and scaling by 2^112 rebiases the
+/// exponent exactly, subnormals included; infinities and NaNs keep an all-ones exponent.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h & 0x8000) as u32) << 16;
+    let rest = (h & 0x7fff) as u32;
+    let magnitude = if rest >= 0x7c00 {
+        f32::from_bits((rest << 13) | 0x7f80_0000)
+    } else {
+        f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)
+    };
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 pub(crate) fn put_f16(b: &mut [u8], at: usize, v: f32) {
@@ -144,6 +163,16 @@ pub(crate) fn round_f16(v: f32) -> f32 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[test]
+fn f16_conversion_matches_the_half_crate_for_every_value() {
+    for bits in 0..=u16::MAX {
+        let ours = f16_bits_to_f32(bits);
+        let theirs = half::f16::from_bits(bits).to_f32();
+        assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()), "{bits:#x}");
+    }
+}
 
 #[cfg(test)]
 use kquants::pack_scale_min_k4 as kquants_test_pack;

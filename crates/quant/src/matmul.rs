@@ -6,7 +6,8 @@
 //! weight block is read from memory once per call. A row's result never depends on the
 //! batch size or the tiling, which keeps results batch-invariant.
 
-use crate::kernels::{activation_type, kernel_for, DotKernel};
+use crate::isa::{selected_isa, Isa};
+use crate::kernels::*;
 use crate::{block_fns, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
@@ -90,14 +91,15 @@ impl OutPtr {
     }
 }
 
+/// Computes rows `r0..r0 + ROW_TILE` of the output for every token.
 #[inline(always)]
-fn tile(w: &QMatrix, xq: &[u8], n_tokens: usize, kernel: DotKernel, r0: usize, out: OutPtr) {
+fn tile<K: Kernel>(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
     let x_row_bytes = xq.len() / n_tokens.max(1);
     let r1 = (r0 + ROW_TILE).min(w.rows);
     for t in 0..n_tokens {
         let xt = &xq[t * x_row_bytes..(t + 1) * x_row_bytes];
         for r in r0..r1 {
-            let v = kernel(w.row(r), xt);
+            let v = K::dot(w.ty, w.row(r), xt);
             // SAFETY: t·rows + r is in bounds (sizes checked in `matmul`) and row r belongs
             // to this tile only, so no two workers write the same element.
             unsafe { *out.at(t * w.rows + r) = v };
@@ -105,31 +107,58 @@ fn tile(w: &QMatrix, xq: &[u8], n_tokens: usize, kernel: DotKernel, r0: usize, o
     }
 }
 
+/// `tile` with the kernel of the weight's type.
+#[inline(always)]
+fn tile_any(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+    match w.ty {
+        GgmlType::Q4_0 => tile::<Q4_0Q8_0>(w, xq, n_tokens, r0, out),
+        GgmlType::Q4_1 => tile::<Q4_1Q8_1>(w, xq, n_tokens, r0, out),
+        GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, xq, n_tokens, r0, out),
+        GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, xq, n_tokens, r0, out),
+        GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, xq, n_tokens, r0, out),
+        _ => tile::<Dequantizing>(w, xq, n_tokens, r0, out),
+    }
+}
+
+fn tile_scalar(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+    tile_any(w, xq, n_tokens, r0, out)
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn tile_avx2(w: &QMatrix, xq: &[u8], n_tokens: usize, kernel: DotKernel, r0: usize, out: OutPtr) {
-    tile(w, xq, n_tokens, kernel, r0, out)
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_avx2(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+    tile_any(w, xq, n_tokens, r0, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_avx512(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+    tile_any(w, xq, n_tokens, r0, out)
 }
 
 /// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
+    matmul_with(selected_isa(), w, x, out)
+}
+
+/// `matmul` with the kernels compiled for `isa` (which must be available).
+pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let n_tokens = x.len() / w.cols;
     assert_eq!(x.len(), n_tokens * w.cols, "activations are not whole rows");
     assert_eq!(out.len(), n_tokens * w.rows, "output has the wrong size");
+    assert!(isa.is_available(), "{} is not available on this CPU", isa.name());
     let xq = quantize(activation_type(w.ty), x).expect("row length checked in QMatrix::new");
-    let kernel = kernel_for(w.ty);
     let ptr = OutPtr(out.as_mut_ptr());
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::is_x86_feature_detected!("avx2");
-    (0..w.rows.div_ceil(ROW_TILE))
-        .into_par_iter()
-        .for_each(|i| {
+    (0..w.rows.div_ceil(ROW_TILE)).into_par_iter().for_each(|i| {
+        let r0 = i * ROW_TILE;
+        match isa {
+            // SAFETY: `isa` is available on this CPU (asserted above).
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU supports AVX2, checked above.
-                unsafe { tile_avx2(w, &xq, n_tokens, kernel, i * ROW_TILE, ptr) };
-                return;
-            }
-            tile(w, &xq, n_tokens, kernel, i * ROW_TILE, ptr);
-        });
+            Isa::Avx512 => unsafe { tile_avx512(w, &xq, n_tokens, r0, ptr) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { tile_avx2(w, &xq, n_tokens, r0, ptr) },
+            _ => tile_scalar(w, &xq, n_tokens, r0, ptr),
+        }
+    });
 }

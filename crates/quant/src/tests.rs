@@ -233,6 +233,13 @@ fn matmul_matches_reference_and_is_batch_invariant() {
             };
             assert!((a - b).abs() < tol * b.abs().max(1.0), "{ty}: {a} vs {b}");
         }
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            if isa.is_available() {
+                let mut other = vec![0.0; n * rows];
+                matmul_with(isa, &w, &x, &mut other);
+                assert!(other == out, "{ty}: {} kernels differ from the default", isa.name());
+            }
+        }
         for t in 0..n {
             let mut one = vec![0.0; rows];
             matmul(&w, &x[t * cols..(t + 1) * cols], &mut one);
