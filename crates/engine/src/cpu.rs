@@ -241,10 +241,9 @@ impl Backend for CpuBackend {
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let cols = q.cols;
-        out.data
-            .par_chunks_mut(head_dim)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (i, out_head)| {
+        out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
+            Vec::new,
+            |scores, (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
                 let pos = positions[t];
                 // With an f16 cache GGML multiplies in f16: the query and the attention
@@ -271,7 +270,8 @@ impl Backend for CpuBackend {
                     let w = f16::from_f32(w / sum).to_f32();
                     quant::axpy_f16(out_head, w, &cache.v[at..at + head_dim]);
                 }
-            });
+            },
+        );
     }
 
     fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod model;
 pub mod sampler;
 pub mod session;
+pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
 

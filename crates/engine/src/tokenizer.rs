@@ -50,7 +50,7 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// GPT-2's reversible map from bytes to printable characters.
-fn byte_to_char() -> [char; 256] {
+pub fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
@@ -157,7 +157,7 @@ impl Tokenizer {
         let mut plain = base.clone();
         plain.set_encode_special_tokens(true);
 
-        let table = byte_to_char();
+        let table = byte_chars();
         let pieces = tokens
             .iter()
             .zip(&token_types)

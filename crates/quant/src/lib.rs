@@ -11,8 +11,8 @@ mod legacy;
 mod matmul;
 
 pub use dot::{axpy_f16, dot_f16, dot_f32};
-pub use kernels::activation_type;
 pub use isa::{selected_isa, Isa};
+pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_with, QMatrix};
 
 use gguf::GgmlType;
@@ -170,7 +170,10 @@ fn f16_conversion_matches_the_half_crate_for_every_value() {
     for bits in 0..=u16::MAX {
         let ours = f16_bits_to_f32(bits);
         let theirs = half::f16::from_bits(bits).to_f32();
-        assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()), "{bits:#x}");
+        assert!(
+            ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+            "{bits:#x}"
+        );
     }
 }
 

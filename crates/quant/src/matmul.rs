@@ -146,19 +146,25 @@ pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let n_tokens = x.len() / w.cols;
     assert_eq!(x.len(), n_tokens * w.cols, "activations are not whole rows");
     assert_eq!(out.len(), n_tokens * w.rows, "output has the wrong size");
-    assert!(isa.is_available(), "{} is not available on this CPU", isa.name());
+    assert!(
+        isa.is_available(),
+        "{} is not available on this CPU",
+        isa.name()
+    );
     let xq = quantize(activation_type(w.ty), x).expect("row length checked in QMatrix::new");
     let ptr = OutPtr(out.as_mut_ptr());
-    (0..w.rows.div_ceil(ROW_TILE)).into_par_iter().for_each(|i| {
-        let r0 = i * ROW_TILE;
-        match isa {
-            // SAFETY: `isa` is available on this CPU (asserted above).
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { tile_avx512(w, &xq, n_tokens, r0, ptr) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { tile_avx2(w, &xq, n_tokens, r0, ptr) },
-            _ => tile_scalar(w, &xq, n_tokens, r0, ptr),
-        }
-    });
+    (0..w.rows.div_ceil(ROW_TILE))
+        .into_par_iter()
+        .for_each(|i| {
+            let r0 = i * ROW_TILE;
+            match isa {
+                // SAFETY: `isa` is available on this CPU (asserted above).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { tile_avx512(w, &xq, n_tokens, r0, ptr) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { tile_avx2(w, &xq, n_tokens, r0, ptr) },
+                _ => tile_scalar(w, &xq, n_tokens, r0, ptr),
+            }
+        });
 }

@@ -237,7 +237,11 @@ fn matmul_matches_reference_and_is_batch_invariant() {
             if isa.is_available() {
                 let mut other = vec![0.0; n * rows];
                 matmul_with(isa, &w, &x, &mut other);
-                assert!(other == out, "{ty}: {} kernels differ from the default", isa.name());
+                assert!(
+                    other == out,
+                    "{ty}: {} kernels differ from the default",
+                    isa.name()
+                );
             }
         }
         for t in 0..n {

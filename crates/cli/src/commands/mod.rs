@@ -86,11 +86,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let path = resolve_model(&args.model)?;
     let file =
         Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
+    let model = Llama::load(CpuBackend::new(), file.clone())
+        .with_context(|| format!("loading {}", path.display()))?;
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;
-    let model = Llama::load(CpuBackend::new(), file.clone())
-        .with_context(|| format!("loading {}", path.display()))?;
     if args.ctx_size > model.config.context_length {
         tracing::warn!(
             "--ctx-size {} is beyond the model's trained context of {}",
@@ -108,23 +108,23 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub typical_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub presence_penalty: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// TOKEN_ID=BIAS, repeatable (use -inf to ban a token).
     #[arg(long = "logit-bias", value_parser = parse_bias)]
