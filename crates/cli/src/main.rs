@@ -51,6 +51,8 @@ enum Command {
     Detokenize(commands::tokenize::DetokenizeArgs),
     /// Measure perplexity on a text file (llama-perplexity compatible).
     Perplexity(commands::perplexity::Args),
+    /// Measure prompt and generation speed (llama-bench compatible tests).
+    Bench(commands::bench::Args),
 }
 
 fn init_logging(common: &Common) {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => commands::tokenize::tokenize(args),
         Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -192,3 +192,24 @@ fn truncate_keeps_the_end_of_a_long_prompt() {
     let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(r["prompt_ids"].as_array().unwrap().len(), 7);
 }
+
+#[test]
+fn bench_reports_llama_bench_tests() {
+    let out = llama_gpu(&[
+        "bench", "-p", "16", "-n", "4", "-r", "2", "-t", "1,2", "-o", "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let tests: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["threads"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(tests, [("pp16", 1), ("tg4", 1), ("pp16", 2), ("tg4", 2)]);
+    for r in &rows {
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    assert!(rows[1]["bandwidth_fraction"].as_f64().unwrap() > 0.0);
+    usage_error(&["bench", "-r", "0"], "-r");
+}

@@ -108,6 +108,10 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    pub fn backend_name(&self) -> &str {
+        self.backend.name()
+    }
+
     pub fn new_kv_cache(&self, context: usize) -> B::KvCache {
         let c = &self.config;
         self.backend.new_kv_cache(c.n_layers, context, c.kv_dim())

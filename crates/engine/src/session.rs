@@ -161,6 +161,21 @@ impl<'m, B: Backend> Session<'m, B> {
         })
     }
 
+    /// One forward pass of `tokens` at `pos` (benchmarks: no sampling, no bookkeeping
+    /// beyond the cached tokens).
+    pub fn forward_at(&mut self, tokens: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>> {
+        if pos + tokens.len() > self.context {
+            return Err(EngineError::ContextOverflow {
+                tokens: pos + tokens.len(),
+                context: self.context,
+            });
+        }
+        self.cached.truncate(pos);
+        let out = self.model.forward(tokens, pos, &mut self.cache, logits)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(out)
+    }
+
     /// Log-probability of each token of `tokens` given those before it, computed from
     /// position `first` on (perplexity scores the second half of each window).
     pub fn score(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f64>> {

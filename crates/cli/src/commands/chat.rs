@@ -2,7 +2,7 @@
 //! `/system TEXT` sets the system message, `/quit` (or Ctrl-D) leaves; Ctrl-C stops the
 //! reply being written without quitting.
 
-use super::{load, ModelArgs, SamplingArgs};
+use super::{load, ModelArgs, SamplingArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{GenerateOptions, Message, Sampler, Session};
 use std::io::{BufRead, Write};
@@ -20,11 +20,14 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    threads: ThreadsArg,
+    #[command(flatten)]
     sampling: SamplingArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let params = args.sampling.params()?;
+    args.threads.apply()?;
     let loaded = load(&args.model)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();

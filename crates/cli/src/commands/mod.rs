@@ -1,6 +1,7 @@
 //! One module per subcommand, and the pieces they share: loading a model and reading
 //! sampling flags.
 
+pub mod bench;
 pub mod chat;
 pub mod inspect;
 pub mod models;
@@ -39,9 +40,6 @@ pub struct ModelArgs {
     /// Context size in tokens (the KV cache is sized to it).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     pub ctx_size: usize,
-    /// Worker threads (default: all cores).
-    #[arg(short, long)]
-    pub threads: Option<usize>,
     /// Device: auto, cpu or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -69,19 +67,34 @@ fn choose_device(device: &str) -> Result<()> {
     }
 }
 
+/// `-t/--threads` for commands that run on one thread count.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ThreadsArg {
+    /// Worker threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+}
+
+impl ThreadsArg {
+    /// Sizes the global worker pool.
+    pub fn apply(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                return Err(usage("--threads must be at least 1"));
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .context("starting the thread pool")?;
+        }
+        Ok(())
+    }
+}
+
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     choose_device(&args.device)?;
     if args.ctx_size == 0 {
         return Err(usage("--ctx-size must be at least 1"));
-    }
-    if let Some(n) = args.threads {
-        if n == 0 {
-            return Err(usage("--threads must be at least 1"));
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("starting the thread pool")?;
     }
     let path = resolve_model(&args.model)?;
     let file =

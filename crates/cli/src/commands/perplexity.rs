@@ -1,7 +1,7 @@
 //! `llama-gpu perplexity`: llama-perplexity's method. The text is cut into windows of
 //! `-c` tokens; in each, the second half is scored given everything before it.
 
-use super::{load, usage, ModelArgs};
+use super::{load, usage, ModelArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::Session;
 use serde::Serialize;
@@ -22,6 +22,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    threads: ThreadsArg,
 }
 
 #[derive(Serialize)]
@@ -54,6 +56,7 @@ pub fn run(mut args: Args) -> Result<()> {
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| usage(format!("{} is not valid UTF-8", args.file.display())))?;
+    args.threads.apply()?;
     let loaded = load(&args.model)?;
     let tokens = loaded.tokenizer.encode_prompt(&text, false)?;
     let available = tokens.len() / n_ctx;

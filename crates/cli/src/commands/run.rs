@@ -1,6 +1,6 @@
 //! `llama-gpu run`: one generation, streamed to stdout.
 
-use super::{load, usage, ModelArgs, SamplingArgs};
+use super::{load, usage, ModelArgs, SamplingArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{EngineError, GenerateOptions, Message, Sampler, Session};
 use serde::Serialize;
@@ -36,6 +36,8 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    threads: ThreadsArg,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -92,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
     if prompt.is_empty() {
         return Err(usage("the prompt is empty"));
     }
+    args.threads.apply()?;
     let loaded = load(&args.model)?;
     let text = if args.raw {
         prompt
