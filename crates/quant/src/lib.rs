@@ -6,6 +6,8 @@
 mod dot;
 mod isa;
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod kernels_x86;
 mod kquants;
 mod legacy;
 mod matmul;

@@ -80,7 +80,7 @@ impl<'a> QMatrix<'a> {
 
 /// Raw output pointer shared by the workers; each writes only its own rows.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(*mut f32);
 // SAFETY: workers write disjoint elements (distinct weight rows), see `matmul`.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -107,7 +107,7 @@ fn tile<K: Kernel>(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutP
     }
 }
 
-/// `tile` with the kernel of the weight's type.
+/// `tile` with the portable kernel of the weight's type.
 #[inline(always)]
 fn tile_any(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
     match w.ty {
@@ -124,17 +124,53 @@ fn tile_scalar(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) 
     tile_any(w, xq, n_tokens, r0, out)
 }
 
+/// Kernel types for one x86 ISA's SIMD twins, and its `tile` entry point.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile_avx2(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
-    tile_any(w, xq, n_tokens, r0, out)
+macro_rules! x86_tile {
+    ($name:ident, $module:ident, $features:literal) => {
+        mod $module {
+            use super::*;
+            use crate::kernels_x86::$module as simd;
+
+            macro_rules! simd_kernel {
+                ($k:ident, $f:ident) => {
+                    pub struct $k;
+                    impl Kernel for $k {
+                        #[inline(always)]
+                        fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                            // SAFETY: only reached from `tile` below, whose target
+                            // features the caller checked on this CPU.
+                            unsafe { simd::$f(w, a) }
+                        }
+                    }
+                };
+            }
+            simd_kernel!(Q4_0, dot_q4_0_q8_0);
+            simd_kernel!(Q4_1, dot_q4_1_q8_1);
+            simd_kernel!(Q5_0, dot_q5_0_q8_0);
+            simd_kernel!(Q5_1, dot_q5_1_q8_1);
+            simd_kernel!(Q8_0, dot_q8_0_q8_0);
+
+            #[target_feature(enable = $features)]
+            pub fn $name(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+                match w.ty {
+                    GgmlType::Q4_0 => tile::<Q4_0>(w, xq, n_tokens, r0, out),
+                    GgmlType::Q4_1 => tile::<Q4_1>(w, xq, n_tokens, r0, out),
+                    GgmlType::Q5_0 => tile::<Q5_0>(w, xq, n_tokens, r0, out),
+                    GgmlType::Q5_1 => tile::<Q5_1>(w, xq, n_tokens, r0, out),
+                    GgmlType::Q8_0 => tile::<Q8_0>(w, xq, n_tokens, r0, out),
+                    _ => tile::<Dequantizing>(w, xq, n_tokens, r0, out),
+                }
+            }
+        }
+        use $module::$name;
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn tile_avx512(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
-    tile_any(w, xq, n_tokens, r0, out)
-}
+x86_tile!(tile_avx2, avx2, "avx2,fma,f16c");
+#[cfg(target_arch = "x86_64")]
+x86_tile!(tile_avx512, avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
 /// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
