@@ -2,10 +2,9 @@
 //! up to the first step where llama.cpp's top-2 margin is a near-tie (< 0.05).
 //!
 //! We reproduce GGML's activation quantization and f16 attention rounding, but not its
-//! vectorized exp and summation orders, so logits still differ by up to ~0.3 where
-//! rounding differences pile up. At most two prompts may therefore diverge early, and
-//! only at a step where llama.cpp's token is within 0.3 of our top-1 (a near-tie for
-//! both engines).
+//! vectorized exp, so logits can still differ by a few tenths where a rounding flip
+//! grows through the layers. At most one prompt may therefore diverge early, and only
+//! at a step where llama.cpp's token is within 0.3 of our top-1 (a near-tie for both).
 
 mod common;
 use engine::{CpuBackend, Llama, Logits, Tokenizer};
@@ -73,7 +72,7 @@ fn greedy_tokens_match_llama_cpp() {
         );
     }
     let reports: Vec<&str> = diverged.iter().map(|d| d.0.as_str()).collect();
-    assert!(diverged.len() <= 2, "{}", reports.join("\n"));
+    assert!(diverged.len() <= 1, "{}", reports.join("\n"));
     assert!(
         diverged.iter().all(|d| d.1 < ALLOWED_GAP),
         "{}",

@@ -64,89 +64,120 @@ fn i8_at(b: &[u8], i: usize) -> i32 {
     b[i] as i8 as i32
 }
 
+/// The fixed summation order every 32-value kernel uses, in its scalar and SIMD forms:
+/// each block's 32 products are summed in eight integer lanes of four consecutive
+/// values; lane k of every block is multiplied by the block's d_w·d_a and added to float
+/// accumulator k in one fused multiply-add; the eight accumulators are summed as a tree (k + k+4, then + k+2,
+/// then + k+1), and block offsets (m_w·s_a) are summed separately and added last.
+#[derive(Default)]
+pub struct LaneSums {
+    pub acc: [f32; 8],
+    pub offsets: f32,
+}
+
+impl LaneSums {
+    #[inline(always)]
+    pub fn add_block(&mut self, scale: f32, lanes: [i32; 8]) {
+        for (acc, lane) in self.acc.iter_mut().zip(lanes) {
+            *acc = scale.mul_add(lane as f32, *acc);
+        }
+    }
+
+    #[inline(always)]
+    pub fn total(mut self) -> f32 {
+        for k in 0..4 {
+            self.acc[k] += self.acc[k + 4];
+        }
+        for k in 0..2 {
+            self.acc[k] += self.acc[k + 2];
+        }
+        (self.acc[0] + self.acc[1]) + self.offsets
+    }
+}
+
+/// Σ value(j)·a[j] over each lane of four consecutive values of a 32-value block.
+#[inline(always)]
+fn lanes(value: impl Fn(usize) -> i32, a: &[u8]) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    for (k, lane) in out.iter_mut().enumerate() {
+        for j in 4 * k..4 * k + 4 {
+            *lane += value(j) * i8_at(a, j);
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn nibble(qs: &[u8], j: usize) -> i32 {
+    if j < 16 {
+        (qs[j] & 0xf) as i32
+    } else {
+        (qs[j - 16] >> 4) as i32
+    }
+}
+
+#[inline(always)]
+fn five_bits(qs: &[u8], qh: u32, j: usize) -> i32 {
+    nibble(qs, j) | ((((qh >> j) & 1) << 4) as i32)
+}
+
 /// Q4_0 × Q8_0: d_w·d_a·Σ(q_w − 8)·q_a per block.
 #[inline(always)]
 pub fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let q = wb[2 + j];
-            sumi += ((q & 0xf) as i32 - 8) * i8_at(ab, 2 + j);
-            sumi += ((q >> 4) as i32 - 8) * i8_at(ab, 18 + j);
-        }
-        sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+        let l = lanes(|j| nibble(&wb[2..], j) - 8, &ab[2..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
     }
-    sum
+    sums.total()
 }
 
 /// Q4_1 × Q8_1: d_w·d_a·Σq_w·q_a + m_w·s_a per block (s_a = d_a·Σq_a).
 #[inline(always)]
 pub fn dot_q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let q = wb[4 + j];
-            sumi += (q & 0xf) as i32 * i8_at(ab, 4 + j);
-            sumi += (q >> 4) as i32 * i8_at(ab, 20 + j);
-        }
-        sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+        let l = lanes(|j| nibble(&wb[4..], j), &ab[4..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
+        sums.offsets += f16_at(wb, 2) * f16_at(ab, 2);
     }
-    sum
-}
-
-#[inline(always)]
-fn q5_value(qs: &[u8], qh: u32, j: usize) -> (i32, i32) {
-    let low = ((qs[j] & 0xf) as u32 | (((qh >> j) << 4) & 0x10)) as i32;
-    let high = ((qs[j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32;
-    (low, high)
+    sums.total()
 }
 
 /// Q5_0 × Q8_0.
 #[inline(always)]
 pub fn dot_q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
         let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let (lo, hi) = q5_value(&wb[6..], qh, j);
-            sumi += (lo - 16) * i8_at(ab, 2 + j) + (hi - 16) * i8_at(ab, 18 + j);
-        }
-        sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+        let l = lanes(|j| five_bits(&wb[6..], qh, j) - 16, &ab[2..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
     }
-    sum
+    sums.total()
 }
 
 /// Q5_1 × Q8_1.
 #[inline(always)]
 pub fn dot_q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
         let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let (lo, hi) = q5_value(&wb[8..], qh, j);
-            sumi += lo * i8_at(ab, 4 + j) + hi * i8_at(ab, 20 + j);
-        }
-        sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+        let l = lanes(|j| five_bits(&wb[8..], qh, j), &ab[4..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
+        sums.offsets += f16_at(wb, 2) * f16_at(ab, 2);
     }
-    sum
+    sums.total()
 }
 
 /// Q8_0 × Q8_0.
 #[inline(always)]
 pub fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
-        let mut sumi = 0i32;
-        for j in 0..32 {
-            sumi += i8_at(wb, 2 + j) * i8_at(ab, 2 + j);
-        }
-        sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+        let l = lanes(|j| i8_at(&wb[2..], j), &ab[2..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
     }
-    sum
+    sums.total()
 }
 
 /// Any other pair: decode a stretch of each side to f32 and multiply.

@@ -1,18 +1,9 @@
-//! x86 SIMD twins of the kernels in `kernels.rs`: the integer part of each block's dot
-//! product uses AVX2 (`maddubs`/`madd`) or AVX-512 VNNI (`dpbusd`); the float part is the
-//! scalar twin's expression in the scalar twin's order, so results are bit-identical.
+//! x86 SIMD twins of the kernels in `kernels.rs`: each block's eight integer lane sums
+//! come from AVX2 (`maddubs`/`madd`) or AVX-512 VNNI (`dpbusd`), and the float part
+//! follows `LaneSums` operation for operation, so results are bit-identical.
 //! Tests compare every one with its scalar twin on random data.
 
 use core::arch::x86_64::*;
-
-/// Σ of the eight i32 lanes.
-#[inline(always)]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
-}
 
 /// The 32 nibbles of a Q4 block as bytes: low nibbles (values 0..16) then high (16..32).
 #[inline(always)]
@@ -45,7 +36,15 @@ macro_rules! x86_kernels {
     ($module:ident, $features:literal, $u8_i8_dot:ident) => {
         pub mod $module {
             use super::*;
-            use crate::f16_at;
+
+            /// The f16 at `b[at..at + 2]` through F16C (exact, like the scalar twin's
+            /// bit manipulation, and free of its slow path on subnormals).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
+                let h = u16::from_le_bytes([b[at], b[at + 1]]);
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+            }
 
             /// Σ u[j]·i[j] over 32 unsigned × signed bytes, as eight i32 partial sums.
             #[inline]
@@ -60,73 +59,93 @@ macro_rules! x86_kernels {
                 _mm256_loadu_si256(p.as_ptr() as *const __m256i)
             }
 
-            /// Σ x over 32 signed bytes.
+            /// `LaneSums::add_block` in registers: acc = fma(scale, lanes, acc).
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn sum_i8(x: __m256i) -> i32 {
-                hsum_i32(dot32(_mm256_set1_epi8(1), x))
+            unsafe fn add_block(acc: __m256, scale: f32, lanes: __m256i) -> __m256 {
+                _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes), acc)
+            }
+
+            /// `LaneSums::total`: k + k+4, then k + k+2, then k + k+1, then the offsets.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn total(acc: __m256, offsets: f32) -> f32 {
+                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+                _mm_cvtss_f32(s) + offsets
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut sum = 0.0f32;
+                let mut acc = _mm256_setzero_ps();
+                let eight = _mm256_set1_epi8(8);
                 for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
                     let x = load(&ab[2..34]);
-                    let sumi = hsum_i32(dot32(nibbles(wb[2..].as_ptr()), x)) - 8 * sum_i8(x);
-                    sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+                    let lanes =
+                        _mm256_sub_epi32(dot32(nibbles(wb[2..].as_ptr()), x), dot32(eight, x));
+                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
                 }
-                sum
+                total(acc, 0.0)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-                let mut sum = 0.0f32;
+                let mut acc = _mm256_setzero_ps();
+                let mut offsets = 0.0f32;
                 for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
-                    let sumi = hsum_i32(dot32(nibbles(wb[4..].as_ptr()), load(&ab[4..36])));
-                    sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+                    let lanes = dot32(nibbles(wb[4..].as_ptr()), load(&ab[4..36]));
+                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
+                    offsets += f16_at(wb, 2) * f16_at(ab, 2);
                 }
-                sum
+                total(acc, offsets)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut sum = 0.0f32;
+                let mut acc = _mm256_setzero_ps();
+                let sixteen = _mm256_set1_epi8(16);
                 for (wb, ab) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
                     let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
                     let x = load(&ab[2..34]);
-                    let sumi = hsum_i32(dot32(five_bit(wb[6..].as_ptr(), qh), x)) - 16 * sum_i8(x);
-                    sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+                    let lanes = _mm256_sub_epi32(
+                        dot32(five_bit(wb[6..].as_ptr(), qh), x),
+                        dot32(sixteen, x),
+                    );
+                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
                 }
-                sum
+                total(acc, 0.0)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-                let mut sum = 0.0f32;
+                let mut acc = _mm256_setzero_ps();
+                let mut offsets = 0.0f32;
                 for (wb, ab) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
                     let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
-                    let sumi = hsum_i32(dot32(five_bit(wb[8..].as_ptr(), qh), load(&ab[4..36])));
-                    sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+                    let lanes = dot32(five_bit(wb[8..].as_ptr(), qh), load(&ab[4..36]));
+                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
+                    offsets += f16_at(wb, 2) * f16_at(ab, 2);
                 }
-                sum
+                total(acc, offsets)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut sum = 0.0f32;
+                let mut acc = _mm256_setzero_ps();
                 for (wb, ab) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
                     let q = load(&wb[2..34]);
                     let x = load(&ab[2..34]);
                     // |q| · (x with q's sign) = q·x, with the unsigned operand first.
-                    let sumi = hsum_i32(dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)));
-                    sum += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+                    let lanes = dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
                 }
-                sum
+                total(acc, 0.0)
             }
         }
     };
@@ -143,4 +162,8 @@ unsafe fn vnni_dot(u: __m256i, i: __m256i) -> __m256i {
 }
 
 x86_kernels!(avx2, "avx2,fma,f16c", maddubs_dot);
-x86_kernels!(avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", vnni_dot);
+x86_kernels!(
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    vnni_dot
+);

@@ -139,19 +139,20 @@ pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
-/// f16 → f32 without a lookup or a CPU feature, so it inlines into every kernel copy:
-/// moving the exponent and mantissa into f32 position and scaling by 2^112 rebiases the
-/// exponent exactly, subnormals included; infinities and NaNs keep an all-ones exponent.
+/// f16 → f32 without a lookup or a CPU feature, so it inlines into every kernel copy.
+/// Normal values are re-biased bit by bit; subnormals are scaled integers (never a
+/// subnormal float operand, which would take the CPU's slow path).
 #[inline(always)]
 pub fn f16_bits_to_f32(h: u16) -> f32 {
     let sign = ((h & 0x8000) as u32) << 16;
-    let rest = (h & 0x7fff) as u32;
-    let magnitude = if rest >= 0x7c00 {
-        f32::from_bits((rest << 13) | 0x7f80_0000)
-    } else {
-        f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000)
+    let exponent = ((h >> 10) & 0x1f) as u32;
+    let mantissa = (h & 0x3ff) as u32;
+    let magnitude = match exponent {
+        0 => (mantissa as f32 * f32::from_bits(0x3380_0000)).to_bits(), // × 2^-24
+        31 => 0x7f80_0000 | (mantissa << 13),
+        _ => ((exponent + 112) << 23) | (mantissa << 13),
     };
-    f32::from_bits(magnitude.to_bits() | sign)
+    f32::from_bits(magnitude | sign)
 }
 
 pub(crate) fn put_f16(b: &mut [u8], at: usize, v: f32) {

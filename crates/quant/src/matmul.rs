@@ -170,7 +170,11 @@ macro_rules! x86_tile {
 #[cfg(target_arch = "x86_64")]
 x86_tile!(tile_avx2, avx2, "avx2,fma,f16c");
 #[cfg(target_arch = "x86_64")]
-x86_tile!(tile_avx512, avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+x86_tile!(
+    tile_avx512,
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+);
 
 /// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
