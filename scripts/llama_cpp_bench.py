@@ -1,0 +1,59 @@
+"""Times llama.cpp (through the llama-cpp-python package) the way `llama-gpu bench` times
+our engine: ppN = one N-token prompt in one pass, tgN = N tokens decoded one at a time from
+an empty context, one warm-up run, then mean ± stddev tokens/s over repetitions.
+
+Usage: python llama_cpp_bench.py MODEL.gguf [-p 512] [-n 128] [-t 1,2] [-r 5]
+"""
+import argparse
+import statistics
+import time
+
+import llama_cpp
+
+
+def run(model, n_prompt, n_gen, threads, reps):
+    llm = llama_cpp.Llama(
+        model_path=model, n_ctx=max(n_prompt, n_gen) + 16, n_batch=512, n_ubatch=512,
+        n_threads=threads, n_threads_batch=threads, verbose=False,
+    )
+    vocab = llm.n_vocab()
+    rows = []
+    for name, n, prompt in ((f"pp{n_prompt}", n_prompt, True), (f"tg{n_gen}", n_gen, False)):
+        if n == 0:
+            continue
+        tokens = [(i * 7919 + 13) % vocab for i in range(n)]
+        samples = []
+        for rep in range(reps + 1):
+            llm.reset()
+            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+            start = time.perf_counter()
+            if prompt:
+                llm.eval(tokens)
+            else:
+                for t in tokens:
+                    llm.eval([t])
+            seconds = time.perf_counter() - start
+            if rep > 0:
+                samples.append(n / seconds)
+        sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
+        rows.append((threads, name, statistics.mean(samples), sd))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-t", default="2")
+    ap.add_argument("-r", type=int, default=5)
+    a = ap.parse_args()
+    print(f"| engine | threads | test | t/s |")
+    print(f"| --- | ---: | ---: | ---: |")
+    for t in [int(x) for x in a.t.split(",")]:
+        for threads, name, mean, sd in run(a.model, a.p, a.n, t, a.r):
+            print(f"| llama.cpp (llama-cpp-python {llama_cpp.__version__}) | {threads} | {name} | {mean:.2f} ± {sd:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
