@@ -53,6 +53,8 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Measure prompt and generation speed (llama-bench compatible tests).
     Bench(commands::bench::Args),
+    /// Rewrite a GGUF model with its weights in another quant type.
+    Quantize(commands::quantize::Args),
 }
 
 fn init_logging(common: &Common) {
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

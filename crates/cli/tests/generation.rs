@@ -213,3 +213,44 @@ fn bench_reports_llama_bench_tests() {
     assert!(rows[1]["bandwidth_fraction"].as_f64().unwrap() > 0.0);
     usage_error(&["bench", "-r", "0"], "-r");
 }
+
+#[test]
+fn quantize_rewrites_weights_and_the_result_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("f32.gguf");
+    engine::synthetic::SyntheticModel {
+        weight_type: gguf::GgmlType::F32,
+        ..Default::default()
+    }
+    .write(&source)
+    .unwrap();
+    for ty in ["Q8_0", "Q4_K", "Q5_0"] {
+        let out_path = dir.path().join(format!("{ty}.gguf"));
+        let out = llama_gpu(&[
+            "quantize",
+            source.to_str().unwrap(),
+            out_path.to_str().unwrap(),
+            ty,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let info = llama_gpu(&["inspect", out_path.to_str().unwrap(), "--json"]);
+        let r: serde_json::Value = serde_json::from_str(&stdout(&info)).unwrap();
+        assert_eq!(r["tensor_types"][ty], 15, "{ty}: {r}");
+        let run = llama_gpu(&[
+            "run",
+            "-m",
+            out_path.to_str().unwrap(),
+            "--raw",
+            "--temp",
+            "0",
+            "-n",
+            "4",
+            "hello",
+        ]);
+        assert!(run.status.success(), "{ty}: {}", stderr(&run));
+    }
+    usage_error(
+        &["quantize", source.to_str().unwrap(), "/tmp/x.gguf", "Q9_9"],
+        "Q9_9",
+    );
+}

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod inspect;
 pub mod models;
 pub mod perplexity;
+pub mod quantize;
 pub mod run;
 pub mod tokenize;
 
