@@ -254,3 +254,41 @@ fn quantize_rewrites_weights_and_the_result_runs() {
         "Q9_9",
     );
 }
+
+#[test]
+fn chat_keeps_history_and_obeys_commands() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
+        .args([
+            "chat",
+            "--temp",
+            "0",
+            "-n",
+            "40",
+            "--system",
+            "You are a helpful assistant.",
+        ])
+        .env("LLAMA_GPU_HOME", common::store_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/reset\n/system You are terse.\n/quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("The capital of France is Paris."),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("history cleared") && err.contains("system message set"),
+        "{err}"
+    );
+}
