@@ -1,9 +1,7 @@
 //! `run`, `tokenize`, `detokenize` and `perplexity` end to end, and their bad-input paths.
 
 mod common;
-use common::{llama_gpu, stderr, stdout};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use common::{llama_gpu, llama_gpu_with_stdin, stderr, stdout};
 
 fn refs(name: &str) -> String {
     format!("{}/../../../shared/refs/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -154,21 +152,7 @@ fn bad_input_gives_clear_errors() {
     );
     usage_error(&["run", "--device", "tpu", "hi"], "tpu");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
-        .args(["run", "--raw"])
-        .env("LLAMA_GPU_HOME", common::store_home())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&[0x66, 0xff, 0xfe])
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = llama_gpu_with_stdin(&["run", "--raw"], &[0x66, 0xff, 0xfe]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
 }
@@ -257,8 +241,8 @@ fn quantize_rewrites_weights_and_the_result_runs() {
 
 #[test]
 fn chat_keeps_history_and_obeys_commands() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
-        .args([
+    let out = llama_gpu_with_stdin(
+        &[
             "chat",
             "--temp",
             "0",
@@ -266,20 +250,9 @@ fn chat_keeps_history_and_obeys_commands() {
             "40",
             "--system",
             "You are a helpful assistant.",
-        ])
-        .env("LLAMA_GPU_HOME", common::store_home())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of France?\n/reset\n/system You are terse.\n/quit\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        b"What is the capital of France?\n/reset\n/system You are terse.\n/quit\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("The capital of France is Paris."),

@@ -6,6 +6,19 @@
 
 const LANES: usize = 16;
 
+/// Σ of the lanes as a halving tree (lane i + lane i + width, width = 8, 4, 2, 1).
+#[inline(always)]
+fn tree_sum(mut acc: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -21,14 +34,7 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     for (i, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
         acc[i] += x * y;
     }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-        width /= 2;
-    }
-    acc[0]
+    tree_sum(acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -87,14 +93,7 @@ fn dot_f16_lanes(k: &[u16], q: &[f32]) -> f32 {
     for (i, (x, y)) in ck.remainder().iter().zip(cq.remainder()).enumerate() {
         acc[i] += crate::f16_bits_to_f32(*x) * y;
     }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-        width /= 2;
-    }
-    acc[0]
+    tree_sum(acc)
 }
 
 /// y[i] += a·x[i] with `x` in f16 bits.

@@ -1,4 +1,5 @@
 //! Helpers shared by the binary's integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -18,6 +19,27 @@ pub fn llama_gpu(args: &[&str]) -> Output {
         .env("LLAMA_GPU_HOME", store_home())
         .output()
         .expect("cannot start llama-gpu")
+}
+
+/// Runs llama-gpu with `input` on its standard input.
+pub fn llama_gpu_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
+        .args(args)
+        .env("LLAMA_GPU_HOME", store_home())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start llama-gpu");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .expect("writing stdin");
+    child.wait_with_output().expect("waiting for llama-gpu")
 }
 
 pub fn stdout(o: &Output) -> String {
