@@ -38,6 +38,9 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &Self::Buffer, weight: &Self::Weight, eps: f32, out: &mut Self::Buffer);
     /// `out[t] = w · x[t]` for every row `t` of `x`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buffer, out: &mut Self::Buffer);
+    /// Several matmuls of the same activations (Q/K/V, gate/up) in one pass; the same
+    /// results as separate `matmul` calls.
+    fn matmul_many(&self, ws: &[&Self::Weight], x: &Self::Buffer, outs: &mut [&mut Self::Buffer]);
     /// `x[t] += bias` for every row.
     fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Weight);
     /// Rotates each head of `x` by its token's position.

@@ -177,6 +177,12 @@ impl Backend for CpuBackend {
         quant::matmul(&w.matrix(), &x.data, &mut out.data);
     }
 
+    fn matmul_many(&self, ws: &[&CpuWeight], x: &CpuBuffer, outs: &mut [&mut CpuBuffer]) {
+        let matrices: Vec<QMatrix> = ws.iter().map(|w| w.matrix()).collect();
+        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
+        quant::matmul_many(&matrices, &x.data, &mut slices);
+    }
+
     fn add_bias(&self, x: &mut CpuBuffer, bias: &CpuWeight) {
         let b = bias.dense();
         for row in x.data.chunks_exact_mut(x.cols) {

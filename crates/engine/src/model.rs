@@ -144,9 +144,11 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
-            b.matmul(&layer.wq, &h, &mut q);
-            b.matmul(&layer.wk, &h, &mut k);
-            b.matmul(&layer.wv, &h, &mut v);
+            b.matmul_many(
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &h,
+                &mut [&mut q, &mut k, &mut v],
+            );
             if let Some([bq, bk, bv]) = &layer.bias {
                 b.add_bias(&mut q, bq);
                 b.add_bias(&mut k, bk);
@@ -161,8 +163,7 @@ impl<B: Backend> Llama<B> {
 
             // Feed-forward block (SwiGLU).
             b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
-            b.matmul(&layer.w_gate, &h, &mut gate);
-            b.matmul(&layer.w_up, &h, &mut up);
+            b.matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut gate, &mut up]);
             b.silu_mul(&mut gate, &up);
             b.matmul(&layer.w_down, &gate, &mut h);
             b.add(&mut x, &h);

@@ -147,6 +147,15 @@ pub fn quantize_q5_1(x: &[f32], block: &mut [u8]) {
     );
 }
 
+/// Rounds to the nearest integer, halves to even, for |x| < 2^22: adding and removing
+/// 1.5·2^23 leaves no fraction bits, so the FPU's own rounding does the work (inline,
+/// where `round_ties_even` may become a library call).
+#[inline(always)]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
+}
+
 /// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
 /// (whose results our reference logits come from) it multiplies by 127/amax and rounds
 /// halves to even.
@@ -156,7 +165,7 @@ fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0;
     for (c, v) in codes.iter_mut().zip(x) {
-        let q = (v * id).round_ties_even() as i32;
+        let q = round_half_even(v * id) as i32;
         sum += q;
         *c = q as i8 as u8;
     }
@@ -172,4 +181,18 @@ pub fn quantize_q8_1(x: &[f32], block: &mut [u8]) {
     let (d, sum) = q8_codes(x, &mut block[4..36]);
     put_f16(block, 0, d);
     put_f16(block, 2, d * sum as f32);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn magic_rounding_matches_round_ties_even() {
+        for i in -100_000..100_000 {
+            let x = i as f32 * 0.00137 + (i % 7) as f32 * 0.5;
+            assert_eq!(super::round_half_even(x), x.round_ties_even(), "{x}");
+        }
+        for x in [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -127.5, 127.49999] {
+            assert_eq!(super::round_half_even(x), x.round_ties_even(), "{x}");
+        }
+    }
 }

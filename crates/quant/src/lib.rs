@@ -15,7 +15,7 @@ mod matmul;
 pub use dot::{axpy_f16, dot_f16, dot_f32};
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
-pub use matmul::{matmul, matmul_with, QMatrix};
+pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, QMatrix};
 
 use gguf::GgmlType;
 

@@ -178,33 +178,60 @@ x86_tile!(
 
 /// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    matmul_with(selected_isa(), w, x, out)
+    matmul_many_with(selected_isa(), &[*w], x, &mut [out])
 }
 
 /// `matmul` with the kernels compiled for `isa` (which must be available).
 pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    let n_tokens = x.len() / w.cols;
-    assert_eq!(x.len(), n_tokens * w.cols, "activations are not whole rows");
-    assert_eq!(out.len(), n_tokens * w.rows, "output has the wrong size");
+    matmul_many_with(isa, &[*w], x, &mut [out])
+}
+
+/// Several matrices applied to the same activations (Q, K and V; gate and up) in one
+/// parallel pass: one fork/join and one activation quantization per activation format,
+/// instead of one per matrix. Results are those of separate `matmul` calls.
+pub fn matmul_many(ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    matmul_many_with(selected_isa(), ws, x, outs)
+}
+
+pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
     assert!(
         isa.is_available(),
         "{} is not available on this CPU",
         isa.name()
     );
-    let xq = quantize(activation_type(w.ty), x).expect("row length checked in QMatrix::new");
-    let ptr = OutPtr(out.as_mut_ptr());
-    (0..w.rows.div_ceil(ROW_TILE))
-        .into_par_iter()
-        .for_each(|i| {
-            let r0 = i * ROW_TILE;
-            match isa {
-                // SAFETY: `isa` is available on this CPU (asserted above).
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { tile_avx512(w, &xq, n_tokens, r0, ptr) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { tile_avx2(w, &xq, n_tokens, r0, ptr) },
-                _ => tile_scalar(w, &xq, n_tokens, r0, ptr),
+    let Some(first) = ws.first() else { return };
+    let n_tokens = x.len() / first.cols;
+    let mut quantized: Vec<(GgmlType, Vec<u8>)> = Vec::new();
+    let mut tiles = Vec::new();
+    let mut ptrs = Vec::with_capacity(ws.len());
+    for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        assert_eq!(w.cols, first.cols, "matrices share the activations");
+        assert_eq!(x.len(), n_tokens * w.cols, "activations are not whole rows");
+        assert_eq!(out.len(), n_tokens * w.rows, "output has the wrong size");
+        let act = activation_type(w.ty);
+        let q = match quantized.iter().position(|(t, _)| *t == act) {
+            Some(i) => i,
+            None => {
+                let xq = quantize(act, x).expect("row length checked in QMatrix::new");
+                quantized.push((act, xq));
+                quantized.len() - 1
             }
-        });
+        };
+        ptrs.push((OutPtr(out.as_mut_ptr()), q));
+        tiles.extend((0..w.rows.div_ceil(ROW_TILE)).map(|t| (m, t * ROW_TILE)));
+    }
+    tiles.into_par_iter().for_each(|(m, r0)| {
+        let (w, (ptr, q)) = (&ws[m], ptrs[m]);
+        let xq = &quantized[q].1;
+        match isa {
+            // SAFETY: `isa` is available on this CPU (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { tile_avx512(w, xq, n_tokens, r0, ptr) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { tile_avx2(w, xq, n_tokens, r0, ptr) },
+            _ => tile_scalar(w, xq, n_tokens, r0, ptr),
+        }
+    });
 }

@@ -256,3 +256,39 @@ fn matmul_matches_reference_and_is_batch_invariant() {
     }
     assert!(QMatrix::new(Q4_0, &[0u8; 10], 1, 32).is_err());
 }
+
+#[test]
+fn matmul_many_equals_separate_matmuls() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let cols = 64;
+    let x: Vec<f32> = (0..3 * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let shapes = [(Q4_1, 20), (Q8_0, 33), (Q4_K, 5)];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(ty, rows)| {
+            let cols = if ty == Q4_K { 256 } else { cols };
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            quantize(ty, &w).unwrap()
+        })
+        .collect();
+    // Q4_K needs 256-wide rows, so it gets its own activations below.
+    let ms: Vec<QMatrix> = shapes[..2]
+        .iter()
+        .zip(&data)
+        .map(|(&(ty, rows), d)| QMatrix::new(ty, d, rows, cols).unwrap())
+        .collect();
+    let mut a = vec![0.0; 3 * 20];
+    let mut b = vec![0.0; 3 * 33];
+    matmul_many(&ms, &x, &mut [&mut a, &mut b]);
+    let (mut a1, mut b1) = (vec![0.0; 3 * 20], vec![0.0; 3 * 33]);
+    matmul(&ms[0], &x, &mut a1);
+    matmul(&ms[1], &x, &mut b1);
+    assert_eq!(a, a1);
+    assert_eq!(b, b1);
+    let k = QMatrix::new(Q4_K, &data[2], 5, 256).unwrap();
+    let xk: Vec<f32> = (0..256).map(|i| i as f32 / 256.0).collect();
+    let (mut one, mut many) = (vec![0.0; 5], vec![0.0; 5]);
+    matmul(&k, &xk, &mut one);
+    matmul_many(&[k], &xk, &mut [&mut many]);
+    assert_eq!(one, many);
+}
