@@ -30,6 +30,12 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
 /// reaches into each ISA-specific copy of the matmul loop.
 pub trait Kernel {
     fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32;
+
+    /// One weight row against N activation rows; each result equals `dot`'s.
+    #[inline(always)]
+    fn dotn<const N: usize>(ty: GgmlType, w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+        a.map(|a| Self::dot(ty, w, a))
+    }
 }
 
 macro_rules! kernel {

@@ -76,76 +76,92 @@ macro_rules! x86_kernels {
                 _mm_cvtss_f32(s) + offsets
             }
 
+            /// One weight row against N activation rows: each block of the weights is
+            /// loaded and unpacked once for all N, and each output follows exactly the
+            /// single-row order.
+            #[inline(always)]
+            unsafe fn rows<const N: usize, const WB: usize, const AB: usize>(
+                w: &[u8],
+                a: [&[u8]; N],
+                block: impl Fn(&[u8], &[u8]) -> (f32, __m256i, f32),
+            ) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut offsets = [0.0f32; N];
+                for (b, wb) in w.chunks_exact(WB).enumerate() {
+                    for n in 0..N {
+                        let ab = &a[n][b * AB..(b + 1) * AB];
+                        let (scale, lanes, offset) = block(wb, ab);
+                        acc[n] = add_block(acc[n], scale, lanes);
+                        offsets[n] += offset;
+                    }
+                }
+                let mut out = [0.0f32; N];
+                for n in 0..N {
+                    out[n] = total(acc[n], offsets[n]);
+                }
+                out
+            }
+
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let eight = _mm256_set1_epi8(8);
-                for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
+            pub unsafe fn dot_q4_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                rows::<N, 18, 34>(w, a, |wb, ab| {
                     let x = load(&ab[2..34]);
-                    let lanes =
-                        _mm256_sub_epi32(dot32(nibbles(wb[2..].as_ptr()), x), dot32(eight, x));
-                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
-                }
-                total(acc, 0.0)
+                    let q = nibbles(wb[2..].as_ptr());
+                    let lanes = _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(8), x));
+                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
+                })
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let mut offsets = 0.0f32;
-                for (wb, ab) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
+            pub unsafe fn dot_q4_1_q8_1<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                rows::<N, 20, 36>(w, a, |wb, ab| {
                     let lanes = dot32(nibbles(wb[4..].as_ptr()), load(&ab[4..36]));
-                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
-                    offsets += f16_at(wb, 2) * f16_at(ab, 2);
-                }
-                total(acc, offsets)
+                    (
+                        f16_at(wb, 0) * f16_at(ab, 0),
+                        lanes,
+                        f16_at(wb, 2) * f16_at(ab, 2),
+                    )
+                })
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let sixteen = _mm256_set1_epi8(16);
-                for (wb, ab) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
+            pub unsafe fn dot_q5_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                rows::<N, 22, 34>(w, a, |wb, ab| {
                     let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
                     let x = load(&ab[2..34]);
-                    let lanes = _mm256_sub_epi32(
-                        dot32(five_bit(wb[6..].as_ptr(), qh), x),
-                        dot32(sixteen, x),
-                    );
-                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
-                }
-                total(acc, 0.0)
+                    let q = five_bit(wb[6..].as_ptr(), qh);
+                    let lanes = _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(16), x));
+                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
+                })
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_1_q8_1(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let mut offsets = 0.0f32;
-                for (wb, ab) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
+            pub unsafe fn dot_q5_1_q8_1<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                rows::<N, 24, 36>(w, a, |wb, ab| {
                     let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
                     let lanes = dot32(five_bit(wb[8..].as_ptr(), qh), load(&ab[4..36]));
-                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
-                    offsets += f16_at(wb, 2) * f16_at(ab, 2);
-                }
-                total(acc, offsets)
+                    (
+                        f16_at(wb, 0) * f16_at(ab, 0),
+                        lanes,
+                        f16_at(wb, 2) * f16_at(ab, 2),
+                    )
+                })
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                for (wb, ab) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
+            pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                rows::<N, 34, 34>(w, a, |wb, ab| {
                     let q = load(&wb[2..34]);
                     let x = load(&ab[2..34]);
                     // |q| · (x with q's sign) = q·x, with the unsigned operand first.
                     let lanes = dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-                    acc = add_block(acc, f16_at(wb, 0) * f16_at(ab, 0), lanes);
-                }
-                total(acc, 0.0)
+                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
+                })
             }
         }
     };

@@ -16,6 +16,10 @@ use rayon::prelude::*;
 /// amortize the task.
 const ROW_TILE: usize = 16;
 
+/// Tokens whose dot products share one pass over a weight row (prefill and batches):
+/// each weight block is loaded and unpacked once for all of them.
+const TOKEN_BLOCK: usize = 8;
+
 /// A row-major matrix of `rows` × `cols` values stored in a GGML block format.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
@@ -96,7 +100,19 @@ impl OutPtr {
 fn tile<K: Kernel>(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
     let x_row_bytes = xq.len() / n_tokens.max(1);
     let r1 = (r0 + ROW_TILE).min(w.rows);
-    for t in 0..n_tokens {
+    let x_row = |t: usize| &xq[t * x_row_bytes..(t + 1) * x_row_bytes];
+    let blocked = n_tokens / TOKEN_BLOCK * TOKEN_BLOCK;
+    for t in (0..blocked).step_by(TOKEN_BLOCK) {
+        let xs: [&[u8]; TOKEN_BLOCK] = std::array::from_fn(|i| x_row(t + i));
+        for r in r0..r1 {
+            let v = K::dotn(w.ty, w.row(r), xs);
+            for (i, v) in v.into_iter().enumerate() {
+                // SAFETY: as below.
+                unsafe { *out.at((t + i) * w.rows + r) = v };
+            }
+        }
+    }
+    for t in blocked..n_tokens {
         let xt = &xq[t * x_row_bytes..(t + 1) * x_row_bytes];
         for r in r0..r1 {
             let v = K::dot(w.ty, w.row(r), xt);
@@ -140,7 +156,13 @@ macro_rules! x86_tile {
                         fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                             // SAFETY: only reached from `tile` below, whose target
                             // features the caller checked on this CPU.
-                            unsafe { simd::$f(w, a) }
+                            unsafe { simd::$f::<1>(w, [a])[0] }
+                        }
+
+                        #[inline(always)]
+                        fn dotn<const N: usize>(_: GgmlType, w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+                            // SAFETY: as for `dot`.
+                            unsafe { simd::$f::<N>(w, a) }
                         }
                     }
                 };
