@@ -3,7 +3,29 @@
 
 use crate::error::Result;
 use gguf::GgufFile;
+use std::ops::Range;
 use std::sync::Arc;
+
+/// Token positions per KV-cache block. The cache is a pool of such blocks; a sequence
+/// owns a list of them (its block table), so sequences of any length share one budget.
+pub const KV_BLOCK_SIZE: usize = 16;
+
+/// The rows of a batch that belong to one sequence, and where its keys and values live.
+#[derive(Clone, Debug)]
+pub struct SeqRows<'a> {
+    /// Consecutive rows of the batch's activations.
+    pub rows: Range<usize>,
+    /// Position of the first row in its sequence.
+    pub start: usize,
+    /// The sequence's KV blocks in position order: position `p` is slot
+    /// `blocks[p / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + p % KV_BLOCK_SIZE`.
+    pub blocks: &'a [u32],
+}
+
+/// The pool slot holding position `pos` of a sequence with block table `blocks`.
+pub fn kv_slot(blocks: &[u32], pos: usize) -> usize {
+    blocks[pos / KV_BLOCK_SIZE] as usize * KV_BLOCK_SIZE + pos % KV_BLOCK_SIZE
+}
 
 /// RoPE inputs shared by every layer: the rotation frequencies of each pair of dimensions.
 #[derive(Clone, Debug)]
@@ -21,8 +43,8 @@ pub trait Backend: Send + Sync {
     type Buffer: Send;
     /// A weight tensor in its GGUF format.
     type Weight: Send + Sync;
-    /// Keys and values of one sequence, for every layer.
-    type KvCache: Send;
+    /// Keys and values of every layer, in blocks of `KV_BLOCK_SIZE` positions.
+    type KvPool: Send;
 
     fn name(&self) -> &str;
 
@@ -30,7 +52,10 @@ pub trait Backend: Send + Sync {
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight>;
     /// A zeroed buffer of `rows` × `cols`.
     fn alloc(&self, rows: usize, cols: usize) -> Self::Buffer;
-    fn new_kv_cache(&self, layers: usize, context: usize, kv_dim: usize) -> Self::KvCache;
+    /// A pool of `blocks` KV blocks; an error when the device cannot hold it.
+    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<Self::KvPool>;
+    /// Copies every layer of block `src` into block `dst` (copy-on-write of a shared block).
+    fn kv_copy_block(&self, pool: &mut Self::KvPool, src: u32, dst: u32);
 
     /// `out[t] = table[tokens[t]]`.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Buffer) -> Result<()>;
@@ -45,23 +70,23 @@ pub trait Backend: Send + Sync {
     fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Weight);
     /// Rotates each head of `x` by its token's position.
     fn rope(&self, x: &mut Self::Buffer, positions: &[usize], rope: &Rope);
-    /// Stores the keys and values of the given positions in `layer` of the cache.
+    /// Stores row `t` of `k` and `v` in pool slot `slots[t]` of `layer`.
     fn kv_store(
         &self,
-        cache: &mut Self::KvCache,
+        pool: &mut Self::KvPool,
         layer: usize,
         k: &Self::Buffer,
         v: &Self::Buffer,
-        positions: &[usize],
+        slots: &[usize],
     );
-    /// Causal grouped-query attention of queries `q` (one row per token at
-    /// `positions`) over the cache.
+    /// Causal grouped-query attention of queries `q` over the pool: each row attends to
+    /// positions `0..=its own` of its sequence, read through the sequence's block table.
     fn attention(
         &self,
         q: &Self::Buffer,
-        cache: &Self::KvCache,
+        pool: &Self::KvPool,
         layer: usize,
-        positions: &[usize],
+        seqs: &[SeqRows],
         n_kv_heads: usize,
         out: &mut Self::Buffer,
     );
@@ -69,8 +94,8 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate: &mut Self::Buffer, up: &Self::Buffer);
     /// `x += y`.
     fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer);
-    /// A new buffer holding `rows` of `x`.
-    fn rows(&self, x: &Self::Buffer, rows: std::ops::Range<usize>) -> Self::Buffer;
+    /// A new buffer holding the given rows of `x`, in that order.
+    fn gather_rows(&self, x: &Self::Buffer, rows: &[usize]) -> Self::Buffer;
     /// Copies rows of a buffer to the host.
     fn to_host(&self, x: &Self::Buffer, rows: std::ops::Range<usize>) -> Vec<f32>;
 }

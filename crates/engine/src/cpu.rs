@@ -1,7 +1,7 @@
 //! The CPU backend: weights stay quantized in the memory-mapped file; activations are
 //! f32 (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split across threads by rows or heads.
 
-use crate::backend::{Backend, Rope};
+use crate::backend::{kv_slot, Backend, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
@@ -74,18 +74,30 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-pub struct CpuKvCache {
-    context: usize,
+pub struct CpuKvPool {
+    slots: usize,
     kv_dim: usize,
-    /// [layer][position][kv_dim], f16 bits
+    /// [layer][slot][kv_dim], f16 bits
     k: Vec<u16>,
     v: Vec<u16>,
 }
 
-impl CpuKvCache {
-    fn offset(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.context + pos) * self.kv_dim
+impl CpuKvPool {
+    fn offset(&self, layer: usize, slot: usize) -> usize {
+        (layer * self.slots + slot) * self.kv_dim
     }
+}
+
+/// A zeroed vector of `n` values, or an error when the memory cannot be had.
+fn zeroed(n: usize) -> Result<Vec<u16>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            what: "KV cache",
+            bytes: n.saturating_mul(2),
+        })?;
+    v.resize(n, 0);
+    Ok(v)
 }
 
 #[derive(Default)]
@@ -100,7 +112,7 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     type Buffer = CpuBuffer;
     type Weight = CpuWeight;
-    type KvCache = CpuKvCache;
+    type KvPool = CpuKvPool;
 
     fn name(&self) -> &str {
         "cpu"
@@ -137,13 +149,30 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn new_kv_cache(&self, layers: usize, context: usize, kv_dim: usize) -> CpuKvCache {
-        let n = layers * context * kv_dim;
-        CpuKvCache {
-            context,
+    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<CpuKvPool> {
+        let slots = blocks * KV_BLOCK_SIZE;
+        let n = layers
+            .checked_mul(slots)
+            .and_then(|n| n.checked_mul(kv_dim))
+            .ok_or(EngineError::OutOfMemory {
+                what: "KV cache",
+                bytes: usize::MAX,
+            })?;
+        Ok(CpuKvPool {
+            slots,
             kv_dim,
-            k: vec![0; n],
-            v: vec![0; n],
+            k: zeroed(n)?,
+            v: zeroed(n)?,
+        })
+    }
+
+    fn kv_copy_block(&self, pool: &mut CpuKvPool, src: u32, dst: u32) {
+        let n = KV_BLOCK_SIZE * pool.kv_dim;
+        for layer in 0..pool.k.len() / (pool.slots * pool.kv_dim) {
+            let from = pool.offset(layer, src as usize * KV_BLOCK_SIZE);
+            let to = pool.offset(layer, dst as usize * KV_BLOCK_SIZE);
+            pool.k.copy_within(from..from + n, to);
+            pool.v.copy_within(from..from + n, to);
         }
     }
 
@@ -215,19 +244,19 @@ impl Backend for CpuBackend {
 
     fn kv_store(
         &self,
-        cache: &mut CpuKvCache,
+        pool: &mut CpuKvPool,
         layer: usize,
         k: &CpuBuffer,
         v: &CpuBuffer,
-        positions: &[usize],
+        slots: &[usize],
     ) {
-        for (t, &pos) in positions.iter().enumerate() {
-            let at = cache.offset(layer, pos);
-            let n = cache.kv_dim;
-            for (dst, &src) in cache.k[at..at + n].iter_mut().zip(k.row(t)) {
+        for (t, &slot) in slots.iter().enumerate() {
+            let at = pool.offset(layer, slot);
+            let n = pool.kv_dim;
+            for (dst, &src) in pool.k[at..at + n].iter_mut().zip(k.row(t)) {
                 *dst = f16::from_f32(src).to_bits();
             }
-            for (dst, &src) in cache.v[at..at + n].iter_mut().zip(v.row(t)) {
+            for (dst, &src) in pool.v[at..at + n].iter_mut().zip(v.row(t)) {
                 *dst = f16::from_f32(src).to_bits();
             }
         }
@@ -236,22 +265,29 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &CpuBuffer,
-        cache: &CpuKvCache,
+        pool: &CpuKvPool,
         layer: usize,
-        positions: &[usize],
+        seqs: &[SeqRows],
         n_kv_heads: usize,
         out: &mut CpuBuffer,
     ) {
-        let head_dim = cache.kv_dim / n_kv_heads;
+        let head_dim = pool.kv_dim / n_kv_heads;
         let n_heads = q.cols / head_dim;
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let cols = q.cols;
+        // For each row: its sequence's block table and its position.
+        let mut row_of: Vec<(&[u32], usize)> = vec![(&[], 0); q.rows];
+        for s in seqs {
+            for r in s.rows.clone() {
+                row_of[r] = (s.blocks, s.start + r - s.rows.start);
+            }
+        }
         out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
             Vec::new,
             |scores, (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
-                let pos = positions[t];
+                let (blocks, pos) = row_of[t];
                 // With an f16 cache GGML multiplies in f16: the query and the attention
                 // weights are rounded to f16 too, and so are they here.
                 let qh: Vec<f32> = q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
@@ -261,8 +297,8 @@ impl Backend for CpuBackend {
                 let kv_off = (h / group) * head_dim;
                 scores.clear();
                 for p in 0..=pos {
-                    let at = cache.offset(layer, p) + kv_off;
-                    scores.push(quant::dot_f16(&cache.k[at..at + head_dim], &qh) * scale);
+                    let at = pool.offset(layer, kv_slot(blocks, p)) + kv_off;
+                    scores.push(quant::dot_f16(&pool.k[at..at + head_dim], &qh) * scale);
                 }
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0.0;
@@ -272,9 +308,9 @@ impl Backend for CpuBackend {
                 }
                 out_head.fill(0.0);
                 for (p, &w) in scores.iter().enumerate() {
-                    let at = cache.offset(layer, p) + kv_off;
+                    let at = pool.offset(layer, kv_slot(blocks, p)) + kv_off;
                     let w = f16::from_f32(w / sum).to_f32();
-                    quant::axpy_f16(out_head, w, &cache.v[at..at + head_dim]);
+                    quant::axpy_f16(out_head, w, &pool.v[at..at + head_dim]);
                 }
             },
         );
@@ -292,9 +328,9 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rows(&self, x: &CpuBuffer, rows: std::ops::Range<usize>) -> CpuBuffer {
+    fn gather_rows(&self, x: &CpuBuffer, rows: &[usize]) -> CpuBuffer {
         CpuBuffer {
-            data: self.to_host(x, rows.clone()),
+            data: rows.iter().flat_map(|&r| x.row(r)).copied().collect(),
             rows: rows.len(),
             cols: x.cols,
         }

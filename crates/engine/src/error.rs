@@ -28,6 +28,16 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    #[error("cannot allocate {bytes} bytes for the {what}")]
+    OutOfMemory { what: &'static str, bytes: usize },
+    #[error("prompt of {tokens} tokens can never fit in the KV cache of {capacity} tokens")]
+    KvBudget { tokens: usize, capacity: usize },
+    #[error("the engine is overloaded: {waiting} requests are already waiting (limit {limit})")]
+    Overloaded { waiting: usize, limit: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the engine has stopped")]
+    Stopped,
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
 }

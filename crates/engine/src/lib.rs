@@ -1,5 +1,6 @@
 //! LLaMA-family inference: model configuration, the `Backend` trait and its CPU
-//! implementation, the model graph (`Llama`), tokenizer, chat templates and sampler.
+//! implementation, the model graph (`Llama`), tokenizer, chat templates, sampler, and the
+//! serving engine (continuous batching over a paged KV cache).
 
 pub mod backend;
 pub mod chat;
@@ -8,6 +9,7 @@ pub mod cpu;
 pub mod error;
 pub mod model;
 pub mod sampler;
+pub mod serving;
 pub mod session;
 pub mod synthetic;
 pub mod text;
@@ -20,6 +22,7 @@ pub use cpu::CpuBackend;
 pub use error::{EngineError, Result};
 pub use model::{Llama, Logits};
 pub use sampler::{Sampler, SamplingParams};
+pub use serving::{Engine, EngineConfig, Event, KvBudget, Request, RequestStream, Usage};
 pub use session::{FinishReason, GenerateOptions, Generated, Session};
 pub use text::TextStream;
 pub use tokenizer::Tokenizer;

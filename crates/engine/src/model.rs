@@ -1,6 +1,6 @@
 //! The LLaMA transformer, written once for every backend.
 
-use crate::backend::{Backend, Rope};
+use crate::backend::{kv_slot, Backend, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::config::{Config, RopeScaling};
 use crate::error::{EngineError, Result};
 use gguf::GgufFile;
@@ -40,6 +40,32 @@ pub enum Logits {
     All,
     /// Tokens from this index of the call on (perplexity scores the second half).
     From(usize),
+    /// None (a prompt chunk that is not the prompt's last).
+    None,
+}
+
+/// One sequence's part of a batched forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqBatch<'a> {
+    /// The tokens to run, at positions `start..start + tokens.len()`.
+    pub tokens: &'a [u32],
+    pub start: usize,
+    /// KV blocks covering at least positions `0..start + tokens.len()`.
+    pub blocks: &'a [u32],
+    pub logits: Logits,
+}
+
+/// The KV cache of a single sequence: a pool of its own, used through a fixed block table.
+pub struct KvCache<B: Backend> {
+    pool: B::KvPool,
+    blocks: Vec<u32>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * KV_BLOCK_SIZE
+    }
 }
 
 fn check_shape(file: &GgufFile, name: &str, expected: &[usize]) -> Result<()> {
@@ -112,9 +138,24 @@ impl<B: Backend> Llama<B> {
         self.backend.name()
     }
 
-    pub fn new_kv_cache(&self, context: usize) -> B::KvCache {
+    /// A pool of `blocks` KV blocks for every layer of this model.
+    pub fn new_kv_pool(&self, blocks: usize) -> Result<B::KvPool> {
         let c = &self.config;
-        self.backend.new_kv_cache(c.n_layers, context, c.kv_dim())
+        self.backend.new_kv_pool(c.n_layers, blocks, c.kv_dim())
+    }
+
+    /// Bytes of KV cache one block takes (keys and values, every layer, f16).
+    pub fn kv_block_bytes(&self) -> usize {
+        2 * self.config.n_layers * KV_BLOCK_SIZE * self.config.kv_dim() * 2
+    }
+
+    /// A cache for one sequence of up to `context` positions.
+    pub fn new_kv_cache(&self, context: usize) -> Result<KvCache<B>> {
+        let blocks = context.div_ceil(KV_BLOCK_SIZE);
+        Ok(KvCache {
+            pool: self.new_kv_pool(blocks)?,
+            blocks: (0..blocks as u32).collect(),
+        })
     }
 
     /// Runs `tokens` at positions `start..start + n` of one sequence whose earlier
@@ -123,13 +164,64 @@ impl<B: Backend> Llama<B> {
         &self,
         tokens: &[u32],
         start: usize,
-        cache: &mut B::KvCache,
+        cache: &mut KvCache<B>,
         logits: Logits,
     ) -> Result<Vec<f32>> {
+        if start + tokens.len() > cache.capacity() {
+            return Err(EngineError::ContextOverflow {
+                tokens: start + tokens.len(),
+                context: cache.capacity(),
+            });
+        }
+        let seq = SeqBatch {
+            tokens,
+            start,
+            blocks: &cache.blocks,
+            logits,
+        };
+        self.forward_batch(&[seq], &mut cache.pool)
+    }
+
+    /// One step for several sequences at once: their tokens are the rows of one batch,
+    /// so every weight matrix is read once for all of them. Returns the requested logits
+    /// (`vocab` per row), sequence after sequence. A row's result does not depend on the
+    /// other rows of the batch.
+    pub fn forward_batch(&self, seqs: &[SeqBatch], pool: &mut B::KvPool) -> Result<Vec<f32>> {
         let c = &self.config;
         let b = &self.backend;
+        let mut tokens = Vec::new();
+        let mut slots = Vec::new();
+        let mut rows = Vec::with_capacity(seqs.len());
+        let mut logit_rows = Vec::new();
+        for s in seqs {
+            let end = s.start + s.tokens.len();
+            if s.tokens.is_empty() || end > s.blocks.len() * KV_BLOCK_SIZE {
+                return Err(EngineError::ContextOverflow {
+                    tokens: end,
+                    context: s.blocks.len() * KV_BLOCK_SIZE,
+                });
+            }
+            let first = tokens.len();
+            tokens.extend_from_slice(s.tokens);
+            slots.extend((s.start..end).map(|p| kv_slot(s.blocks, p)));
+            rows.push(SeqRows {
+                rows: first..tokens.len(),
+                start: s.start,
+                blocks: s.blocks,
+            });
+            let wanted = match s.logits {
+                Logits::Last => s.tokens.len() - 1..s.tokens.len(),
+                Logits::All => 0..s.tokens.len(),
+                Logits::From(i) => i.min(s.tokens.len())..s.tokens.len(),
+                Logits::None => 0..0,
+            };
+            logit_rows.extend(wanted.map(|r| first + r));
+        }
+        let positions: Vec<usize> = seqs
+            .iter()
+            .flat_map(|s| s.start..s.start + s.tokens.len())
+            .collect();
         let n = tokens.len();
-        let positions: Vec<usize> = (start..start + n).collect();
 
         let mut x = b.alloc(n, c.dim);
         let mut h = b.alloc(n, c.dim);
@@ -140,7 +232,7 @@ impl<B: Backend> Llama<B> {
         let mut gate = b.alloc(n, c.ffn_dim);
         let mut up = b.alloc(n, c.ffn_dim);
 
-        b.embed(&self.token_embedding, tokens, &mut x)?;
+        b.embed(&self.token_embedding, &tokens, &mut x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
@@ -156,8 +248,8 @@ impl<B: Backend> Llama<B> {
             }
             b.rope(&mut q, &positions, &self.rope);
             b.rope(&mut k, &positions, &self.rope);
-            b.kv_store(cache, l, &k, &v, &positions);
-            b.attention(&q, cache, l, &positions, c.n_kv_heads, &mut att);
+            b.kv_store(pool, l, &k, &v, &slots);
+            b.attention(&q, pool, l, &rows, c.n_kv_heads, &mut att);
             b.matmul(&layer.wo, &att, &mut h);
             b.add(&mut x, &h);
 
@@ -169,20 +261,18 @@ impl<B: Backend> Llama<B> {
             b.add(&mut x, &h);
         }
 
-        let rows = match logits {
-            Logits::Last => n - 1..n,
-            Logits::All => 0..n,
-            Logits::From(first) => first.min(n)..n,
-        };
+        if logit_rows.is_empty() {
+            return Ok(Vec::new());
+        }
         b.rms_norm(&x, &self.output_norm, c.rms_eps, &mut h);
-        let h = if rows == (0..n) {
+        let h = if logit_rows.len() == n {
             h
         } else {
-            b.rows(&h, rows.clone())
+            b.gather_rows(&h, &logit_rows)
         };
-        let mut out = b.alloc(rows.len(), c.vocab_size);
+        let mut out = b.alloc(logit_rows.len(), c.vocab_size);
         b.matmul(&self.output, &h, &mut out);
-        Ok(b.to_host(&out, 0..rows.len()))
+        Ok(b.to_host(&out, 0..logit_rows.len()))
     }
 }
 

@@ -144,6 +144,12 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
+    /// Restarts the random stream from `seed` (another sample of the same request).
+    pub fn reseed(&mut self, seed: u64) {
+        self.params.seed = seed;
+        self.rng = Rng(seed);
+    }
+
     /// Applies logit bias and repetition/presence/frequency penalties in place.
     pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;

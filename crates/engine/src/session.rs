@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::error::{EngineError, Result};
-use crate::model::{Llama, Logits};
+use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
@@ -30,6 +30,8 @@ pub enum FinishReason {
     Length,
     /// The caller asked to stop.
     Cancelled,
+    /// The engine could not go on (the event says why).
+    Error,
 }
 
 #[derive(Clone, Debug)]
@@ -45,19 +47,19 @@ pub struct Generated {
 
 pub struct Session<'m, B: Backend> {
     model: &'m Llama<B>,
-    cache: B::KvCache,
+    cache: KvCache<B>,
     context: usize,
     cached: Vec<u32>,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
-    pub fn new(model: &'m Llama<B>, context: usize) -> Session<'m, B> {
-        Session {
-            cache: model.new_kv_cache(context),
+    pub fn new(model: &'m Llama<B>, context: usize) -> Result<Session<'m, B>> {
+        Ok(Session {
+            cache: model.new_kv_cache(context)?,
             model,
             context,
             cached: Vec::new(),
-        }
+        })
     }
 
     pub fn context(&self) -> usize {
@@ -92,9 +94,9 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut logits = Vec::new();
         for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
             let pos = self.cached.len();
-            logits = self
-                .model
-                .forward(chunk, pos, &mut self.cache, Logits::Last)?;
+            let last = pos + chunk.len() == prompt.len();
+            let wanted = if last { Logits::Last } else { Logits::None };
+            logits = self.model.forward(chunk, pos, &mut self.cache, wanted)?;
             self.cached.extend_from_slice(chunk);
         }
         Ok((logits, prompt.len() - start))

@@ -1,7 +1,7 @@
 //! From token bytes to streamed text: only complete UTF-8 is emitted, text that could
 //! still become a stop string is held back, and output ends before the first stop string.
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TextStream {
     /// Bytes of an incomplete UTF-8 character.
     pending: Vec<u8>,

@@ -42,7 +42,7 @@ fn greedy_tokens_match_llama_cpp() {
             .position(|&m| m < NEAR_TIE)
             .unwrap_or(want.len());
 
-        let mut cache = model.new_kv_cache(prompt_ids.len() + want.len());
+        let mut cache = model.new_kv_cache(prompt_ids.len() + want.len()).unwrap();
         let mut logits = model
             .forward(&prompt_ids, 0, &mut cache, Logits::Last)
             .unwrap();

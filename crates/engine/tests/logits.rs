@@ -56,7 +56,7 @@ fn final_logits_match_llama_cpp() {
         .enumerate()
     {
         let ids = prompt_ids(i);
-        let mut cache = m.new_kv_cache(64);
+        let mut cache = m.new_kv_cache(64).unwrap();
         let ours = m.forward(&ids, 0, &mut cache, Logits::Last).unwrap();
         let reference = common::f32_file(file);
         let (max_diff, kl) = compare(&reference, &ours);
@@ -76,7 +76,7 @@ fn final_logits_match_llama_cpp() {
 fn every_position_matches_and_chunking_is_bit_identical() {
     let m = model();
     let ids = prompt_ids(0);
-    let mut cache = m.new_kv_cache(64);
+    let mut cache = m.new_kv_cache(64).unwrap();
     let all = m.forward(&ids, 0, &mut cache, Logits::All).unwrap();
     let reference = common::f32_file("logits_p1_allpos.f32");
     let vocab = m.config.vocab_size;
@@ -101,10 +101,10 @@ fn every_position_matches_and_chunking_is_bit_identical() {
     }
 
     let ids = prompt_ids(2);
-    let mut whole_cache = m.new_kv_cache(64);
+    let mut whole_cache = m.new_kv_cache(64).unwrap();
     let whole = m.forward(&ids, 0, &mut whole_cache, Logits::All).unwrap();
     for chunk in [1, 7] {
-        let mut cache = m.new_kv_cache(64);
+        let mut cache = m.new_kv_cache(64).unwrap();
         let mut pieces = Vec::new();
         for (c, part) in ids.chunks(chunk).enumerate() {
             pieces.extend(m.forward(part, c * chunk, &mut cache, Logits::All).unwrap());

@@ -24,7 +24,7 @@ fn every_weight_type_runs_and_agrees_with_f32() {
             ..Default::default()
         });
         let ids = tok.encode("hello world", true).unwrap();
-        let mut cache = m.new_kv_cache(32);
+        let mut cache = m.new_kv_cache(32).unwrap();
         m.forward(&ids, 0, &mut cache, Logits::Last).unwrap()
     };
     for ty in [
@@ -36,14 +36,14 @@ fn every_weight_type_runs_and_agrees_with_f32() {
         });
         let ids = tok.encode("hello world", true).unwrap();
         assert_eq!(ids.len(), 11, "byte-level vocabulary: one token per byte");
-        let mut cache = m.new_kv_cache(32);
+        let mut cache = m.new_kv_cache(32).unwrap();
         let whole = m.forward(&ids, 0, &mut cache, Logits::All).unwrap();
         assert!(
             whole.iter().all(|v| v.is_finite()),
             "{ty}: non-finite logits"
         );
         let mut pieces = Vec::new();
-        let mut cache = m.new_kv_cache(32);
+        let mut cache = m.new_kv_cache(32).unwrap();
         for (i, chunk) in ids.chunks(3).enumerate() {
             pieces.extend(m.forward(chunk, i * 3, &mut cache, Logits::All).unwrap());
         }

@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
             .context("starting the thread pool")?;
         for (test, n, prompt) in &tests {
             let tokens: Vec<u32> = (0..*n as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-            let mut session = Session::new(model, args.model.ctx_size);
+            let mut session = Session::new(model, args.model.ctx_size)?;
             let mut samples = Vec::new();
             for rep in 0..=args.repetitions {
                 let seconds = pool.install(|| -> Result<f64> {

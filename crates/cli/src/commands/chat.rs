@@ -34,7 +34,7 @@ pub fn run(args: Args) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
-    let mut session = Session::new(&loaded.model, args.model.ctx_size);
+    let mut session = Session::new(&loaded.model, args.model.ctx_size)?;
     let mut sampler = Sampler::new(params)?;
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();

@@ -77,7 +77,7 @@ pub fn run(mut args: Args) -> Result<()> {
     {
         bar.set_style(style);
     }
-    let mut session = Session::new(&loaded.model, n_ctx);
+    let mut session = Session::new(&loaded.model, n_ctx)?;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut running = Vec::new();
     let start = Instant::now();

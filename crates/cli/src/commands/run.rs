@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         ids.drain(..ids.len() - (context - 1));
     }
-    let mut session = Session::new(&loaded.model, context);
+    let mut session = Session::new(&loaded.model, context)?;
     let mut sampler = Sampler::new(params)?;
     let options = GenerateOptions {
         max_tokens: args.n_predict,

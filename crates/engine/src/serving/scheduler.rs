@@ -1,0 +1,381 @@
+//! One engine step: choose what runs (continuous batching under a token budget), find
+//! KV blocks for it (preempting the newest sequence when there are none), run the
+//! model once for the whole batch, and turn the logits into tokens and events.
+
+use super::blocks::{block_hash, BlockManager, ROOT_HASH};
+use super::metrics::Metrics;
+use super::sequence::Sequence;
+use super::EngineConfig;
+use crate::backend::{Backend, KV_BLOCK_SIZE};
+use crate::model::{Llama, Logits, SeqBatch};
+use crate::session::FinishReason;
+use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub(super) struct Scheduler<B: Backend> {
+    model: Llama<B>,
+    pool: B::KvPool,
+    blocks: BlockManager,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    /// Not admitted yet, or preempted (those go to the front: they came first).
+    waiting: VecDeque<Sequence>,
+    /// Admitted, oldest first.
+    running: Vec<Sequence>,
+    admissions: u64,
+    /// Submitted requests not admitted yet; shared with `Engine::submit`.
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Mutex<Metrics>>,
+}
+
+impl<B: Backend> Scheduler<B> {
+    pub fn new(
+        model: Llama<B>,
+        pool: B::KvPool,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        queued: Arc<AtomicUsize>,
+        metrics: Arc<Mutex<Metrics>>,
+    ) -> Self {
+        Scheduler {
+            blocks: BlockManager::new(config.kv_blocks, config.prefix_caching),
+            model,
+            pool,
+            tokenizer,
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            admissions: 0,
+            queued,
+            metrics,
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn enqueue(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+        self.publish_gauges();
+    }
+
+    /// Ends every sequence with `reason` (engine shutdown).
+    pub fn finish_all(&mut self, reason: FinishReason, error: Option<String>) {
+        let all: Vec<Sequence> = self
+            .running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        for mut s in all {
+            self.retire(&mut s);
+            s.finish(reason, error.clone());
+        }
+        self.publish_gauges();
+    }
+
+    pub fn step(&mut self) {
+        self.drop_cancelled();
+        let takes = self.plan();
+        if takes.iter().any(|&t| t > 0) {
+            let started = Instant::now();
+            match self.run(&takes) {
+                Ok(logits) => self.advance(&takes, logits),
+                Err(e) => {
+                    tracing::error!("model step failed: {e}");
+                    let running: Vec<Sequence> = self.running.drain(..).collect();
+                    for mut s in running {
+                        self.retire(&mut s);
+                        s.finish(FinishReason::Error, Some(e.to_string()));
+                    }
+                }
+            }
+            tracing::trace!(
+                rows = takes.iter().sum::<usize>(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "step"
+            );
+            self.lock_metrics().steps += 1;
+        }
+        self.publish_gauges();
+    }
+
+    fn lock_metrics(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        // A panic elsewhere cannot leave counters half-written; keep serving them.
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns a sequence's blocks and its place in the queue limit.
+    fn retire(&mut self, s: &mut Sequence) {
+        self.blocks.release(&s.blocks);
+        s.blocks.clear();
+        s.hashes.clear();
+        s.computed = 0;
+        if s.in_queue_limit {
+            s.in_queue_limit = false;
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut gone: Vec<Sequence> = Vec::new();
+        let (keep, cancelled): (Vec<Sequence>, Vec<Sequence>) =
+            self.running.drain(..).partition(|s| !s.is_cancelled());
+        self.running = keep;
+        gone.extend(cancelled);
+        let (keep, cancelled): (VecDeque<Sequence>, VecDeque<Sequence>) =
+            self.waiting.drain(..).partition(|s| !s.is_cancelled());
+        self.waiting = keep;
+        gone.extend(cancelled);
+        for mut s in gone {
+            self.retire(&mut s);
+            self.lock_metrics().requests_finished += 1;
+        }
+    }
+
+    /// Tokens each running sequence computes this step (aligned with `running`).
+    fn plan(&mut self) -> Vec<usize> {
+        let mut budget = self.config.max_batch_tokens;
+        let mut takes = vec![0; self.running.len()];
+        let mut preempted = false;
+        // Decoding sequences first, so that a long prompt never stalls a stream.
+        for decoding in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() {
+                let pending = self.running[i].pending();
+                if (pending == 1) != decoding || budget == 0 {
+                    i += 1;
+                    continue;
+                }
+                let take = pending.min(budget);
+                if self.reserve(i, take) {
+                    takes[i] = take;
+                    budget -= take;
+                    i += 1;
+                    continue;
+                }
+                let victim = self.running.len() - 1;
+                if victim == 0 {
+                    // Alone and still out of blocks: the KV budget is its context.
+                    let mut s = self.running.remove(0);
+                    takes.remove(0);
+                    self.retire(&mut s);
+                    s.finish(FinishReason::Length, None);
+                    self.lock_metrics().requests_finished += 1;
+                    continue;
+                }
+                budget += takes.pop().unwrap_or(0);
+                self.preempt(victim);
+                preempted = true;
+            }
+        }
+        // Admitting right after a preemption would only trade one sequence for another.
+        if !preempted {
+            self.admit(&mut budget, &mut takes);
+        }
+        takes
+    }
+
+    /// Gives sequence `i` blocks for its next `take` positions, copying a block it
+    /// shares before writing into it. False when the pool has no block left.
+    fn reserve(&mut self, i: usize, take: usize) -> bool {
+        let s = &mut self.running[i];
+        let first = s.computed / KV_BLOCK_SIZE;
+        if let Some(&shared) = s.blocks.get(first) {
+            if self.blocks.holders(shared) > 1 {
+                let Some(own) = self.blocks.allocate() else {
+                    return false;
+                };
+                self.model
+                    .backend
+                    .kv_copy_block(&mut self.pool, shared, own);
+                self.blocks.release(&[shared]);
+                s.blocks[first] = own;
+            }
+        }
+        while s.blocks.len() < Sequence::blocks_for(s.computed + take) {
+            match self.blocks.allocate() {
+                Some(b) => s.blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Frees running sequence `i` and puts it back at the front of the queue; it is
+    /// recomputed from its tokens (and whatever prefix the cache still holds) later.
+    fn preempt(&mut self, i: usize) {
+        let mut s = self.running.remove(i);
+        tracing::debug!(admitted = s.admitted, tokens = s.tokens.len(), "preempted");
+        self.retire(&mut s);
+        self.waiting.push_front(s);
+        self.lock_metrics().preemptions += 1;
+    }
+
+    /// Admits waiting sequences in order while the budget, `max_seqs` and the free
+    /// blocks allow, reusing cached prefix blocks.
+    fn admit(&mut self, budget: &mut usize, takes: &mut Vec<usize>) {
+        while *budget > 0 {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            if self.running.len() + 1 + front.forks > self.config.max_seqs {
+                break;
+            }
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            let max_blocks = (s.tokens.len() - 1) / KV_BLOCK_SIZE;
+            let (blocks, hashes) = self.blocks.lookup_prefix(&s.tokens, max_blocks);
+            s.computed = blocks.len() * KV_BLOCK_SIZE;
+            s.blocks = blocks;
+            s.hashes = hashes;
+            let take = s.pending().min(*budget);
+            let need = Sequence::blocks_for(s.computed + take) - s.blocks.len();
+            // Keep a block per running sequence for its next step.
+            if need + self.running.len() > self.blocks.available() {
+                self.blocks.release(&s.blocks);
+                s.blocks.clear();
+                s.hashes.clear();
+                s.computed = 0;
+                self.waiting.push_front(s);
+                break;
+            }
+            for _ in 0..need {
+                if let Some(b) = self.blocks.allocate() {
+                    s.blocks.push(b);
+                }
+            }
+            self.admissions += 1;
+            s.admitted = self.admissions;
+            if s.in_queue_limit {
+                s.in_queue_limit = false;
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                s.cached_prompt_tokens = s.computed;
+                let mut m = self.lock_metrics();
+                m.queue_time.observe(s.submitted.elapsed());
+                m.prefix_queried_tokens += s.prompt_len as u64;
+                m.prefix_hit_tokens += s.computed as u64;
+                m.prompt_tokens += s.prompt_len as u64;
+            }
+            self.running.push(s);
+            takes.push(take);
+            *budget -= take;
+        }
+    }
+
+    fn run(&mut self, takes: &[usize]) -> crate::Result<Vec<f32>> {
+        let batch: Vec<SeqBatch> = self
+            .running
+            .iter()
+            .zip(takes)
+            .filter(|(_, &t)| t > 0)
+            .map(|(s, &t)| SeqBatch {
+                tokens: &s.tokens[s.computed..s.computed + t],
+                start: s.computed,
+                blocks: &s.blocks,
+                logits: if s.computed + t == s.tokens.len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                },
+            })
+            .collect();
+        self.model.forward_batch(&batch, &mut self.pool)
+    }
+
+    /// Books the computed tokens, samples where a sequence has all its tokens in the
+    /// cache, forks `n > 1` requests once their prompt is read, and retires the
+    /// finished.
+    fn advance(&mut self, takes: &[usize], mut logits: Vec<f32>) {
+        let vocab = self.model.config.vocab_size;
+        let max_context = self.config.context;
+        let mut rows = logits.chunks_exact_mut(vocab);
+        let mut outcomes: Vec<Option<FinishReason>> = vec![None; self.running.len()];
+        let mut forks: Vec<Sequence> = Vec::new();
+        let now = Instant::now();
+        let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, &take) in takes.iter().enumerate() {
+            if take == 0 {
+                continue;
+            }
+            let s = &mut self.running[i];
+            s.computed += take;
+            offer_full_blocks(&mut self.blocks, s);
+            if s.computed < s.tokens.len() {
+                continue;
+            }
+            let Some(row) = rows.next() else {
+                break;
+            };
+            for k in 1..=s.forks {
+                let mut fork = s.fork(k);
+                for &b in &fork.blocks {
+                    self.blocks.share(b);
+                }
+                self.admissions += 1;
+                fork.admitted = self.admissions;
+                let mut row = row.to_vec();
+                let outcome = fork.accept(&mut row, &self.tokenizer, max_context);
+                observe_token(&mut metrics, &mut fork, now);
+                forks.push(fork);
+                outcomes.push(outcome);
+            }
+            s.forks = 0;
+            outcomes[i] = s.accept(row, &self.tokenizer, max_context);
+            observe_token(&mut metrics, s, now);
+        }
+        drop(metrics);
+        self.running.extend(forks);
+        let mut finished = Vec::new();
+        let mut kept = Vec::new();
+        for (s, outcome) in self.running.drain(..).zip(outcomes) {
+            match outcome {
+                Some(reason) => finished.push((s, reason)),
+                None => kept.push(s),
+            }
+        }
+        self.running = kept;
+        for (mut s, reason) in finished {
+            self.retire(&mut s);
+            s.finish(reason, None);
+            self.lock_metrics().requests_finished += 1;
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let mut m = self.lock_metrics();
+        m.waiting = self.waiting.len();
+        m.running = self.running.len();
+        m.kv_blocks_used = self.blocks.used();
+        m.kv_blocks_total = self.blocks.total();
+        m.kv_blocks_cached = self.blocks.cached_blocks();
+    }
+}
+
+fn observe_token(m: &mut Metrics, s: &mut Sequence, now: Instant) {
+    match s.last_token {
+        None => m.time_to_first_token.observe(now - s.submitted),
+        Some(t) => m.inter_token_latency.observe(now - t),
+    }
+    s.last_token = Some(now);
+    m.generated_tokens += 1;
+}
+
+/// Offers the sequence's newly filled blocks to the prefix cache.
+fn offer_full_blocks(blocks: &mut BlockManager, s: &mut Sequence) {
+    let full = s.computed / KV_BLOCK_SIZE;
+    while s.hashes.len() < full {
+        let k = s.hashes.len();
+        let parent = s.hashes.last().copied().unwrap_or(ROOT_HASH);
+        let h = block_hash(
+            parent,
+            &s.tokens[k * KV_BLOCK_SIZE..(k + 1) * KV_BLOCK_SIZE],
+        );
+        blocks.register(s.blocks[k], h);
+        s.hashes.push(h);
+    }
+}

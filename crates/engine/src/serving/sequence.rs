@@ -1,0 +1,208 @@
+//! One sample being generated: its tokens, how many of them are in the KV cache, the
+//! blocks holding them, and the sampling state that turns logits into the next token.
+
+use super::request::{Event, Request, Usage};
+use crate::backend::KV_BLOCK_SIZE;
+use crate::sampler::Sampler;
+use crate::session::FinishReason;
+use crate::text::TextStream;
+use crate::tokenizer::Tokenizer;
+use crate::Result;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Clone)]
+pub(super) struct Sequence {
+    /// Which sample of its request (`Event` index).
+    pub index: usize,
+    /// Order of (last) admission: the newest is preempted first.
+    pub admitted: u64,
+    /// The prompt, then every generated token.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading tokens whose keys and values are in the cache.
+    pub computed: usize,
+    /// Block table: `blocks[i]` holds positions `i * KV_BLOCK_SIZE..`.
+    pub blocks: Vec<u32>,
+    /// Chained prefix hashes of the leading full blocks already offered to the cache.
+    pub hashes: Vec<u64>,
+    /// Samples still to split off this one once the prompt is read (`n - 1`, then 0).
+    pub forks: usize,
+    /// Still counted in the engine's waiting-queue limit (never admitted yet).
+    pub in_queue_limit: bool,
+    pub cached_prompt_tokens: usize,
+    pub submitted: Instant,
+    pub last_token: Option<Instant>,
+    sampler: Sampler,
+    text: TextStream,
+    max_tokens: usize,
+    ignore_eos: bool,
+    logprobs: Option<usize>,
+    events: UnboundedSender<Event>,
+}
+
+impl Sequence {
+    pub fn new(request: Request, events: UnboundedSender<Event>) -> Result<Sequence> {
+        Ok(Sequence {
+            index: 0,
+            admitted: 0,
+            prompt_len: request.prompt.len(),
+            tokens: request.prompt,
+            computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            forks: request.n.saturating_sub(1),
+            in_queue_limit: true,
+            cached_prompt_tokens: 0,
+            submitted: Instant::now(),
+            last_token: None,
+            sampler: Sampler::new(request.sampling)?,
+            text: TextStream::new(&request.stop),
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            logprobs: request.logprobs,
+            events,
+        })
+    }
+
+    /// Sample `index` of the same request, at the same point (sharing the blocks is
+    /// the caller's business).
+    pub fn fork(&self, index: usize) -> Sequence {
+        let mut s = self.clone();
+        s.index = index;
+        s.forks = 0;
+        s.sampler
+            .reseed(self.sampler.params.seed.wrapping_add(index as u64));
+        s
+    }
+
+    /// Tokens known but not yet in the cache.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// The client has gone (its stream was dropped).
+    pub fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Blocks needed to hold the first `tokens` positions.
+    pub fn blocks_for(tokens: usize) -> usize {
+        tokens.div_ceil(KV_BLOCK_SIZE)
+    }
+
+    /// Chooses the next token from the logits of the last one, reports it, and says
+    /// whether the sample is finished.
+    pub fn accept(
+        &mut self,
+        logits: &mut [f32],
+        tokenizer: &Tokenizer,
+        max_context: usize,
+    ) -> Option<FinishReason> {
+        let probabilities = self.logprobs.map(|k| log_softmax_top(logits, k));
+        let id = self.sampler.sample(logits, &self.tokens);
+        self.tokens.push(id);
+        if !self.ignore_eos && tokenizer.is_end_of_generation(id) {
+            return Some(FinishReason::Stop);
+        }
+        let mut text = self.text.push(tokenizer.token_bytes(id));
+        let finish = if self.text.stopped() {
+            Some(FinishReason::Stop)
+        } else if self.generated() >= self.max_tokens || self.tokens.len() >= max_context {
+            text.push_str(&self.text.finish());
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let (logprob, top_logprobs) = match probabilities {
+            Some((table, top)) => (Some(table.at(id)), top),
+            None => (None, Vec::new()),
+        };
+        self.send(Event::Token {
+            index: self.index,
+            id,
+            text,
+            logprob,
+            top_logprobs,
+        });
+        finish
+    }
+
+    pub fn finish(&mut self, reason: FinishReason, error: Option<String>) {
+        let usage = Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+            cached_prompt_tokens: self.cached_prompt_tokens,
+        };
+        self.send(Event::Finished {
+            index: self.index,
+            reason,
+            usage,
+            error,
+        });
+    }
+
+    fn send(&self, event: Event) {
+        // A closed channel means the client left; the next step cancels the sequence.
+        let _ = self.events.send(event);
+    }
+}
+
+/// Log-probabilities of a logit row: `at(id)` for any token.
+struct LogSoftmax {
+    logits: Vec<f32>,
+    log_sum: f64,
+}
+
+impl LogSoftmax {
+    fn at(&self, id: u32) -> f32 {
+        (self.logits[id as usize] as f64 - self.log_sum) as f32
+    }
+}
+
+/// The model's log-probabilities (before any sampling parameter) and the `k` most
+/// likely tokens with theirs.
+fn log_softmax_top(logits: &[f32], k: usize) -> (LogSoftmax, Vec<(u32, f32)>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let table = LogSoftmax {
+        logits: logits.to_vec(),
+        log_sum: max + sum.ln(),
+    };
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+    }
+    order.truncate(k);
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    let top = order.into_iter().map(|id| (id, table.at(id))).collect();
+    (table, top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_top_orders_and_normalises() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let (table, top) = log_softmax_top(&logits, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2]);
+        let total: f64 = (0..4).map(|i| (table.at(i) as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!((top[0].1 - top[1].1).abs() < 1e-7);
+    }
+}

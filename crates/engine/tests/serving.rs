@@ -1,0 +1,349 @@
+//! The serving engine on the default model: batching, chunking, prefix reuse,
+//! preemption and cancellation never change a request's tokens, and every KV block
+//! comes back.
+
+mod common;
+use engine::serving::Metrics;
+use engine::{
+    CpuBackend, Engine, EngineConfig, EngineError, Event, KvBudget, Llama, Request, SamplingParams,
+    Tokenizer,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn model() -> (Llama<CpuBackend>, Tokenizer) {
+    let file = Arc::new(gguf::GgufFile::open(common::default_model()).unwrap());
+    let tok = Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
+    (Llama::load(CpuBackend::new(), file).unwrap(), tok)
+}
+
+fn engine(config: EngineConfig) -> Engine {
+    let (m, tok) = model();
+    Engine::start(m, tok, config).unwrap()
+}
+
+/// Sixteen different prompts of different lengths.
+fn prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
+    let topics = [
+        "the sea",
+        "a red bicycle",
+        "why cats purr",
+        "the history of bread",
+        "volcanoes",
+        "learning the piano",
+        "a rainy Tuesday",
+        "how bridges stand",
+        "the moon landing",
+        "growing tomatoes",
+        "a lighthouse keeper",
+        "prime numbers",
+        "the first computer",
+        "autumn leaves",
+        "a lost key",
+        "honey bees",
+    ];
+    topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = format!("Write {} sentences about {t}.", i % 4 + 1);
+            tok.encode(&text, true).unwrap()
+        })
+        .collect()
+}
+
+/// (tokens of each sample, usage of each sample) once the stream ends.
+fn collect(stream: engine::RequestStream) -> (Vec<Vec<u32>>, Vec<engine::Usage>) {
+    let mut tokens: Vec<Vec<u32>> = Vec::new();
+    let mut usage = Vec::new();
+    for e in stream {
+        match e {
+            Event::Token { index, id, .. } => {
+                if tokens.len() <= index {
+                    tokens.resize(index + 1, Vec::new());
+                }
+                tokens[index].push(id);
+            }
+            Event::Finished {
+                index,
+                usage: u,
+                error,
+                ..
+            } => {
+                assert_eq!(error, None);
+                if usage.len() <= index {
+                    usage.resize(index + 1, engine::Usage::default());
+                }
+                usage[index] = u;
+            }
+        }
+    }
+    (tokens, usage)
+}
+
+fn run_alone(engine: &Engine, request: Request) -> Vec<u32> {
+    collect(engine.submit(request).unwrap()).0.remove(0)
+}
+
+fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
+    Request {
+        ignore_eos: true,
+        ..Request::greedy(prompt.to_vec(), max_tokens)
+    }
+}
+
+/// Waits until the engine has nothing running (cancellation is seen at its next step).
+fn settled(engine: &Engine) -> Metrics {
+    let t0 = Instant::now();
+    loop {
+        let m = engine.metrics();
+        if m.running == 0 && m.waiting == 0 {
+            return m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "engine never settled: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone() {
+    let e = engine(EngineConfig::new(512, 16));
+    let prompts = prompts(e.tokenizer());
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| run_alone(&e, greedy(p, 24)))
+        .collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(greedy(p, 24)).unwrap())
+        .collect();
+    let together: Vec<Vec<u32>> = streams
+        .into_iter()
+        .map(|s| collect(s).0.remove(0))
+        .collect();
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, b, "prompt {i} changed in a batch of 16");
+    }
+    assert_eq!(settled(&e).kv_blocks_used, 0);
+}
+
+#[test]
+fn prefix_reuse_gives_the_same_output_as_no_reuse() {
+    let tok = model().1;
+    let system = "You are a careful assistant. Answer in plain words, without lists, and keep \
+                  every answer short. The user is a student of physics.";
+    let ask = |q: &str| {
+        tok.encode(&format!("{system}\n\nQuestion: {q}\nAnswer:"), true)
+            .unwrap()
+    };
+    let questions = [
+        "Why is the sky blue?",
+        "What is inertia?",
+        "Why is the sky blue?",
+    ];
+
+    let mut no_cache_config = EngineConfig::new(512, 4);
+    no_cache_config.prefix_caching = false;
+    let plain = engine(no_cache_config);
+    let cached = engine(EngineConfig::new(512, 4));
+    for (i, q) in questions.iter().enumerate() {
+        let want = run_alone(&plain, greedy(&ask(q), 16));
+        let (got, usage) = collect(cached.submit(greedy(&ask(q), 16)).unwrap());
+        assert_eq!(got[0], want, "{q}");
+        if i > 0 {
+            assert!(usage[0].cached_prompt_tokens >= 32, "{usage:?}");
+        }
+    }
+    // The repeated question reuses all but the last partial block of its prompt.
+    let m = cached.metrics();
+    assert!(m.prefix_hit_rate() > 0.5, "{m:?}");
+    assert_eq!(plain.metrics().prefix_hit_tokens, 0);
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly() {
+    let reference = engine(EngineConfig::new(256, 1));
+    let prompts: Vec<Vec<u32>> = prompts(reference.tokenizer()).into_iter().take(4).collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| run_alone(&reference, greedy(p, 40)))
+        .collect();
+
+    let mut tiny = EngineConfig::new(256, 4);
+    tiny.kv_budget = KvBudget::Tokens(7 * 16);
+    let e = engine(tiny);
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(greedy(p, 40)).unwrap())
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        assert_eq!(collect(s).0[0], alone[i], "request {i}");
+    }
+    let m = settled(&e);
+    assert!(
+        m.preemptions > 0,
+        "the budget was meant to force preemption: {m:?}"
+    );
+    assert_eq!(m.kv_blocks_used, 0);
+}
+
+#[test]
+fn cancelling_half_the_requests_mid_stream_returns_every_kv_block() {
+    let e = engine(EngineConfig::new(512, 8));
+    let prompts = prompts(e.tokenizer());
+    let mut streams: Vec<_> = prompts[..8]
+        .iter()
+        .map(|p| e.submit(greedy(p, 200)).unwrap())
+        .collect();
+    for s in streams.iter_mut() {
+        for _ in 0..3 {
+            assert!(matches!(s.next(), Some(Event::Token { .. })));
+        }
+    }
+    assert!(e.metrics().kv_blocks_used > 0);
+    let kept: Vec<_> = streams.into_iter().step_by(2).collect();
+    for s in kept {
+        let mut last = None;
+        for ev in s {
+            last = Some(ev);
+        }
+        assert!(matches!(
+            last,
+            Some(Event::Finished {
+                reason: engine::FinishReason::Length,
+                ..
+            })
+        ));
+    }
+    let m = settled(&e);
+    assert_eq!(m.kv_blocks_used, 0, "{m:?}");
+    assert_eq!(m.requests_finished, 8);
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_and_nothing_hangs() {
+    let mut config = EngineConfig::new(256, 1);
+    config.max_waiting = 2;
+    let e = engine(config);
+    let prompt = e.tokenizer().encode("Tell me a long story.", true).unwrap();
+    let mut first = e.submit(greedy(&prompt, 200)).unwrap();
+    assert!(matches!(first.next(), Some(Event::Token { .. })));
+    let _second = e.submit(greedy(&prompt, 5)).unwrap();
+    let _third = e.submit(greedy(&prompt, 5)).unwrap();
+    let t0 = Instant::now();
+    let refused = e.submit(greedy(&prompt, 5));
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    match refused {
+        Err(EngineError::Overloaded {
+            waiting: 2,
+            limit: 2,
+        }) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a fourth request was accepted"),
+    }
+    assert_eq!(e.metrics().requests_refused, 1);
+    drop(first);
+    // Shutdown with requests still queued ends them instead of waiting for them.
+    let t0 = Instant::now();
+    drop(e);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn requests_that_can_never_run_are_refused_with_both_numbers() {
+    let mut config = EngineConfig::new(64, 2);
+    config.kv_budget = KvBudget::Tokens(32);
+    let e = engine(config);
+    let long: Vec<u32> = (0..40).map(|i| 100 + i).collect();
+    let err = e.submit(greedy(&long, 4)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            EngineError::KvBudget {
+                tokens: 40,
+                capacity: 32
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("40") && err.to_string().contains("32"));
+    let too_long: Vec<u32> = (0..64).map(|i| 100 + i).collect();
+    let err = e.submit(greedy(&too_long, 4)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            EngineError::ContextOverflow {
+                tokens: 64,
+                context: 64
+            }
+        ),
+        "{err}"
+    );
+    let err = e.submit(greedy(&[5_000_000], 4)).err().unwrap();
+    assert!(matches!(err, EngineError::BadToken { .. }), "{err}");
+    assert!(e.submit(greedy(&[], 4)).is_err());
+}
+
+#[test]
+fn parallel_samples_share_the_prompt_and_match_single_requests() {
+    let e = engine(EngineConfig::new(512, 4));
+    let prompt = e.tokenizer().encode("Once upon a time", true).unwrap();
+    let sampled = |seed: u64, n: usize| Request {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            seed,
+            ..Default::default()
+        },
+        n,
+        ..greedy(&prompt, 20)
+    };
+    let (three, usage) = collect(e.submit(sampled(7, 3)).unwrap());
+    assert_eq!(three.len(), 3);
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| u.completion_tokens)
+            .collect::<Vec<_>>(),
+        [20, 20, 20]
+    );
+    for (i, tokens) in three.iter().enumerate() {
+        assert_eq!(
+            *tokens,
+            run_alone(&e, sampled(7 + i as u64, 1)),
+            "sample {i}"
+        );
+    }
+    assert_ne!(three[0], three[1]);
+    assert_eq!(settled(&e).kv_blocks_used, 0);
+}
+
+#[test]
+fn logprobs_are_reported_when_asked() {
+    let e = engine(EngineConfig::new(256, 1));
+    let prompt = e
+        .tokenizer()
+        .encode("The capital of France is", true)
+        .unwrap();
+    let request = Request {
+        logprobs: Some(3),
+        ..greedy(&prompt, 3)
+    };
+    for ev in e.submit(request).unwrap() {
+        if let Event::Token {
+            id,
+            logprob,
+            top_logprobs,
+            ..
+        } = ev
+        {
+            let lp = logprob.unwrap();
+            assert_eq!(top_logprobs.len(), 3);
+            // Greedy: the chosen token is the most likely one.
+            assert_eq!(top_logprobs[0], (id, lp));
+            assert!(lp <= 0.0 && top_logprobs[1].1 <= lp);
+        }
+    }
+}
