@@ -88,18 +88,6 @@ impl CpuKvPool {
     }
 }
 
-/// A zeroed vector of `n` values, or an error when the memory cannot be had.
-fn zeroed(n: usize) -> Result<Vec<u16>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: "KV cache",
-            bytes: n.saturating_mul(2),
-        })?;
-    v.resize(n, 0);
-    Ok(v)
-}
-
 #[derive(Default)]
 pub struct CpuBackend;
 
@@ -158,11 +146,13 @@ impl Backend for CpuBackend {
                 what: "KV cache",
                 bytes: usize::MAX,
             })?;
+        // `vec!` of zeros maps fresh pages lazily: memory is only taken as positions
+        // are written, so a large budget costs what is used.
         Ok(CpuKvPool {
             slots,
             kv_dim,
-            k: zeroed(n)?,
-            v: zeroed(n)?,
+            k: vec![0; n],
+            v: vec![0; n],
         })
     }
 

@@ -95,32 +95,44 @@ impl OutPtr {
     }
 }
 
-/// Computes rows `r0..r0 + ROW_TILE` of the output for every token.
+/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, in groups of 8,
+/// then 4, 2 and 1 tokens, so that small batches (a few decoding sequences) also
+/// share each pass over the weights.
 #[inline(always)]
 fn tile<K: Kernel>(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
-    let x_row_bytes = xq.len() / n_tokens.max(1);
-    let r1 = (r0 + ROW_TILE).min(w.rows);
-    let x_row = |t: usize| &xq[t * x_row_bytes..(t + 1) * x_row_bytes];
-    let blocked = n_tokens / TOKEN_BLOCK * TOKEN_BLOCK;
-    for t in (0..blocked).step_by(TOKEN_BLOCK) {
-        let xs: [&[u8]; TOKEN_BLOCK] = std::array::from_fn(|i| x_row(t + i));
-        for r in r0..r1 {
-            let v = K::dotn(w.ty, w.row(r), xs);
-            for (i, v) in v.into_iter().enumerate() {
-                // SAFETY: as below.
-                unsafe { *out.at((t + i) * w.rows + r) = v };
-            }
+    let mut t = 0;
+    while t < n_tokens {
+        t += match n_tokens - t {
+            left if left >= TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK>(w, xq, n_tokens, t, r0, out),
+            left if left >= 4 => tokens::<K, 4>(w, xq, n_tokens, t, r0, out),
+            left if left >= 2 => tokens::<K, 2>(w, xq, n_tokens, t, r0, out),
+            _ => tokens::<K, 1>(w, xq, n_tokens, t, r0, out),
+        };
+    }
+}
+
+/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`; returns N.
+#[inline(always)]
+fn tokens<K: Kernel, const N: usize>(
+    w: &QMatrix,
+    xq: &[u8],
+    n_tokens: usize,
+    t: usize,
+    r0: usize,
+    out: OutPtr,
+) -> usize {
+    let x_row_bytes = xq.len() / n_tokens;
+    let xs: [&[u8]; N] =
+        std::array::from_fn(|i| &xq[(t + i) * x_row_bytes..(t + i + 1) * x_row_bytes]);
+    for r in r0..(r0 + ROW_TILE).min(w.rows) {
+        let v = K::dotn(w.ty, w.row(r), xs);
+        for (i, v) in v.into_iter().enumerate() {
+            // SAFETY: (t + i)·rows + r is in bounds (sizes checked in `matmul`) and row
+            // r belongs to this tile only, so no two workers write the same element.
+            unsafe { *out.at((t + i) * w.rows + r) = v };
         }
     }
-    for t in blocked..n_tokens {
-        let xt = &xq[t * x_row_bytes..(t + 1) * x_row_bytes];
-        for r in r0..r1 {
-            let v = K::dot(w.ty, w.row(r), xt);
-            // SAFETY: t·rows + r is in bounds (sizes checked in `matmul`) and row r belongs
-            // to this tile only, so no two workers write the same element.
-            unsafe { *out.at(t * w.rows + r) = v };
-        }
-    }
+    N
 }
 
 /// `tile` with the portable kernel of the weight's type.

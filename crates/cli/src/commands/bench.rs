@@ -42,6 +42,13 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
     output: Format,
+    /// Serving mode: waves of this many concurrent requests through the engine
+    /// (comma-separated levels); `-p` is each prompt's length, `-n` each output's.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Serving mode: tokens per engine step (decodes plus prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -103,7 +110,7 @@ fn read_bandwidth(pool: &rayon::ThreadPool) -> f64 {
     (buffer.len() * 8 * passes) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn mean_std(samples: &[f64]) -> (f64, f64) {
+pub(super) fn mean_std(samples: &[f64]) -> (f64, f64) {
     let n = samples.len() as f64;
     let mean = samples.iter().sum::<f64>() / n;
     let var = if samples.len() > 1 {
@@ -117,6 +124,9 @@ fn mean_std(samples: &[f64]) -> (f64, f64) {
 pub fn run(args: Args) -> Result<()> {
     if args.repetitions == 0 || args.threads.contains(&0) {
         return Err(usage("-r and every -t must be at least 1"));
+    }
+    if !args.concurrency.is_empty() {
+        return concurrency(&args);
     }
     let loaded = load(&args.model)?;
     let model = &loaded.model;
@@ -217,6 +227,32 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     print_rows(&rows, args.output)
+}
+
+fn concurrency(args: &Args) -> Result<()> {
+    let [threads] = args.threads[..] else {
+        return Err(usage("--concurrency takes a single -t value"));
+    };
+    let (&[prompt_len], &[gen_len]) = (&args.n_prompt[..], &args.n_gen[..]) else {
+        return Err(usage(
+            "--concurrency takes a single -p and a single -n value",
+        ));
+    };
+    let results = super::bench_concurrency::run(super::bench_concurrency::Plan {
+        levels: &args.concurrency,
+        prompt_len,
+        gen_len,
+        threads,
+        repetitions: args.repetitions,
+        max_batch_tokens: args.max_batch_tokens,
+        model: &args.model,
+    })?;
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        Format::Csv => super::bench_concurrency::print_csv(&results),
+        Format::Md => super::bench_concurrency::print_markdown(&results),
+    }
+    Ok(())
 }
 
 fn print_rows(rows: &[Row], format: Format) -> Result<()> {

@@ -2,6 +2,7 @@
 //! sampling flags.
 
 pub mod bench;
+pub mod bench_concurrency;
 pub mod chat;
 pub mod inspect;
 pub mod models;

@@ -44,6 +44,8 @@ pub struct EngineConfig {
     /// Most positions of one sequence (prompt and generated).
     pub context: usize,
     pub prefix_caching: bool,
+    /// Worker threads of the engine's own pool (default: all cores).
+    pub threads: Option<usize>,
     /// Filled in by `Engine::start` from `kv_budget`.
     pub kv_blocks: usize,
 }
@@ -58,6 +60,7 @@ impl EngineConfig {
             kv_budget: KvBudget::Tokens(context * parallel.max(1)),
             context,
             prefix_caching: true,
+            threads: None,
             kv_blocks: 0,
         }
     }
@@ -120,9 +123,16 @@ impl Engine {
             queued.clone(),
             metrics.clone(),
         );
+        let workers = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads.unwrap_or(0))
+            .thread_name(|i| format!("engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::Config(format!("cannot start the engine's threads: {e}")))?;
+        // The loop runs on a worker of the pool, so the kernels' parallel loops start
+        // there without handing work across threads on every operation.
         let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine_loop(scheduler, inbox))
+            .spawn(move || workers.install(|| engine_loop(scheduler, inbox)))
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             commands,

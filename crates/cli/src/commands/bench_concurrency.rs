@@ -1,0 +1,247 @@
+//! `llama-gpu bench --concurrency 1,4,8,16`: the serving engine under load, offline.
+//! Each level submits a wave of that many requests at once (distinct random prompts of
+//! `-p` tokens, `-n` tokens generated each, end-of-generation ignored) through the
+//! Engine API and measures aggregate generation tok/s, time to first token and the
+//! latency between tokens. The wave runs once to warm up, then `-r` times.
+
+use super::{load, usage, ModelArgs};
+use anyhow::{Context, Result};
+use engine::{Engine, EngineConfig, Event, Request};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub struct Plan<'a> {
+    pub levels: &'a [usize],
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    pub threads: usize,
+    pub repetitions: usize,
+    pub max_batch_tokens: usize,
+    pub model: &'a ModelArgs,
+}
+
+#[derive(Serialize)]
+pub struct LevelResult {
+    pub concurrency: usize,
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    /// Generated tokens of the wave over its wall time.
+    pub aggregate_ts: f64,
+    pub aggregate_ts_stddev: f64,
+    /// `aggregate_ts` over the single-stream level's, when measured.
+    pub vs_single: Option<f64>,
+    pub ttft_ms: Percentiles,
+    pub itl_ms: Percentiles,
+    pub preemptions: u64,
+}
+
+#[derive(Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((samples.len() - 1) as f64 * q).round() as usize;
+            samples[i]
+        };
+        Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// Per-request timings of one wave.
+struct Wave {
+    seconds: f64,
+    generated: usize,
+    ttft: Vec<Duration>,
+    itl: Vec<Duration>,
+}
+
+fn run_wave(engine: &Engine, prompts: Vec<Vec<u32>>, gen_len: usize) -> Result<Wave> {
+    let start = Instant::now();
+    let streams = prompts
+        .into_iter()
+        .map(|p| {
+            let request = Request {
+                ignore_eos: true,
+                ..Request::greedy(p, gen_len)
+            };
+            engine.submit(request).context("submitting a request")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // One thread per stream, as separate clients would read them.
+    let per_request: Vec<Result<(usize, Vec<Duration>)>> = std::thread::scope(|s| {
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|stream| {
+                s.spawn(move || {
+                    let mut times = Vec::new();
+                    for event in stream {
+                        match event {
+                            Event::Token { .. } => times.push(start.elapsed()),
+                            Event::Finished { error: Some(e), .. } => {
+                                anyhow::bail!("a request failed: {e}")
+                            }
+                            Event::Finished { .. } => {}
+                        }
+                    }
+                    Ok((times.len(), times))
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("reader panicked")))
+            })
+            .collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut wave = Wave {
+        seconds,
+        generated: 0,
+        ttft: Vec::new(),
+        itl: Vec::new(),
+    };
+    for r in per_request {
+        let (n, times) = r?;
+        wave.generated += n;
+        if let Some(&first) = times.first() {
+            wave.ttft.push(first);
+        }
+        wave.itl.extend(times.windows(2).map(|w| w[1] - w[0]));
+    }
+    Ok(wave)
+}
+
+pub fn run(plan: Plan) -> Result<Vec<LevelResult>> {
+    if plan.levels.contains(&0) || plan.prompt_len == 0 || plan.gen_len == 0 {
+        return Err(usage(
+            "--concurrency levels, -p and -n must be at least 1 in concurrency mode",
+        ));
+    }
+    let loaded = load(plan.model)?;
+    let vocab = loaded.model.config.vocab_size as u64;
+    let widest = plan.levels.iter().copied().max().unwrap_or(1);
+    let context = plan.prompt_len + plan.gen_len + 1;
+    let mut config = EngineConfig::new(context, widest);
+    config.max_batch_tokens = plan.max_batch_tokens;
+    config.max_waiting = widest;
+    config.threads = Some(plan.threads);
+    let engine = Engine::start(loaded.model, loaded.tokenizer, config)?;
+
+    let mut seed = 0u64;
+    // Distinct random prompts, so no wave reuses another's prefix.
+    let mut prompts = |n: usize| -> Vec<Vec<u32>> {
+        (0..n)
+            .map(|_| {
+                (0..plan.prompt_len)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((seed >> 33) % vocab) as u32
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let mut results: Vec<LevelResult> = Vec::new();
+    for &level in plan.levels {
+        let before = engine.metrics().preemptions;
+        let mut rates = Vec::new();
+        let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+        for rep in 0..=plan.repetitions {
+            let wave = run_wave(&engine, prompts(level), plan.gen_len)?;
+            if rep == 0 {
+                continue;
+            }
+            rates.push(wave.generated as f64 / wave.seconds);
+            ttft.extend(wave.ttft.iter().map(|d| d.as_secs_f64() * 1e3));
+            itl.extend(wave.itl.iter().map(|d| d.as_secs_f64() * 1e3));
+        }
+        let (mean, std) = super::bench::mean_std(&rates);
+        let single = results
+            .iter()
+            .find(|r| r.concurrency == 1)
+            .map(|r| r.aggregate_ts);
+        let r = LevelResult {
+            concurrency: level,
+            threads: plan.threads,
+            prompt_tokens: plan.prompt_len,
+            gen_tokens: plan.gen_len,
+            aggregate_ts: mean,
+            aggregate_ts_stddev: std,
+            vs_single: single.map(|s| mean / s),
+            ttft_ms: Percentiles::of(ttft),
+            itl_ms: Percentiles::of(itl),
+            preemptions: engine.metrics().preemptions - before,
+        };
+        eprintln!(
+            "concurrency {level}: {mean:.1} ± {std:.1} tok/s, TTFT p50 {:.0} ms p99 {:.0} ms, ITL p50 {:.1} ms p99 {:.1} ms",
+            r.ttft_ms.p50, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p99
+        );
+        results.push(r);
+    }
+    Ok(results)
+}
+
+pub fn print_markdown(results: &[LevelResult]) {
+    println!("| concurrency | threads | prompt | gen | aggregate t/s | × single | TTFT p50 / p95 / p99 ms | ITL p50 / p95 / p99 ms | preemptions |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in results {
+        println!(
+            "| {} | {} | {} | {} | {:.1} ± {:.1} | {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} |",
+            r.concurrency,
+            r.threads,
+            r.prompt_tokens,
+            r.gen_tokens,
+            r.aggregate_ts,
+            r.aggregate_ts_stddev,
+            r.vs_single.map_or("-".into(), |x| format!("{x:.2}×")),
+            r.ttft_ms.p50,
+            r.ttft_ms.p95,
+            r.ttft_ms.p99,
+            r.itl_ms.p50,
+            r.itl_ms.p95,
+            r.itl_ms.p99,
+            r.preemptions
+        );
+    }
+}
+
+pub fn print_csv(results: &[LevelResult]) {
+    println!("concurrency,threads,prompt_tokens,gen_tokens,aggregate_ts,aggregate_ts_stddev,vs_single,ttft_p50_ms,ttft_p95_ms,ttft_p99_ms,itl_p50_ms,itl_p95_ms,itl_p99_ms,preemptions");
+    for r in results {
+        println!(
+            "{},{},{},{},{:.3},{:.3},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+            r.concurrency,
+            r.threads,
+            r.prompt_tokens,
+            r.gen_tokens,
+            r.aggregate_ts,
+            r.aggregate_ts_stddev,
+            r.vs_single.map_or(String::new(), |x| format!("{x:.4}")),
+            r.ttft_ms.p50,
+            r.ttft_ms.p95,
+            r.ttft_ms.p99,
+            r.itl_ms.p50,
+            r.itl_ms.p95,
+            r.itl_ms.p99,
+            r.preemptions
+        );
+    }
+}
