@@ -25,6 +25,17 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
     }
 }
 
+/// The quantized activations of N consecutive tokens as the kernels read them: each
+/// token's row of blocks, and the blocks' f16 scales widened to f32 in block-major
+/// order (`d[b·N + i]` is block b of token i; `s` likewise for Q8_1's block sums), so
+/// one load gives a block's scales for every token. Widening is exact, so kernels that
+/// read these give the same bits as kernels that read the f16 in the rows.
+pub struct TokenGroup<'a, const N: usize> {
+    pub rows: [&'a [u8]; N],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
 /// A dot-product kernel: one weight row (in `ty`) · one activation row (in its partner
 /// format). A trait with static functions, not a closure, so that `#[inline(always)]`
 /// reaches into each ISA-specific copy of the matmul loop.
@@ -33,8 +44,8 @@ pub trait Kernel {
 
     /// One weight row against N activation rows; each result equals `dot`'s.
     #[inline(always)]
-    fn dotn<const N: usize>(ty: GgmlType, w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-        a.map(|a| Self::dot(ty, w, a))
+    fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+        g.rows.map(|a| Self::dot(ty, w, a))
     }
 }
 

@@ -3,6 +3,7 @@
 //! follows `LaneSums` operation for operation, so results are bit-identical.
 //! Tests compare every one with its scalar twin on random data.
 
+use crate::kernels::TokenGroup;
 use core::arch::x86_64::*;
 
 /// The 32 nibbles of a Q4 block as bytes: low nibbles (values 0..16) then high (16..32).
@@ -77,22 +78,39 @@ macro_rules! x86_kernels {
             }
 
             /// One weight row against N activation rows: each block of the weights is
-            /// loaded and unpacked once for all N, and each output follows exactly the
-            /// single-row order.
+            /// loaded and unpacked once for all N (`weight` gives its unpacked values,
+            /// d_w and m_w), and each output follows exactly the single-row order.
+            /// `AB` is the activation block size, `AQ` where its 32 values start;
+            /// `OFFSETS` says whether blocks add m_w·s_a.
             #[inline(always)]
-            unsafe fn rows<const N: usize, const WB: usize, const AB: usize>(
+            unsafe fn rows<
+                const N: usize,
+                const WB: usize,
+                const AB: usize,
+                const AQ: usize,
+                const OFFSETS: bool,
+                Q: Copy,
+            >(
                 w: &[u8],
-                a: [&[u8]; N],
-                block: impl Fn(&[u8], &[u8]) -> (f32, __m256i, f32),
+                g: &TokenGroup<N>,
+                weight: impl Fn(&[u8]) -> (Q, f32, f32),
+                lanes: impl Fn(Q, __m256i) -> __m256i,
             ) -> [f32; N] {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut offsets = [0.0f32; N];
                 for (b, wb) in w.chunks_exact(WB).enumerate() {
+                    let (q, dw, mw) = weight(wb);
+                    let d = &g.d[b * N..(b + 1) * N];
+                    let scales: [f32; N] = std::array::from_fn(|n| dw * d[n]);
                     for n in 0..N {
-                        let ab = &a[n][b * AB..(b + 1) * AB];
-                        let (scale, lanes, offset) = block(wb, ab);
-                        acc[n] = add_block(acc[n], scale, lanes);
-                        offsets[n] += offset;
+                        let x = load(&g.rows[n][b * AB + AQ..b * AB + AQ + 32]);
+                        acc[n] = add_block(acc[n], scales[n], lanes(q, x));
+                    }
+                    if OFFSETS {
+                        let s = &g.s[b * N..(b + 1) * N];
+                        for n in 0..N {
+                            offsets[n] += mw * s[n];
+                        }
                     }
                 }
                 let mut out = [0.0f32; N];
@@ -104,64 +122,64 @@ macro_rules! x86_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                rows::<N, 18, 34>(w, a, |wb, ab| {
-                    let x = load(&ab[2..34]);
-                    let q = nibbles(wb[2..].as_ptr());
-                    let lanes = _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(8), x));
-                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
-                })
+            pub unsafe fn dot_q4_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 18, 34, 2, false, _>(
+                    w,
+                    g,
+                    |wb| (nibbles(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
+                    |q, x| _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(8), x)),
+                )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_1_q8_1<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                rows::<N, 20, 36>(w, a, |wb, ab| {
-                    let lanes = dot32(nibbles(wb[4..].as_ptr()), load(&ab[4..36]));
-                    (
-                        f16_at(wb, 0) * f16_at(ab, 0),
-                        lanes,
-                        f16_at(wb, 2) * f16_at(ab, 2),
-                    )
-                })
+            pub unsafe fn dot_q4_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 20, 36, 4, true, _>(
+                    w,
+                    g,
+                    |wb| (nibbles(wb[4..].as_ptr()), f16_at(wb, 0), f16_at(wb, 2)),
+                    |q, x| dot32(q, x),
+                )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                rows::<N, 22, 34>(w, a, |wb, ab| {
-                    let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-                    let x = load(&ab[2..34]);
-                    let q = five_bit(wb[6..].as_ptr(), qh);
-                    let lanes = _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(16), x));
-                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
-                })
+            pub unsafe fn dot_q5_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 22, 34, 2, false, _>(
+                    w,
+                    g,
+                    |wb| {
+                        let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+                        (five_bit(wb[6..].as_ptr(), qh), f16_at(wb, 0), 0.0)
+                    },
+                    |q, x| _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(16), x)),
+                )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_1_q8_1<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                rows::<N, 24, 36>(w, a, |wb, ab| {
-                    let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
-                    let lanes = dot32(five_bit(wb[8..].as_ptr(), qh), load(&ab[4..36]));
-                    (
-                        f16_at(wb, 0) * f16_at(ab, 0),
-                        lanes,
-                        f16_at(wb, 2) * f16_at(ab, 2),
-                    )
-                })
+            pub unsafe fn dot_q5_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 24, 36, 4, true, _>(
+                    w,
+                    g,
+                    |wb| {
+                        let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
+                        (five_bit(wb[8..].as_ptr(), qh), f16_at(wb, 0), f16_at(wb, 2))
+                    },
+                    |q, x| dot32(q, x),
+                )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                rows::<N, 34, 34>(w, a, |wb, ab| {
-                    let q = load(&wb[2..34]);
-                    let x = load(&ab[2..34]);
+            pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 34, 34, 2, false, _>(
+                    w,
+                    g,
+                    |wb| (load(&wb[2..34]), f16_at(wb, 0), 0.0),
                     // |q| · (x with q's sign) = q·x, with the unsigned operand first.
-                    let lanes = dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-                    (f16_at(wb, 0) * f16_at(ab, 0), lanes, 0.0)
-                })
+                    |q, x| dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)),
+                )
             }
         }
     };

@@ -8,7 +8,7 @@
 
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
-use crate::{block_fns, quantize, QuantError, Result};
+use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
 
@@ -95,61 +95,131 @@ impl OutPtr {
     }
 }
 
-/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, in groups of 8,
-/// then 4, 2 and 1 tokens, so that small batches (a few decoding sequences) also
-/// share each pass over the weights.
-#[inline(always)]
-fn tile<K: Kernel>(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+/// Activations quantized for one matmul call: every token's row of blocks, and the
+/// blocks' scales widened to f32, laid out per token group (see `TokenGroup`).
+pub(crate) struct Activations {
+    bytes: Vec<u8>,
+    n_tokens: usize,
+    /// Group starting at token t: its scales start at `t · blocks_per_row`.
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// The token groups of a call: 8 at a time, then 4, 2 and 1, so that small batches
+/// (a few decoding sequences) also share each pass over the weights.
+fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
     let mut t = 0;
-    while t < n_tokens {
-        t += match n_tokens - t {
-            left if left >= TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK>(w, xq, n_tokens, t, r0, out),
-            left if left >= 4 => tokens::<K, 4>(w, xq, n_tokens, t, r0, out),
-            left if left >= 2 => tokens::<K, 2>(w, xq, n_tokens, t, r0, out),
-            _ => tokens::<K, 1>(w, xq, n_tokens, t, r0, out),
+    std::iter::from_fn(move || {
+        let size = match n_tokens.checked_sub(t)? {
+            0 => return None,
+            left if left >= TOKEN_BLOCK => TOKEN_BLOCK,
+            left if left >= 4 => 4,
+            left if left >= 2 => 2,
+            _ => 1,
         };
+        t += size;
+        Some((t - size, size))
+    })
+}
+
+impl Activations {
+    fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
+        let bytes = quantize(ty, x).expect("row length checked in QMatrix::new");
+        // Where Q8_0 and Q8_1 blocks keep their f16 scale d (and Q8_1 its sum s).
+        let (block, sum_at) = match ty {
+            GgmlType::Q8_0 => (34, None),
+            GgmlType::Q8_1 => (36, Some(2)),
+            _ => {
+                return Activations {
+                    bytes,
+                    n_tokens,
+                    d: Vec::new(),
+                    s: Vec::new(),
+                }
+            }
+        };
+        let per_row = bytes.len() / n_tokens.max(1) / block;
+        let mut d = Vec::with_capacity(n_tokens * per_row);
+        let mut s = Vec::with_capacity(if sum_at.is_some() { d.capacity() } else { 0 });
+        for (t0, size) in token_groups(n_tokens) {
+            for b in 0..per_row {
+                for t in t0..t0 + size {
+                    let at = (t * per_row + b) * block;
+                    d.push(f16_at(&bytes, at));
+                    if let Some(o) = sum_at {
+                        s.push(f16_at(&bytes, at + o));
+                    }
+                }
+            }
+        }
+        Activations {
+            bytes,
+            n_tokens,
+            d,
+            s,
+        }
+    }
+
+    fn group<const N: usize>(&self, t: usize) -> TokenGroup<'_, N> {
+        let row = self.bytes.len() / self.n_tokens;
+        let scales = self.d.len() / self.n_tokens.max(1);
+        let range = t * scales..(t + N) * scales;
+        TokenGroup {
+            rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
+            d: self.d.get(range.clone()).unwrap_or(&[]),
+            s: self.s.get(range).unwrap_or(&[]),
+        }
     }
 }
 
-/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`; returns N.
+/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, group by group.
+#[inline(always)]
+fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    for (t, size) in token_groups(x.n_tokens) {
+        match size {
+            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK>(w, x, t, r0, out),
+            4 => tokens::<K, 4>(w, x, t, r0, out),
+            2 => tokens::<K, 2>(w, x, t, r0, out),
+            _ => tokens::<K, 1>(w, x, t, r0, out),
+        }
+    }
+}
+
+/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`.
 #[inline(always)]
 fn tokens<K: Kernel, const N: usize>(
     w: &QMatrix,
-    xq: &[u8],
-    n_tokens: usize,
+    x: &Activations,
     t: usize,
     r0: usize,
     out: OutPtr,
-) -> usize {
-    let x_row_bytes = xq.len() / n_tokens;
-    let xs: [&[u8]; N] =
-        std::array::from_fn(|i| &xq[(t + i) * x_row_bytes..(t + i + 1) * x_row_bytes]);
+) {
+    let group = x.group::<N>(t);
     for r in r0..(r0 + ROW_TILE).min(w.rows) {
-        let v = K::dotn(w.ty, w.row(r), xs);
+        let v = K::dotn(w.ty, w.row(r), &group);
         for (i, v) in v.into_iter().enumerate() {
             // SAFETY: (t + i)·rows + r is in bounds (sizes checked in `matmul`) and row
             // r belongs to this tile only, so no two workers write the same element.
             unsafe { *out.at((t + i) * w.rows + r) = v };
         }
     }
-    N
 }
 
 /// `tile` with the portable kernel of the weight's type.
 #[inline(always)]
-fn tile_any(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     match w.ty {
-        GgmlType::Q4_0 => tile::<Q4_0Q8_0>(w, xq, n_tokens, r0, out),
-        GgmlType::Q4_1 => tile::<Q4_1Q8_1>(w, xq, n_tokens, r0, out),
-        GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, xq, n_tokens, r0, out),
-        GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, xq, n_tokens, r0, out),
-        GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, xq, n_tokens, r0, out),
-        _ => tile::<Dequantizing>(w, xq, n_tokens, r0, out),
+        GgmlType::Q4_0 => tile::<Q4_0Q8_0>(w, x, r0, out),
+        GgmlType::Q4_1 => tile::<Q4_1Q8_1>(w, x, r0, out),
+        GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, x, r0, out),
+        GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, x, r0, out),
+        GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, x, r0, out),
+        _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
 
-fn tile_scalar(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
-    tile_any(w, xq, n_tokens, r0, out)
+fn tile_scalar(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    tile_any(w, x, r0, out)
 }
 
 /// Kernel types for one x86 ISA's SIMD twins, and its `tile` entry point.
@@ -166,15 +236,19 @@ macro_rules! x86_tile {
                     impl Kernel for $k {
                         #[inline(always)]
                         fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-                            // SAFETY: only reached from `tile` below, whose target
-                            // features the caller checked on this CPU.
-                            unsafe { simd::$f::<1>(w, [a])[0] }
+                            // `tile` only calls `dotn`; the scalar twin gives the same bits.
+                            crate::kernels::$f(w, a)
                         }
 
                         #[inline(always)]
-                        fn dotn<const N: usize>(_: GgmlType, w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-                            // SAFETY: as for `dot`.
-                            unsafe { simd::$f::<N>(w, a) }
+                        fn dotn<const N: usize>(
+                            _: GgmlType,
+                            w: &[u8],
+                            g: &TokenGroup<N>,
+                        ) -> [f32; N] {
+                            // SAFETY: only reached from `tile` below, whose target
+                            // features the caller checked on this CPU.
+                            unsafe { simd::$f::<N>(w, g) }
                         }
                     }
                 };
@@ -186,14 +260,14 @@ macro_rules! x86_tile {
             simd_kernel!(Q8_0, dot_q8_0_q8_0);
 
             #[target_feature(enable = $features)]
-            pub fn $name(w: &QMatrix, xq: &[u8], n_tokens: usize, r0: usize, out: OutPtr) {
+            pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
                 match w.ty {
-                    GgmlType::Q4_0 => tile::<Q4_0>(w, xq, n_tokens, r0, out),
-                    GgmlType::Q4_1 => tile::<Q4_1>(w, xq, n_tokens, r0, out),
-                    GgmlType::Q5_0 => tile::<Q5_0>(w, xq, n_tokens, r0, out),
-                    GgmlType::Q5_1 => tile::<Q5_1>(w, xq, n_tokens, r0, out),
-                    GgmlType::Q8_0 => tile::<Q8_0>(w, xq, n_tokens, r0, out),
-                    _ => tile::<Dequantizing>(w, xq, n_tokens, r0, out),
+                    GgmlType::Q4_0 => tile::<Q4_0>(w, x, r0, out),
+                    GgmlType::Q4_1 => tile::<Q4_1>(w, x, r0, out),
+                    GgmlType::Q5_0 => tile::<Q5_0>(w, x, r0, out),
+                    GgmlType::Q5_1 => tile::<Q5_1>(w, x, r0, out),
+                    GgmlType::Q8_0 => tile::<Q8_0>(w, x, r0, out),
+                    _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }
         }
@@ -236,7 +310,7 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
     );
     let Some(first) = ws.first() else { return };
     let n_tokens = x.len() / first.cols;
-    let mut quantized: Vec<(GgmlType, Vec<u8>)> = Vec::new();
+    let mut quantized: Vec<(GgmlType, Activations)> = Vec::new();
     let mut tiles = Vec::new();
     let mut ptrs = Vec::with_capacity(ws.len());
     for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
@@ -247,8 +321,7 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         let q = match quantized.iter().position(|(t, _)| *t == act) {
             Some(i) => i,
             None => {
-                let xq = quantize(act, x).expect("row length checked in QMatrix::new");
-                quantized.push((act, xq));
+                quantized.push((act, Activations::new(act, x, n_tokens)));
                 quantized.len() - 1
             }
         };
@@ -257,15 +330,15 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
     }
     tiles.into_par_iter().for_each(|(m, r0)| {
         let (w, (ptr, q)) = (&ws[m], ptrs[m]);
-        let xq = &quantized[q].1;
+        let x = &quantized[q].1;
         match isa {
             // SAFETY: `isa` is available on this CPU (asserted above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { tile_avx512(w, xq, n_tokens, r0, ptr) },
+            Isa::Avx512 => unsafe { tile_avx512(w, x, r0, ptr) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { tile_avx2(w, xq, n_tokens, r0, ptr) },
-            _ => tile_scalar(w, xq, n_tokens, r0, ptr),
+            Isa::Avx2 => unsafe { tile_avx2(w, x, r0, ptr) },
+            _ => tile_scalar(w, x, r0, ptr),
         }
     });
 }
