@@ -53,12 +53,15 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Measure prompt and generation speed (llama-bench compatible tests).
     Bench(commands::bench::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(commands::serve::Args),
     /// Rewrite a GGUF model with its weights in another quant type.
     Quantize(commands::quantize::Args),
 }
 
-fn init_logging(common: &Common) {
-    let level = match common.verbose {
+/// `serve` logs its requests by default; other commands only warnings.
+fn init_logging(common: &Common, serving: bool) {
+    let level = match common.verbose.max(serving as u8) {
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -77,7 +80,7 @@ fn init_logging(common: &Common) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.common);
+    init_logging(&cli.common, matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Models(args) => commands::models::run(args),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ pub mod models;
 pub mod perplexity;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
 
 use anyhow::{Context, Result};

@@ -1,0 +1,195 @@
+//! `llama-gpu serve`: the OpenAI-compatible server. It listens at once (`/health`
+//! answers 503 while the model loads), then serves until SIGINT or SIGTERM, letting
+//! requests in flight finish for up to `--shutdown-timeout`.
+
+use super::{load, usage, ModelArgs};
+use anyhow::{Context, Result};
+use engine::{Engine, EngineConfig, KvBudget};
+use server::{AppState, Model, ServerConfig};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences generated at once; the KV cache holds `--ctx-size` tokens for each
+    /// unless `--kv-cache-bytes` is given.
+    #[arg(short = 'p', long = "parallel", alias = "np", default_value_t = 8)]
+    parallel: usize,
+    /// KV-cache budget in bytes (overrides ctx-size × parallel).
+    #[arg(long)]
+    kv_cache_bytes: Option<usize>,
+    /// Tokens per engine step (decodes plus prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Requests that may wait for a free sequence; more are refused with 503.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Do not reuse the KV blocks of identical prompt prefixes.
+    #[arg(long)]
+    no_prefix_cache: bool,
+    /// Worker threads for the model (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// The model id clients use (default: the -m value, or the file's name).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Accept only requests bearing this key (repeatable).
+    #[arg(long = "api-key", env = "LLAMA_GPU_API_KEY")]
+    api_keys: Vec<String>,
+    /// A file of API keys, one per line.
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Requests per minute per key.
+    #[arg(long)]
+    rate_limit_rpm: Option<u32>,
+    /// Prompt plus generated tokens per minute per key.
+    #[arg(long)]
+    rate_limit_tpm: Option<u32>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a generation may take before it is ended.
+    #[arg(long)]
+    request_timeout: Option<f64>,
+    /// Allow browsers on this origin (repeatable).
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+}
+
+fn model_id(args: &Args) -> String {
+    if let Some(a) = &args.alias {
+        return a.clone();
+    }
+    let m = &args.model.model;
+    let path = std::path::Path::new(m);
+    if path.exists() {
+        path.file_name()
+            .map_or(m.clone(), |n| n.to_string_lossy().into_owned())
+    } else {
+        m.clone()
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.parallel == 0 || args.max_batch_tokens == 0 || args.threads == Some(0) {
+        return Err(usage(
+            "--parallel, --max-batch-tokens and --threads must be at least 1",
+        ));
+    }
+    let mut api_keys = args.api_keys.clone();
+    if let Some(file) = &args.api_key_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the API key file {}", file.display()))?;
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    let bad_seconds = |s: f64| !(s.is_finite() && s > 0.0);
+    if args.request_timeout.is_some_and(bad_seconds) || bad_seconds(args.shutdown_timeout) {
+        return Err(usage(
+            "--request-timeout and --shutdown-timeout must be positive seconds",
+        ));
+    }
+    let config = ServerConfig {
+        model_id: model_id(&args),
+        api_keys,
+        requests_per_minute: args.rate_limit_rpm,
+        tokens_per_minute: args.rate_limit_tpm,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout.map(Duration::from_secs_f64),
+        cors_origins: args.cors_origins.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("listening on {address}"))?;
+        let bound = listener.local_addr()?;
+        if config.api_keys.is_empty() && !bound.ip().is_loopback() {
+            tracing::warn!(
+                "listening on {bound} without --api-key: anyone who can reach it can use it"
+            );
+        }
+        eprintln!("llama-gpu: listening on http://{bound}");
+        let state = AppState::new(config);
+        let loading = {
+            let state = state.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let loaded = load(&args.model)?;
+                let mut engine_config = EngineConfig::new(args.model.ctx_size, args.parallel);
+                if let Some(bytes) = args.kv_cache_bytes {
+                    engine_config.kv_budget = KvBudget::Bytes(bytes);
+                }
+                engine_config.max_batch_tokens = args.max_batch_tokens;
+                engine_config.max_waiting = args.max_queue;
+                engine_config.prefix_caching = !args.no_prefix_cache;
+                engine_config.threads = args.threads;
+                let engine = Engine::start(loaded.model, loaded.tokenizer, engine_config)?;
+                state.set_model(Model {
+                    engine,
+                    template: loaded.template,
+                });
+                eprintln!("llama-gpu: model loaded, ready");
+                Ok(())
+            })
+        };
+        let grace = Duration::from_secs_f64(args.shutdown_timeout);
+        let server = tokio::spawn(server::serve(listener, state, shutdown_signal(), grace));
+        // A model that fails to load ends the server with its error.
+        tokio::task::spawn_blocking(move || {
+            loading
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loading thread panicked")))
+        })
+        .await
+        .context("loading the model")??;
+        server
+            .await
+            .context("the server task")?
+            .context("serving")?;
+        eprintln!("llama-gpu: stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}

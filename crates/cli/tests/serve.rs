@@ -1,0 +1,482 @@
+//! `llama-gpu serve` end to end: the real binary on 127.0.0.1:0, driven over HTTP.
+
+mod common;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
+            .args(["serve", "--port", "0", "-c", "1024", "-t", "2"])
+            .args(extra)
+            .env("LLAMA_GPU_HOME", common::store_home())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot start llama-gpu serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("serve exited early").unwrap();
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                break addr.trim().to_string();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let s = Server { child, base, agent };
+        let t0 = Instant::now();
+        while s.get("/health").0 != 200 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    fn post_raw(
+        &self,
+        path: &str,
+        body: &str,
+        key: Option<&str>,
+    ) -> ureq::http::Response<ureq::Body> {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        req.send(body).unwrap()
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let mut r = self.post_raw(path, &body.to_string(), None);
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The `data:` payloads of a streaming request, up to and including `[DONE]`.
+    fn stream(&self, path: &str, body: Value) -> Vec<String> {
+        let r = self.post_raw(path, &body.to_string(), None);
+        assert_eq!(r.status().as_u16(), 200);
+        let reader = BufReader::new(r.into_body().into_reader());
+        reader
+            .lines()
+            .map(|l| l.unwrap())
+            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&Server) -> bool) {
+        let t0 = Instant::now();
+        while !ok(self) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": "default", "messages": [{"role": "user", "content": content}], "max_tokens": 12, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[test]
+fn responses_and_streams_have_openai_shapes() {
+    let s = Server::start(&[]);
+    let (status, r) = s.post(
+        "/v1/chat/completions",
+        chat("What is the capital of France?", json!({})),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["model"], "default");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert!(!r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    let usage = &r["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    // Streaming with usage: role chunk, deltas, finish chunk, usage chunk, [DONE].
+    let events = s.stream(
+        "/v1/chat/completions",
+        chat(
+            "hi",
+            json!({"stream": true, "stream_options": {"include_usage": true}, "max_tokens": 6}),
+        ),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let finish = &chunks[chunks.len() - 2];
+    assert!(finish["choices"][0]["finish_reason"].is_string());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(chunks.last().unwrap()["choices"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(usage["completion_tokens"].as_u64().unwrap() >= 1);
+    // The same request without streaming gives the same text.
+    let (_, whole) = s.post("/v1/chat/completions", chat("hi", json!({"max_tokens": 6})));
+    assert_eq!(whole["choices"][0]["message"]["content"], text);
+
+    // Completions from token ids, with logprobs.
+    let (status, r) = s.post("/v1/completions", json!({"prompt": [504, 3575, 282, 4649, 314], "max_tokens": 3, "temperature": 0, "logprobs": 2}));
+    assert_eq!(status, 200, "{r}");
+    assert!(r["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(r["object"], "text_completion");
+    let lp = &r["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 3);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    assert!(r["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with(" Paris"));
+
+    // n = 2, each its own choice.
+    let (_, r) = s.post("/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 8, "n": 2, "temperature": 1.0, "seed": 3}));
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(r["usage"]["completion_tokens"], 16);
+
+    // A seed reproduces a sample.
+    let sample = json!({"prompt": "My favourite colour is", "max_tokens": 10, "temperature": 1.0, "seed": 42});
+    assert_eq!(
+        s.post("/v1/completions", sample.clone()).1["choices"],
+        s.post("/v1/completions", sample).1["choices"]
+    );
+
+    // Stop strings end the text before them.
+    let (_, r) = s.post(
+        "/v1/completions",
+        json!({"prompt": "1, 2, 3, 4,", "max_tokens": 20, "temperature": 0, "stop": [" 7"]}),
+    );
+    let text = r["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.contains(" 7") && r["choices"][0]["finish_reason"] == "stop",
+        "{r}"
+    );
+
+    // Models and the tokenizer routes.
+    let (_, models) = s.get("/v1/models");
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], "default");
+    assert_eq!(s.get("/v1/models/default").0, 200);
+    let (_, t) = s.post("/tokenize", json!({"content": "Hello world"}));
+    let (_, d) = s.post("/detokenize", json!({"tokens": t["tokens"]}));
+    assert_eq!(d["content"], "Hello world");
+}
+
+#[test]
+fn every_bad_request_gets_a_clear_4xx() {
+    let s = Server::start(&["--max-body-bytes", "8000"]);
+    let error = |status: u16, r: &Value| {
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+        assert!(r["error"]["type"].is_string());
+        status
+    };
+    let mut r = s.post_raw("/v1/chat/completions", "{\"messages\": [", None);
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("malformed JSON"));
+
+    for (body, status, param) in [
+        (json!({"max_tokens": 4}), 400, "messages"),
+        (json!({"messages": "hi"}), 400, "messages"),
+        (
+            chat("hi", json!({"temperature": "hot"})),
+            400,
+            "temperature",
+        ),
+        (chat("hi", json!({"max_tokens": 0})), 400, "max_tokens"),
+        (chat("hi", json!({"n": 99})), 400, "n"),
+        (
+            chat("hi", json!({"model": "gpt-nonexistent"})),
+            404,
+            "model",
+        ),
+    ] {
+        let (got, r) = s.post("/v1/chat/completions", body.clone());
+        assert_eq!(error(got, &r), status, "{body} → {r}");
+        assert_eq!(r["error"]["param"], param, "{r}");
+    }
+    let (got, r) = s.post("/v1/completions", json!({"prompt": "x", "echo": true}));
+    assert_eq!(error(got, &r), 400);
+    let (got, r) = s.post("/v1/completions", json!({"max_tokens": 3}));
+    assert_eq!(
+        (error(got, &r), r["error"]["param"].as_str()),
+        (400, Some("prompt"))
+    );
+
+    // A prompt longer than the context names both numbers.
+    let long: Vec<u32> = (0..1100).map(|i| 100 + i % 1000).collect();
+    let (got, r) = s.post("/v1/completions", json!({"prompt": long, "max_tokens": 3}));
+    assert_eq!(error(got, &r), 400);
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains("1100") && m.contains("1024"), "{m}");
+
+    // Too big a body.
+    let big = json!({"prompt": "x".repeat(9000)}).to_string();
+    let mut r = s.post_raw("/v1/completions", &big, None);
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("8000"));
+
+    assert_eq!(s.get("/v1/nothing-here").0, 404);
+    assert_eq!(s.get("/v1/chat/completions").0, 405);
+    // Still serving after all that.
+    assert_eq!(
+        s.post("/v1/chat/completions", chat("hi", json!({"max_tokens": 2})))
+            .0,
+        200
+    );
+}
+
+#[test]
+fn api_keys_and_rate_limits() {
+    let s = Server::start(&[
+        "--api-key",
+        "k1",
+        "--api-key",
+        "k2",
+        "--rate-limit-rpm",
+        "2",
+    ]);
+    assert_eq!(s.get("/health").0, 200);
+    let body = chat("hi", json!({"max_tokens": 1})).to_string();
+    assert_eq!(
+        s.post_raw("/v1/chat/completions", &body, None)
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        s.post_raw("/v1/chat/completions", &body, Some("wrong"))
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(s.get("/v1/models").0, 401);
+    assert_eq!(
+        s.post_raw("/v1/chat/completions", &body, Some("k1"))
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        s.post_raw("/v1/chat/completions", &body, Some("k1"))
+            .status()
+            .as_u16(),
+        200
+    );
+    let limited = s.post_raw("/v1/chat/completions", &body, Some("k1"));
+    assert_eq!(limited.status().as_u16(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    // Another key has its own budget.
+    assert_eq!(
+        s.post_raw("/v1/chat/completions", &body, Some("k2"))
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_kv_blocks() {
+    let s = Server::start(&[]);
+    let body = chat(
+        "Tell me a very long story.",
+        json!({"stream": true, "max_tokens": 400, "ignore_eos": true}),
+    );
+    let r = s.post_raw("/v1/chat/completions", &body.to_string(), None);
+    let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+    for _ in 0..6 {
+        lines.next().unwrap().unwrap();
+    }
+    assert!(s.metric("llama_gpu_kv_cache_blocks_used") > 0.0);
+    drop(lines);
+    s.wait_for("the stream to be cancelled", |s| {
+        s.metric("llama_gpu_requests_running") == 0.0
+            && s.metric("llama_gpu_kv_cache_blocks_used") == 0.0
+    });
+    assert!(s.metric("llama_gpu_generation_tokens_total") < 400.0);
+}
+
+#[test]
+fn a_full_queue_answers_503_and_shutdown_lets_requests_finish() {
+    let mut s = Server::start(&[
+        "--parallel",
+        "1",
+        "--max-queue",
+        "1",
+        "--shutdown-timeout",
+        "20",
+    ]);
+    let base = s.base.clone();
+    let agent = s.agent.clone();
+    let long = chat(
+        "Count to one hundred.",
+        json!({"max_tokens": 60, "ignore_eos": true}),
+    );
+    let first = std::thread::spawn({
+        let (agent, base, long) = (agent.clone(), base.clone(), long.clone());
+        move || {
+            let mut r = agent
+                .post(format!("{base}/v1/chat/completions"))
+                .send(long.to_string())
+                .unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        }
+    });
+    s.wait_for("the first request to run", |s| {
+        s.metric("llama_gpu_requests_running") == 1.0
+    });
+    let second = std::thread::spawn(move || {
+        let mut r = agent
+            .post(format!("{base}/v1/chat/completions"))
+            .send(long.to_string())
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    });
+    s.wait_for("the second request to wait", |s| {
+        s.metric("llama_gpu_requests_waiting") == 1.0
+    });
+    let (status, r) = s.post("/v1/chat/completions", chat("hi", json!({})));
+    assert_eq!(status, 503, "{r}");
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("overloaded"));
+
+    // SIGTERM: both accepted requests still complete, then the process exits 0.
+    let t0 = Instant::now();
+    let exit = s.terminate();
+    assert!(exit.success(), "{exit:?}");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    for handle in [first, second] {
+        let (status, body) = handle.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let r: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["usage"]["completion_tokens"], 60);
+    }
+}
+
+#[test]
+fn thirty_two_concurrent_streams_all_complete_with_the_same_greedy_text() {
+    let s = Server::start(&["--parallel", "16"]);
+    let body = chat(
+        "Name three colours.",
+        json!({"stream": true, "max_tokens": 16, "ignore_eos": true, "stream_options": {"include_usage": true}}),
+    );
+    let texts: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|_| {
+                scope.spawn(|| {
+                    let events = s.stream("/v1/chat/completions", body.clone());
+                    assert_eq!(events.last().unwrap(), "[DONE]");
+                    let chunks: Vec<Value> = events[..events.len() - 1]
+                        .iter()
+                        .map(|e| serde_json::from_str(e).unwrap())
+                        .collect();
+                    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 16);
+                    chunks
+                        .iter()
+                        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                        .collect::<String>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        texts.iter().all(|t| *t == texts[0] && !t.is_empty()),
+        "{texts:?}"
+    );
+    s.wait_for("every block back", |s| {
+        s.metric("llama_gpu_kv_cache_blocks_used") == 0.0
+    });
+}

@@ -1,0 +1,517 @@
+//! `/v1/chat/completions` and `/v1/completions`: parse, submit one engine request per
+//! prompt, and answer with one JSON body or a stream of server-sent events. A client
+//! that goes away drops the engine streams, which cancels the generation.
+
+use crate::error::ApiError;
+use crate::limits::Client;
+use crate::params::{self, Generation, Prompt};
+use crate::routes::{read_body, unknown_model};
+use crate::{unix_now, AppState, RequestId};
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use engine::{Event, FinishReason, Request, Tokenizer};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    fn route(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Extension(id): Extension<RequestId>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = state.model()?;
+    let body = params::parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let messages = params::messages(&body)?;
+    let g = generation(&state, &body, Endpoint::Chat)?;
+    let text = model.template.render(&messages, true)?;
+    let prompt = model.engine.tokenizer().encode_prompt(&text, true)?;
+    run(state, client, id, Endpoint::Chat, g, vec![prompt]).await
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<Client>,
+    Extension(id): Extension<RequestId>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = state.model()?;
+    let body = params::parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let prompts = params::prompts(&body)?;
+    let g = generation(&state, &body, Endpoint::Completions)?;
+    let tokenizer = model.engine.tokenizer();
+    let prompts = prompts
+        .into_iter()
+        .map(|p| match p {
+            Prompt::Text(t) => tokenizer.encode_prompt(&t, false),
+            Prompt::Tokens(t) => Ok(t),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    run(state, client, id, Endpoint::Completions, g, prompts).await
+}
+
+fn generation(
+    state: &AppState,
+    body: &serde_json::Map<String, Value>,
+    endpoint: Endpoint,
+) -> Result<Generation, ApiError> {
+    let model = state.model()?;
+    let g = params::generation(
+        body,
+        endpoint == Endpoint::Chat,
+        model.engine.model_config().vocab_size,
+        model.engine.config().max_seqs,
+    )?;
+    match &g.model {
+        Some(m) if *m != state.config.model_id => Err(unknown_model(state, m)),
+        _ => Ok(g),
+    }
+}
+
+/// One output choice as it accumulates.
+#[derive(Default, Clone)]
+struct Choice {
+    text: String,
+    tokens: Vec<TokenInfo>,
+    finish: Option<&'static str>,
+}
+
+#[derive(Clone)]
+struct TokenInfo {
+    id: u32,
+    logprob: f32,
+    top: Vec<(u32, f32)>,
+}
+
+/// What the stream of one HTTP request carries: (prompt index, engine event).
+type Tagged = (usize, Event);
+
+struct Job {
+    state: Arc<AppState>,
+    client: Client,
+    request_id: RequestId,
+    endpoint: Endpoint,
+    g: Generation,
+    /// Prompt lengths, for usage.
+    prompt_lens: Vec<usize>,
+    started: Instant,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+async fn run(
+    state: Arc<AppState>,
+    client: Client,
+    request_id: RequestId,
+    endpoint: Endpoint,
+    g: Generation,
+    prompts: Vec<Vec<u32>>,
+) -> Result<Response, ApiError> {
+    let engine = &state.model()?.engine;
+    let mut streams = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
+        let request = Request {
+            prompt: prompt.clone(),
+            sampling: g.sampling.clone(),
+            max_tokens: g.max_tokens.unwrap_or(engine.config().context),
+            stop: g.stop.clone(),
+            ignore_eos: g.ignore_eos,
+            n: g.n,
+            logprobs: g.logprobs,
+        };
+        streams.push(engine.submit(request)?);
+    }
+    // One task per engine stream feeds a single channel; when the HTTP side drops the
+    // receiver, each task ends and drops its stream, which cancels the generation.
+    let (tx, rx) = mpsc::unbounded_channel::<Tagged>();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = stream.recv() => match event {
+                        Some(e) => if tx.send((i, e)).is_err() { break },
+                        None => break,
+                    },
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+    }
+    drop(tx);
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completions => "cmpl",
+    };
+    let job = Job {
+        model: g
+            .model
+            .clone()
+            .unwrap_or_else(|| state.config.model_id.clone()),
+        state: state.clone(),
+        client,
+        request_id,
+        endpoint,
+        prompt_lens: prompts.iter().map(Vec::len).collect(),
+        started: Instant::now(),
+        id: format!("{prefix}-{}", random_id()),
+        created: unix_now(),
+        g,
+    };
+    if job.g.stream {
+        Ok(stream_response(job, rx))
+    } else {
+        let timeout = state.config.request_timeout;
+        let collect = collect_response(job, rx);
+        match timeout {
+            Some(t) => tokio::time::timeout(t, collect)
+                .await
+                .map_err(|_| ApiError::timeout(t.as_secs_f64()))?,
+            None => collect.await,
+        }
+    }
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for i in 0..2u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(i);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+fn finish_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+impl Job {
+    fn choices(&self) -> usize {
+        self.prompt_lens.len() * self.g.n
+    }
+
+    fn usage(&self, completion_tokens: usize, cached: usize) -> Value {
+        let prompt: usize = self.prompt_lens.iter().sum();
+        json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        })
+    }
+
+    /// Books the finished request: token budget, latency, log line.
+    fn done(&self, completion_tokens: usize) {
+        let prompt: usize = self.prompt_lens.iter().sum();
+        self.state
+            .limiter
+            .charge(&self.client, prompt + completion_tokens);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.state
+            .metrics
+            .e2e_latency
+            .with_label_values(&[self.endpoint.route()])
+            .observe(seconds);
+        tracing::info!(
+            request_id = %self.request_id.0,
+            prompt_tokens = prompt,
+            completion_tokens,
+            ms = seconds * 1e3,
+            "generation"
+        );
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        self.state
+            .model()
+            .map(|m| m.engine.tokenizer().as_ref())
+            .expect("a job exists only once the model is loaded")
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.tokenizer().token_bytes(id)).into_owned()
+    }
+
+    /// Logprobs of some tokens in the endpoint's shape.
+    fn logprobs(&self, tokens: &[TokenInfo], text_offset: usize) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let entry = |id: u32, lp: f32| {
+                    let bytes = self.tokenizer().token_bytes(id).to_vec();
+                    json!({"token": self.token_text(id), "logprob": lp, "bytes": bytes})
+                };
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(t.id, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({ "content": content })
+            }
+            Endpoint::Completions => {
+                let mut offset = text_offset;
+                let mut offsets = Vec::new();
+                for t in tokens {
+                    offsets.push(offset);
+                    offset += self.token_text(t.id).len();
+                }
+                json!({
+                    "tokens": tokens.iter().map(|t| self.token_text(t.id)).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|t| {
+                        t.top.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect::<serde_json::Map<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": concat!("llama-gpu-", env!("CARGO_PKG_VERSION")),
+            "choices": choices,
+        })
+    }
+}
+
+async fn collect_response(
+    job: Job,
+    mut rx: mpsc::UnboundedReceiver<Tagged>,
+) -> Result<Response, ApiError> {
+    let mut choices = vec![Choice::default(); job.choices()];
+    let (mut completion, mut cached) = (0, 0);
+    while let Some((p, event)) = rx.recv().await {
+        match event {
+            Event::Token {
+                index,
+                id,
+                text,
+                logprob,
+                top_logprobs,
+            } => {
+                let c = &mut choices[p * job.g.n + index];
+                c.text.push_str(&text);
+                if let Some(lp) = logprob {
+                    c.tokens.push(TokenInfo {
+                        id,
+                        logprob: lp,
+                        top: top_logprobs,
+                    });
+                }
+            }
+            Event::Finished {
+                index,
+                reason,
+                usage,
+                error,
+            } => {
+                if let Some(e) = error {
+                    return Err(ApiError::internal(format!("generation failed: {e}")));
+                }
+                choices[p * job.g.n + index].finish = Some(finish_name(reason));
+                completion += usage.completion_tokens;
+                if index == 0 {
+                    cached += usage.cached_prompt_tokens;
+                }
+            }
+        }
+    }
+    job.done(completion);
+    let body: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let logprobs = if job.g.logprobs.is_some() {
+                job.logprobs(&c.tokens, 0)
+            } else {
+                Value::Null
+            };
+            match job.endpoint {
+                Endpoint::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish,
+                }),
+                Endpoint::Completions => json!({
+                    "index": i,
+                    "text": c.text,
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish,
+                }),
+            }
+        })
+        .collect();
+    let mut out = job.envelope(false, body);
+    out["usage"] = job.usage(completion, cached);
+    Ok(Json(out).into_response())
+}
+
+/// Server-sent events: (chat) a first chunk with the role, then text deltas as soon as
+/// they are complete UTF-8, a last chunk per choice with its finish reason, the usage
+/// chunk when asked, and `[DONE]`.
+fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
+    let deadline = job
+        .state
+        .config
+        .request_timeout
+        .map(|t| tokio::time::Instant::now() + t);
+    let (tx, out) = mpsc::channel::<Result<SseEvent, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |v: Value| SseEvent::default().data(v.to_string());
+        let mut rx = rx;
+        if job.endpoint == Endpoint::Chat {
+            for i in 0..job.choices() {
+                let first = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
+                let chunk = job.envelope(true, serde_json::from_value(first).unwrap_or_default());
+                if tx.send(Ok(send(chunk))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let mut text_offsets = vec![0usize; job.choices()];
+        let (mut completion, mut cached) = (0, 0);
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => {
+                        let e = ApiError::timeout(
+                            job.state
+                                .config
+                                .request_timeout
+                                .map_or(0.0, |t| t.as_secs_f64()),
+                        );
+                        let _ = tx.send(Ok(send(e.body()))).await;
+                        break;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some((p, event)) = next else { break };
+            let chunk = match event {
+                Event::Token {
+                    index,
+                    id,
+                    text,
+                    logprob,
+                    top_logprobs,
+                } => {
+                    if text.is_empty() && logprob.is_none() {
+                        continue;
+                    }
+                    let i = p * job.g.n + index;
+                    let logprobs = match logprob {
+                        Some(lp) => job.logprobs(
+                            &[TokenInfo {
+                                id,
+                                logprob: lp,
+                                top: top_logprobs,
+                            }],
+                            text_offsets[i],
+                        ),
+                        None => Value::Null,
+                    };
+                    text_offsets[i] += text.len();
+                    let choice = match job.endpoint {
+                        Endpoint::Chat => {
+                            json!({"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null})
+                        }
+                        Endpoint::Completions => {
+                            json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": null})
+                        }
+                    };
+                    job.envelope(true, vec![choice])
+                }
+                Event::Finished {
+                    index,
+                    reason,
+                    usage,
+                    error,
+                } => {
+                    if let Some(e) = error {
+                        let _ = tx
+                            .send(Ok(send(
+                                ApiError::internal(format!("generation failed: {e}")).body(),
+                            )))
+                            .await;
+                        return;
+                    }
+                    completion += usage.completion_tokens;
+                    if index == 0 {
+                        cached += usage.cached_prompt_tokens;
+                    }
+                    let i = p * job.g.n + index;
+                    let choice = match job.endpoint {
+                        Endpoint::Chat => {
+                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish_name(reason)})
+                        }
+                        Endpoint::Completions => {
+                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish_name(reason)})
+                        }
+                    };
+                    job.envelope(true, vec![choice])
+                }
+            };
+            if tx.send(Ok(send(chunk))).await.is_err() {
+                // The client left: dropping `rx` cancels the engine requests.
+                return;
+            }
+        }
+        job.done(completion);
+        if job.g.include_usage {
+            let mut chunk = job.envelope(true, Vec::new());
+            chunk["usage"] = job.usage(completion, cached);
+            let _ = tx.send(Ok(send(chunk))).await;
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    let events =
+        futures_util::stream::unfold(
+            out,
+            |mut out| async move { out.recv().await.map(|e| (e, out)) },
+        );
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

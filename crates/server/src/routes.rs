@@ -1,0 +1,157 @@
+//! The small routes: models, tokenize/detokenize, health, metrics, and 404/405 answers.
+
+use crate::error::ApiError;
+use crate::params::{parse_body, Fields};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The body, refused with 413 past the configured size.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(c) = cause {
+            too_large |= c.is::<http_body_util::LengthLimitError>();
+            cause = c.source();
+        }
+        if too_large {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+fn model_object(state: &AppState) -> Value {
+    let mut m = json!({
+        "id": state.config.model_id,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "llama-gpu",
+    });
+    if let Ok(model) = state.model() {
+        let c = model.engine.model_config();
+        m["meta"] = json!({
+            "n_vocab": c.vocab_size,
+            "n_ctx": model.engine.config().context,
+            "n_ctx_train": c.context_length,
+            "n_embd": c.dim,
+            "n_layers": c.n_layers,
+        });
+    }
+    m
+}
+
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if id != state.config.model_id {
+        return Err(unknown_model(&state, &id));
+    }
+    Ok(Json(model_object(&state)))
+}
+
+pub fn unknown_model(state: &AppState, id: &str) -> ApiError {
+    ApiError {
+        param: Some("model".into()),
+        ..ApiError::not_found(
+            format!(
+                "the model {id:?} does not exist; this server serves {:?}",
+                state.config.model_id
+            ),
+            "model_not_found",
+        )
+    }
+}
+
+/// `{"content": TEXT, "add_special": bool}` → `{"tokens": [...]}`.
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model()?;
+    let body = parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let f = Fields(&body);
+    let content = f
+        .string("content")?
+        .ok_or_else(|| ApiError::param("content", "this field is required"))?;
+    let tokenizer = model.engine.tokenizer();
+    let tokens = if f.boolean("add_special")?.unwrap_or(false) {
+        tokenizer.encode_prompt(content, true)
+    } else {
+        tokenizer.encode(content, true)
+    }?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `{"tokens": [...]}` → `{"content": TEXT}`.
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model()?;
+    let body = parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let vocab = model.engine.model_config().vocab_size;
+    let tokens: Vec<u32> = match body.get("tokens") {
+        Some(Value::Array(l)) => l
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&t| (t as usize) < vocab)
+                    .map(|t| t as u32)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                ApiError::param(
+                    "tokens",
+                    format!("token ids must be integers below {vocab}"),
+                )
+            })?,
+        _ => return Err(ApiError::param("tokens", "expected a list of token ids")),
+    };
+    Ok(Json(
+        json!({ "content": model.engine.tokenizer().decode(&tokens) }),
+    ))
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.model() {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let engine = state.model().ok().map(|m| m.engine.metrics());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(engine.as_ref()),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()), "not_found")
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::bad_request(format!("{method} is not allowed on {}", uri.path()))
+    }
+}
