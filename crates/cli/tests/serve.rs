@@ -480,3 +480,36 @@ fn thirty_two_concurrent_streams_all_complete_with_the_same_greedy_text() {
         s.metric("llama_gpu_kv_cache_blocks_used") == 0.0
     });
 }
+
+/// The official `openai` Python package against the server. CI installs it in a venv
+/// and names its interpreter in `LLAMA_GPU_TEST_PYTHON`; elsewhere the test looks for
+/// `python3` with `openai` importable, and says so when there is none.
+#[test]
+fn the_openai_python_client_works_unchanged() {
+    let python = std::env::var("LLAMA_GPU_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_openai = Command::new(&python)
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the openai package (LLAMA_GPU_TEST_PYTHON)"
+        );
+        eprintln!("skipped: {python} cannot import openai (pip install openai to run it)");
+        return;
+    }
+    let s = Server::start(&["--api-key", "sk-test", "--rate-limit-rpm", "15"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = Command::new(&python)
+        .args([script, &s.base, "sk-test"])
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("all checks passed"), "{report}");
+}
