@@ -11,7 +11,10 @@ use serde::Serialize;
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    online: Option<Online>,
     /// Prompt lengths to test (comma-separated; 0 skips).
     #[arg(
         short = 'p',
@@ -121,7 +124,16 @@ pub(super) fn mean_std(samples: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+#[derive(clap::Subcommand)]
+enum Online {
+    /// Load-test any OpenAI-compatible server (ours, llama-server, vLLM).
+    Serve(super::bench_serve::Args),
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if let Some(Online::Serve(a)) = args.online {
+        return super::bench_serve::run(a);
+    }
     if args.repetitions == 0 || args.threads.contains(&0) {
         return Err(usage("-r and every -t must be at least 1"));
     }

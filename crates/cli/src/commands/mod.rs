@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_concurrency;
+pub mod bench_serve;
 pub mod chat;
 pub mod inspect;
 pub mod models;
