@@ -3,7 +3,7 @@
 
 use crate::stats::Stats;
 use crate::workload::{Prompt, Rng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -30,7 +30,7 @@ pub struct Target {
 }
 
 /// How requests arrive in one run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Load {
     /// This many requests in flight at all times.
@@ -47,7 +47,7 @@ pub struct Slo {
 }
 
 /// One request's measurements. Times are seconds from the run's start or durations.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Record {
     pub start_s: f64,
     /// Error kind when the request failed: connect, timeout, http_NNN, malformed_stream,
@@ -206,7 +206,7 @@ pub fn send(agent: &ureq::Agent, target: &Target, prompt: &Prompt, run_start: In
 }
 
 /// One load level's figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub load: Load,
     pub requests: usize,

@@ -1,16 +1,26 @@
 //! Summary statistics of latency samples.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Mean and percentiles of a set of samples (in the samples' unit).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// Mean and percentiles of a set of samples (in the samples' unit); NaN when there
+/// were none (written as JSON `null`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub count: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub p90: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub p95: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub p99: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The value below which a fraction `q` of the sorted samples lie (linear interpolation
@@ -61,5 +71,8 @@ mod tests {
         assert_eq!(two.p90, 9.0);
         assert!(Stats::of([]).median.is_nan());
         assert_eq!(Stats::of([f64::NAN, 2.0]).count, 1);
+        let empty: Stats =
+            serde_json::from_str(&serde_json::to_string(&Stats::of([])).unwrap()).unwrap();
+        assert!(empty.p99.is_nan());
     }
 }

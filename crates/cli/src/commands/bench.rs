@@ -128,11 +128,34 @@ pub(super) fn mean_std(samples: &[f64]) -> (f64, f64) {
 enum Online {
     /// Load-test any OpenAI-compatible server (ours, llama-server, vLLM).
     Serve(super::bench_serve::Args),
+    /// Render `bench serve` result files as a Markdown report with SVG plots.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Result files of `bench serve --out` (each one series in the plots).
+    #[arg(required = true)]
+    files: Vec<std::path::PathBuf>,
+    /// Directory for report.md and the plots.
+    #[arg(long, default_value = "report")]
+    out: std::path::PathBuf,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(Online::Serve(a)) = args.online {
-        return super::bench_serve::run(a);
+    match args.online {
+        Some(Online::Serve(a)) => return super::bench_serve::run(a),
+        Some(Online::Report(a)) => {
+            let files = a
+                .files
+                .iter()
+                .map(|f| bench::report::read(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            bench::report::write(&files, &a.out)?;
+            eprintln!("wrote {}", a.out.join("report.md").display());
+            return Ok(());
+        }
+        None => {}
     }
     if args.repetitions == 0 || args.threads.contains(&0) {
         return Err(usage("-r and every -t must be at least 1"));
