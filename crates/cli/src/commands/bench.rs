@@ -127,7 +127,7 @@ pub(super) fn mean_std(samples: &[f64]) -> (f64, f64) {
 #[derive(clap::Subcommand)]
 enum Online {
     /// Load-test any OpenAI-compatible server (ours, llama-server, vLLM).
-    Serve(super::bench_serve::Args),
+    Serve(Box<super::bench_serve::Args>),
     /// Render `bench serve` result files as a Markdown report with SVG plots.
     Report(ReportArgs),
 }
@@ -144,7 +144,7 @@ pub struct ReportArgs {
 
 pub fn run(args: Args) -> Result<()> {
     match args.online {
-        Some(Online::Serve(a)) => return super::bench_serve::run(a),
+        Some(Online::Serve(a)) => return super::bench_serve::run(*a),
         Some(Online::Report(a)) => {
             let files = a
                 .files
