@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::limits::Client;
 use crate::params::{self, Generation, Prompt};
-use crate::routes::{read_body, unknown_model};
+use crate::routes::{model_and_body, unknown_model};
 use crate::{unix_now, AppState, RequestId};
 use axum::body::Body;
 use axum::extract::State;
@@ -39,8 +39,7 @@ pub async fn chat(
     Extension(id): Extension<RequestId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = state.model()?;
-    let body = params::parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let (model, body) = model_and_body(&state, body).await?;
     let messages = params::messages(&body)?;
     let g = generation(&state, &body, Endpoint::Chat)?;
     let text = model.template.render(&messages, true)?;
@@ -54,8 +53,7 @@ pub async fn completions(
     Extension(id): Extension<RequestId>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = state.model()?;
-    let body = params::parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let (model, body) = model_and_body(&state, body).await?;
     let prompts = params::prompts(&body)?;
     let g = generation(&state, &body, Endpoint::Completions)?;
     let tokenizer = model.engine.tokenizer();

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::params::{parse_body, Fields};
-use crate::AppState;
+use crate::{AppState, Model};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -11,8 +11,19 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// The loaded model and the request's JSON object: 503 while loading, 413 past the
+/// body size limit, 400 when it is not a JSON object.
+pub async fn model_and_body(
+    state: &AppState,
+    body: Body,
+) -> Result<(&Model, serde_json::Map<String, Value>), ApiError> {
+    let model = state.model()?;
+    let fields = parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    Ok((model, fields))
+}
+
 /// The body, refused with 413 past the configured size.
-pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         let mut too_large = false;
@@ -80,8 +91,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let model = state.model()?;
-    let body = parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let (model, body) = model_and_body(&state, body).await?;
     let f = Fields(&body);
     let content = f
         .string("content")?
@@ -100,8 +110,7 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let model = state.model()?;
-    let body = parse_body(&read_body(body, state.config.max_body_bytes).await?)?;
+    let (model, body) = model_and_body(&state, body).await?;
     let vocab = model.engine.model_config().vocab_size;
     let tokens: Vec<u32> = match body.get("tokens") {
         Some(Value::Array(l)) => l
