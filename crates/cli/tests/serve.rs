@@ -240,7 +240,14 @@ fn responses_and_streams_have_openai_shapes() {
 
 #[test]
 fn every_bad_request_gets_a_clear_4xx() {
-    let s = Server::start(&["--max-body-bytes", "8000"]);
+    let s = Server::start(&[
+        "--max-body-bytes",
+        "8000",
+        "--request-timeout",
+        "1",
+        "--cors-origin",
+        "http://app.example",
+    ]);
     let error = |status: u16, r: &Value| {
         assert!(
             r["error"]["message"]
@@ -300,6 +307,40 @@ fn every_bad_request_gets_a_clear_4xx() {
     assert_eq!(r.status().as_u16(), 413);
     let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("8000"));
+
+    // Past --request-timeout: 504 for a whole response, an error event for a stream.
+    let (got, r) = s.post(
+        "/v1/completions",
+        json!({"prompt": "Go on:", "max_tokens": 900, "ignore_eos": true}),
+    );
+    assert_eq!(error(got, &r), 504);
+    let events = s.stream(
+        "/v1/completions",
+        json!({"prompt": "Go on:", "max_tokens": 900, "ignore_eos": true, "stream": true}),
+    );
+    assert!(
+        events.iter().any(|e| e.contains("timeout_error")),
+        "{events:?}"
+    );
+
+    // CORS for the configured origin only.
+    let r = s
+        .agent
+        .get(format!("{}/v1/models", s.base))
+        .header("origin", "http://app.example")
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let r = s
+        .agent
+        .get(format!("{}/v1/models", s.base))
+        .header("origin", "http://evil.example")
+        .call()
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 
     assert_eq!(s.get("/v1/nothing-here").0, 404);
     assert_eq!(s.get("/v1/chat/completions").0, 405);
