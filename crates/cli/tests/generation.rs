@@ -265,3 +265,59 @@ fn chat_keeps_history_and_obeys_commands() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_sweep_writes_the_ablation_of_several_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut models = Vec::new();
+    for ty in [gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0] {
+        let path = dir.path().join(format!("{ty}.gguf"));
+        engine::synthetic::SyntheticModel {
+            weight_type: ty,
+            ..Default::default()
+        }
+        .write(&path)
+        .unwrap();
+        models.push(path.to_str().unwrap().to_string());
+    }
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("ablation");
+    let mut args = vec!["bench", "sweep", &models[0], &models[1]];
+    args.extend(["-f", text.to_str().unwrap(), "-c", "32", "--chunks", "2"]);
+    args.extend([
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let out = llama_gpu(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("ablation.json")).unwrap())
+            .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0]["weight_type"].as_str(),
+            rows[1]["weight_type"].as_str()
+        ),
+        (Some("Q8_0"), Some("Q4_0"))
+    );
+    for r in &rows {
+        assert!(
+            r["ppl"].as_f64().unwrap() > 1.0 && r["tg_ts"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    assert!(stdout(&out).contains("| Q4_0.gguf | Q4_0 |"));
+    assert!(out_dir.join("ppl_vs_speed.svg").exists());
+}

@@ -130,6 +130,8 @@ enum Online {
     Serve(Box<super::bench_serve::Args>),
     /// Render `bench serve` result files as a Markdown report with SVG plots.
     Report(ReportArgs),
+    /// Quantization ablation: perplexity and speed of several model files.
+    Sweep(super::bench_sweep::Args),
 }
 
 #[derive(clap::Args)]
@@ -155,6 +157,7 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("wrote {}", a.out.join("report.md").display());
             return Ok(());
         }
+        Some(Online::Sweep(a)) => return super::bench_sweep::run(a),
         None => {}
     }
     if args.repetitions == 0 || args.threads.contains(&0) {
