@@ -554,3 +554,99 @@ fn the_openai_python_client_works_unchanged() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("all checks passed"), "{report}");
 }
+
+#[test]
+fn bench_serve_measures_our_server_renders_a_report_and_keeps_results_on_ctrl_c() {
+    let s = Server::start(&["--parallel", "4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("ours.json");
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "serve",
+            "--url",
+            &s.base,
+            "--input-len",
+            "8",
+            "--ignore-eos",
+        ];
+        args.extend(["--out", results.to_str().unwrap()]);
+        args.extend(extra);
+        Command::new(env!("CARGO_BIN_EXE_llama-gpu"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = bench(&[
+        "--concurrency",
+        "1,2",
+        "--num-requests",
+        "4",
+        "--output-len",
+        "8",
+    ])
+    .wait_with_output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| c=2 | 4/4 |"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(doc["runs"].as_array().unwrap().len(), 2);
+    for run in doc["runs"].as_array().unwrap() {
+        let requests = run["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), 4);
+        assert!(requests.iter().all(|r| r["output_tokens"] == 8
+            && r["error"].is_null()
+            && r["ttft_s"].as_f64().unwrap() > 0.0));
+    }
+    assert!(results.with_extension("csv").exists());
+    let report = dir.path().join("report");
+    let r = common::llama_gpu(&[
+        "bench",
+        "report",
+        results.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", common::stderr(&r));
+    assert!(std::fs::read_to_string(report.join("report.md"))
+        .unwrap()
+        .contains("| ours | c=1 |"));
+
+    // Ctrl-C: the run stops after the requests in flight and still writes its results.
+    std::fs::remove_file(&results).unwrap();
+    let child = bench(&[
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "500",
+        "--output-len",
+        "32",
+    ]);
+    s.wait_for("the benchmark to start", |s| {
+        s.metric("llama_gpu_generation_tokens_total") > 600.0
+    });
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let requests = doc["runs"][0]["requests"].as_array().unwrap();
+    assert!(
+        !requests.is_empty() && requests.len() < 500,
+        "{}",
+        requests.len()
+    );
+    assert!(requests.iter().all(|r| r["error"].is_null()));
+}

@@ -124,9 +124,10 @@ pub fn run(args: Args) -> Result<()> {
         };
         let first = tests.first().context("bench printed no rows")?;
         rows.push(AblationRow {
-            model: path
-                .file_name()
-                .map_or(model.clone(), |n| n.to_string_lossy().into_owned()),
+            model: match path.file_name().map(|n| n.to_string_lossy().into_owned()) {
+                Some(n) if !n.starts_with("sha256-") => n,
+                _ => model.clone(),
+            },
             weight_type: main_weight_type(&path)?,
             size_bytes: first["size_bytes"].as_u64().unwrap_or(0),
             params: first["params"].as_u64().unwrap_or(0),
