@@ -18,7 +18,10 @@ pub enum Endpoint {
     Completions,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Counts the tokens of a text, for servers that do not report usage.
+pub type TokenCounter = Arc<dyn Fn(&str) -> usize + Send + Sync>;
+
+#[derive(Clone, Serialize)]
 pub struct Target {
     pub url: String,
     #[serde(skip)]
@@ -27,6 +30,9 @@ pub struct Target {
     pub endpoint: Endpoint,
     pub ignore_eos: bool,
     pub timeout: Duration,
+    /// Used when a stream carries no usage; without it, content chunks are counted.
+    #[serde(skip)]
+    pub count_tokens: Option<TokenCounter>,
 }
 
 /// How requests arrive in one run.
@@ -60,7 +66,8 @@ pub struct Record {
     pub e2e_s: f64,
     pub prompt_tokens: Option<usize>,
     pub output_tokens: usize,
-    /// Whether `output_tokens` came from the server's usage (else: content chunks).
+    /// Whether `output_tokens` came from the server's usage (else: the target's token
+    /// counter, or the number of content chunks).
     pub usage_reported: bool,
 }
 
@@ -148,6 +155,7 @@ pub fn send(agent: &ureq::Agent, target: &Target, prompt: &Prompt, run_start: In
         );
     }
     let mut last: Option<Instant> = None;
+    let mut output = String::new();
     let mut done = false;
     for line in BufReader::new(response.into_body().into_reader()).lines() {
         let line = match line {
@@ -183,6 +191,7 @@ pub fn send(agent: &ureq::Agent, target: &Target, prompt: &Prompt, run_start: In
             .or(chunk["choices"][0]["text"].as_str())
             .unwrap_or("");
         if !text.is_empty() {
+            output.push_str(text);
             let now = Instant::now();
             match last {
                 None => rec.ttft_s = Some(now.duration_since(start).as_secs_f64()),
@@ -200,6 +209,9 @@ pub fn send(agent: &ureq::Agent, target: &Target, prompt: &Prompt, run_start: In
             "incomplete_stream",
             "the stream ended without [DONE]".into(),
         );
+    }
+    if let (false, Some(count)) = (rec.usage_reported, &target.count_tokens) {
+        rec.output_tokens = count(&output);
     }
     rec.e2e_s = start.elapsed().as_secs_f64();
     rec

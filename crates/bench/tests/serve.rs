@@ -41,6 +41,7 @@ fn respond(mut conn: TcpStream, mode: &str) {
         format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n")
     };
     let reply = match mode {
+        "no_usage" => format!("{sse}{}{}data: [DONE]\n\n", chunk("ab"), chunk("cd")),
         "ok" => format!(
             "{sse}{}{}{}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":3}}}}\n\ndata: [DONE]\n\n",
             chunk("a"), chunk("b"), chunk("c")
@@ -59,6 +60,15 @@ fn respond(mut conn: TcpStream, mode: &str) {
 }
 
 fn run_against(url: String, requests: usize, concurrency: usize) -> Vec<bench::serve::Record> {
+    run_with(url, requests, Load::Concurrency(concurrency), None)
+}
+
+fn run_with(
+    url: String,
+    requests: usize,
+    load: Load,
+    count_tokens: Option<bench::serve::TokenCounter>,
+) -> Vec<bench::serve::Record> {
     let target = Target {
         url,
         api_key: None,
@@ -66,11 +76,12 @@ fn run_against(url: String, requests: usize, concurrency: usize) -> Vec<bench::s
         endpoint: Endpoint::Chat,
         ignore_eos: true,
         timeout: Duration::from_millis(700),
+        count_tokens,
     };
     let prompts = synthetic(4, 8, 3, 0.0, 0);
     let plan = Run {
         target: &target,
-        load: Load::Concurrency(concurrency),
+        load,
         prompts: &prompts,
         count: requests,
         duration: None,
@@ -131,4 +142,25 @@ fn an_unreachable_server_is_a_connect_error_per_request() {
             .all(|r| r.error.as_deref() == Some("connect")),
         "{records:?}"
     );
+}
+
+#[test]
+fn without_usage_tokens_are_counted_by_the_tokenizer_or_by_chunks() {
+    let url = fake_server(|_| "no_usage");
+    let chunks = run_with(url.clone(), 2, Load::Concurrency(1), None);
+    assert!(chunks
+        .iter()
+        .all(|r| r.output_tokens == 2 && !r.usage_reported));
+    // A "tokenizer" of one token per character.
+    let counter: bench::serve::TokenCounter = std::sync::Arc::new(|t: &str| t.chars().count());
+    let counted = run_with(url, 2, Load::Concurrency(1), Some(counter));
+    assert!(counted.iter().all(|r| r.output_tokens == 4), "{counted:?}");
+}
+
+#[test]
+fn poisson_arrivals_send_every_request() {
+    let records = run_with(fake_server(|_| "ok"), 5, Load::Rate(50.0), None);
+    assert_eq!(records.len(), 5);
+    assert!(records.iter().all(|r| r.error.is_none()));
+    assert!(records.windows(2).all(|w| w[0].start_s <= w[1].start_s));
 }

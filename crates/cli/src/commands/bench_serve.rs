@@ -61,6 +61,10 @@ pub struct Args {
     /// CSV of the summaries is written beside it.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Count output tokens with this model's tokenizer when the server reports no usage
+    /// (a GGUF path, store name or digest); otherwise stream chunks are counted.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// A label for this run in reports (e.g. "llama-gpu" or "llama-server").
     #[arg(long, default_value = "")]
     label: String,
@@ -70,6 +74,17 @@ pub struct Args {
 enum EndpointArg {
     Chat,
     Completions,
+}
+
+fn token_counter(model: &str) -> Result<serve::TokenCounter> {
+    let path = super::resolve_model(model)?;
+    let file =
+        gguf::GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tokenizer =
+        engine::Tokenizer::from_metadata(&file.gguf.metadata).context("building the tokenizer")?;
+    Ok(std::sync::Arc::new(move |text: &str| {
+        tokenizer.encode(text, false).map_or(0, |ids| ids.len())
+    }))
 }
 
 fn parse_slo(s: &str) -> Result<Slo> {
@@ -148,6 +163,10 @@ pub fn run(args: Args) -> Result<()> {
         },
         ignore_eos: args.ignore_eos,
         timeout: Duration::from_secs_f64(args.timeout),
+        count_tokens: match &args.tokenizer {
+            Some(model) => Some(token_counter(model)?),
+            None => None,
+        },
     };
     let loads: Vec<Load> = match args.request_rate {
         Some(r) => vec![Load::Rate(r)],
