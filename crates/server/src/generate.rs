@@ -400,8 +400,8 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
         let mut rx = rx;
         if job.endpoint == Endpoint::Chat {
             for i in 0..job.choices() {
-                let first = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                let chunk = job.envelope(true, serde_json::from_value(first).unwrap_or_default());
+                let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+                let chunk = job.envelope(true, vec![first]);
                 if tx.send(Ok(send(chunk))).await.is_err() {
                     return;
                 }
