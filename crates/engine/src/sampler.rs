@@ -127,6 +127,16 @@ fn softmax(c: &Candidates) -> Vec<f64> {
     exps.iter().map(|e| e / sum).collect()
 }
 
+/// ln Σ exp(logits), computed around the maximum so it cannot overflow.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    max + logits
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in logits.iter().enumerate() {

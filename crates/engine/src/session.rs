@@ -209,7 +209,5 @@ impl<'m, B: Backend> Session<'m, B> {
 }
 
 fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    logits[index] as f64 - max - sum.ln()
+    logits[index] as f64 - crate::sampler::log_sum_exp(logits)
 }

@@ -4,14 +4,7 @@
 
 mod common;
 use engine::model::SeqBatch;
-use engine::{CpuBackend, Llama, Logits, Tokenizer};
-use std::sync::Arc;
-
-fn model() -> (Llama<CpuBackend>, Tokenizer) {
-    let file = Arc::new(gguf::GgufFile::open(common::default_model()).unwrap());
-    let tok = Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
-    (Llama::load(CpuBackend::new(), file).unwrap(), tok)
-}
+use engine::{Logits, Tokenizer};
 
 fn text_tokens(tok: &Tokenizer, n: usize, skip: usize) -> Vec<u32> {
     let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
@@ -20,7 +13,7 @@ fn text_tokens(tok: &Tokenizer, n: usize, skip: usize) -> Vec<u32> {
 
 #[test]
 fn prompt_chunks_of_1_7_and_64_tokens_give_bit_identical_logits() {
-    let (m, tok) = model();
+    let (m, tok) = common::model_and_tokenizer();
     let ids = text_tokens(&tok, 150, 0);
     let mut cache = m.new_kv_cache(160).unwrap();
     let whole = m.forward(&ids, 0, &mut cache, Logits::All).unwrap();
@@ -36,7 +29,7 @@ fn prompt_chunks_of_1_7_and_64_tokens_give_bit_identical_logits() {
 
 #[test]
 fn logits_do_not_depend_on_the_rest_of_the_batch_or_on_block_placement() {
-    let (m, tok) = model();
+    let (m, tok) = common::model_and_tokenizer();
     let a = text_tokens(&tok, 40, 0);
     let b = text_tokens(&tok, 70, 300);
     let c = text_tokens(&tok, 9, 900);
@@ -100,7 +93,7 @@ fn logits_do_not_depend_on_the_rest_of_the_batch_or_on_block_placement() {
 
 #[test]
 fn a_batch_whose_blocks_do_not_cover_its_tokens_is_an_error() {
-    let (m, _) = model();
+    let (m, _) = common::model_and_tokenizer();
     let mut pool = m.new_kv_pool(2).unwrap();
     let tokens = vec![1u32; 20];
     let batch = [SeqBatch {

@@ -5,20 +5,12 @@
 mod common;
 use engine::serving::Metrics;
 use engine::{
-    CpuBackend, Engine, EngineConfig, EngineError, Event, KvBudget, Llama, Request, SamplingParams,
-    Tokenizer,
+    Engine, EngineConfig, EngineError, Event, KvBudget, Request, SamplingParams, Tokenizer,
 };
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn model() -> (Llama<CpuBackend>, Tokenizer) {
-    let file = Arc::new(gguf::GgufFile::open(common::default_model()).unwrap());
-    let tok = Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
-    (Llama::load(CpuBackend::new(), file).unwrap(), tok)
-}
-
 fn engine(config: EngineConfig) -> Engine {
-    let (m, tok) = model();
+    let (m, tok) = common::model_and_tokenizer();
     Engine::start(m, tok, config).unwrap()
 }
 
@@ -132,7 +124,7 @@ fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone() {
 
 #[test]
 fn prefix_reuse_gives_the_same_output_as_no_reuse() {
-    let tok = model().1;
+    let tok = common::model_and_tokenizer().1;
     let system = "You are a careful assistant. Answer in plain words, without lists, and keep \
                   every answer short. The user is a student of physics.";
     let ask = |q: &str| {

@@ -172,7 +172,11 @@ async fn run(
         endpoint,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
         started: Instant::now(),
-        id: format!("{prefix}-{}", random_id()),
+        id: format!(
+            "{prefix}-{:016x}{:016x}",
+            crate::random_u64(),
+            crate::random_u64()
+        ),
         created: unix_now(),
         g,
     };
@@ -188,17 +192,6 @@ async fn run(
             None => collect.await,
         }
     }
-}
-
-fn random_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    for i in 0..2u8 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(i);
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
 }
 
 fn finish_name(reason: FinishReason) -> &'static str {

@@ -47,29 +47,28 @@ impl Fields<'_> {
     }
 
     pub fn number(&self, name: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
-        let Some(v) = self.get(name) else {
-            return Ok(None);
-        };
-        let x = v
-            .as_f64()
-            .ok_or_else(|| ApiError::param(name, format!("expected a number, got {v}")))?;
-        if !(min..=max).contains(&x) {
-            return Err(ApiError::param(
-                name,
-                format!("{x} is out of range [{min}, {max}]"),
-            ));
-        }
-        Ok(Some(x))
+        self.ranged(name, "a number", Value::as_f64, min, max)
     }
 
     pub fn integer(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        self.ranged(name, "an integer", Value::as_i64, min, max)
+    }
+
+    /// A value of one JSON type within `[min, max]`.
+    fn ranged<T: PartialOrd + std::fmt::Display>(
+        &self,
+        name: &str,
+        kind: &str,
+        read: impl Fn(&Value) -> Option<T>,
+        min: T,
+        max: T,
+    ) -> Result<Option<T>, ApiError> {
         let Some(v) = self.get(name) else {
             return Ok(None);
         };
-        let x = v
-            .as_i64()
-            .ok_or_else(|| ApiError::param(name, format!("expected an integer, got {v}")))?;
-        if !(min..=max).contains(&x) {
+        let x =
+            read(v).ok_or_else(|| ApiError::param(name, format!("expected {kind}, got {v}")))?;
+        if x < min || x > max {
             return Err(ApiError::param(
                 name,
                 format!("{x} is out of range [{min}, {max}]"),
@@ -203,7 +202,7 @@ pub fn generation(
     sampling.logit_bias = f.logit_bias(vocab)?;
     sampling.seed = match f.integer("seed", i64::MIN, i64::MAX)? {
         Some(s) => s as u64,
-        None => random_seed(),
+        None => crate::random_u64(),
     };
     let max_tokens = match f.integer("max_completion_tokens", 1, i64::MAX)? {
         Some(m) => Some(m),
@@ -238,17 +237,6 @@ pub fn generation(
         include_usage,
         ignore_eos: f.boolean("ignore_eos")?.unwrap_or(false),
     })
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// `messages`: a non-empty list of {role, content}, content a string or a list of text parts.

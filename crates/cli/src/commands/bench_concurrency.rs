@@ -6,6 +6,7 @@
 
 use super::{load, usage, ModelArgs};
 use anyhow::{Context, Result};
+use bench::stats::Stats;
 use engine::{Engine, EngineConfig, Event, Request};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -31,34 +32,9 @@ pub struct LevelResult {
     pub aggregate_ts_stddev: f64,
     /// `aggregate_ts` over the single-stream level's, when measured.
     pub vs_single: Option<f64>,
-    pub ttft_ms: Percentiles,
-    pub itl_ms: Percentiles,
+    pub ttft_ms: Stats,
+    pub itl_ms: Stats,
     pub preemptions: u64,
-}
-
-#[derive(Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-}
-
-impl Percentiles {
-    fn of(mut samples: Vec<f64>) -> Percentiles {
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            if samples.is_empty() {
-                return f64::NAN;
-            }
-            let i = ((samples.len() - 1) as f64 * q).round() as usize;
-            samples[i]
-        };
-        Percentiles {
-            p50: at(0.50),
-            p95: at(0.95),
-            p99: at(0.99),
-        }
-    }
 }
 
 /// Per-request timings of one wave.
@@ -186,13 +162,13 @@ pub fn run(plan: Plan) -> Result<Vec<LevelResult>> {
             aggregate_ts: mean,
             aggregate_ts_stddev: std,
             vs_single: single.map(|s| mean / s),
-            ttft_ms: Percentiles::of(ttft),
-            itl_ms: Percentiles::of(itl),
+            ttft_ms: Stats::of(ttft),
+            itl_ms: Stats::of(itl),
             preemptions: engine.metrics().preemptions - before,
         };
         eprintln!(
             "concurrency {level}: {mean:.1} ± {std:.1} tok/s, TTFT p50 {:.0} ms p99 {:.0} ms, ITL p50 {:.1} ms p99 {:.1} ms",
-            r.ttft_ms.p50, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p99
+            r.ttft_ms.median, r.ttft_ms.p99, r.itl_ms.median, r.itl_ms.p99
         );
         results.push(r);
     }
@@ -212,10 +188,10 @@ pub fn print_markdown(results: &[LevelResult]) {
             r.aggregate_ts,
             r.aggregate_ts_stddev,
             r.vs_single.map_or("-".into(), |x| format!("{x:.2}×")),
-            r.ttft_ms.p50,
+            r.ttft_ms.median,
             r.ttft_ms.p95,
             r.ttft_ms.p99,
-            r.itl_ms.p50,
+            r.itl_ms.median,
             r.itl_ms.p95,
             r.itl_ms.p99,
             r.preemptions
@@ -235,10 +211,10 @@ pub fn print_csv(results: &[LevelResult]) {
             r.aggregate_ts,
             r.aggregate_ts_stddev,
             r.vs_single.map_or(String::new(), |x| format!("{x:.4}")),
-            r.ttft_ms.p50,
+            r.ttft_ms.median,
             r.ttft_ms.p95,
             r.ttft_ms.p99,
-            r.itl_ms.p50,
+            r.itl_ms.median,
             r.itl_ms.p95,
             r.itl_ms.p99,
             r.preemptions

@@ -167,11 +167,9 @@ impl LogSoftmax {
 /// The model's log-probabilities (before any sampling parameter) and the `k` most
 /// likely tokens with theirs.
 fn log_softmax_top(logits: &[f32], k: usize) -> (LogSoftmax, Vec<(u32, f32)>) {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
     let table = LogSoftmax {
         logits: logits.to_vec(),
-        log_sum: max + sum.ln(),
+        log_sum: crate::sampler::log_sum_exp(logits),
     };
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(order.len());

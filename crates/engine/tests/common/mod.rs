@@ -14,6 +14,16 @@ pub fn default_model() -> PathBuf {
         .expect("cannot get the default model")
 }
 
+/// The default model on the CPU, with its tokenizer.
+pub fn model_and_tokenizer() -> (engine::Llama<engine::CpuBackend>, engine::Tokenizer) {
+    let file = std::sync::Arc::new(gguf::GgufFile::open(default_model()).unwrap());
+    let tok = engine::Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
+    (
+        engine::Llama::load(engine::CpuBackend::new(), file).unwrap(),
+        tok,
+    )
+}
+
 /// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model).
 pub fn refs(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
