@@ -51,13 +51,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// `parallel` sequences of `context` positions each.
+    /// `parallel` sequences of `context` positions each (whole blocks each).
     pub fn new(context: usize, parallel: usize) -> EngineConfig {
+        let per_sequence = context.div_ceil(KV_BLOCK_SIZE) * KV_BLOCK_SIZE;
         EngineConfig {
             max_seqs: parallel.max(1),
             max_batch_tokens: 512,
             max_waiting: 256,
-            kv_budget: KvBudget::Tokens(context * parallel.max(1)),
+            kv_budget: KvBudget::Tokens(per_sequence * parallel.max(1)),
             context,
             prefix_caching: true,
             threads: None,
