@@ -203,7 +203,7 @@ fn quantize_rewrites_weights_and_the_result_runs() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("f32.gguf");
     engine::synthetic::SyntheticModel {
-        weight_type: gguf::GgmlType::F32,
+        weights: engine::synthetic::WeightMix::Uniform(gguf::GgmlType::F32),
         ..Default::default()
     }
     .write(&source)
@@ -273,7 +273,7 @@ fn bench_sweep_writes_the_ablation_of_several_files() {
     for ty in [gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0] {
         let path = dir.path().join(format!("{ty}.gguf"));
         engine::synthetic::SyntheticModel {
-            weight_type: ty,
+            weights: engine::synthetic::WeightMix::Uniform(ty),
             ..Default::default()
         }
         .write(&path)

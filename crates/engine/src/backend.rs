@@ -50,8 +50,8 @@ pub trait Backend: Send + Sync {
 
     /// Makes a tensor of `file` usable by this device, keeping its quantized format.
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight>;
-    /// A zeroed buffer of `rows` × `cols`.
-    fn alloc(&self, rows: usize, cols: usize) -> Self::Buffer;
+    /// A zeroed buffer of `rows` × `cols`; an error when the device is full.
+    fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buffer>;
     /// A pool of `blocks` KV blocks; an error when the device cannot hold it.
     fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<Self::KvPool>;
     /// Copies every layer of block `src` into block `dst` (copy-on-write of a shared block).
@@ -95,7 +95,13 @@ pub trait Backend: Send + Sync {
     /// `x += y`.
     fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer);
     /// A new buffer holding the given rows of `x`, in that order.
-    fn gather_rows(&self, x: &Self::Buffer, rows: &[usize]) -> Self::Buffer;
+    fn gather_rows(&self, x: &Self::Buffer, rows: &[usize]) -> Result<Self::Buffer>;
     /// Copies rows of a buffer to the host.
     fn to_host(&self, x: &Self::Buffer, rows: std::ops::Range<usize>) -> Vec<f32>;
+    /// Waits for the queued work of the step and reports the first error any operation
+    /// met since the last call. Devices that run operations synchronously and report
+    /// their errors directly have nothing to do here.
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
 }

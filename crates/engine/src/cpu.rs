@@ -129,12 +129,12 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn alloc(&self, rows: usize, cols: usize) -> CpuBuffer {
-        CpuBuffer {
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CpuBuffer> {
+        Ok(CpuBuffer {
             data: vec![0.0; rows * cols],
             rows,
             cols,
-        }
+        })
     }
 
     fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<CpuKvPool> {
@@ -318,12 +318,12 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn gather_rows(&self, x: &CpuBuffer, rows: &[usize]) -> CpuBuffer {
-        CpuBuffer {
+    fn gather_rows(&self, x: &CpuBuffer, rows: &[usize]) -> Result<CpuBuffer> {
+        Ok(CpuBuffer {
             data: rows.iter().flat_map(|&r| x.row(r)).copied().collect(),
             rows: rows.len(),
             cols: x.cols,
-        }
+        })
     }
 
     fn to_host(&self, x: &CpuBuffer, rows: std::ops::Range<usize>) -> Vec<f32> {

@@ -38,6 +38,10 @@ pub enum EngineError {
     InvalidRequest(String),
     #[error("the engine has stopped")]
     Stopped,
+    #[error("CUDA: {0}")]
+    Cuda(#[from] cuda::CudaError),
+    #[error("tensor {name:?}: {reason}")]
+    UnsupportedTensor { name: String, reason: String },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
 }

@@ -1,11 +1,13 @@
-//! LLaMA-family inference: model configuration, the `Backend` trait and its CPU
-//! implementation, the model graph (`Llama`), tokenizer, chat templates, sampler, and the
+//! LLaMA-family inference: model configuration, the `Backend` trait and its CPU and
+//! CUDA implementations, the model graph (`Llama`), tokenizer, chat templates, sampler, and the
 //! serving engine (continuous batching over a paged KV cache).
 
 pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod sampler;
@@ -19,6 +21,8 @@ pub use backend::Backend;
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+pub use device::{Device, DeviceChoice};
 pub use error::{EngineError, Result};
 pub use model::{Llama, Logits};
 pub use sampler::{Sampler, SamplingParams};

@@ -223,14 +223,14 @@ impl<B: Backend> Llama<B> {
             .collect();
         let n = tokens.len();
 
-        let mut x = b.alloc(n, c.dim);
-        let mut h = b.alloc(n, c.dim);
-        let mut q = b.alloc(n, c.q_dim());
-        let mut k = b.alloc(n, c.kv_dim());
-        let mut v = b.alloc(n, c.kv_dim());
-        let mut att = b.alloc(n, c.q_dim());
-        let mut gate = b.alloc(n, c.ffn_dim);
-        let mut up = b.alloc(n, c.ffn_dim);
+        let mut x = b.alloc(n, c.dim)?;
+        let mut h = b.alloc(n, c.dim)?;
+        let mut q = b.alloc(n, c.q_dim())?;
+        let mut k = b.alloc(n, c.kv_dim())?;
+        let mut v = b.alloc(n, c.kv_dim())?;
+        let mut att = b.alloc(n, c.q_dim())?;
+        let mut gate = b.alloc(n, c.ffn_dim)?;
+        let mut up = b.alloc(n, c.ffn_dim)?;
 
         b.embed(&self.token_embedding, &tokens, &mut x)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -262,17 +262,20 @@ impl<B: Backend> Llama<B> {
         }
 
         if logit_rows.is_empty() {
+            b.finish()?;
             return Ok(Vec::new());
         }
         b.rms_norm(&x, &self.output_norm, c.rms_eps, &mut h);
         let h = if logit_rows.len() == n {
             h
         } else {
-            b.gather_rows(&h, &logit_rows)
+            b.gather_rows(&h, &logit_rows)?
         };
-        let mut out = b.alloc(logit_rows.len(), c.vocab_size);
+        let mut out = b.alloc(logit_rows.len(), c.vocab_size)?;
         b.matmul(&self.output, &h, &mut out);
-        Ok(b.to_host(&out, 0..logit_rows.len()))
+        let logits = b.to_host(&out, 0..logit_rows.len());
+        b.finish()?;
+        Ok(logits)
     }
 }
 

@@ -1,95 +1,262 @@
-//! Writes small LLaMA-architecture GGUF files with random weights in any quant type,
-//! with a byte-level vocabulary, so tests (and benchmarks) can run models that need
-//! no download.
+//! Writes LLaMA-architecture GGUF files with random weights in any quant type and a
+//! byte-level vocabulary, so tests and benchmarks can run models that need no download:
+//! small ones for tests, and the shapes of real models (`preset`) for GPU benchmarks.
 
 use crate::error::{EngineError, Result};
 use gguf::{Array, GgmlType, GgufWriter, Value, ValueType};
+use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub struct SyntheticModel {
+    /// `llama`, or `qwen2` (which adds Q/K/V biases).
+    pub architecture: &'static str,
     pub layers: usize,
     pub dim: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub ffn_dim: usize,
     pub context_length: usize,
-    /// Type of the 2-D weight matrices (norms stay F32).
-    pub weight_type: GgmlType,
+    /// At least the 259 byte-level and control tokens; the rest are filler tokens.
+    pub vocab_size: usize,
+    pub rope_base: f32,
+    /// An `output.weight` of its own instead of the tied token embedding.
+    pub separate_output: bool,
+    /// Types of the 2-D weight matrices (norms stay F32).
+    pub weights: WeightMix,
     pub seed: u64,
 }
 
 impl Default for SyntheticModel {
     fn default() -> Self {
         SyntheticModel {
+            architecture: "llama",
             layers: 2,
             dim: 256,
             heads: 4,
             kv_heads: 2,
             ffn_dim: 512,
             context_length: 256,
-            weight_type: GgmlType::Q8_0,
+            vocab_size: BYTE_VOCAB,
+            rope_base: 10000.0,
+            separate_output: false,
+            weights: WeightMix::Uniform(GgmlType::Q8_0),
             seed: 1,
+        }
+    }
+}
+
+/// Shapes of real models, for benchmarks at realistic sizes.
+pub const PRESETS: &[&str] = &["llama3-8b", "llama3-1b", "qwen2-7b"];
+
+impl SyntheticModel {
+    /// The shape and metadata of a real model (one of `PRESETS`) with random weights.
+    pub fn preset(name: &str, weights: WeightMix) -> Option<SyntheticModel> {
+        let llama3 = SyntheticModel {
+            layers: 32,
+            dim: 4096,
+            heads: 32,
+            kv_heads: 8,
+            ffn_dim: 14336,
+            context_length: 8192,
+            vocab_size: 128256,
+            rope_base: 500000.0,
+            separate_output: true,
+            weights,
+            ..Default::default()
+        };
+        Some(match name {
+            "llama3-8b" => llama3,
+            "llama3-1b" => SyntheticModel {
+                layers: 16,
+                dim: 2048,
+                ffn_dim: 8192,
+                separate_output: false,
+                ..llama3
+            },
+            "qwen2-7b" => SyntheticModel {
+                architecture: "qwen2",
+                layers: 28,
+                dim: 3584,
+                heads: 28,
+                kv_heads: 4,
+                ffn_dim: 18944,
+                context_length: 32768,
+                vocab_size: 152064,
+                rope_base: 1000000.0,
+                ..llama3
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Which type each weight matrix gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightMix {
+    Uniform(GgmlType),
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output and for `attn_v` and
+    /// `ffn_down` in the first and last eighth of the layers and every third between.
+    Q4KM,
+}
+
+impl std::fmt::Display for WeightMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightMix::Uniform(ty) => write!(f, "{ty}"),
+            WeightMix::Q4KM => f.write_str("Q4_K_M"),
+        }
+    }
+}
+
+impl WeightMix {
+    /// `Q4_K_M`, or a single type's name.
+    pub fn parse(name: &str) -> Option<WeightMix> {
+        if name.eq_ignore_ascii_case("Q4_K_M") {
+            return Some(WeightMix::Q4KM);
+        }
+        GgmlType::from_name(name).map(WeightMix::Uniform)
+    }
+
+    /// The type of tensor `name` (`blk.N.…`, `output.weight`, …) in a model of `layers`.
+    pub fn type_for(&self, name: &str, layers: usize) -> GgmlType {
+        match *self {
+            WeightMix::Uniform(ty) => ty,
+            WeightMix::Q4KM => {
+                let layer = name
+                    .strip_prefix("blk.")
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                let more_bits =
+                    |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+                let wide = name == "output.weight"
+                    || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+                        && layer.is_some_and(more_bits));
+                if wide {
+                    GgmlType::Q6_K
+                } else {
+                    GgmlType::Q4_K
+                }
+            }
         }
     }
 }
 
 /// The byte-level vocabulary: the 256 GPT-2 byte characters, then control tokens.
 pub const CONTROL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+const BYTE_VOCAB: usize = 256 + CONTROL_TOKENS.len();
 
-fn vocabulary() -> Vec<String> {
+fn vocabulary(size: usize) -> Vec<String> {
     let mut tokens: Vec<String> = crate::tokenizer::byte_chars()
         .iter()
         .map(|c| c.to_string())
         .collect();
     tokens.extend(CONTROL_TOKENS.iter().map(|s| s.to_string()));
+    tokens.extend((tokens.len()..size).map(|i| format!("<filler{i}>")));
     tokens
+}
+
+/// Values above which a tensor is tiled from a pool of quantized random blocks instead
+/// of quantizing fresh values: billions of parameters in seconds, still random enough to
+/// time kernels on.
+const POOL_VALUES: usize = 1 << 20;
+
+struct RandomWeights {
+    rng: Random,
+    /// Encoded random values per (type, scale bits).
+    pools: HashMap<(GgmlType, u32), Vec<u8>>,
+}
+
+impl RandomWeights {
+    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.rng.next(scale)).collect()
+    }
+
+    /// `rows` × `cols` random values of magnitude `scale` (vectors: around 1), encoded.
+    fn tensor(&mut self, ty: GgmlType, cols: usize, rows: usize, scale: f32) -> Result<Vec<u8>> {
+        if rows == 1 {
+            let values: Vec<f32> = self.values(cols, scale).iter().map(|v| 1.0 + v).collect();
+            return Ok(quant::quantize(ty, &values)?);
+        }
+        if rows * cols <= POOL_VALUES {
+            return Ok(quant::quantize(ty, &self.values(rows * cols, scale))?);
+        }
+        let pool = match self.pools.remove(&(ty, scale.to_bits())) {
+            Some(pool) => pool,
+            None => quant::quantize(ty, &self.values(POOL_VALUES, scale))?,
+        };
+        let row_bytes = cols / ty.block_size() * ty.type_size();
+        let blocks_in_pool = pool.len() / ty.type_size();
+        let mut out = Vec::with_capacity(rows * row_bytes);
+        for _ in 0..rows {
+            // Each row is a run of consecutive pool blocks from a random start.
+            let mut left = row_bytes;
+            while left > 0 {
+                let start = (self.rng.next_u64() as usize % blocks_in_pool) * ty.type_size();
+                let take = left.min(pool.len() - start);
+                out.extend_from_slice(&pool[start..start + take]);
+                left -= take;
+            }
+        }
+        self.pools.insert((ty, scale.to_bits()), pool);
+        Ok(out)
+    }
 }
 
 struct Random(u64);
 
 impl Random {
-    /// Uniform in [-scale, scale).
-    fn next(&mut self, scale: f32) -> f32 {
+    fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        self.0
+    }
+
+    /// Uniform in [-scale, scale).
+    fn next(&mut self, scale: f32) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
     }
 }
 
 impl SyntheticModel {
     pub fn vocab_size(&self) -> usize {
-        256 + CONTROL_TOKENS.len()
+        self.vocab_size.max(BYTE_VOCAB)
     }
 
     pub fn to_writer(&self) -> Result<GgufWriter> {
         let mut w = GgufWriter::new();
         let u32v = |v: usize| Value::U32(v as u32);
         let head_dim = self.dim / self.heads;
+        let arch = self.architecture;
         for (k, v) in [
-            ("general.architecture", Value::String("llama".into())),
+            ("general.architecture", Value::String(arch.into())),
             ("general.name", Value::String("synthetic".into())),
-            ("llama.block_count", u32v(self.layers)),
-            ("llama.context_length", u32v(self.context_length)),
-            ("llama.embedding_length", u32v(self.dim)),
-            ("llama.feed_forward_length", u32v(self.ffn_dim)),
-            ("llama.attention.head_count", u32v(self.heads)),
-            ("llama.attention.head_count_kv", u32v(self.kv_heads)),
-            ("llama.rope.freq_base", Value::F32(10000.0)),
-            ("llama.rope.dimension_count", u32v(head_dim)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("block_count", u32v(self.layers)),
+            ("context_length", u32v(self.context_length)),
+            ("embedding_length", u32v(self.dim)),
+            ("feed_forward_length", u32v(self.ffn_dim)),
+            ("attention.head_count", u32v(self.heads)),
+            ("attention.head_count_kv", u32v(self.kv_heads)),
+            ("rope.freq_base", Value::F32(self.rope_base)),
+            ("rope.dimension_count", u32v(head_dim)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("default".into())),
             ("tokenizer.ggml.bos_token_id", u32v(257)),
             ("tokenizer.ggml.eos_token_id", u32v(258)),
             ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
         ] {
-            w.add_metadata(k, v);
+            let key = if k.starts_with("general.") || k.starts_with("tokenizer.") {
+                k.to_string()
+            } else {
+                format!("{arch}.{k}")
+            };
+            w.add_metadata(key, v);
         }
-        let tokens = vocabulary();
+        let tokens = vocabulary(self.vocab_size());
         w.add_metadata("tokenizer.ggml.tokens", gguf::string_array(&tokens));
         let types = (0..tokens.len())
-            .map(|i| Value::I32(if i < 256 { 1 } else { 3 }))
+            .map(|i| Value::I32(if (256..BYTE_VOCAB).contains(&i) { 3 } else { 1 }))
             .collect();
         w.add_metadata(
             "tokenizer.ggml.token_type",
@@ -103,45 +270,54 @@ impl SyntheticModel {
             gguf::string_array(Vec::<String>::new()),
         );
 
-        let mut rng = Random(self.seed.max(1));
+        let mut weights = RandomWeights {
+            rng: Random(self.seed.max(1)),
+            pools: HashMap::new(),
+        };
         let kv = self.kv_heads * head_dim;
-        let mut tensor =
-            |name: &str, cols: usize, rows: usize, ty: GgmlType, scale: f32| -> Result<()> {
-                let values: Vec<f32> = (0..cols * rows).map(|_| rng.next(scale)).collect();
-                let values = if rows == 1 {
-                    values.iter().map(|v| 1.0 + v).collect()
-                } else {
-                    values
-                };
-                let data = quant::quantize(ty, &values)?;
-                let dims: Vec<u64> = if rows == 1 {
-                    vec![cols as u64]
-                } else {
-                    vec![cols as u64, rows as u64]
-                };
-                w.add_tensor(name, &dims, ty, data)
-                    .map_err(|e| EngineError::Config(e.to_string()))?;
-                Ok(())
+        let layers = self.layers;
+        let mix = self.weights;
+        let mut tensor = |name: &str, cols: usize, rows: usize, scale: f32| -> Result<()> {
+            let ty = if rows == 1 {
+                GgmlType::F32
+            } else {
+                mix.type_for(name, layers)
             };
-        let wt = self.weight_type;
+            let data = weights.tensor(ty, cols, rows, scale)?;
+            let dims: Vec<u64> = if rows == 1 {
+                vec![cols as u64]
+            } else {
+                vec![cols as u64, rows as u64]
+            };
+            w.add_tensor(name, &dims, ty, data)
+                .map_err(|e| EngineError::Config(e.to_string()))?;
+            Ok(())
+        };
         let s = 1.0 / (self.dim as f32).sqrt();
-        tensor("token_embd.weight", self.dim, self.vocab_size(), wt, 1.0)?;
-        tensor("output_norm.weight", self.dim, 1, GgmlType::F32, 0.1)?;
+        tensor("token_embd.weight", self.dim, self.vocab_size(), 1.0)?;
+        if self.separate_output {
+            tensor("output.weight", self.dim, self.vocab_size(), s)?;
+        }
+        tensor("output_norm.weight", self.dim, 1, 0.1)?;
         for l in 0..self.layers {
             let n = |t: &str| format!("blk.{l}.{t}");
-            tensor(&n("attn_norm.weight"), self.dim, 1, GgmlType::F32, 0.1)?;
-            tensor(&n("attn_q.weight"), self.dim, self.dim, wt, s)?;
-            tensor(&n("attn_k.weight"), self.dim, kv, wt, s)?;
-            tensor(&n("attn_v.weight"), self.dim, kv, wt, s)?;
-            tensor(&n("attn_output.weight"), self.dim, self.dim, wt, s)?;
-            tensor(&n("ffn_norm.weight"), self.dim, 1, GgmlType::F32, 0.1)?;
-            tensor(&n("ffn_gate.weight"), self.dim, self.ffn_dim, wt, s)?;
-            tensor(&n("ffn_up.weight"), self.dim, self.ffn_dim, wt, s)?;
+            tensor(&n("attn_norm.weight"), self.dim, 1, 0.1)?;
+            tensor(&n("attn_q.weight"), self.dim, self.dim, s)?;
+            tensor(&n("attn_k.weight"), self.dim, kv, s)?;
+            tensor(&n("attn_v.weight"), self.dim, kv, s)?;
+            if arch == "qwen2" {
+                tensor(&n("attn_q.bias"), self.dim, 1, 0.1)?;
+                tensor(&n("attn_k.bias"), kv, 1, 0.1)?;
+                tensor(&n("attn_v.bias"), kv, 1, 0.1)?;
+            }
+            tensor(&n("attn_output.weight"), self.dim, self.dim, s)?;
+            tensor(&n("ffn_norm.weight"), self.dim, 1, 0.1)?;
+            tensor(&n("ffn_gate.weight"), self.dim, self.ffn_dim, s)?;
+            tensor(&n("ffn_up.weight"), self.dim, self.ffn_dim, s)?;
             tensor(
                 &n("ffn_down.weight"),
                 self.ffn_dim,
                 self.dim,
-                wt,
                 1.0 / (self.ffn_dim as f32).sqrt(),
             )?;
         }

@@ -1,6 +1,6 @@
 //! Random-weight models in every quant type run, tokenize, and stay chunk-invariant.
 
-use engine::synthetic::SyntheticModel;
+use engine::synthetic::{SyntheticModel, WeightMix};
 use engine::{CpuBackend, Llama, Logits, Tokenizer};
 use gguf::GgmlType;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ fn every_weight_type_runs_and_agrees_with_f32() {
     use GgmlType::*;
     let reference = {
         let (_d, m, tok) = load(&SyntheticModel {
-            weight_type: F32,
+            weights: WeightMix::Uniform(F32),
             ..Default::default()
         });
         let ids = tok.encode("hello world", true).unwrap();
@@ -31,7 +31,7 @@ fn every_weight_type_runs_and_agrees_with_f32() {
         F16, BF16, Q8_0, Q6_K, Q5_1, Q5_0, Q5_K, Q4_1, Q4_0, Q4_K, Q3_K, Q2_K,
     ] {
         let (_d, m, tok) = load(&SyntheticModel {
-            weight_type: ty,
+            weights: WeightMix::Uniform(ty),
             ..Default::default()
         });
         let ids = tok.encode("hello world", true).unwrap();

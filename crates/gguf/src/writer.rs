@@ -80,6 +80,14 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)
+            .expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Everything before the tensor data: header, metadata, tensor infos, padding.
+    fn header(&self) -> Vec<u8> {
         let alignment = self.alignment();
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
@@ -102,26 +110,33 @@ impl GgufWriter {
             out.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
         }
-        for t in &self.tensors {
-            pad_to(&mut out, alignment);
-            out.extend_from_slice(&t.data);
-        }
         if !self.tensors.is_empty() {
             pad_to(&mut out, alignment);
         }
         out
     }
 
+    /// Streams the file: the tensor data is written as it is, never copied.
     pub fn write_to(&self, mut w: impl Write) -> std::io::Result<()> {
-        w.write_all(&self.to_bytes())
+        let alignment = self.alignment() as usize;
+        w.write_all(&self.header())?;
+        let zeros = vec![0u8; alignment];
+        for t in &self.tensors {
+            w.write_all(&t.data)?;
+            w.write_all(&zeros[..t.data.len().next_multiple_of(alignment) - t.data.len()])?;
+        }
+        Ok(())
     }
 
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|source| GgufError::Io {
+        let io = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        self.write_to(&mut file).map_err(io)?;
+        file.flush().map_err(io)
     }
 }
 

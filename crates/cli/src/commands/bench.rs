@@ -237,7 +237,13 @@ pub fn run(args: Args) -> Result<()> {
                 size_bytes,
                 params,
                 backend: model.backend_name().into(),
-                isa: quant::selected_isa().name().into(),
+                isa: match &model.backend {
+                    engine::Device::Cuda(gpu) => {
+                        let (major, minor) = gpu.gpu().info.compute_capability;
+                        format!("sm_{major}{minor}")
+                    }
+                    engine::Device::Cpu(_) => quant::selected_isa().name().into(),
+                },
                 threads,
                 test: test.clone(),
                 avg_ts: avg,
@@ -252,11 +258,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Last, so its buffer does not count in the peak memory reported above.
     for (threads, pool) in pools {
-        let bandwidth = read_bandwidth(&pool);
-        eprintln!(
-            "read bandwidth with {threads} threads: {:.1} GB/s",
-            bandwidth / 1e9
-        );
+        let bandwidth = match &model.backend {
+            engine::Device::Cuda(gpu) => {
+                let b = gpu.gpu().copy_bandwidth()?;
+                eprintln!(
+                    "GPU memory bandwidth (copy, read + write): {:.0} GB/s",
+                    b / 1e9
+                );
+                b
+            }
+            engine::Device::Cpu(_) => {
+                let b = read_bandwidth(&pool);
+                eprintln!("read bandwidth with {threads} threads: {:.1} GB/s", b / 1e9);
+                b
+            }
+        };
         for r in rows
             .iter_mut()
             .filter(|r| r.threads == threads && r.test.starts_with("tg"))

@@ -15,7 +15,7 @@ pub mod serve;
 pub mod tokenize;
 
 use anyhow::{Context, Result};
-use engine::{ChatTemplate, CpuBackend, Llama, SamplingParams, Tokenizer};
+use engine::{ChatTemplate, Device, DeviceChoice, Llama, SamplingParams, Tokenizer};
 use gguf::GgufFile;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,25 +51,18 @@ pub struct ModelArgs {
 }
 
 pub struct Loaded {
-    pub model: Llama<CpuBackend>,
+    pub model: Llama<Device>,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
 }
 
-fn choose_device(device: &str) -> Result<()> {
-    match device {
-        "cpu" => Ok(()),
-        "auto" => {
-            tracing::info!("device auto: using the CPU (this build has no CUDA backend yet)");
-            Ok(())
-        }
-        d if d == "cuda" || d.starts_with("cuda:") => Err(usage(format!(
-            "--device {d}: this build has no CUDA backend yet; use --device cpu"
-        ))),
-        other => Err(usage(format!(
-            "--device {other:?} is not one of auto, cpu, cuda[:N]"
-        ))),
-    }
+/// Opens the device `--device` names; compiled GPU kernels are cached in the store.
+pub fn open_device(device: &str) -> Result<Device> {
+    let choice: DeviceChoice = device.parse().map_err(usage)?;
+    let kernel_cache = store::Store::open_default()
+        .ok()
+        .map(|s| s.root().join("kernels"));
+    Device::open(choice, kernel_cache).with_context(|| format!("opening --device {device}"))
 }
 
 /// `-t/--threads` for commands that run on one thread count.
@@ -97,15 +90,15 @@ impl ThreadsArg {
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    choose_device(&args.device)?;
     if args.ctx_size == 0 {
         return Err(usage("--ctx-size must be at least 1"));
     }
+    let device = open_device(&args.device)?;
     let path = resolve_model(&args.model)?;
     let file =
         Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
-    let model = Llama::load(CpuBackend::new(), file.clone())
-        .with_context(|| format!("loading {}", path.display()))?;
+    let model =
+        Llama::load(device, file.clone()).with_context(|| format!("loading {}", path.display()))?;
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;

@@ -2,29 +2,78 @@
 //! another block format (through f32). Norms and other vectors stay as they are, and a
 //! matrix whose rows do not fit the type's block size keeps its type (as llama.cpp's
 //! quantizer falls back).
+//!
+//! `llama-gpu quantize --synthetic SHAPE TYPE OUT` writes a model of a real model's shape
+//! (`llama3-8b`, `llama3-1b`, `qwen2-7b`) with random weights, for benchmarks where the
+//! real weights cannot be downloaded.
 
 use super::{resolve_model, usage};
 use anyhow::{Context, Result};
+use engine::synthetic::{SyntheticModel, WeightMix, PRESETS};
 use gguf::{GgmlType, GgufFile, GgufWriter, Value};
-use std::path::PathBuf;
+use std::path::Path;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input model (path, store name or digest prefix).
-    input: String,
-    /// Output GGUF path.
-    output: PathBuf,
-    /// Target type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, F16, BF16, F32.
-    #[arg(value_name = "TYPE")]
-    ty: String,
+    /// `IN OUT TYPE` (input: a path, store name or digest prefix), or `TYPE OUT` with
+    /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, F16, BF16, F32.
+    #[arg(num_args = 2..=3, value_name = "ARGS", required = true)]
+    args: Vec<String>,
+    /// Write random weights in this model's shape instead of converting a file.
+    #[arg(long, value_name = "SHAPE")]
+    synthetic: Option<String>,
+}
+
+fn weight_mix(name: &str) -> Result<WeightMix> {
+    WeightMix::parse(name)
+        .filter(|mix| match mix {
+            WeightMix::Q4KM => true,
+            WeightMix::Uniform(t) => {
+                quant::is_supported(*t) && *t != GgmlType::Q8_1 && *t != GgmlType::Q8_K
+            }
+        })
+        .ok_or_else(|| usage(format!("{name:?} is not a type quantize can write")))
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let target = GgmlType::from_name(&args.ty)
-        .filter(|t| quant::is_supported(*t) && *t != GgmlType::Q8_1 && *t != GgmlType::Q8_K)
-        .ok_or_else(|| usage(format!("{:?} is not a type quantize can write", args.ty)))?;
-    let path = resolve_model(&args.input)?;
+    match (&args.synthetic, args.args.as_slice()) {
+        (Some(shape), [ty, output]) => synthetic(shape, weight_mix(ty)?, Path::new(output)),
+        (None, [input, output, ty]) => convert(input, Path::new(output), weight_mix(ty)?),
+        (Some(_), _) => Err(usage("quantize --synthetic SHAPE takes TYPE OUT")),
+        (None, _) => Err(usage("quantize takes IN OUT TYPE")),
+    }
+}
+
+fn synthetic(shape: &str, mix: WeightMix, output: &Path) -> Result<()> {
+    let spec = SyntheticModel::preset(shape, mix).ok_or_else(|| {
+        usage(format!(
+            "--synthetic {shape:?} is not one of {}",
+            PRESETS.join(", ")
+        ))
+    })?;
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "writing random {shape} weights to {}",
+        output.display()
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spec.write(output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    spinner.finish_and_clear();
+    let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "{}: synthetic {shape}, {:.2} GB",
+        output.display(),
+        size as f64 / 1e9
+    );
+    Ok(())
+}
+
+fn convert(input: &str, output: &Path, mix: WeightMix) -> Result<()> {
+    let path = resolve_model(input)?;
     let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let layers = engine::Config::from_metadata(&file.gguf.metadata)
+        .map(|c| c.n_layers)
+        .unwrap_or(0);
     let mut writer = GgufWriter::new();
     for (key, value) in file.gguf.metadata.iter() {
         writer.add_metadata(key, value.clone());
@@ -34,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
     let (mut converted, mut kept) = (0, 0);
     for view in file.tensors() {
         let info = view.info;
+        let target = mix.type_for(&info.name, layers);
         let cols = info.row_len() as usize;
         let fits = info.dims.len() >= 2
             && cols.is_multiple_of(target.block_size())
@@ -55,11 +105,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish_and_clear();
     writer
-        .write_file(&args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+        .write_file(output)
+        .with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
-        "{}: {converted} tensors converted to {target}, {kept} kept",
-        args.output.display()
+        "{}: {converted} tensors converted to {mix}, {kept} kept",
+        output.display()
     );
     Ok(())
 }

@@ -3,8 +3,12 @@
 
 use std::path::PathBuf;
 
-/// The default model, pulled into the tests' shared store on first use.
+/// The default model, pulled into the tests' shared store on first use
+/// (`LLAMA_GPU_TEST_MODEL` names a GGUF file to use instead, e.g. on a GPU machine).
 pub fn default_model() -> PathBuf {
+    if let Some(path) = std::env::var_os("LLAMA_GPU_TEST_MODEL") {
+        return PathBuf::from(path);
+    }
     let home = match std::env::var_os("LLAMA_GPU_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-home"),
@@ -14,14 +18,18 @@ pub fn default_model() -> PathBuf {
         .expect("cannot get the default model")
 }
 
-/// The default model on the CPU, with its tokenizer.
-pub fn model_and_tokenizer() -> (engine::Llama<engine::CpuBackend>, engine::Tokenizer) {
+/// The device the tests run on: `LLAMA_GPU_TEST_DEVICE` (`cpu` unless set; `cuda` runs
+/// the same tests on a GPU).
+pub fn test_device() -> engine::Device {
+    let choice = std::env::var("LLAMA_GPU_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    engine::Device::open(choice.parse().unwrap(), None).unwrap()
+}
+
+/// The default model on the test device, with its tokenizer.
+pub fn model_and_tokenizer() -> (engine::Llama<engine::Device>, engine::Tokenizer) {
     let file = std::sync::Arc::new(gguf::GgufFile::open(default_model()).unwrap());
     let tok = engine::Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
-    (
-        engine::Llama::load(engine::CpuBackend::new(), file).unwrap(),
-        tok,
-    )
+    (engine::Llama::load(test_device(), file).unwrap(), tok)
 }
 
 /// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model).

@@ -1,0 +1,74 @@
+// Element-wise and row-wise operations of the transformer on f32 activations.
+
+// out[r] = x[r] / rms(x[r]) * w; one block per row.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float eps, int cols, float* __restrict__ out) {
+    __shared__ float warp_sums[32];
+    const float* xr = x + (long long)blockIdx.x * cols;
+    float* o = out + (long long)blockIdx.x * cols;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += xr[i] * xr[i];
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? warp_sums[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) warp_sums[0] = v;
+    }
+    __syncthreads();
+    float scale = rsqrtf(warp_sums[0] / (float)cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+extern "C" __global__ void to_f16(const float* __restrict__ x, long long n, u16* __restrict__ out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f32_to_f16(x[i]);
+}
+
+// Rotates pair i of every head of every row by position * position_scale * inv_freq[i].
+// Pairs are (2i, 2i+1), or (i, i + pairs) in NeoX order.
+extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions,
+                                const float* __restrict__ inv_freq, int rows, int cols,
+                                int head_dim, int pairs, int neox, float position_scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    int heads = cols / head_dim;
+    if (i >= (long long)rows * heads * pairs) return;
+    int p = (int)(i % pairs);
+    long long rh = i / pairs;
+    int row = (int)(rh / heads), head = (int)(rh % heads);
+    float* h = x + (long long)row * cols + head * head_dim;
+    float angle = (float)positions[row] * position_scale * inv_freq[p];
+    float s, c;
+    sincosf(angle, &s, &c);
+    int a = neox ? p : 2 * p, b = neox ? p + pairs : 2 * p + 1;
+    float x0 = h[a], x1 = h[b];
+    h[a] = x0 * c - x1 * s;
+    h[b] = x0 * s + x1 * c;
+}
+
+extern "C" __global__ void silu_mul(float* __restrict__ gate, const float* __restrict__ up, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = gate[i];
+        gate[i] = g / (1.f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void add(float* __restrict__ x, const float* __restrict__ y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ bias, int cols, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += bias[i % cols];
+}
+
+extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows,
+                                       int n_rows, int cols, float* __restrict__ out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_rows * cols) return;
+    int r = (int)(i / cols), c = (int)(i % cols);
+    out[i] = x[(long long)rows[r] * cols + c];
+}

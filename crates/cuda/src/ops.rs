@@ -1,0 +1,412 @@
+//! The GPU operations of the transformer: typed launches of the kernels in `kernels/`.
+//! Every call is queued on the GPU's stream and returns at once.
+
+use crate::gpu::Gpu;
+use crate::kernels::WEIGHT_FORMATS;
+use crate::{CudaError, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use gguf::GgmlType;
+
+/// A weight matrix on the device, in its GGUF format.
+pub struct DeviceWeight {
+    pub data: CudaSlice<u8>,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl DeviceWeight {
+    fn row_bytes(&self) -> i64 {
+        (self.cols / self.ty.block_size() * self.ty.type_size()) as i64
+    }
+}
+
+/// Whether the GPU kernels read this weight format.
+pub fn format_supported(ty: GgmlType) -> bool {
+    WEIGHT_FORMATS.contains(&ty.name())
+}
+
+/// Per-row inputs of `attention`: each row's position, and where its sequence's block
+/// table starts in `tables`.
+pub struct AttentionRows<'a> {
+    pub positions: &'a CudaSlice<u32>,
+    pub table_offsets: &'a CudaSlice<u32>,
+    pub tables: &'a CudaSlice<u32>,
+}
+
+fn elementwise(n: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    LaunchConfig {
+        grid_dim: ((n as u64).div_ceil(THREADS as u64) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Tokens and rows of one `qgemm` block (see `QGEMM_*` in quant.cu).
+const QGEMM_ROWS: usize = 16;
+const QGEMM_TOKENS: usize = 64;
+const QGEMM_THREADS: u32 = 256;
+const ATTENTION_THREADS: u32 = 128;
+const MAX_HEAD_DIM: usize = 256;
+
+impl Gpu {
+    pub fn upload_weight(
+        &self,
+        ty: GgmlType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<DeviceWeight> {
+        if !format_supported(ty) {
+            return Err(CudaError::Unsupported(format!(
+                "weights of type {} are not supported on CUDA (supported: {})",
+                ty.name(),
+                WEIGHT_FORMATS.join(", ")
+            )));
+        }
+        if !cols.is_multiple_of(32) {
+            return Err(CudaError::Unsupported(format!(
+                "rows of {cols} values are not a multiple of 32"
+            )));
+        }
+        Ok(DeviceWeight {
+            data: self.upload(bytes, "weights")?,
+            ty,
+            rows,
+            cols,
+        })
+    }
+
+    /// `out[t] = w · x[t]` for `ntok` rows of f16 activations `x16`.
+    pub fn qgemm(
+        &self,
+        w: &DeviceWeight,
+        x16: &CudaSlice<u16>,
+        ntok: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if ntok == 0 {
+            return Ok(());
+        }
+        let f = self.function(&format!("qgemm_{}", w.ty.name()))?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                w.rows.div_ceil(QGEMM_ROWS) as u32,
+                ntok.div_ceil(QGEMM_TOKENS) as u32,
+                1,
+            ),
+            block_dim: (QGEMM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows, k, row_bytes, n) = (w.rows as i32, w.cols as i32, w.row_bytes(), ntok as i32);
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(&w.data)
+                .arg(&rows)
+                .arg(&k)
+                .arg(&row_bytes)
+                .arg(x16)
+                .arg(&n)
+                .arg(out)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// `out[t] = row tokens[t] of w`, as f32.
+    pub fn embed(
+        &self,
+        w: &DeviceWeight,
+        tokens: &CudaSlice<u32>,
+        ntok: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let f = self.function(&format!("embed_{}", w.ty.name()))?;
+        let (k, row_bytes, n) = (w.cols as i32, w.row_bytes(), ntok as i32);
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(&w.data)
+                .arg(&k)
+                .arg(&row_bytes)
+                .arg(tokens)
+                .arg(&n)
+                .arg(out)
+                .launch(elementwise(ntok * w.cols / 32))
+        }?;
+        Ok(())
+    }
+
+    pub fn rms_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        eps: f32,
+        rows: usize,
+        cols: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let cols = cols as i32;
+        unsafe {
+            self.stream
+                .launch_builder(self.function("rms_norm")?)
+                .arg(x)
+                .arg(weight)
+                .arg(&eps)
+                .arg(&cols)
+                .arg(out)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// The first `n` values of `x` as f16.
+    pub fn to_f16(&self, x: &CudaSlice<f32>, n: usize, out: &mut CudaSlice<u16>) -> Result<()> {
+        let len = n as i64;
+        unsafe {
+            self.stream
+                .launch_builder(self.function("to_f16")?)
+                .arg(x)
+                .arg(&len)
+                .arg(out)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        inv_freq: &CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+        head_dim: usize,
+        neox: bool,
+        position_scale: f32,
+    ) -> Result<()> {
+        let pairs = inv_freq.len();
+        let n = rows * (cols / head_dim) * pairs;
+        let (rows, cols, head_dim, pairs, neox) = (
+            rows as i32,
+            cols as i32,
+            head_dim as i32,
+            pairs as i32,
+            neox as i32,
+        );
+        unsafe {
+            self.stream
+                .launch_builder(self.function("rope")?)
+                .arg(x)
+                .arg(positions)
+                .arg(inv_freq)
+                .arg(&rows)
+                .arg(&cols)
+                .arg(&head_dim)
+                .arg(&pairs)
+                .arg(&neox)
+                .arg(&position_scale)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    /// `gate = silu(gate) * up` over the first `n` values.
+    pub fn silu_mul(&self, gate: &mut CudaSlice<f32>, up: &CudaSlice<f32>, n: usize) -> Result<()> {
+        self.binary("silu_mul", gate, up, n)
+    }
+
+    /// `x += y` over the first `n` values.
+    pub fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<()> {
+        self.binary("add", x, y, n)
+    }
+
+    fn binary(
+        &self,
+        name: &str,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let len = n as i64;
+        unsafe {
+            self.stream
+                .launch_builder(self.function(name)?)
+                .arg(x)
+                .arg(y)
+                .arg(&len)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    /// `x[r] += bias` for the `n / cols` rows of `x`.
+    pub fn add_bias(
+        &self,
+        x: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        cols: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (cols, len) = (cols as i32, n as i64);
+        unsafe {
+            self.stream
+                .launch_builder(self.function("add_bias")?)
+                .arg(x)
+                .arg(bias)
+                .arg(&cols)
+                .arg(&len)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    pub fn gather_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: &CudaSlice<u32>,
+        cols: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = rows.len() * cols;
+        let (n_rows, cols) = (rows.len() as i32, cols as i32);
+        unsafe {
+            self.stream
+                .launch_builder(self.function("gather_rows")?)
+                .arg(x)
+                .arg(rows)
+                .arg(&n_rows)
+                .arg(&cols)
+                .arg(out)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    /// Stores row `t` of `k` and `v` (f32) at `slots[t]` of the f16 pools, from
+    /// `layer_offset` (in values) on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_store(
+        &self,
+        k_pool: &mut CudaSlice<u16>,
+        v_pool: &mut CudaSlice<u16>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        slots: &CudaSlice<u32>,
+        kv_dim: usize,
+        layer_offset: usize,
+    ) -> Result<()> {
+        let n = slots.len() * kv_dim;
+        let (rows, kv_dim, offset) = (slots.len() as i32, kv_dim as i32, layer_offset as i64);
+        unsafe {
+            self.stream
+                .launch_builder(self.function("kv_store")?)
+                .arg(k_pool)
+                .arg(v_pool)
+                .arg(k)
+                .arg(v)
+                .arg(slots)
+                .arg(&rows)
+                .arg(&kv_dim)
+                .arg(&offset)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    /// Copies KV block `src` to `dst` in every layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_copy_block(
+        &self,
+        k_pool: &mut CudaSlice<u16>,
+        v_pool: &mut CudaSlice<u16>,
+        src: u32,
+        dst: u32,
+        layers: usize,
+        slots: usize,
+        kv_dim: usize,
+        block_size: usize,
+    ) -> Result<()> {
+        let n = layers * block_size * kv_dim;
+        let (src, dst, layers, slots, kv_dim) = (
+            src as i32,
+            dst as i32,
+            layers as i32,
+            slots as i64,
+            kv_dim as i32,
+        );
+        unsafe {
+            self.stream
+                .launch_builder(self.function("kv_copy_block")?)
+                .arg(k_pool)
+                .arg(v_pool)
+                .arg(&src)
+                .arg(&dst)
+                .arg(&layers)
+                .arg(&slots)
+                .arg(&kv_dim)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
+    /// Causal grouped-query attention of `rows` queries over the paged f16 cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: &CudaSlice<f32>,
+        k_pool: &CudaSlice<u16>,
+        v_pool: &CudaSlice<u16>,
+        layer_offset: usize,
+        seqs: &AttentionRows<'_>,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if !head_dim.is_multiple_of(32) || head_dim > MAX_HEAD_DIM {
+            return Err(CudaError::Unsupported(format!(
+                "attention heads of {head_dim} dimensions (CUDA needs a multiple of 32, at most {MAX_HEAD_DIM})"
+            )));
+        }
+        let rows = seqs.positions.len();
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * n_heads) as u32, 1, 1),
+            block_dim: (ATTENTION_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (offset, n_heads, n_kv_heads, head_dim) = (
+            layer_offset as i64,
+            n_heads as i32,
+            n_kv_heads as i32,
+            head_dim as i32,
+        );
+        unsafe {
+            self.stream
+                .launch_builder(self.function("attention")?)
+                .arg(q)
+                .arg(k_pool)
+                .arg(v_pool)
+                .arg(&offset)
+                .arg(seqs.positions)
+                .arg(seqs.table_offsets)
+                .arg(seqs.tables)
+                .arg(&n_heads)
+                .arg(&n_kv_heads)
+                .arg(&head_dim)
+                .arg(&scale)
+                .arg(out)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+}

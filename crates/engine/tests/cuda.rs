@@ -1,0 +1,355 @@
+//! The CUDA backend against the CPU backend and the scalar reference, on random data:
+//! every weight format and odd sizes for the matmul and the embedding lookup, every other
+//! operation, attention over out-of-order blocks, and the whole default model. Each test
+//! is skipped, with the reason printed, where no usable GPU exists.
+
+mod common;
+use engine::backend::{Backend, Rope, SeqRows};
+use engine::cpu::CpuBuffer;
+use engine::{CpuBackend, CudaBackend, Llama, Logits};
+use gguf::{GgmlType, GgufFile, GgufWriter};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+const FORMATS: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+/// Not multiples of the kernels' 16-row or 8-token tiles.
+const ROWS: usize = 37;
+const COLS: usize = 512;
+
+fn gpu() -> Option<CudaBackend> {
+    if let Err(why) = engine::device::auto_choice() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(CudaBackend::new(0, None).expect("opening GPU 0"))
+}
+
+fn random(n: usize, rng: &mut impl Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// A GGUF with `w.<TYPE>` (ROWS × COLS) for every format and an F32 vector `v`.
+fn weights_file(dir: &tempfile::TempDir, rng: &mut impl Rng) -> Arc<GgufFile> {
+    let mut w = GgufWriter::new();
+    for &ty in FORMATS {
+        let data = quant::quantize(ty, &random(ROWS * COLS, rng)).unwrap();
+        w.add_tensor(
+            format!("w.{}", ty.name()),
+            &[COLS as u64, ROWS as u64],
+            ty,
+            data,
+        )
+        .unwrap();
+    }
+    let v = random(COLS, rng);
+    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    w.add_tensor("v", &[COLS as u64], GgmlType::F32, bytes)
+        .unwrap();
+    let path = dir.path().join("weights.gguf");
+    w.write_file(&path).unwrap();
+    Arc::new(GgufFile::open(&path).unwrap())
+}
+
+fn dequantized(file: &GgufFile, name: &str) -> Vec<f32> {
+    let view = file.tensor(name).unwrap();
+    let mut out = vec![0.0; view.info.n_elements() as usize];
+    quant::dequantize(view.info.ty, view.data, &mut out).unwrap();
+    out
+}
+
+fn round_f16(x: f32) -> f64 {
+    half::f16::from_f32(x).to_f64()
+}
+
+#[test]
+fn matmul_matches_the_reference_for_every_format_and_is_batch_invariant() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let dir = tempfile::tempdir().unwrap();
+    let file = weights_file(&dir, &mut rng);
+    for &ty in FORMATS {
+        let name = format!("w.{}", ty.name());
+        let w = gpu.upload_weight(&file, &name).unwrap();
+        let dense = dequantized(&file, &name);
+        let mut single_rows = Vec::new();
+        for ntok in [1, 5, 70] {
+            let x = random(ntok * COLS, &mut rng);
+            let xb = gpu.buffer_from_host(&x, ntok, COLS).unwrap();
+            let mut out = gpu.alloc(ntok, ROWS).unwrap();
+            gpu.matmul(&w, &xb, &mut out);
+            let got = gpu.to_host(&out, 0..ntok);
+            gpu.finish().unwrap();
+            for t in 0..ntok {
+                for r in 0..ROWS {
+                    // The kernels multiply f16-rounded weights by f16-rounded activations.
+                    let (mut exact, mut magnitude) = (0.0f64, 0.0f64);
+                    for c in 0..COLS {
+                        let p = round_f16(dense[r * COLS + c]) * round_f16(x[t * COLS + c]);
+                        exact += p;
+                        magnitude += p.abs();
+                    }
+                    let diff = (got[t * ROWS + r] as f64 - exact).abs();
+                    assert!(
+                        diff <= 1e-3 * magnitude + 1e-5,
+                        "{}: token {t} row {r}: {} vs {exact}",
+                        ty.name(),
+                        got[t * ROWS + r]
+                    );
+                }
+            }
+            if ntok == 70 {
+                // Token 33 of the batch, alone: bit-identical.
+                let row = &x[33 * COLS..34 * COLS];
+                let xb = gpu.buffer_from_host(row, 1, COLS).unwrap();
+                let mut alone = gpu.alloc(1, ROWS).unwrap();
+                gpu.matmul(&w, &xb, &mut alone);
+                single_rows.push((
+                    gpu.to_host(&alone, 0..1),
+                    got[33 * ROWS..34 * ROWS].to_vec(),
+                ));
+            }
+        }
+        for (alone, in_batch) in single_rows {
+            assert!(
+                alone == in_batch,
+                "{}: a token's result depends on its batch",
+                ty.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_rows_match_the_reference_for_every_format() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let dir = tempfile::tempdir().unwrap();
+    let file = weights_file(&dir, &mut rng);
+    let tokens = [0u32, 36, 17, 17, 5];
+    for &ty in FORMATS {
+        let name = format!("w.{}", ty.name());
+        let w = gpu.upload_weight(&file, &name).unwrap();
+        let dense = dequantized(&file, &name);
+        let mut out = gpu.alloc(tokens.len(), COLS).unwrap();
+        gpu.embed(&w, &tokens, &mut out).unwrap();
+        let got = gpu.to_host(&out, 0..tokens.len());
+        for (t, &id) in tokens.iter().enumerate() {
+            let want = &dense[id as usize * COLS..(id as usize + 1) * COLS];
+            let row = &got[t * COLS..(t + 1) * COLS];
+            for (a, b) in row.iter().zip(want) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{}", ty.name());
+            }
+        }
+        assert!(gpu.embed(&w, &[ROWS as u32], &mut out).is_err());
+    }
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32], tolerance: f32) {
+    assert_eq!(got.len(), want.len(), "{name}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tolerance * b.abs().max(1.0),
+            "{name}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn element_and_row_operations_match_the_cpu_backend() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let dir = tempfile::tempdir().unwrap();
+    let file = weights_file(&dir, &mut rng);
+    let (wc, wg) = (
+        cpu.upload_weight(&file, "v").unwrap(),
+        gpu.upload_weight(&file, "v").unwrap(),
+    );
+    let rows = 7;
+    let x = random(rows * COLS, &mut rng);
+    let y = random(rows * COLS, &mut rng);
+    let both = |data: &[f32]| {
+        let c = CpuBuffer {
+            data: data.to_vec(),
+            rows,
+            cols: COLS,
+        };
+        (c, gpu.buffer_from_host(data, rows, COLS).unwrap())
+    };
+
+    let (xc, xg) = both(&x);
+    let (mut oc, mut og) = both(&y);
+    cpu.rms_norm(&xc, &wc, 1e-5, &mut oc);
+    gpu.rms_norm(&xg, &wg, 1e-5, &mut og);
+    assert_close("rms_norm", &gpu.to_host(&og, 0..rows), &oc.data, 1e-5);
+
+    for neox in [false, true] {
+        let rope = Rope {
+            inv_freq: (0..24)
+                .map(|i| 10000f32.powf(-2.0 * i as f32 / 48.0))
+                .collect(),
+            position_scale: 0.5,
+            neox,
+            head_dim: 64,
+        };
+        let positions = [0, 3, 17, 100, 101, 4000, 9];
+        let (mut xc, mut xg) = both(&x);
+        cpu.rope(&mut xc, &positions, &rope);
+        gpu.rope(&mut xg, &positions, &rope);
+        assert_close("rope", &gpu.to_host(&xg, 0..rows), &xc.data, 1e-4);
+    }
+
+    let (mut gc, mut gg) = both(&x);
+    let (uc, ug) = both(&y);
+    cpu.silu_mul(&mut gc, &uc);
+    gpu.silu_mul(&mut gg, &ug);
+    assert_close("silu_mul", &gpu.to_host(&gg, 0..rows), &gc.data, 1e-5);
+
+    let (mut ac, mut ag) = both(&x);
+    cpu.add(&mut ac, &uc);
+    gpu.add(&mut ag, &ug);
+    cpu.add_bias(&mut ac, &wc);
+    gpu.add_bias(&mut ag, &wg);
+    assert_close("add, add_bias", &gpu.to_host(&ag, 0..rows), &ac.data, 1e-6);
+
+    let picked = [6, 0, 3];
+    let gc = cpu.gather_rows(&xc, &picked).unwrap();
+    let gg = gpu.gather_rows(&xg, &picked).unwrap();
+    assert_close("gather_rows", &gpu.to_host(&gg, 0..3), &gc.data, 0.0);
+    gpu.finish().unwrap();
+}
+
+#[test]
+fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let (n_heads, n_kv_heads, head_dim, layers) = (8, 2, 64, 2);
+    let (q_dim, kv_dim) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let mut pc = cpu.new_kv_pool(layers, 12, kv_dim).unwrap();
+    let mut pg = gpu.new_kv_pool(layers, 12, kv_dim).unwrap();
+    // Sequence a: 40 positions in blocks 7, 2, 9; sequence b: 20 positions in 0, 11.
+    let (a_blocks, b_blocks) = ([7u32, 2, 9], [0u32, 11]);
+    let seqs = [
+        SeqRows {
+            rows: 0..40,
+            start: 0,
+            blocks: &a_blocks,
+        },
+        SeqRows {
+            rows: 40..60,
+            start: 0,
+            blocks: &b_blocks,
+        },
+    ];
+    let slots: Vec<usize> = (0..40)
+        .map(|p| engine::backend::kv_slot(&a_blocks, p))
+        .chain((0..20).map(|p| engine::backend::kv_slot(&b_blocks, p)))
+        .collect();
+    let rows = 60;
+    let buffers = |cols: usize, rng: &mut rand::rngs::StdRng| {
+        let data = random(rows * cols, rng);
+        (
+            CpuBuffer {
+                data: data.clone(),
+                rows,
+                cols,
+            },
+            gpu.buffer_from_host(&data, rows, cols).unwrap(),
+        )
+    };
+    for layer in 0..layers {
+        let (kc, kg) = buffers(kv_dim, &mut rng);
+        let (vc, vg) = buffers(kv_dim, &mut rng);
+        cpu.kv_store(&mut pc, layer, &kc, &vc, &slots);
+        gpu.kv_store(&mut pg, layer, &kg, &vg, &slots);
+    }
+    cpu.kv_copy_block(&mut pc, 9, 4);
+    gpu.kv_copy_block(&mut pg, 9, 4);
+    let a_copied = [7u32, 2, 4];
+    let seqs_copied = [
+        SeqRows {
+            rows: 0..40,
+            start: 0,
+            blocks: &a_copied,
+        },
+        seqs[1].clone(),
+    ];
+    for (layer, seqs) in [(0, &seqs), (1, &seqs_copied)] {
+        let (qc, qg) = buffers(q_dim, &mut rng);
+        let (mut oc, mut og) = buffers(q_dim, &mut rng);
+        cpu.attention(&qc, &pc, layer, seqs, n_kv_heads, &mut oc);
+        gpu.attention(&qg, &pg, layer, seqs, n_kv_heads, &mut og);
+        // The CPU rounds queries and attention weights to f16, as GGML does.
+        assert_close("attention", &gpu.to_host(&og, 0..rows), &oc.data, 5e-3);
+    }
+    gpu.finish().unwrap();
+}
+
+fn argmax(x: &[f32]) -> usize {
+    x.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn the_default_model_on_the_gpu_agrees_with_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let file = Arc::new(GgufFile::open(common::default_model()).unwrap());
+    let tok = engine::Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
+    let on_gpu = Llama::load(gpu, file.clone()).unwrap();
+    let on_cpu = Llama::load(CpuBackend::new(), file).unwrap();
+    let vocab = on_cpu.config.vocab_size;
+    let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
+    let ids = &tok.encode(&text, true).unwrap()[..96];
+    let mut cg = on_gpu.new_kv_cache(128).unwrap();
+    let mut cc = on_cpu.new_kv_cache(128).unwrap();
+    let lg = on_gpu.forward(ids, 0, &mut cg, Logits::All).unwrap();
+    let lc = on_cpu.forward(ids, 0, &mut cc, Logits::All).unwrap();
+    let mut worst = 0.0f32;
+    let mut top1_differs = 0;
+    for t in 0..ids.len() {
+        let (g, c) = (
+            &lg[t * vocab..(t + 1) * vocab],
+            &lc[t * vocab..(t + 1) * vocab],
+        );
+        worst = g
+            .iter()
+            .zip(c)
+            .fold(worst, |m, (a, b)| m.max((a - b).abs()));
+        top1_differs += (argmax(g) != argmax(c)) as usize;
+    }
+    // Then one decode step each.
+    let next = [argmax(&lc[(ids.len() - 1) * vocab..]) as u32];
+    let dg = on_gpu
+        .forward(&next, ids.len(), &mut cg, Logits::Last)
+        .unwrap();
+    let dc = on_cpu
+        .forward(&next, ids.len(), &mut cc, Logits::Last)
+        .unwrap();
+    worst = dg
+        .iter()
+        .zip(&dc)
+        .fold(worst, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "GPU vs CPU: max |Δlogit| {worst:.4}, top-1 differs at {top1_differs} of {} positions",
+        ids.len()
+    );
+    assert_eq!(argmax(&dg), argmax(&dc), "decode top-1");
+    assert!(worst < 0.5, "max |Δlogit| {worst}");
+    assert_eq!(top1_differs, 0);
+}
