@@ -57,6 +57,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Rewrite a GGUF model with its weights in another quant type.
     Quantize(commands::quantize::Args),
+    /// Show the CPU, GPUs, CUDA libraries and cloud instance, and what --device auto picks.
+    Doctor(commands::doctor::Args),
 }
 
 /// `serve` logs its requests by default; other commands only warnings.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

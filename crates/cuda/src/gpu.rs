@@ -81,6 +81,14 @@ impl Gpu {
             .map_err(|e| self.explain_alloc(e, n * std::mem::size_of::<T>(), what))
     }
 
+    /// A device array of `n` values for a kernel to overwrite entirely (not zeroed,
+    /// which saves a memset launch).
+    pub fn alloc_for_overwrite<T: DeviceRepr>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        // SAFETY: callers only pass it to kernels that write every value before any read.
+        unsafe { self.stream.alloc::<T>(n) }
+            .map_err(|e| self.explain_alloc(e, n * std::mem::size_of::<T>(), what))
+    }
+
     /// Copies `data` to a new device array.
     pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
         self.stream

@@ -41,7 +41,7 @@ pub const FILES: &[KernelFile] = &[
         name: "quant.cu",
         body: include_str!("kernels/quant.cu"),
         functions: &[],
-        per_format: &["qgemm", "embed"],
+        per_format: &["qgemv", "qgemm", "embed"],
     },
     KernelFile {
         name: "ops.cu",
@@ -49,6 +49,7 @@ pub const FILES: &[KernelFile] = &[
         functions: &[
             "rms_norm",
             "to_f16",
+            "to_f16_q8",
             "rope",
             "silu_mul",
             "add",

@@ -21,6 +21,29 @@ impl DeviceWeight {
     }
 }
 
+/// How activations are rounded to f16 before a matmul: as the CPU backend (after GGML)
+/// quantizes them for a weight of that type, so both devices compute the same function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationRounding {
+    /// Plain f16 (float weights).
+    F16,
+    /// Q8_0/Q8_1 blocks of 32 (legacy quant weights).
+    Q8Block32,
+    /// Q8_K blocks of 256 (k-quant weights).
+    Q8K,
+}
+
+impl ActivationRounding {
+    pub fn for_weights(ty: GgmlType) -> ActivationRounding {
+        use GgmlType::*;
+        match ty {
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => ActivationRounding::Q8Block32,
+            Q4_K | Q5_K | Q6_K => ActivationRounding::Q8K,
+            _ => ActivationRounding::F16,
+        }
+    }
+}
+
 /// Whether the GPU kernels read this weight format.
 pub fn format_supported(ty: GgmlType) -> bool {
     WEIGHT_FORMATS.contains(&ty.name())
@@ -43,8 +66,9 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// Tokens and rows of one `qgemm` block (see `QGEMM_*` in quant.cu).
+/// Rows of one `qgemm` block, and tokens of a `qgemv` and a `qgemm` block (quant.cu).
 const QGEMM_ROWS: usize = 16;
+const QGEMV_TOKENS: usize = 8;
 const QGEMM_TOKENS: usize = 64;
 const QGEMM_THREADS: u32 = 256;
 const ATTENTION_THREADS: u32 = 128;
@@ -89,11 +113,18 @@ impl Gpu {
         if ntok == 0 {
             return Ok(());
         }
-        let f = self.function(&format!("qgemm_{}", w.ty.name()))?;
+        // Both instances give identical results for a token (see quant.cu): the choice
+        // only changes how many tokens share a pass over the weights.
+        let (kernel, per_block) = if ntok <= QGEMV_TOKENS {
+            ("qgemv", QGEMV_TOKENS)
+        } else {
+            ("qgemm", QGEMM_TOKENS)
+        };
+        let f = self.function(&format!("{kernel}_{}", w.ty.name()))?;
         let cfg = LaunchConfig {
             grid_dim: (
                 w.rows.div_ceil(QGEMM_ROWS) as u32,
-                ntok.div_ceil(QGEMM_TOKENS) as u32,
+                ntok.div_ceil(per_block) as u32,
                 1,
             ),
             block_dim: (QGEMM_THREADS, 1, 1),
@@ -167,16 +198,38 @@ impl Gpu {
         Ok(())
     }
 
-    /// The first `n` values of `x` as f16.
-    pub fn to_f16(&self, x: &CudaSlice<f32>, n: usize, out: &mut CudaSlice<u16>) -> Result<()> {
+    /// The first `n` values of `x` as f16, rounded as `rounding` says.
+    pub fn to_f16(
+        &self,
+        x: &CudaSlice<f32>,
+        n: usize,
+        rounding: ActivationRounding,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
         let len = n as i64;
+        let block = match rounding {
+            ActivationRounding::F16 => {
+                unsafe {
+                    self.stream
+                        .launch_builder(self.function("to_f16")?)
+                        .arg(x)
+                        .arg(&len)
+                        .arg(out)
+                        .launch(elementwise(n))
+                }?;
+                return Ok(());
+            }
+            ActivationRounding::Q8Block32 => 32i32,
+            ActivationRounding::Q8K => 256i32,
+        };
         unsafe {
             self.stream
-                .launch_builder(self.function("to_f16")?)
+                .launch_builder(self.function("to_f16_q8")?)
                 .arg(x)
                 .arg(&len)
+                .arg(&block)
                 .arg(out)
-                .launch(elementwise(n))
+                .launch(elementwise(n / block as usize * 32))
         }?;
         Ok(())
     }

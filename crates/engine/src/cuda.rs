@@ -7,7 +7,9 @@
 
 use crate::backend::{Backend, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
-use cuda::{AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache};
+use cuda::{
+    ActivationRounding, AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache,
+};
 use gguf::GgufFile;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -120,22 +122,28 @@ impl CudaBackend {
         mirror(&self.gpu, &mut cached, &rope.inv_freq, "RoPE frequencies")
     }
 
-    fn f16_copy(&self, x: &CudaBuffer) -> cuda::Result<CudaSlice<u16>> {
-        let n = x.rows * x.cols;
-        let mut x16 = self.gpu.alloc_zeros::<u16>(n, "f16 activations")?;
-        self.gpu.to_f16(&x.data, n, &mut x16)?;
-        Ok(x16)
-    }
-
+    /// Each matrix's product with `x`; the f16 copy of `x` is made once per rounding.
     fn matmuls(
         &self,
         ws: &[&CudaWeight],
         x: &CudaBuffer,
         outs: &mut [&mut CudaBuffer],
     ) -> cuda::Result<()> {
-        let x16 = self.f16_copy(x)?;
+        let n = x.rows * x.cols;
+        let mut copies: Vec<(ActivationRounding, CudaSlice<u16>)> = Vec::new();
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            self.gpu.qgemm(matrix(w), &x16, x.rows, &mut out.data)?;
+            let w = matrix(w);
+            let rounding = ActivationRounding::for_weights(w.ty);
+            if !copies.iter().any(|(r, _)| *r == rounding) {
+                let mut x16 = self.gpu.alloc_for_overwrite::<u16>(n, "f16 activations")?;
+                self.gpu.to_f16(&x.data, n, rounding, &mut x16)?;
+                copies.push((rounding, x16));
+            }
+            let (_, x16) = copies
+                .iter()
+                .find(|(r, _)| *r == rounding)
+                .expect("made above");
+            self.gpu.qgemm(w, x16, x.rows, &mut out.data)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod bench_concurrency;
 pub mod bench_serve;
 pub mod bench_sweep;
 pub mod chat;
+pub mod doctor;
 pub mod inspect;
 pub mod models;
 pub mod perplexity;

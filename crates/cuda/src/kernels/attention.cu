@@ -56,7 +56,8 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
     float qv[MAX_HEAD_DIM / 32], acc[MAX_HEAD_DIM / 32];
 #pragma unroll
     for (int j = 0; j < MAX_HEAD_DIM / 32; j++) {
-        qv[j] = j < per_lane ? qh[j * 32 + lane] * scale : 0.f;
+        // Queries are rounded to f16 as GGML rounds them for an f16 cache.
+        qv[j] = j < per_lane ? f16_to_f32(f32_to_f16(qh[j * 32 + lane])) : 0.f;
         acc[j] = 0.f;
     }
     float m = -INFINITY, s = 0.f;
@@ -68,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
         for (int j = 0; j < MAX_HEAD_DIM / 32; j++)
             if (j < per_lane) dot += qv[j] * f16_to_f32(kr[j * 32 + lane]);
-        dot = warp_sum(dot);
+        dot = warp_sum(dot) * scale;
         float m_new = fmaxf(m, dot);
         float correction = expf(m - m_new), weight = expf(dot - m_new);
         s = s * correction + weight;

@@ -2,29 +2,49 @@
 //
 // Every format is seen as chunks of 32 consecutive values of a row (a legacy block, or an
 // eighth of a k-quant super-block). A format is a struct with `load(row, chunk)` (reads
-// the chunk's scales) and `at(i)` (value i of the chunk, 0..32).
+// the chunk's scales) and `pair(i, x, y)` (values i and i + 1 of the chunk, i even).
 //
-// `qgemm_*` is batch-invariant by construction: output (row, token) is always the sum of
+// `qgemm` is batch-invariant by construction: output (row, token) is always the sum of
 // the same eight per-warp partial sums, each accumulated over a fixed set of chunks in a
 // fixed order, whatever the number of tokens or the token's place in the tile.
 
 struct F32 {
     const u8* b;
     __device__ void load(const u8* row, int c) { b = row + c * 128; }
-    __device__ float at(int i) const { return ((const float*)b)[i]; }
+    __device__ void pair(int i, float& x, float& y) const {
+        const float* v = (const float*)b + i;
+        x = v[0];
+        y = v[1];
+    }
 };
 
 struct F16 {
     const u8* b;
     __device__ void load(const u8* row, int c) { b = row + c * 64; }
-    __device__ float at(int i) const { return f16_to_f32(load_u16(b + 2 * i)); }
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 v = *(const u32*)(b + 2 * i);
+        x = f16_to_f32((u16)v);
+        y = f16_to_f32((u16)(v >> 16));
+    }
 };
 
 struct BF16 {
     const u8* b;
     __device__ void load(const u8* row, int c) { b = row + c * 64; }
-    __device__ float at(int i) const { return __uint_as_float((u32)load_u16(b + 2 * i) << 16); }
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 v = *(const u32*)(b + 2 * i);
+        x = __uint_as_float(v << 16);
+        y = __uint_as_float(v & 0xffff0000u);
+    }
 };
+
+// Two 4-bit codes of a legacy block: values i and i+1 (i even) share the u16 at
+// qs[i % 16], low nibbles for i < 16, high nibbles above.
+__device__ __forceinline__ void nibble_pair(const u8* qs, int i, int& a, int& b) {
+    u32 x = load_u16(qs + (i & 15)) >> (i < 16 ? 0 : 4);
+    a = x & 15;
+    b = (x >> 8) & 15;
+}
 
 struct Q4_0 {
     const u8* qs;
@@ -34,9 +54,11 @@ struct Q4_0 {
         d = f16_to_f32(load_u16(b));
         qs = b + 2;
     }
-    __device__ float at(int i) const {
-        u8 x = qs[i & 15];
-        return (float)((i < 16 ? (x & 15) : (x >> 4)) - 8) * d;
+    __device__ void pair(int i, float& x, float& y) const {
+        int a, b;
+        nibble_pair(qs, i, a, b);
+        x = (float)(a - 8) * d;
+        y = (float)(b - 8) * d;
     }
 };
 
@@ -49,9 +71,11 @@ struct Q4_1 {
         m = f16_to_f32(load_u16(b + 2));
         qs = b + 4;
     }
-    __device__ float at(int i) const {
-        u8 x = qs[i & 15];
-        return (float)(i < 16 ? (x & 15) : (x >> 4)) * d + m;
+    __device__ void pair(int i, float& x, float& y) const {
+        int a, b;
+        nibble_pair(qs, i, a, b);
+        x = (float)a * d + m;
+        y = (float)b * d + m;
     }
 };
 
@@ -65,10 +89,11 @@ struct Q5_0 {
         qh = load_u32_a2(b + 2);
         qs = b + 6;
     }
-    __device__ float at(int i) const {
-        u8 x = qs[i & 15];
-        int q = (i < 16 ? (x & 15) : (x >> 4)) | (((qh >> i) & 1) << 4);
-        return (float)(q - 16) * d;
+    __device__ void pair(int i, float& x, float& y) const {
+        int a, b;
+        nibble_pair(qs, i, a, b);
+        x = (float)((a | (int)(((qh >> i) & 1) << 4)) - 16) * d;
+        y = (float)((b | (int)(((qh >> (i + 1)) & 1) << 4)) - 16) * d;
     }
 };
 
@@ -83,22 +108,27 @@ struct Q5_1 {
         qh = load_u32_a2(b + 4);
         qs = b + 8;
     }
-    __device__ float at(int i) const {
-        u8 x = qs[i & 15];
-        int q = (i < 16 ? (x & 15) : (x >> 4)) | (((qh >> i) & 1) << 4);
-        return (float)q * d + m;
+    __device__ void pair(int i, float& x, float& y) const {
+        int a, b;
+        nibble_pair(qs, i, a, b);
+        x = (float)(a | (((qh >> i) & 1) << 4)) * d + m;
+        y = (float)(b | (((qh >> (i + 1)) & 1) << 4)) * d + m;
     }
 };
 
 struct Q8_0 {
-    const i8* qs;
+    const u8* qs;
     float d;
     __device__ void load(const u8* row, int c) {
         const u8* b = row + c * 34;
         d = f16_to_f32(load_u16(b));
-        qs = (const i8*)(b + 2);
+        qs = b + 2;
     }
-    __device__ float at(int i) const { return (float)qs[i] * d; }
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 v = load_u16(qs + i);
+        x = (float)(i8)(v & 0xff) * d;
+        y = (float)(i8)(v >> 8) * d;
+    }
 };
 
 // Scale and min of sub-block j (0..8) of a Q4_K/Q5_K super-block, 6 bits each.
@@ -125,7 +155,11 @@ struct Q4_K {
         qs = b + 16 + (j >> 1) * 32;
         shift = (j & 1) * 4;
     }
-    __device__ float at(int i) const { return ds * (float)((qs[i] >> shift) & 15) - dm; }
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 v = load_u16(qs + i) >> shift;
+        x = ds * (float)(v & 15) - dm;
+        y = ds * (float)((v >> 8) & 15) - dm;
+    }
 };
 
 struct Q5_K {
@@ -144,32 +178,37 @@ struct Q5_K {
         qs = b + 48 + (j >> 1) * 32;
         shift = (j & 1) * 4;
     }
-    __device__ float at(int i) const {
-        int q = ((qs[i] >> shift) & 15) | (((qh[i] >> j) & 1) << 4);
-        return ds * (float)q - dm;
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 v = load_u16(qs + i) >> shift;
+        u32 h = load_u16(qh + i) >> j;
+        x = ds * (float)((v & 15) | ((h & 1) << 4)) - dm;
+        y = ds * (float)(((v >> 8) & 15) | (((h >> 8) & 1) << 4)) - dm;
     }
 };
 
 struct Q6_K {
     const u8* ql;
     const u8* qh;
-    const i8* scales;
-    int high, shift;
-    float d;
+    int low_shift, high_shift;
+    float d_lo, d_hi;
     __device__ void load(const u8* row, int c) {
         const u8* b = row + (c >> 3) * 210;
         int j = c & 7, n = j >> 2, quarter = j & 3;
         ql = b + n * 64 + ((quarter & 1) ? 32 : 0);
-        high = quarter >= 2;
+        low_shift = quarter >= 2 ? 4 : 0;
         qh = b + 128 + n * 32;
-        shift = 2 * quarter;
-        scales = (const i8*)(b + 192 + j * 2);
-        d = f16_to_f32(load_u16(b + 208));
+        high_shift = 2 * quarter;
+        const i8* scales = (const i8*)(b + 192 + j * 2);
+        float d = f16_to_f32(load_u16(b + 208));
+        d_lo = d * (float)scales[0];
+        d_hi = d * (float)scales[1];
     }
-    __device__ float at(int i) const {
-        int low = high ? (ql[i] >> 4) : (ql[i] & 15);
-        int q = (low | (((qh[i] >> shift) & 3) << 4)) - 32;
-        return d * (float)scales[i >> 4] * (float)q;
+    __device__ void pair(int i, float& x, float& y) const {
+        u32 l = load_u16(ql + i) >> low_shift;
+        u32 h = load_u16(qh + i) >> high_shift;
+        float d = i < 16 ? d_lo : d_hi;
+        x = d * (float)((int)((l & 15) | ((h & 3) << 4)) - 32);
+        y = d * (float)((int)(((l >> 8) & 15) | (((h >> 8) & 3) << 4)) - 32);
     }
 };
 
@@ -183,67 +222,81 @@ __device__ __forceinline__ void mma_16816(float* c, u32 a0, u32 a1, u32 a2, u32 
 
 #define QGEMM_WARPS 8
 #define QGEMM_ROWS 16
-#define QGEMM_TILES 8
-#define QGEMM_TOKENS (8 * QGEMM_TILES)
+#define QGEMM_UNROLL 4
 
 // The values at positions 2q, 2q+1, 2q+8, 2q+9, 16+2q, 17+2q, 24+2q, 25+2q of a chunk,
 // as four f16 pairs: exactly this thread's share of an mma A fragment for two k-steps.
 template <class T>
 __device__ __forceinline__ void a_fragment(const T& t, int q, u32* a) {
-    a[0] = pack_f16x2(t.at(2 * q), t.at(2 * q + 1));
-    a[1] = pack_f16x2(t.at(2 * q + 8), t.at(2 * q + 9));
-    a[2] = pack_f16x2(t.at(2 * q + 16), t.at(2 * q + 17));
-    a[3] = pack_f16x2(t.at(2 * q + 24), t.at(2 * q + 25));
+    float x, y;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        t.pair(2 * q + 8 * k, x, y);
+        a[k] = pack_f16x2(x, y);
+    }
 }
 
 // out[token][row] = sum_k w[row][k] * x[token][k] for a tile of 16 rows (blockIdx.x)
-// and 64 tokens (blockIdx.y). x is f16, row-major [ntok][k]; k is a multiple of 32.
-template <class T>
+// and 8 * TILES tokens (blockIdx.y). x is f16, row-major [ntok][k]; k is a multiple of 32.
+// Warp w takes chunks w, w + 8, w + 16, ... in that order whatever TILES is, so the
+// one-tile decode instance and the many-tile batch instance give identical results.
+template <class T, int TILES>
 __device__ void qgemm(const u8* __restrict__ w, int rows, int k, long long row_bytes,
                       const u16* __restrict__ x, int ntok, float* __restrict__ out) {
-    __shared__ float partial[QGEMM_WARPS][QGEMM_ROWS][QGEMM_TOKENS];
+    __shared__ float partial[QGEMM_WARPS][QGEMM_ROWS][8 * TILES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
-    const int row0 = blockIdx.x * QGEMM_ROWS, tok0 = blockIdx.y * QGEMM_TOKENS;
-    const int tiles = min(QGEMM_TILES, (ntok - tok0 + 7) >> 3);
+    const int row0 = blockIdx.x * QGEMM_ROWS, tok0 = blockIdx.y * 8 * TILES;
+    const int tiles = min(TILES, (ntok - tok0 + 7) >> 3);
     const u8* w_lo = w + (long long)min(row0 + g, rows - 1) * row_bytes;
     const u8* w_hi = w + (long long)min(row0 + g + 8, rows - 1) * row_bytes;
-    const u32* x_rows[QGEMM_TILES];
+    const u32* x_rows[TILES];
 #pragma unroll
-    for (int t = 0; t < QGEMM_TILES; t++) {
+    for (int t = 0; t < TILES; t++) {
         int tok = min(tok0 + t * 8 + g, ntok - 1);
         x_rows[t] = (const u32*)(x + (long long)tok * k);
     }
-    float acc[QGEMM_TILES][4];
+    float acc[TILES][4];
 #pragma unroll
-    for (int t = 0; t < QGEMM_TILES; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    for (int t = 0; t < TILES; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
     const int chunks = k >> 5;
-    for (int c = warp; c < chunks; c += QGEMM_WARPS) {
-        T lo, hi;
-        lo.load(w_lo, c);
-        hi.load(w_hi, c);
-        u32 alo[4], ahi[4];
-        a_fragment(lo, q, alo);
-        a_fragment(hi, q, ahi);
+    for (int c0 = warp; c0 < chunks; c0 += QGEMM_WARPS * QGEMM_UNROLL) {
+        // Decode several chunks first, so their loads are in flight together.
+        u32 alo[QGEMM_UNROLL][4], ahi[QGEMM_UNROLL][4];
 #pragma unroll
-        for (int t = 0; t < QGEMM_TILES; t++) {
-            if (t < tiles) {
-                const u32* xr = x_rows[t] + c * 16;
-                mma_16816(acc[t], alo[0], ahi[0], alo[1], ahi[1], xr[q], xr[q + 4]);
-                mma_16816(acc[t], alo[2], ahi[2], alo[3], ahi[3], xr[q + 8], xr[q + 12]);
+        for (int u = 0; u < QGEMM_UNROLL; u++) {
+            int c = min(c0 + u * QGEMM_WARPS, chunks - 1);
+            T lo, hi;
+            lo.load(w_lo, c);
+            hi.load(w_hi, c);
+            a_fragment(lo, q, alo[u]);
+            a_fragment(hi, q, ahi[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < QGEMM_UNROLL; u++) {
+            int c = c0 + u * QGEMM_WARPS;
+            if (c < chunks) {
+#pragma unroll
+                for (int t = 0; t < TILES; t++) {
+                    if (t < tiles) {
+                        const u32* xr = x_rows[t] + c * 16;
+                        mma_16816(acc[t], alo[u][0], ahi[u][0], alo[u][1], ahi[u][1], xr[q], xr[q + 4]);
+                        mma_16816(acc[t], alo[u][2], ahi[u][2], alo[u][3], ahi[u][3], xr[q + 8], xr[q + 12]);
+                    }
+                }
             }
         }
     }
 #pragma unroll
-    for (int t = 0; t < QGEMM_TILES; t++) {
+    for (int t = 0; t < TILES; t++) {
         partial[warp][g][t * 8 + 2 * q] = acc[t][0];
         partial[warp][g][t * 8 + 2 * q + 1] = acc[t][1];
         partial[warp][g + 8][t * 8 + 2 * q] = acc[t][2];
         partial[warp][g + 8][t * 8 + 2 * q + 1] = acc[t][3];
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < QGEMM_ROWS * QGEMM_TOKENS; i += QGEMM_WARPS * 32) {
+    for (int i = threadIdx.x; i < QGEMM_ROWS * 8 * TILES; i += QGEMM_WARPS * 32) {
         int r = i % QGEMM_ROWS, t = i / QGEMM_ROWS;
         int row = row0 + r, tok = tok0 + t;
         if (row < rows && tok < ntok) {
@@ -267,14 +320,20 @@ __device__ void embed(const u8* __restrict__ w, int k, long long row_bytes,
     v.load(w + (long long)tokens[t] * row_bytes, c);
     float* o = out + (long long)t * k + c * 32;
 #pragma unroll
-    for (int j = 0; j < 32; j++) o[j] = v.at(j);
+    for (int j = 0; j < 32; j += 2) v.pair(j, o[j], o[j + 1]);
 }
 
+// qgemv_*: up to 8 tokens per block (decode); qgemm_*: up to 64 (prompts, batches).
 #define DEFINE_FORMAT(name)                                                                   \
+    extern "C" __global__ void __launch_bounds__(QGEMM_WARPS * 32)                            \
+        qgemv_##name(const u8* w, int rows, int k, long long row_bytes, const u16* x,         \
+                     int ntok, float* out) {                                                  \
+        qgemm<name, 1>(w, rows, k, row_bytes, x, ntok, out);                                  \
+    }                                                                                         \
     extern "C" __global__ void __launch_bounds__(QGEMM_WARPS * 32)                            \
         qgemm_##name(const u8* w, int rows, int k, long long row_bytes, const u16* x,         \
                      int ntok, float* out) {                                                  \
-        qgemm<name>(w, rows, k, row_bytes, x, ntok, out);                                     \
+        qgemm<name, 8>(w, rows, k, row_bytes, x, ntok, out);                                  \
     }                                                                                         \
     extern "C" __global__ void embed_##name(const u8* w, int k, long long row_bytes,          \
                                             const u32* tokens, int ntok, float* out) {        \

@@ -32,11 +32,14 @@ pub fn model_and_tokenizer() -> (engine::Llama<engine::Device>, engine::Tokenize
     (engine::Llama::load(test_device(), file).unwrap(), tok)
 }
 
-/// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model).
+/// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model);
+/// `LLAMA_GPU_TEST_REFS` names the folder where the checkout has no `../shared`.
 pub fn refs(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/refs")
-        .join(name)
+    match std::env::var_os("LLAMA_GPU_TEST_REFS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refs"),
+    }
+    .join(name)
 }
 
 pub fn jsonl(name: &str) -> Vec<serde_json::Value> {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine, from the repository root, with the binaries that
+# scripts/gpu-bundle.sh put in .gpu/ and the default model at $MODEL: the GPU kernel
+# tests, the whole model on GPU vs CPU, the engine's batching tests on the GPU backend.
+MODEL=${MODEL:-/root/model.gguf}
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+export LLAMA_GPU_TEST_MODEL=$MODEL LLAMA_GPU_TEST_REFS=$PWD/.gpu/refs LLAMA_GPU_TEST_DEVICE=cuda
+.gpu/llama-gpu doctor
+.gpu/engine-cuda --test-threads=1 --nocapture 2>&1 | grep -E "GPU vs|^test |result|panicked|skipped|assert"
+.gpu/batch_invariance 2>&1 | grep -E "^test |result|panicked"
+.gpu/serving 2>&1 | grep -E "^test |result|panicked"
+for d in cuda cpu; do
+  .gpu/llama-gpu run -m "$MODEL" --device $d --temp 0 -n 32 "Why is the sky blue?" 2>&1 | tail -2
+done
