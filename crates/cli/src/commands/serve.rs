@@ -25,6 +25,11 @@ pub struct Args {
     /// KV-cache budget in bytes (overrides ctx-size × parallel).
     #[arg(long)]
     kv_cache_bytes: Option<usize>,
+    /// On a GPU: give the KV cache this fraction (0–1] of the device memory left free
+    /// once the weights and the activations of a step are provided for (overrides
+    /// ctx-size × parallel).
+    #[arg(long)]
+    gpu_memory_fraction: Option<f64>,
     /// Tokens per engine step (decodes plus prompt chunks).
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
@@ -81,6 +86,12 @@ fn model_id(args: &Args) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args
+        .gpu_memory_fraction
+        .is_some_and(|f| !(f > 0.0 && f <= 1.0))
+    {
+        return Err(usage("--gpu-memory-fraction must be in (0, 1]"));
+    }
     if args.parallel == 0 || args.max_batch_tokens == 0 || args.threads == Some(0) {
         return Err(usage(
             "--parallel, --max-batch-tokens and --threads must be at least 1",
@@ -138,6 +149,14 @@ pub fn run(args: Args) -> Result<()> {
                 if let Some(bytes) = args.kv_cache_bytes {
                     engine_config.kv_budget = KvBudget::Bytes(bytes);
                 }
+                if let Some(fraction) = args.gpu_memory_fraction {
+                    engine_config.kv_budget = KvBudget::Bytes(gpu_kv_bytes(
+                        &loaded.model,
+                        fraction,
+                        args.max_batch_tokens,
+                        args.parallel,
+                    )?);
+                }
                 engine_config.max_batch_tokens = args.max_batch_tokens;
                 engine_config.max_waiting = args.max_queue;
                 engine_config.prefix_caching = !args.no_prefix_cache;
@@ -192,4 +211,32 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
+}
+
+/// The KV budget `--gpu-memory-fraction` asks for: that share of the device memory free
+/// after loading, less what one step's activations (and logits) take.
+fn gpu_kv_bytes(
+    model: &engine::Llama<engine::Device>,
+    fraction: f64,
+    batch_tokens: usize,
+    sequences: usize,
+) -> Result<usize> {
+    let engine::Device::Cuda(gpu) = &model.backend else {
+        return Err(usage(
+            "--gpu-memory-fraction needs --device cuda (or auto with a GPU)",
+        ));
+    };
+    let c = &model.config;
+    let per_token =
+        4 * (3 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim) + 2 * c.ffn_dim.max(c.dim);
+    let step = batch_tokens * per_token + sequences.max(1) * c.vocab_size * 4;
+    let free = gpu.gpu().free_bytes()?;
+    let usable = free.saturating_sub(2 * step + (256 << 20));
+    let bytes = (usable as f64 * fraction) as usize;
+    tracing::info!(
+        "KV cache: {:.2} GiB ({fraction} of {:.2} GiB free after weights and step buffers)",
+        bytes as f64 / (1u64 << 30) as f64,
+        usable as f64 / (1u64 << 30) as f64
+    );
+    Ok(bytes)
 }
