@@ -20,5 +20,5 @@ for line in sys.stdin:
     if key in wanted and "test" in m["target"]["kind"]:
         shutil.copy(m["executable"], ".gpu/" + wanted[key])
 '
-strip .gpu/llama-gpu .gpu/engine-cuda .gpu/batch_invariance .gpu/serving .gpu/nvrtc
+find .gpu -maxdepth 1 -type f -exec strip {} +
 ls -la .gpu

@@ -207,30 +207,32 @@ impl Gpu {
         out: &mut CudaSlice<u16>,
     ) -> Result<()> {
         let len = n as i64;
-        let block = match rounding {
-            ActivationRounding::F16 => {
-                unsafe {
-                    self.stream
-                        .launch_builder(self.function("to_f16")?)
-                        .arg(x)
-                        .arg(&len)
-                        .arg(out)
-                        .launch(elementwise(n))
-                }?;
-                return Ok(());
-            }
-            ActivationRounding::Q8Block32 => 32i32,
-            ActivationRounding::Q8K => 256i32,
+        let block: i32 = match rounding {
+            ActivationRounding::F16 => 1,
+            ActivationRounding::Q8Block32 => 32,
+            ActivationRounding::Q8K => 256,
         };
-        unsafe {
-            self.stream
-                .launch_builder(self.function("to_f16_q8")?)
-                .arg(x)
-                .arg(&len)
-                .arg(&block)
-                .arg(out)
-                .launch(elementwise(n / block as usize * 32))
-        }?;
+        // SAFETY: the arguments match the kernels' signatures in ops.cu.
+        let launch = unsafe {
+            if block == 1 {
+                self.stream
+                    .launch_builder(self.function("to_f16")?)
+                    .arg(x)
+                    .arg(&len)
+                    .arg(out)
+                    .launch(elementwise(n))
+            } else {
+                // One warp per block of values.
+                self.stream
+                    .launch_builder(self.function("to_f16_q8")?)
+                    .arg(x)
+                    .arg(&len)
+                    .arg(&block)
+                    .arg(out)
+                    .launch(elementwise(n / block as usize * 32))
+            }
+        };
+        launch?;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! The operations the model graph needs from a device. `Llama<B>` calls only these, so
 //! a new device is a new implementation of this trait, not a new model.
 
-use crate::error::Result;
-use gguf::GgufFile;
+use crate::error::{EngineError, Result};
+use gguf::{GgufFile, TensorView};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -25,6 +25,26 @@ pub struct SeqRows<'a> {
 /// The pool slot holding position `pos` of a sequence with block table `blocks`.
 pub fn kv_slot(blocks: &[u32], pos: usize) -> usize {
     blocks[pos / KV_BLOCK_SIZE] as usize * KV_BLOCK_SIZE + pos % KV_BLOCK_SIZE
+}
+
+/// A model tensor as every backend's `upload_weight` starts from it: vectors (norms,
+/// biases) decoded to f32, matrices still in their GGUF format.
+pub enum HostTensor<'a> {
+    Vector(Vec<f32>),
+    Matrix(TensorView<'a>),
+}
+
+/// Reads tensor `name` of `file`; a missing tensor is an error naming it.
+pub fn read_tensor<'a>(file: &'a GgufFile, name: &str) -> Result<HostTensor<'a>> {
+    let view = file
+        .tensor(name)
+        .map_err(|_| EngineError::MissingTensor(name.into()))?;
+    if view.info.dims.len() > 1 {
+        return Ok(HostTensor::Matrix(view));
+    }
+    let mut values = vec![0.0; view.info.row_len() as usize];
+    quant::dequantize(view.info.ty, view.data, &mut values)?;
+    Ok(HostTensor::Vector(values))
 }
 
 /// RoPE inputs shared by every layer: the rotation frequencies of each pair of dimensions.

@@ -1,7 +1,7 @@
 //! The CPU backend: weights stay quantized in the memory-mapped file; activations are
 //! f32 (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split across threads by rows or heads.
 
-use crate::backend::{kv_slot, Backend, Rope, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{kv_slot, read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
@@ -107,17 +107,12 @@ impl Backend for CpuBackend {
     }
 
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight> {
-        let view = file
-            .tensor(name)
-            .map_err(|_| EngineError::MissingTensor(name.into()))?;
+        let view = match read_tensor(file, name)? {
+            HostTensor::Vector(values) => return Ok(CpuWeight::Dense(values)),
+            HostTensor::Matrix(view) => view,
+        };
         let info = view.info;
-        let cols = info.row_len() as usize;
-        let rows = info.n_rows() as usize;
-        if info.dims.len() == 1 {
-            let mut out = vec![0.0; cols];
-            quant::dequantize(info.ty, view.data, &mut out)?;
-            return Ok(CpuWeight::Dense(out));
-        }
+        let (rows, cols) = (info.n_rows() as usize, info.row_len() as usize);
         QMatrix::new(info.ty, view.data, rows, cols)?;
         Ok(CpuWeight::Quantized {
             file: file.clone(),

@@ -5,7 +5,7 @@
 //! Trait operations do not return errors (so the model reads plainly); the first device
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
 
-use crate::backend::{Backend, Rope, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
 use cuda::{
     ActivationRounding, AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache,
@@ -197,23 +197,20 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CudaWeight> {
-        let view = file
-            .tensor(name)
-            .map_err(|_| EngineError::MissingTensor(name.into()))?;
+        let view = match read_tensor(file, name)? {
+            HostTensor::Vector(values) => {
+                return Ok(CudaWeight::Vector(self.gpu.upload(&values, name)?))
+            }
+            HostTensor::Matrix(view) => view,
+        };
         let info = view.info;
-        let cols = info.row_len() as usize;
-        if info.dims.len() == 1 {
-            let mut values = vec![0.0; cols];
-            quant::dequantize(info.ty, view.data, &mut values)?;
-            return Ok(CudaWeight::Vector(self.gpu.upload(&values, name)?));
-        }
         if !cuda::format_supported(info.ty) {
             return Err(EngineError::UnsupportedTensor {
                 name: name.into(),
                 reason: format!("type {} has no CUDA kernel", info.ty.name()),
             });
         }
-        let rows = info.n_rows() as usize;
+        let (rows, cols) = (info.n_rows() as usize, info.row_len() as usize);
         Ok(CudaWeight::Matrix(
             self.gpu.upload_weight(info.ty, view.data, rows, cols)?,
         ))
