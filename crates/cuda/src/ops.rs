@@ -236,19 +236,22 @@ impl Gpu {
         Ok(())
     }
 
+    /// Rotates pair p of every head by freq_scale · θ_p / factors[p], θ_0 = position,
+    /// θ_{p+1} = θ_p · theta_scale (one pair per entry of `factors`).
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
         x: &mut CudaSlice<f32>,
         positions: &CudaSlice<u32>,
-        inv_freq: &CudaSlice<f32>,
+        factors: &CudaSlice<f32>,
         rows: usize,
         cols: usize,
         head_dim: usize,
         neox: bool,
-        position_scale: f32,
+        theta_scale: f32,
+        freq_scale: f32,
     ) -> Result<()> {
-        let pairs = inv_freq.len();
+        let pairs = factors.len();
         let n = rows * (cols / head_dim) * pairs;
         let (rows, cols, head_dim, pairs, neox) = (
             rows as i32,
@@ -262,13 +265,14 @@ impl Gpu {
                 .launch_builder(self.function("rope")?)
                 .arg(x)
                 .arg(positions)
-                .arg(inv_freq)
+                .arg(factors)
                 .arg(&rows)
                 .arg(&cols)
                 .arg(&head_dim)
                 .arg(&pairs)
                 .arg(&neox)
-                .arg(&position_scale)
+                .arg(&theta_scale)
+                .arg(&freq_scale)
                 .launch(elementwise(n))
         }?;
         Ok(())

@@ -20,6 +20,10 @@ pub struct SeqRows<'a> {
     /// The sequence's KV blocks in position order: position `p` is slot
     /// `blocks[p / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + p % KV_BLOCK_SIZE`.
     pub blocks: &'a [u32],
+    /// The first position the CPU backend attends in llama.cpp's one-token order
+    /// (`quant::F16Order::OneToken`); earlier ones get its batched order. See
+    /// `model::first_one_token_position`.
+    pub generated_from: usize,
 }
 
 /// The pool slot holding position `pos` of a sequence with block table `blocks`.
@@ -47,13 +51,17 @@ pub fn read_tensor<'a>(file: &'a GgufFile, name: &str) -> Result<HostTensor<'a>>
     Ok(HostTensor::Vector(values))
 }
 
-/// RoPE inputs shared by every layer: the rotation frequencies of each pair of dimensions.
+/// RoPE inputs shared by every layer. Pair i of a head at position p is rotated by
+/// freq_scale · θᵢ / factors[i], where θ₀ = p and θᵢ₊₁ = θᵢ · theta_scale in f32 — GGML's
+/// running product, whose rounding we keep (see `quant::rope_angles`).
 #[derive(Clone, Debug)]
 pub struct Rope {
-    /// `inv_freq[i]` is the angle per position of pair `i` (length `rope_dims / 2`).
-    pub inv_freq: Vec<f32>,
-    /// Multiplies positions (1 / linear scaling factor).
-    pub position_scale: f32,
+    /// freq_base^(-2 / rope_dims).
+    pub theta_scale: f32,
+    /// Per-pair divisors (Llama 3.1-style scaling), 1.0 without; one per pair.
+    pub factors: Vec<f32>,
+    /// 1 / the linear scaling factor.
+    pub freq_scale: f32,
     pub neox: bool,
     pub head_dim: usize,
 }

@@ -5,7 +5,7 @@ use crate::backend::{kv_slot, read_tensor, Backend, HostTensor, Rope, SeqRows, K
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
-use quant::QMatrix;
+use quant::{AttendScratch, F16Order, QMatrix};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -179,8 +179,7 @@ impl Backend for CpuBackend {
             .chunks_exact(x.cols)
             .zip(out.data.chunks_exact_mut(x.cols))
         {
-            let mean_sq = quant::dot_f32(xr, xr) / x.cols as f32;
-            let scale = 1.0 / (mean_sq + eps).sqrt();
+            let scale = quant::rms_norm_scale(xr, eps);
             for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
                 *o = v * scale * g;
             }
@@ -207,22 +206,19 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut CpuBuffer, positions: &[usize], rope: &Rope) {
-        let half = rope.inv_freq.len();
-        let hd = rope.head_dim;
+        let pairs = rope.factors.len();
+        let (mut cos, mut sin) = (vec![0.0; pairs], vec![0.0; pairs]);
         for (row, &pos) in x.data.chunks_exact_mut(x.cols).zip(positions) {
-            let p = pos as f32 * rope.position_scale;
-            for head in row.chunks_exact_mut(hd) {
-                for (i, &f) in rope.inv_freq.iter().enumerate() {
-                    let (sin, cos) = (p * f).sin_cos();
-                    let (a, b) = if rope.neox {
-                        (i, i + half)
-                    } else {
-                        (2 * i, 2 * i + 1)
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos - x1 * sin;
-                    head[b] = x0 * sin + x1 * cos;
-                }
+            quant::rope_angles(
+                pos,
+                rope.theta_scale,
+                &rope.factors,
+                rope.freq_scale,
+                &mut cos,
+                &mut sin,
+            );
+            for head in row.chunks_exact_mut(rope.head_dim) {
+                quant::rope_rotate(head, &cos, &sin, rope.neox);
             }
         }
     }
@@ -261,49 +257,51 @@ impl Backend for CpuBackend {
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let cols = q.cols;
-        // For each row: its sequence's block table and its position.
-        let mut row_of: Vec<(&[u32], usize)> = vec![(&[], 0); q.rows];
+        // For each row: its sequence's block table, its position and its summation order.
+        let mut row_of: Vec<(&[u32], usize, F16Order)> = vec![(&[], 0, F16Order::Batched); q.rows];
         for s in seqs {
             for r in s.rows.clone() {
-                row_of[r] = (s.blocks, s.start + r - s.rows.start);
+                let pos = s.start + r - s.rows.start;
+                let order = if pos >= s.generated_from {
+                    F16Order::OneToken
+                } else {
+                    F16Order::Batched
+                };
+                row_of[r] = (s.blocks, pos, order);
             }
         }
         out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
-            Vec::new,
-            |scores, (i, out_head)| {
+            || (Vec::new(), AttendScratch::default()),
+            |(scores, scratch), (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
-                let (blocks, pos) = row_of[t];
-                // With an f16 cache GGML multiplies in f16: the query and the attention
-                // weights are rounded to f16 too, and so are they here.
+                let (blocks, pos, order) = row_of[t];
+                // With an f16 cache GGML multiplies in f16: the query is rounded to f16
+                // too (and `attend_f16` rounds the weights).
                 let qh: Vec<f32> = q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
                     .iter()
                     .map(|&v| f16::from_f32(v).to_f32())
                     .collect();
                 let kv_off = (h / group) * head_dim;
+                let at = |p: usize| pool.offset(layer, kv_slot(blocks, p)) + kv_off;
                 scores.clear();
                 for p in 0..=pos {
-                    let at = pool.offset(layer, kv_slot(blocks, p)) + kv_off;
-                    scores.push(quant::dot_f16(&pool.k[at..at + head_dim], &qh) * scale);
+                    let key = &pool.k[at(p)..at(p) + head_dim];
+                    scores.push(quant::dot_f16(order, key, &qh) * scale);
                 }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                out_head.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let at = pool.offset(layer, kv_slot(blocks, p)) + kv_off;
-                    let w = f16::from_f32(w / sum).to_f32();
-                    quant::axpy_f16(out_head, w, &pool.v[at..at + head_dim]);
-                }
+                quant::softmax(scores);
+                let value = |p: usize| &pool.v[at(p)..at(p) + head_dim];
+                quant::attend_f16(order, out_head, scores, value, scratch);
             },
         );
     }
 
     fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {
-        for (g, &u) in gate.data.iter_mut().zip(&up.data) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+        for (g, u) in gate
+            .data
+            .chunks_exact_mut(gate.cols)
+            .zip(up.data.chunks_exact(up.cols))
+        {
+            quant::silu_mul(g, u);
         }
     }
 

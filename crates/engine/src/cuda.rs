@@ -22,7 +22,7 @@ pub struct CudaBackend {
     /// Small index arrays (positions, slots, block tables) by purpose: each layer asks
     /// for the same ones, so they are uploaded once per step.
     indices: Mutex<HashMap<&'static str, Option<Mirror<u32>>>>,
-    rope_freqs: Mutex<Option<Mirror<f32>>>,
+    rope_factors: Mutex<Option<Mirror<f32>>>,
 }
 
 /// A host array and its device copy, reused while the host values stay the same.
@@ -74,7 +74,7 @@ impl CudaBackend {
             name,
             first_error: Mutex::new(None),
             indices: Mutex::new(HashMap::new()),
-            rope_freqs: Mutex::new(None),
+            rope_factors: Mutex::new(None),
         })
     }
 
@@ -117,9 +117,9 @@ impl CudaBackend {
         )
     }
 
-    fn inv_freq(&self, rope: &Rope) -> cuda::Result<Arc<CudaSlice<f32>>> {
-        let mut cached = self.rope_freqs.lock().unwrap_or_else(|p| p.into_inner());
-        mirror(&self.gpu, &mut cached, &rope.inv_freq, "RoPE frequencies")
+    fn rope_factors(&self, rope: &Rope) -> cuda::Result<Arc<CudaSlice<f32>>> {
+        let mut cached = self.rope_factors.lock().unwrap_or_else(|p| p.into_inner());
+        mirror(&self.gpu, &mut cached, &rope.factors, "RoPE factors")
     }
 
     /// Each matrix's product with `x`; the f16 copy of `x` is made once per rounding.
@@ -285,16 +285,17 @@ impl Backend for CudaBackend {
     fn rope(&self, x: &mut CudaBuffer, positions: &[usize], rope: &Rope) {
         let result = (|| {
             let pos = self.indices("positions", positions.iter().map(|&p| p as u32).collect())?;
-            let freqs = self.inv_freq(rope)?;
+            let factors = self.rope_factors(rope)?;
             self.gpu.rope(
                 &mut x.data,
                 &pos,
-                &freqs,
+                &factors,
                 x.rows,
                 x.cols,
                 rope.head_dim,
                 rope.neox,
-                rope.position_scale,
+                rope.theta_scale,
+                rope.freq_scale,
             )
         })();
         self.check(result);

@@ -53,6 +53,24 @@ pub struct SeqBatch<'a> {
     /// KV blocks covering at least positions `0..start + tokens.len()`.
     pub blocks: &'a [u32],
     pub logits: Logits,
+    /// `first_one_token_position` of the sequence's prompt.
+    pub generated_from: usize,
+}
+
+/// The first position of a sequence whose attention is summed in llama.cpp's one-token
+/// order rather than its batched one. llama.cpp's CPU backend sums attention in one
+/// order for a batch of several tokens and in another for a single token; it reads a
+/// prompt in batches and generates one token at a time. We follow the token's role
+/// instead of the batch it happens to be in — prompt tokens batched, generated tokens
+/// (and a one-token prompt, which llama.cpp also evaluates alone) one at a time — so
+/// our numbers match llama.cpp's bit for bit and still never depend on how a prompt
+/// is chunked or which other sequences share a step.
+pub fn first_one_token_position(prompt_len: usize) -> usize {
+    if prompt_len > 1 {
+        prompt_len
+    } else {
+        0
+    }
 }
 
 /// The KV cache of a single sequence: a pool of its own, used through a fixed block table.
@@ -158,7 +176,7 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// Runs `tokens` at positions `start..start + n` of one sequence whose earlier
+    /// Runs prompt `tokens` at positions `start..start + n` of one sequence whose earlier
     /// positions are already in `cache`; returns logits (`vocab` per requested row).
     pub fn forward(
         &self,
@@ -166,6 +184,22 @@ impl<B: Backend> Llama<B> {
         start: usize,
         cache: &mut KvCache<B>,
         logits: Logits,
+    ) -> Result<Vec<f32>> {
+        self.forward_one(tokens, start, cache, logits, usize::MAX)
+    }
+
+    /// Runs one generated token at `position`; returns its logits.
+    pub fn decode(&self, token: u32, position: usize, cache: &mut KvCache<B>) -> Result<Vec<f32>> {
+        self.forward_one(&[token], position, cache, Logits::Last, position)
+    }
+
+    fn forward_one(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &mut KvCache<B>,
+        logits: Logits,
+        generated_from: usize,
     ) -> Result<Vec<f32>> {
         if start + tokens.len() > cache.capacity() {
             return Err(EngineError::ContextOverflow {
@@ -178,6 +212,7 @@ impl<B: Backend> Llama<B> {
             start,
             blocks: &cache.blocks,
             logits,
+            generated_from,
         };
         self.forward_batch(&[seq], &mut cache.pool)
     }
@@ -208,6 +243,7 @@ impl<B: Backend> Llama<B> {
                 rows: first..tokens.len(),
                 start: s.start,
                 blocks: s.blocks,
+                generated_from: s.generated_from,
             });
             let wanted = match s.logits {
                 Logits::Last => s.tokens.len() - 1..s.tokens.len(),
@@ -279,8 +315,8 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// Rotation frequencies: base^(-2i/d), divided by per-pair factors when the model
-/// ships a `rope_freqs.weight` tensor (Llama 3.1-style long-context scaling).
+/// RoPE parameters, with the per-pair divisors of a `rope_freqs.weight` tensor when the
+/// model ships one (Llama 3.1-style long-context scaling).
 fn rope_table(c: &Config, file: &GgufFile) -> Result<Rope> {
     let pairs = c.rope_dims / 2;
     let factors = match file.tensor("rope_freqs.weight") {
@@ -298,15 +334,10 @@ fn rope_table(c: &Config, file: &GgufFile) -> Result<Rope> {
         }
         Err(_) => vec![1.0; pairs],
     };
-    let inv_freq = (0..pairs)
-        .map(|i| {
-            let f = (c.rope_base as f64).powf(-2.0 * i as f64 / c.rope_dims as f64);
-            (f / factors[i] as f64) as f32
-        })
-        .collect();
     Ok(Rope {
-        inv_freq,
-        position_scale: match c.rope_scaling {
+        theta_scale: quant::rope_theta_scale(c.rope_base, c.rope_dims),
+        factors,
+        freq_scale: match c.rope_scaling {
             RopeScaling::None => 1.0,
             RopeScaling::Linear(f) => 1.0 / f,
         },

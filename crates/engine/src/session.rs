@@ -91,6 +91,11 @@ impl<'m, B: Backend> Session<'m, B> {
             .count();
         let start = common.min(prompt.len() - 1);
         self.cached.truncate(start);
+        if crate::model::first_one_token_position(prompt.len()) == 0 {
+            let logits = self.model.decode(prompt[0], 0, &mut self.cache)?;
+            self.cached = prompt.to_vec();
+            return Ok((logits, 1));
+        }
         let mut logits = Vec::new();
         for chunk in prompt[start..].chunks(PREFILL_CHUNK) {
             let pos = self.cached.len();
@@ -143,9 +148,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 break;
             }
             let pos = self.cached.len();
-            logits = self
-                .model
-                .forward(&[id], pos, &mut self.cache, Logits::Last)?;
+            logits = self.model.decode(id, pos, &mut self.cache)?;
             self.cached.push(id);
         }
         let tail = stream.finish();
@@ -163,19 +166,33 @@ impl<'m, B: Backend> Session<'m, B> {
         })
     }
 
-    /// One forward pass of `tokens` at `pos` (benchmarks: no sampling, no bookkeeping
-    /// beyond the cached tokens).
+    /// One forward pass of prompt `tokens` at `pos` (benchmarks: no sampling, no
+    /// bookkeeping beyond the cached tokens).
     pub fn forward_at(&mut self, tokens: &[u32], pos: usize, logits: Logits) -> Result<Vec<f32>> {
-        if pos + tokens.len() > self.context {
-            return Err(EngineError::ContextOverflow {
-                tokens: pos + tokens.len(),
-                context: self.context,
-            });
-        }
+        self.check_room(pos + tokens.len())?;
         self.cached.truncate(pos);
         let out = self.model.forward(tokens, pos, &mut self.cache, logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(out)
+    }
+
+    /// One generated `token` at `pos` (benchmarks, as `forward_at`).
+    pub fn decode_at(&mut self, token: u32, pos: usize) -> Result<Vec<f32>> {
+        self.check_room(pos + 1)?;
+        self.cached.truncate(pos);
+        let out = self.model.decode(token, pos, &mut self.cache)?;
+        self.cached.push(token);
+        Ok(out)
+    }
+
+    fn check_room(&self, tokens: usize) -> Result<()> {
+        if tokens > self.context {
+            return Err(EngineError::ContextOverflow {
+                tokens,
+                context: self.context,
+            });
+        }
+        Ok(())
     }
 
     /// Log-probability of each token of `tokens` given those before it, computed from

@@ -49,18 +49,21 @@ fn logits_do_not_depend_on_the_rest_of_the_batch_or_on_block_placement() {
             start: 0,
             blocks: &b_blocks,
             logits: Logits::Last,
+            generated_from: b.len(),
         },
         SeqBatch {
             tokens: &a,
             start: 0,
             blocks: &a_blocks,
             logits: Logits::All,
+            generated_from: a.len(),
         },
         SeqBatch {
             tokens: &c,
             start: 0,
             blocks: &c_blocks,
             logits: Logits::None,
+            generated_from: c.len(),
         },
     ];
     let out = m.forward_batch(&batch, &mut pool).unwrap();
@@ -69,19 +72,21 @@ fn logits_do_not_depend_on_the_rest_of_the_batch_or_on_block_placement() {
 
     // Decoding the next token of each together equals decoding `a` alone.
     let next = [42u32];
-    let a_next_alone = m.forward(&next, a.len(), &mut alone, Logits::Last).unwrap();
+    let a_next_alone = m.decode(next[0], a.len(), &mut alone).unwrap();
     let batch = [
         SeqBatch {
             tokens: &next,
             start: c.len(),
             blocks: &c_blocks,
             logits: Logits::Last,
+            generated_from: c.len(),
         },
         SeqBatch {
             tokens: &next,
             start: a.len(),
             blocks: &a_blocks,
             logits: Logits::Last,
+            generated_from: a.len(),
         },
     ];
     let out = m.forward_batch(&batch, &mut pool).unwrap();
@@ -101,6 +106,7 @@ fn a_batch_whose_blocks_do_not_cover_its_tokens_is_an_error() {
         start: 0,
         blocks: &[0],
         logits: Logits::Last,
+        generated_from: tokens.len(),
     }];
     assert!(m.forward_batch(&batch, &mut pool).is_err());
 }

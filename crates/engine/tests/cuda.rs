@@ -212,10 +212,9 @@ fn element_and_row_operations_match_the_cpu_backend() {
 
     for neox in [false, true] {
         let rope = Rope {
-            inv_freq: (0..24)
-                .map(|i| 10000f32.powf(-2.0 * i as f32 / 48.0))
-                .collect(),
-            position_scale: 0.5,
+            theta_scale: quant::rope_theta_scale(10000.0, 48),
+            factors: (0..24).map(|i| 1.0 + (i % 3) as f32).collect(),
+            freq_scale: 0.5,
             neox,
             head_dim: 64,
         };
@@ -262,11 +261,13 @@ fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
             rows: 0..40,
             start: 0,
             blocks: &a_blocks,
+            generated_from: usize::MAX,
         },
         SeqRows {
             rows: 40..60,
             start: 0,
             blocks: &b_blocks,
+            generated_from: usize::MAX,
         },
     ];
     let slots: Vec<usize> = (0..40)
@@ -299,6 +300,7 @@ fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
             rows: 0..40,
             start: 0,
             blocks: &a_copied,
+            generated_from: usize::MAX,
         },
         seqs[1].clone(),
     ];

@@ -48,6 +48,26 @@ fn prompt_ids(index: usize) -> Vec<u32> {
         .collect()
 }
 
+/// llama.cpp's rounding is reproduced exactly where the C library's sin/cos/exp/pow are
+/// glibc's (as on the machine the references were made on): there the logits must be
+/// bit-identical, elsewhere within the reference README's bounds.
+const BIT_EXACT: bool = cfg!(all(
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64"
+));
+
+fn check(name: &str, reference: &[f32], ours: &[f32]) {
+    let (max_diff, kl) = compare(reference, ours);
+    eprintln!("{name}: max |Δ| {max_diff:.4}, KL {kl:.2e}");
+    assert_eq!(argmax(ours), argmax(reference), "{name}: top-1 differs");
+    assert!(max_diff < 1.0, "{name}: max |Δ| {max_diff}");
+    assert!(kl < 1e-2, "{name}: KL {kl}");
+    if BIT_EXACT {
+        assert_eq!(max_diff, 0.0, "{name}: not bit-identical to llama.cpp");
+    }
+}
+
 #[test]
 fn final_logits_match_llama_cpp() {
     let m = model();
@@ -58,18 +78,25 @@ fn final_logits_match_llama_cpp() {
         let ids = prompt_ids(i);
         let mut cache = m.new_kv_cache(64).unwrap();
         let ours = m.forward(&ids, 0, &mut cache, Logits::Last).unwrap();
-        let reference = common::f32_file(file);
-        let (max_diff, kl) = compare(&reference, &ours);
-        eprintln!("{file}: max |Δ| {max_diff:.4}, KL {kl:.2e}");
-        assert_eq!(argmax(&ours), argmax(&reference), "{file}: top-1 differs");
-        // The reference README asks for max |Δ| < 1.0. Positions whose attention spans
-        // three keys or fewer are bit-identical to llama.cpp; beyond that a rounding flip
-        // (GGML's vectorized exp, which we do not reproduce) leaves p1's last position at
-        // 1.004. That one prompt gets 1.05; the others keep the README's bound.
-        let bound = if *file == "logits_p1.f32" { 1.05 } else { 1.0 };
-        assert!(max_diff < bound, "{file}: max |Δ| {max_diff}");
-        assert!(kl < 1e-2, "{file}: KL {kl}");
+        check(file, &common::f32_file(file), &ours);
     }
+}
+
+#[test]
+fn a_prompt_fed_one_token_at_a_time_matches_llama_cpp_doing_the_same() {
+    // llama.cpp sums attention in another order for a lone token; `decode` reproduces it.
+    let m = model();
+    let ids = prompt_ids(2);
+    let mut cache = m.new_kv_cache(64).unwrap();
+    let mut last = Vec::new();
+    for (pos, &id) in ids.iter().enumerate() {
+        last = m.decode(id, pos, &mut cache).unwrap();
+    }
+    check(
+        "logits_p3_sequential.f32",
+        &common::f32_file("logits_p3_sequential.f32"),
+        &last,
+    );
 }
 
 #[test]
@@ -81,23 +108,12 @@ fn every_position_matches_and_chunking_is_bit_identical() {
     let reference = common::f32_file("logits_p1_allpos.f32");
     let vocab = m.config.vocab_size;
     for t in 0..ids.len() {
-        let (r, o) = (
-            &reference[t * vocab..(t + 1) * vocab],
-            &all[t * vocab..(t + 1) * vocab],
+        let span = t * vocab..(t + 1) * vocab;
+        check(
+            &format!("position {t}"),
+            &reference[span.clone()],
+            &all[span],
         );
-        let (max_diff, kl) = compare(r, o);
-        eprintln!("position {t}: max |Δ| {max_diff:.4}, KL {kl:.2e}");
-        assert_eq!(argmax(r), argmax(o), "position {t}: top-1 differs");
-        assert!(
-            max_diff < 1.05 && kl < 1e-2,
-            "position {t}: {max_diff} {kl}"
-        );
-        if t < 3 {
-            assert_eq!(
-                max_diff, 0.0,
-                "position {t} should be bit-identical to llama.cpp"
-            );
-        }
     }
 
     let ids = prompt_ids(2);

@@ -1,8 +1,10 @@
 //! GGML block formats and the CPU math over them: scalar reference dequantize and
 //! quantize for every supported type (`legacy` 32-value blocks, `kquants` 256-value
-//! super-blocks, plain floats here), and a matmul of quantized weights by f32
-//! activations (`matmul`).
+//! super-blocks, plain floats here), a matmul of quantized weights by f32 activations
+//! (`matmul`), and the rest of a transformer layer's arithmetic (`attention`, `rope`,
+//! `nonlinear`) rounded as llama.cpp rounds it.
 
+mod attention;
 mod dot;
 mod isa;
 mod kernels;
@@ -11,11 +13,16 @@ mod kernels_x86;
 mod kquants;
 mod legacy;
 mod matmul;
+mod nonlinear;
+mod rope;
 
-pub use dot::{axpy_f16, dot_f16, dot_f32};
+pub use attention::{attend_f16, dot_f16, AttendScratch, F16Order};
+pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, QMatrix};
+pub use nonlinear::{exp_poly, rms_norm_scale, silu_mul, softmax};
+pub use rope::{rope_angles, rope_rotate, rope_theta_scale};
 
 use gguf::GgmlType;
 

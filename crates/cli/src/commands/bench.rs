@@ -222,7 +222,7 @@ pub fn run(args: Args) -> Result<()> {
                         session.forward_at(&tokens, 0, Logits::Last)?;
                     } else {
                         for (pos, &t) in tokens.iter().enumerate() {
-                            session.forward_at(&[t], pos, Logits::Last)?;
+                            session.decode_at(t, pos)?;
                         }
                     }
                     Ok(start.elapsed().as_secs_f64())

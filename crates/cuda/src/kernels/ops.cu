@@ -70,11 +70,15 @@ extern "C" __global__ void to_f16_q8(const float* __restrict__ x, long long n, i
     }
 }
 
-// Rotates pair i of every head of every row by position * position_scale * inv_freq[i].
-// Pairs are (2i, 2i+1), or (i, i + pairs) in NeoX order.
+// Rotates pair p of every head of every row as the CPU backend (after GGML) does: by
+// freq_scale * theta_p / factors[p], where theta_0 = position and each next pair's theta
+// is the previous one times theta_scale, rounded in f32; each rotated value is one fused
+// multiply-add over the other rounded product. Pairs are (2p, 2p+1), or (p, p + pairs)
+// in NeoX order.
 extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions,
-                                const float* __restrict__ inv_freq, int rows, int cols,
-                                int head_dim, int pairs, int neox, float position_scale) {
+                                const float* __restrict__ factors, int rows, int cols,
+                                int head_dim, int pairs, int neox, float theta_scale,
+                                float freq_scale) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     int heads = cols / head_dim;
     if (i >= (long long)rows * heads * pairs) return;
@@ -82,13 +86,15 @@ extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ p
     long long rh = i / pairs;
     int row = (int)(rh / heads), head = (int)(rh % heads);
     float* h = x + (long long)row * cols + head * head_dim;
-    float angle = (float)positions[row] * position_scale * inv_freq[p];
+    float theta = (float)positions[row];
+    for (int k = 0; k < p; ++k) theta = __fmul_rn(theta, theta_scale);
+    float angle = __fmul_rn(freq_scale, __fdiv_rn(theta, factors[p]));
     float s, c;
     sincosf(angle, &s, &c);
     int a = neox ? p : 2 * p, b = neox ? p + pairs : 2 * p + 1;
     float x0 = h[a], x1 = h[b];
-    h[a] = x0 * c - x1 * s;
-    h[b] = x0 * s + x1 * c;
+    h[a] = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+    h[b] = __fmaf_rn(x0, s, __fmul_rn(x1, c));
 }
 
 extern "C" __global__ void silu_mul(float* __restrict__ gate, const float* __restrict__ up, long long n) {

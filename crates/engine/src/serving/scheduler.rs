@@ -7,7 +7,7 @@ use super::metrics::Metrics;
 use super::sequence::Sequence;
 use super::EngineConfig;
 use crate::backend::{Backend, KV_BLOCK_SIZE};
-use crate::model::{Llama, Logits, SeqBatch};
+use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -282,6 +282,7 @@ impl<B: Backend> Scheduler<B> {
                 } else {
                     Logits::None
                 },
+                generated_from: first_one_token_position(s.prompt_len),
             })
             .collect();
         self.model.forward_batch(&batch, &mut self.pool)
@@ -365,9 +366,12 @@ fn observe_token(m: &mut Metrics, s: &mut Sequence, now: Instant) {
     m.generated_tokens += 1;
 }
 
-/// Offers the sequence's newly filled blocks to the prefix cache.
+/// Offers the sequence's newly filled prompt blocks to the prefix cache. Blocks holding
+/// generated tokens are not offered: their attention was summed in the one-token order
+/// (`first_one_token_position`), so a later prompt that contains those tokens must
+/// compute them afresh to get the same numbers as without the cache.
 fn offer_full_blocks(blocks: &mut BlockManager, s: &mut Sequence) {
-    let full = s.computed / KV_BLOCK_SIZE;
+    let full = s.computed.min(first_one_token_position(s.prompt_len)) / KV_BLOCK_SIZE;
     while s.hashes.len() < full {
         let k = s.hashes.len();
         let parent = s.hashes.last().copied().unwrap_or(ROOT_HASH);

@@ -1,0 +1,331 @@
+//! The two f16 products of attention over an f16 KV cache — a query against each cached
+//! key, and the weighted sum of cached values — summed in the orders llama.cpp's CPU
+//! backend uses, so that our logits match its logits bit for bit.
+//!
+//! Both operands are f16 values (the query and the attention weights are rounded to f16,
+//! as GGML rounds them), so every product is exact in f32 and the summation order alone
+//! decides the rounding. llama.cpp has two orders, picked by the size of the batch:
+//! - `Batched` (its tinyBLAS kernel, used when a batch has several tokens — every prompt):
+//!   term i goes into accumulator i % 16, each accumulator adds its terms in order, and
+//!   the 16 are summed as a halving tree (+8, +4, +2, +1).
+//! - `OneToken` (`ggml_vec_dot_f16`, used for a single token — every generated one, AVX-512
+//!   build): the terms before the last multiple of 64 go into 64 accumulators (term i into
+//!   i % 64), summed as a halving tree (+32 … +1); the rest are added one by one in f64.
+//!   For the values, the terms are the keys padded with zero weights to a multiple of 32.
+
+use crate::dot::{tree_sum, LANES};
+use crate::f16_bits_to_f32;
+
+/// Which of llama.cpp's summation orders to reproduce (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F16Order {
+    Batched,
+    OneToken,
+}
+
+/// Accumulators of `ggml_vec_dot_f16`'s vector part.
+const SLOTS: usize = 64;
+
+/// Adds `src` into `dst` elementwise.
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// Sums `count` accumulators of `width` values each (accumulator i at `acc[i·width..]`)
+/// as a halving tree over `slots` accumulators, the missing ones being zero; the result
+/// is left in the first.
+#[inline(always)]
+fn halving_tree(acc: &mut [f32], width: usize, slots: usize, count: usize) {
+    let mut live = count;
+    let mut stride = slots / 2;
+    while stride > 0 {
+        for i in 0..stride.min(live.saturating_sub(stride)) {
+            let (low, high) = acc.split_at_mut((i + stride) * width);
+            add_into(&mut low[i * width..(i + 1) * width], &high[..width]);
+        }
+        live = live.min(stride);
+        stride /= 2;
+    }
+}
+
+#[inline(always)]
+fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    let n = k.len().min(q.len());
+    let term = |i: usize| f16_bits_to_f32(k[i]) * q[i];
+    match order {
+        F16Order::Batched => {
+            let mut acc = [0.0f32; LANES];
+            for i in 0..n {
+                acc[i % LANES] += term(i);
+            }
+            tree_sum(acc)
+        }
+        F16Order::OneToken => {
+            let slotted = n / SLOTS * SLOTS;
+            let mut acc = [0.0f32; SLOTS];
+            for i in 0..slotted {
+                acc[i % SLOTS] += term(i);
+            }
+            halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
+            let mut sum = acc[0] as f64;
+            for i in slotted..n {
+                sum += term(i) as f64;
+            }
+            sum as f32
+        }
+    }
+}
+
+/// Scratch space of `attend_f16`, kept between calls so that no call allocates.
+#[derive(Default)]
+pub struct AttendScratch {
+    acc: Vec<f32>,
+    wide: Vec<f64>,
+}
+
+#[inline(always)]
+fn attend_f16_portable<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    let width = out.len();
+    let (slots, vector_terms) = match order {
+        F16Order::Batched => (LANES, weights.len()),
+        F16Order::OneToken => {
+            let padded = weights.len().next_multiple_of(32);
+            (SLOTS, (padded / SLOTS * SLOTS).min(weights.len()))
+        }
+    };
+    // Accumulator p % slots; the first term of each is stored rather than added, so the
+    // accumulators never need clearing.
+    let used = vector_terms.min(slots);
+    let acc = &mut scratch.acc;
+    acc.resize(used * width, 0.0);
+    for (p, &w) in weights[..vector_terms].iter().enumerate() {
+        let w = half::f16::from_f32(w).to_f32();
+        let lane = &mut acc[p % slots * width..][..width];
+        let v = value(p);
+        if p < slots {
+            for (a, &x) in lane.iter_mut().zip(v) {
+                *a = w * f16_bits_to_f32(x);
+            }
+        } else {
+            for (a, &x) in lane.iter_mut().zip(v) {
+                *a += w * f16_bits_to_f32(x);
+            }
+        }
+    }
+    halving_tree(acc, width, slots, used);
+    if vector_terms == weights.len() {
+        match used {
+            0 => out.fill(0.0),
+            _ => out.copy_from_slice(&acc[..width]),
+        }
+        return;
+    }
+    let wide = &mut scratch.wide;
+    wide.clear();
+    match used {
+        0 => wide.resize(width, 0.0),
+        _ => wide.extend(acc[..width].iter().map(|&a| a as f64)),
+    }
+    for (p, &w) in weights.iter().enumerate().skip(vector_terms) {
+        let w = half::f16::from_f32(w).to_f32();
+        for (s, &x) in wide.iter_mut().zip(value(p)) {
+            *s += (w * f16_bits_to_f32(x)) as f64;
+        }
+    }
+    for (o, &s) in out.iter_mut().zip(wide.iter()) {
+        *o = s as f32;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn dot_f16_avx512(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    dot_f16_portable(order, k, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_avx2(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    dot_f16_portable(order, k, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn attend_f16_avx512<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    attend_f16_portable(order, out, weights, value, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_f16_avx2<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    attend_f16_portable(order, out, weights, value, scratch)
+}
+
+/// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
+/// (the query rounded to f16).
+pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    match crate::selected_isa() {
+        // SAFETY: `selected_isa` only returns ISAs this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx512 => unsafe { dot_f16_avx512(order, k, q) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => unsafe { dot_f16_avx2(order, k, q) },
+        _ => dot_f16_portable(order, k, q),
+    }
+}
+
+/// One head's attention output: out = Σₚ f16(weights[p]) · value(p), `value(p)` being
+/// position p's cached values in f16 bits. Each column equals `dot_f16` of that column
+/// of values with the f16-rounded weights.
+pub fn attend_f16<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    match crate::selected_isa() {
+        // SAFETY: `selected_isa` only returns ISAs this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx512 => unsafe { attend_f16_avx512(order, out, weights, value, scratch) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => unsafe { attend_f16_avx2(order, out, weights, value, scratch) },
+        _ => attend_f16_portable(order, out, weights, value, scratch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDERS: [F16Order; 2] = [F16Order::Batched, F16Order::OneToken];
+
+    fn f16_values(n: usize, seed: usize) -> Vec<u16> {
+        (0..n)
+            .map(|i| half::f16::from_f32(((i * seed) as f32 * 0.37).sin() * 3.0).to_bits())
+            .collect()
+    }
+
+    fn widened(bits: &[u16]) -> Vec<f32> {
+        bits.iter().map(|&b| f16_bits_to_f32(b)).collect()
+    }
+
+    #[test]
+    fn dots_match_their_portable_twins_and_the_exact_sum() {
+        for order in ORDERS {
+            for n in [1, 15, 16, 64, 100, 128, 200] {
+                let k = f16_values(n, 1);
+                let q = widened(&f16_values(n, 7));
+                let got = dot_f16(order, &k, &q);
+                assert_eq!(got.to_bits(), dot_f16_portable(order, &k, &q).to_bits());
+                let exact: f64 = widened(&k)
+                    .iter()
+                    .zip(&q)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                assert!(
+                    (got as f64 - exact).abs() < 1e-4 * exact.abs().max(1.0),
+                    "{order:?} n={n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_two_orders_are_the_documented_ones() {
+        // 200 terms of which a few dominate, so that the order shows in the last bits.
+        let n = 200;
+        let k = f16_values(n, 3);
+        let q: Vec<f32> = (0..n)
+            .map(|i| if i % 37 == 0 { 1024.0 } else { 819.0 / 8192.0 })
+            .collect();
+        let terms: Vec<f32> = widened(&k).iter().zip(&q).map(|(a, b)| a * b).collect();
+
+        let mut lanes = [0.0f32; 16];
+        for (i, t) in terms.iter().enumerate() {
+            lanes[i % 16] += t;
+        }
+        assert_eq!(dot_f16(F16Order::Batched, &k, &q), tree_sum(lanes));
+
+        let mut slots = [0.0f32; 64];
+        for (i, t) in terms[..192].iter().enumerate() {
+            slots[i % 64] += t;
+        }
+        for stride in [32, 16, 8, 4, 2, 1] {
+            for i in 0..stride {
+                slots[i] += slots[i + stride];
+            }
+        }
+        let tail: f64 = terms[192..]
+            .iter()
+            .fold(slots[0] as f64, |s, &t| s + t as f64);
+        assert_eq!(dot_f16(F16Order::OneToken, &k, &q), tail as f32);
+    }
+
+    #[test]
+    fn each_output_column_is_the_dot_of_that_column_of_values() {
+        let width = 5;
+        for order in ORDERS {
+            let mut scratch = AttendScratch::default();
+            for positions in [1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 130, 300] {
+                let values: Vec<Vec<u16>> =
+                    (0..positions).map(|p| f16_values(width, p + 3)).collect();
+                let weights: Vec<f32> = (0..positions)
+                    .map(|p| ((p * 13 % 7) as f32 + 0.3) / (3.0 * positions as f32))
+                    .collect();
+                let mut out = vec![f32::NAN; width];
+                attend_f16(order, &mut out, &weights, |p| &values[p], &mut scratch);
+                let mut twin = vec![f32::NAN; width];
+                attend_f16_portable(order, &mut twin, &weights, |p| &values[p], &mut scratch);
+                assert_eq!(out, twin, "{order:?}, {positions} positions");
+
+                // The values' order pads the keys with zero weights to a multiple of 32.
+                let padded = match order {
+                    F16Order::Batched => positions,
+                    F16Order::OneToken => positions.next_multiple_of(32),
+                };
+                let rounded: Vec<f32> = (0..padded)
+                    .map(|p| {
+                        weights
+                            .get(p)
+                            .map_or(0.0, |&w| half::f16::from_f32(w).to_f32())
+                    })
+                    .collect();
+                for (d, &o) in out.iter().enumerate() {
+                    let column: Vec<u16> = (0..padded)
+                        .map(|p| values.get(p).map_or(0, |v| v[d]))
+                        .collect();
+                    let want = dot_f16(order, &column, &rounded);
+                    assert_eq!(
+                        o.to_bits(),
+                        want.to_bits(),
+                        "{order:?}, {positions} positions, column {d}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! RMSNorm's scale, exp, softmax and SiLU rounded exactly as llama.cpp's CPU backend (its
+//! AVX-512 build) rounds them, so our logits can be bit-identical to the reference data.
+//!
+//! GGML does not call the C library's `expf` there: it evaluates a polynomial (after
+//! ARM's optimized routines: split x = n·ln2 + b, a degree-5 polynomial in b, scale by
+//! 2ⁿ), and it sums softmax terms 16 at a time into an f64. Both round differently from
+//! the obvious code, and a one-ulp difference in an attention weight is enough to move a
+//! logit by tenths thirty layers later. Every step here is elementwise and uses fused
+//! multiply-adds where GGML does, so evaluating one value at a time gives the vector
+//! unit's bits on any CPU.
+
+/// 1 / √(mean(x²) + eps), with the squares (rounded to f32) summed one by one in f64
+/// and the mean rounded to f32, as GGML's RMSNorm computes it.
+pub fn rms_norm_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// Values a vector of the AVX-512 build holds: softmax sums are taken over groups of 16.
+const LANES: usize = 16;
+
+/// e^x with GGML's polynomial (within about 2 ulp; overflows to ∞ above 88.38 and
+/// flushes to 0 below -103.97, like GGML's).
+#[inline(always)]
+pub fn exp_poly(x: f32) -> f32 {
+    let shift = f32::from_bits(0x4b40_0000); // 1.5·2²³: adding it rounds to an integer
+    let log2_e = f32::from_bits(0x3fb8_aa3b);
+    let ln2_hi = f32::from_bits(0x3f31_7200);
+    let ln2_lo = f32::from_bits(0x35bf_be8e);
+    let c1 = f32::from_bits(0x3f7f_fff6);
+    let c2 = f32::from_bits(0x3eff_fedb);
+    let c3 = f32::from_bits(0x3e2a_af33);
+    let c4 = f32::from_bits(0x3d2b_9f17);
+    let c5 = f32::from_bits(0x3c07_2010);
+
+    let n = x.mul_add(log2_e, shift) - shift;
+    let b = (-n).mul_add(ln2_lo, (-n).mul_add(ln2_hi, x));
+    let u = b * b;
+    let j = c5
+        .mul_add(b, c4)
+        .mul_add(u, c3.mul_add(b, c2))
+        .mul_add(u, c1.mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // j·2ⁿ rounded once, as `vscalefps` does; exact in f64 before the final rounding.
+    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * scale) as f32
+}
+
+/// Σ of 16 values as a halving tree (lane i + lane i+8, then +4, +2, +1): the order of
+/// a 512-bit horizontal add.
+#[inline(always)]
+fn lane_sum(mut v: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            v[i] += v[i + width];
+        }
+        width /= 2;
+    }
+    v[0]
+}
+
+#[inline(always)]
+fn softmax_portable(scores: &mut [f32]) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut sum = 0.0f64;
+    for group in scores.chunks_mut(LANES) {
+        let mut lanes = [0.0f32; LANES];
+        for (lane, s) in lanes.iter_mut().zip(group.iter_mut()) {
+            *s = exp_poly(*s - max);
+            *lane = *s;
+        }
+        sum += lane_sum(lanes) as f64;
+    }
+    let inverse = (1.0 / sum) as f32;
+    for s in scores {
+        *s *= inverse;
+    }
+}
+
+#[inline(always)]
+fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
+    let whole = gate.len() / LANES * LANES;
+    let (vector_part, tail) = gate.split_at_mut(whole);
+    for (g, &u) in vector_part.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_poly(-*g)) * u;
+    }
+    // GGML's scalar tail uses the C library's expf, as Rust's `exp` does.
+    for (g, &u) in tail.iter_mut().zip(&up[whole..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn softmax_avx512(scores: &mut [f32]) {
+    softmax_portable(scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(scores: &mut [f32]) {
+    softmax_portable(scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    silu_mul_portable(gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    silu_mul_portable(gate, up)
+}
+
+/// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
+/// groups of 16 scores (the last one padded with zeros) added into an f64, and the
+/// division done as a multiplication by the f32-rounded inverse.
+pub fn softmax(scores: &mut [f32]) {
+    match crate::selected_isa() {
+        // SAFETY: `selected_isa` only returns ISAs this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx512 => unsafe { softmax_avx512(scores) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => unsafe { softmax_avx2(scores) },
+        _ => softmax_portable(scores),
+    }
+}
+
+/// SwiGLU's gate: gate[i] = silu(gate[i]) · up[i], silu(x) = x / (1 + e^-x), per row of
+/// `gate.len()` values (a partial last group of 16 uses the C library's exp, as GGML's
+/// scalar tail does).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    match crate::selected_isa() {
+        // SAFETY: `selected_isa` only returns ISAs this CPU has.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx512 => unsafe { silu_mul_avx512(gate, up) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => unsafe { silu_mul_avx2(gate, up) },
+        _ => silu_mul_portable(gate, up),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_scale_is_the_inverse_root_mean_square() {
+        let x: Vec<f32> = (0..576)
+            .map(|i| ((i * 7 % 31) as f32 - 15.0) / 8.0)
+            .collect();
+        let exact =
+            1.0 / ((x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / 576.0) + 1e-5).sqrt();
+        assert!((rms_norm_scale(&x, 1e-5) as f64 - exact).abs() < 1e-6 * exact);
+        assert_eq!(rms_norm_scale(&[0.0; 8], 1e-5), 1.0 / 1e-5f32.sqrt());
+    }
+
+    #[test]
+    fn exp_poly_is_within_three_ulp_of_exp_and_handles_the_edges() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp_poly(x), (x as f64).exp());
+            let ulp = (want as f32).next_up() - want as f32;
+            assert!(
+                ((got as f64 - want) / ulp as f64).abs() <= 3.0,
+                "x={x}: {got} vs {want}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_poly(-200.0), 0.0);
+        assert_eq!(exp_poly(100.0), f32::INFINITY);
+        assert!(exp_poly(f32::NAN).is_nan());
+        // Results in the subnormal range are rounded once, not flushed.
+        let tiny = exp_poly(-95.0);
+        assert!(tiny > 0.0 && tiny < f32::MIN_POSITIVE);
+        assert!((tiny as f64 / (-95f64).exp() - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_the_vector_builds_match_the_portable_one() {
+        for n in [1, 5, 16, 17, 33, 100] {
+            let scores: Vec<f32> = (0..n).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.7).collect();
+            let mut want = scores.clone();
+            softmax_portable(&mut want);
+            let mut got = scores.clone();
+            softmax(&mut got);
+            assert_eq!(got, want, "n={n}");
+            let total: f32 = got.iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "n={n}: {total}");
+            let exact_max = scores.iter().cloned().fold(f32::MIN, f32::max);
+            let exact_sum: f64 = scores.iter().map(|&s| ((s - exact_max) as f64).exp()).sum();
+            for (g, s) in got.iter().zip(&scores) {
+                let exact = ((s - exact_max) as f64).exp() / exact_sum;
+                assert!((*g as f64 - exact).abs() < 1e-6, "n={n}");
+            }
+        }
+        let mut masked = [0.5, f32::NEG_INFINITY, 0.5];
+        softmax(&mut masked);
+        assert_eq!(masked, [0.5, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn silu_mul_matches_the_formula_and_its_portable_twin() {
+        for n in [3, 16, 40, 1536] {
+            let gate: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 6.0)
+                .collect();
+            let up: Vec<f32> = (0..n)
+                .map(|i| ((i * 17 % 23) as f32 - 11.0) / 4.0)
+                .collect();
+            let mut want = gate.clone();
+            silu_mul_portable(&mut want, &up);
+            let mut got = gate.clone();
+            silu_mul(&mut got, &up);
+            assert_eq!(got, want, "n={n}");
+            for ((g, x), u) in got.iter().zip(&gate).zip(&up) {
+                let exact = *x as f64 / (1.0 + (-*x as f64).exp()) * *u as f64;
+                assert!((*g as f64 - exact).abs() < 1e-5 * exact.abs().max(1.0));
+            }
+        }
+    }
+}
