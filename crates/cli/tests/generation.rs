@@ -111,17 +111,32 @@ fn perplexity_of_the_first_windows_is_close_to_llama_cpp() {
     let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(refs("ppl_results.json")).unwrap()).unwrap();
-    let want = reference["results"]["SmolLM2-135M-Instruct.Q4_1.gguf"]["running_ppl_per_chunk"][2]
-        .as_f64()
-        .unwrap();
-    let got = r["ppl"].as_f64().unwrap();
+    let want = &reference["results"]["SmolLM2-135M-Instruct.Q4_1.gguf"]["running_ppl_per_chunk"];
     assert_eq!(r["tokens_scored"], 3 * 255);
-    // Three windows are noisier than the full text (whose 1% bound is checked by hand,
-    // see docs/benchmarks.md); 2% here.
-    assert!(
-        (got / want - 1.0).abs() < 0.02,
-        "PPL {got} vs llama.cpp {want}"
-    );
+    for window in 0..3 {
+        let (got, want) = (
+            r["running_ppl_per_chunk"][window].as_f64().unwrap(),
+            want[window].as_f64().unwrap(),
+        );
+        // Our logits are llama.cpp's bit for bit where libm is glibc's (see the engine's
+        // logits test): equal to the reference's four decimals. Elsewhere, within 2 %
+        // (three windows are noisier than the full text's 1 %).
+        if cfg!(all(
+            target_os = "linux",
+            target_env = "gnu",
+            target_arch = "x86_64"
+        )) {
+            assert!(
+                (got - want).abs() <= 6e-5,
+                "window {window}: PPL {got} vs llama.cpp {want}"
+            );
+        } else {
+            assert!(
+                (got / want - 1.0).abs() < 0.02,
+                "window {window}: PPL {got} vs llama.cpp {want}"
+            );
+        }
+    }
 }
 
 fn usage_error(args: &[&str], needle: &str) {

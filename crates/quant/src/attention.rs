@@ -51,28 +51,38 @@ fn halving_tree(acc: &mut [f32], width: usize, slots: usize, count: usize) {
     }
 }
 
+/// Adds term i of k·q into accumulator i % N for the first `n / N · N` terms, in order.
+#[inline(always)]
+fn accumulate<const N: usize>(k: &[u16], q: &[f32]) -> [f32; N] {
+    let mut acc = [0.0f32; N];
+    for (x, y) in k.chunks_exact(N).zip(q.chunks_exact(N)) {
+        for i in 0..N {
+            acc[i] += f16_bits_to_f32(x[i]) * y[i];
+        }
+    }
+    acc
+}
+
 #[inline(always)]
 fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
-    let term = |i: usize| f16_bits_to_f32(k[i]) * q[i];
+    let (k, q) = (&k[..n], &q[..n]);
     match order {
         F16Order::Batched => {
-            let mut acc = [0.0f32; LANES];
-            for i in 0..n {
-                acc[i % LANES] += term(i);
+            let mut acc = accumulate::<LANES>(k, q);
+            let whole = n / LANES * LANES;
+            for (i, (x, y)) in k[whole..].iter().zip(&q[whole..]).enumerate() {
+                acc[i] += f16_bits_to_f32(*x) * y;
             }
             tree_sum(acc)
         }
         F16Order::OneToken => {
+            let mut acc = accumulate::<SLOTS>(k, q);
             let slotted = n / SLOTS * SLOTS;
-            let mut acc = [0.0f32; SLOTS];
-            for i in 0..slotted {
-                acc[i % SLOTS] += term(i);
-            }
             halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
             let mut sum = acc[0] as f64;
-            for i in slotted..n {
-                sum += term(i) as f64;
+            for (x, y) in k[slotted..].iter().zip(&q[slotted..]) {
+                sum += (f16_bits_to_f32(*x) * y) as f64;
             }
             sum as f32
         }

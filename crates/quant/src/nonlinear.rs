@@ -41,12 +41,16 @@ pub fn exp_poly(x: f32) -> f32 {
         .mul_add(b, c4)
         .mul_add(u, c3.mul_add(b, c2))
         .mul_add(u, c1.mul_add(b, 1.0));
+    // j·2ⁿ rounded once, as `vscalefps` does: exact in f64 before the final rounding.
+    // Written without branches (selects only) so that loops over it vectorize.
+    let exponent = n.clamp(-192.0, 192.0) as i32 + 1023;
+    let scaled = (j as f64 * f64::from_bits((exponent as u64) << 52)) as f32;
+    let saturated = if n <= 0.0 { 0.0 } else { f32::INFINITY };
     if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+        saturated
+    } else {
+        scaled
     }
-    // j·2ⁿ rounded once, as `vscalefps` does; exact in f64 before the final rounding.
-    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52);
-    (j as f64 * scale) as f32
 }
 
 /// Σ of 16 values as a halving tree (lane i + lane i+8, then +4, +2, +1): the order of
