@@ -9,6 +9,10 @@
 //! multiply-adds where GGML does, so evaluating one value at a time gives the vector
 //! unit's bits on any CPU.
 
+// Softmax sums are taken over groups of 16, the values one AVX-512 vector holds, each
+// summed in the order of a 512-bit horizontal add: `dot_f32`'s lane tree.
+use crate::dot::{tree_sum, LANES};
+
 /// 1 / √(mean(x²) + eps), with the squares (rounded to f32) summed one by one in f64
 /// and the mean rounded to f32, as GGML's RMSNorm computes it.
 pub fn rms_norm_scale(x: &[f32], eps: f32) -> f32 {
@@ -16,9 +20,6 @@ pub fn rms_norm_scale(x: &[f32], eps: f32) -> f32 {
     let mean = (sum / x.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
 }
-
-/// Values a vector of the AVX-512 build holds: softmax sums are taken over groups of 16.
-const LANES: usize = 16;
 
 /// e^x with GGML's polynomial (within about 2 ulp; overflows to ∞ above 88.38 and
 /// flushes to 0 below -103.97, like GGML's).
@@ -53,20 +54,6 @@ pub fn exp_poly(x: f32) -> f32 {
     }
 }
 
-/// Σ of 16 values as a halving tree (lane i + lane i+8, then +4, +2, +1): the order of
-/// a 512-bit horizontal add.
-#[inline(always)]
-fn lane_sum(mut v: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            v[i] += v[i + width];
-        }
-        width /= 2;
-    }
-    v[0]
-}
-
 #[inline(always)]
 fn softmax_portable(scores: &mut [f32]) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
@@ -77,7 +64,7 @@ fn softmax_portable(scores: &mut [f32]) {
             *s = exp_poly(*s - max);
             *lane = *s;
         }
-        sum += lane_sum(lanes) as f64;
+        sum += tree_sum(lanes) as f64;
     }
     let inverse = (1.0 / sum) as f32;
     for s in scores {
