@@ -185,15 +185,16 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
         logits: Logits,
     ) -> Result<Vec<f32>> {
-        self.forward_one(tokens, start, cache, logits, usize::MAX)
+        self.forward_sequence(tokens, start, cache, logits, usize::MAX)
     }
 
     /// Runs one generated token at `position`; returns its logits.
     pub fn decode(&self, token: u32, position: usize, cache: &mut KvCache<B>) -> Result<Vec<f32>> {
-        self.forward_one(&[token], position, cache, Logits::Last, position)
+        self.forward_sequence(&[token], position, cache, Logits::Last, position)
     }
 
-    fn forward_one(
+    /// `forward` and `decode`: one sequence's tokens, through `forward_batch`.
+    fn forward_sequence(
         &self,
         tokens: &[u32],
         start: usize,
