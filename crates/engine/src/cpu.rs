@@ -271,22 +271,24 @@ impl Backend for CpuBackend {
             }
         }
         out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
-            || (Vec::new(), AttendScratch::default()),
-            |(scores, scratch), (i, out_head)| {
+            || (Vec::new(), Vec::new(), AttendScratch::default()),
+            |(qh, scores, scratch), (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
                 let (blocks, pos, order) = row_of[t];
                 // With an f16 cache GGML multiplies in f16: the query is rounded to f16
                 // too (and `attend_f16` rounds the weights).
-                let qh: Vec<f32> = q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
-                    .iter()
-                    .map(|&v| f16::from_f32(v).to_f32())
-                    .collect();
+                qh.clear();
+                qh.extend(
+                    q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
+                        .iter()
+                        .map(|&v| f16::from_f32(v).to_f32()),
+                );
                 let kv_off = (h / group) * head_dim;
                 let at = |p: usize| pool.offset(layer, kv_slot(blocks, p)) + kv_off;
                 scores.clear();
                 for p in 0..=pos {
                     let key = &pool.k[at(p)..at(p) + head_dim];
-                    scores.push(quant::dot_f16(order, key, &qh) * scale);
+                    scores.push(quant::dot_f16(order, key, qh) * scale);
                 }
                 quant::softmax(scores);
                 let value = |p: usize| &pool.v[at(p)..at(p) + head_dim];

@@ -15,6 +15,7 @@
 
 use crate::dot::{tree_sum, LANES};
 use crate::f16_bits_to_f32;
+use crate::isa::isa_dispatch;
 
 /// Which of llama.cpp's summation orders to reproduce (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,75 +157,23 @@ fn attend_f16_portable<'a>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn dot_f16_avx512(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
-    dot_f16_portable(order, k, q)
+isa_dispatch! {
+    /// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
+    /// (the query rounded to f16).
+    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_portable
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_f16_avx2(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
-    dot_f16_portable(order, k, q)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn attend_f16_avx512<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
-    scratch: &mut AttendScratch,
-) {
-    attend_f16_portable(order, out, weights, value, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn attend_f16_avx2<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
-    scratch: &mut AttendScratch,
-) {
-    attend_f16_portable(order, out, weights, value, scratch)
-}
-
-/// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
-/// (the query rounded to f16).
-pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
-    match crate::selected_isa() {
-        // SAFETY: `selected_isa` only returns ISAs this CPU has.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx512 => unsafe { dot_f16_avx512(order, k, q) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx2 => unsafe { dot_f16_avx2(order, k, q) },
-        _ => dot_f16_portable(order, k, q),
-    }
-}
-
-/// One head's attention output: out = Σₚ f16(weights[p]) · value(p), `value(p)` being
-/// position p's cached values in f16 bits. Each column equals `dot_f16` of that column
-/// of values with the f16-rounded weights.
-pub fn attend_f16<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
-    scratch: &mut AttendScratch,
-) {
-    match crate::selected_isa() {
-        // SAFETY: `selected_isa` only returns ISAs this CPU has.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx512 => unsafe { attend_f16_avx512(order, out, weights, value, scratch) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx2 => unsafe { attend_f16_avx2(order, out, weights, value, scratch) },
-        _ => attend_f16_portable(order, out, weights, value, scratch),
-    }
+isa_dispatch! {
+    /// One head's attention output: out = Σₚ f16(weights[p]) · value(p), `value(p)` being
+    /// position p's cached values in f16 bits. Each column equals `dot_f16` of that column
+    /// of values with the f16-rounded weights.
+    pub fn attend_f16<'a>(
+        order: F16Order,
+        out: &mut [f32],
+        weights: &[f32],
+        value: impl Fn(usize) -> &'a [u16],
+        scratch: &mut AttendScratch,
+    ) => attend_f16_portable
 }
 
 #[cfg(test)]

@@ -59,3 +59,34 @@ pub fn selected_isa() -> Isa {
         }
     })
 }
+
+/// Defines `pub fn $name` running `$portable` compiled for the ISA `selected_isa` picks:
+/// AVX-512 and AVX2 copies carry their target features, so the compiler vectorizes the
+/// same code for each. The copies perform the same operations, so all give the same bits.
+macro_rules! isa_dispatch {
+    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident) => {
+        $(#[$doc])*
+        pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            fn avx512 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
+                $portable($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn avx2 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
+                $portable($($arg),*)
+            }
+            match crate::selected_isa() {
+                // SAFETY: `selected_isa` only returns ISAs this CPU has.
+                #[cfg(target_arch = "x86_64")]
+                crate::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                crate::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $portable($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use isa_dispatch;

@@ -12,6 +12,7 @@
 // Softmax sums are taken over groups of 16, the values one AVX-512 vector holds, each
 // summed in the order of a 512-bit horizontal add: `dot_f32`'s lane tree.
 use crate::dot::{tree_sum, LANES};
+use crate::isa::isa_dispatch;
 
 /// 1 / √(mean(x²) + eps), with the squares (rounded to f32) summed one by one in f64
 /// and the mean rounded to f32, as GGML's RMSNorm computes it.
@@ -85,58 +86,18 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn softmax_avx512(scores: &mut [f32]) {
-    softmax_portable(scores)
+isa_dispatch! {
+    /// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
+    /// groups of 16 scores (the last one padded with zeros) added into an f64, and the
+    /// division done as a multiplication by the f32-rounded inverse.
+    pub fn softmax(scores: &mut [f32]) => softmax_portable
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_avx2(scores: &mut [f32]) {
-    softmax_portable(scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
-    silu_mul_portable(gate, up)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
-    silu_mul_portable(gate, up)
-}
-
-/// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
-/// groups of 16 scores (the last one padded with zeros) added into an f64, and the
-/// division done as a multiplication by the f32-rounded inverse.
-pub fn softmax(scores: &mut [f32]) {
-    match crate::selected_isa() {
-        // SAFETY: `selected_isa` only returns ISAs this CPU has.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx512 => unsafe { softmax_avx512(scores) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx2 => unsafe { softmax_avx2(scores) },
-        _ => softmax_portable(scores),
-    }
-}
-
-/// SwiGLU's gate: gate[i] = silu(gate[i]) · up[i], silu(x) = x / (1 + e^-x), per row of
-/// `gate.len()` values (a partial last group of 16 uses the C library's exp, as GGML's
-/// scalar tail does).
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    match crate::selected_isa() {
-        // SAFETY: `selected_isa` only returns ISAs this CPU has.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx512 => unsafe { silu_mul_avx512(gate, up) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        crate::Isa::Avx2 => unsafe { silu_mul_avx2(gate, up) },
-        _ => silu_mul_portable(gate, up),
-    }
+isa_dispatch! {
+    /// SwiGLU's gate: gate[i] = silu(gate[i]) · up[i], silu(x) = x / (1 + e^-x), per row of
+    /// `gate.len()` values (a partial last group of 16 uses the C library's exp, as GGML's
+    /// scalar tail does).
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) => silu_mul_portable
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! rotated value is one fused multiply-add over the other rounded product. Both
 //! matter: a one-ulp change in a rotated key is enough to move a logit by tenths.
 
+use crate::isa::isa_dispatch;
+
 /// base^(-2/dims) as GGML computes it (f32 `powf`): the ratio of consecutive pairs'
 /// angles.
 pub fn rope_theta_scale(freq_base: f32, dims: usize) -> f32 {
@@ -46,21 +48,10 @@ fn rotate_portable(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn rotate_fma(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
-    rotate_portable(head, cos, sin, neox)
-}
-
-/// Rotates the pairs of one head by the angles of `rope_angles`: pairs (2i, 2i+1), or
-/// (i, i + pairs) in NeoX order; dimensions past the pairs are left alone.
-pub fn rope_rotate(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() != crate::Isa::Scalar {
-        // SAFETY: every vector ISA `selected_isa` returns includes AVX2 and FMA.
-        return unsafe { rotate_fma(head, cos, sin, neox) };
-    }
-    rotate_portable(head, cos, sin, neox)
+isa_dispatch! {
+    /// Rotates the pairs of one head by the angles of `rope_angles`: pairs (2i, 2i+1), or
+    /// (i, i + pairs) in NeoX order; dimensions past the pairs are left alone.
+    pub fn rope_rotate(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) => rotate_portable
 }
 
 #[cfg(test)]
