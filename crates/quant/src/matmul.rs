@@ -196,11 +196,37 @@ fn tokens<K: Kernel, const N: usize>(
 ) {
     let group = x.group::<N>(t);
     for r in r0..(r0 + ROW_TILE).min(w.rows) {
+        prefetch_ahead(w, r);
         let v = K::dotn(w.ty, w.row(r), &group);
         for (i, v) in v.into_iter().enumerate() {
             // SAFETY: (t + i)·rows + r is in bounds (sizes checked in `matmul`) and row
             // r belongs to this tile only, so no two workers write the same element.
             unsafe { *out.at((t + i) * w.rows + r) = v };
+        }
+    }
+}
+
+/// Bytes of weights requested ahead of the row being computed.
+const PREFETCH_BYTES: usize = 4096;
+
+/// Asks for the cache lines `PREFETCH_BYTES` ahead of row `r`'s: the dot-product loop
+/// is too long for out-of-order execution alone to keep enough loads in flight.
+#[inline(always)]
+fn prefetch_ahead(w: &QMatrix, r: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let row = w.row_bytes();
+        let start = r * row + PREFETCH_BYTES;
+        let end = (start + row).min(w.data.len());
+        let mut at = start;
+        while at < end {
+            // SAFETY: `at` is inside `w.data`; prefetching has no other effect.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    w.data.as_ptr().add(at) as *const i8,
+                )
+            };
+            at += 64;
         }
     }
 }
