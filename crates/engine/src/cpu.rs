@@ -1,13 +1,16 @@
-//! The CPU backend: weights stay quantized in the memory-mapped file; activations are
-//! f32 (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split across threads by rows or heads.
+//! The CPU backend: weights stay quantized in the memory-mapped file, or, for the AVX-512
+//! kernels, are repacked once into four-row groups (`quant::pack`); activations are f32
+//! (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split
+//! across threads by rows or heads.
 
 use crate::backend::{kv_slot, read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
-use quant::{AttendScratch, F16Order, QMatrix};
+use quant::{AttendScratch, F16Order, Isa, Layout, QMatrix};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// f32 activations, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,8 +26,15 @@ impl CpuBuffer {
     }
 }
 
-/// A tensor borrowed from the mapped file (matrices), or decoded to f32 (vectors).
+/// A tensor borrowed from the mapped file or repacked (matrices), or decoded to f32
+/// (vectors).
 pub enum CpuWeight {
+    Packed {
+        data: Arc<Vec<u8>>,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+    },
     Quantized {
         file: Arc<GgufFile>,
         start: usize,
@@ -39,6 +49,18 @@ pub enum CpuWeight {
 impl CpuWeight {
     fn matrix(&self) -> QMatrix<'_> {
         match self {
+            CpuWeight::Packed {
+                data,
+                ty,
+                rows,
+                cols,
+            } => QMatrix {
+                ty: *ty,
+                data,
+                rows: *rows,
+                cols: *cols,
+                layout: Layout::Packed,
+            },
             CpuWeight::Quantized {
                 file,
                 start,
@@ -51,12 +73,14 @@ impl CpuWeight {
                 data: &file.tensor_bytes()[*start..*start + *len],
                 rows: *rows,
                 cols: *cols,
+                layout: Layout::RowMajor,
             },
             CpuWeight::Dense(v) => QMatrix {
                 ty: GgmlType::F32,
                 data: bytemuck_f32(v),
                 rows: 1,
                 cols: v.len(),
+                layout: Layout::RowMajor,
             },
         }
     }
@@ -64,7 +88,7 @@ impl CpuWeight {
     fn dense(&self) -> &[f32] {
         match self {
             CpuWeight::Dense(v) => v,
-            CpuWeight::Quantized { .. } => &[],
+            CpuWeight::Quantized { .. } | CpuWeight::Packed { .. } => &[],
         }
     }
 }
@@ -88,12 +112,19 @@ impl CpuKvPool {
     }
 }
 
+/// A tensor's identity: its file's address and its offset in the file.
+type TensorKey = (usize, u64);
+
 #[derive(Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// Repacked matrices by (file, tensor offset): a tensor used twice (a tied
+    /// embedding and output) is packed once.
+    packed: Mutex<HashMap<TensorKey, Arc<Vec<u8>>>>,
+}
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend
+        CpuBackend::default()
     }
 }
 
@@ -114,6 +145,24 @@ impl Backend for CpuBackend {
         let info = view.info;
         let (rows, cols) = (info.n_rows() as usize, info.row_len() as usize);
         QMatrix::new(info.ty, view.data, rows, cols)?;
+        if quant::packable(info.ty) && quant::selected_isa() == Isa::Avx512 {
+            let key = (Arc::as_ptr(file) as usize, info.offset);
+            let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+            let data = cache
+                .entry(key)
+                .or_insert_with(|| {
+                    let packed = quant::pack(info.ty, view.data, rows, cols);
+                    file.release(info);
+                    Arc::new(packed)
+                })
+                .clone();
+            return Ok(CpuWeight::Packed {
+                data,
+                ty: info.ty,
+                rows,
+                cols,
+            });
+        }
         Ok(CpuWeight::Quantized {
             file: file.clone(),
             start: (info.offset) as usize,

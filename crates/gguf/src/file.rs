@@ -62,6 +62,26 @@ impl GgufFile {
         Ok(self.view(info))
     }
 
+    /// Drops this process's pages of `info`'s bytes once they have been copied elsewhere:
+    /// they leave the resident set, and come back from the page cache if read again.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let start = (self.gguf.data_offset + info.offset) as usize;
+            // SAFETY: a read-only shared file mapping holds no changes to lose; a page
+            // read again is faulted back in from the file.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    info.size as usize,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.gguf.tensors.iter().map(|t| self.view(t))
     }

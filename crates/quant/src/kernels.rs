@@ -34,6 +34,9 @@ pub struct TokenGroup<'a, const N: usize> {
     pub rows: [&'a [u8]; N],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    /// Q8_0 activations only: −128 × Σ of each lane's four values, eight per block, in
+    /// `d`'s order (see `kernels_packed`).
+    pub bias: &'a [i32],
 }
 
 /// A dot-product kernel: one weight row (in `ty`) · one activation row (in its partner

@@ -9,19 +9,23 @@ mod dot;
 mod isa;
 mod kernels;
 #[cfg(target_arch = "x86_64")]
+mod kernels_packed;
+#[cfg(target_arch = "x86_64")]
 mod kernels_x86;
 mod kquants;
 mod legacy;
 mod matmul;
 mod nonlinear;
+mod packed;
 mod rope;
 
 pub use attention::{attend_f16, dot_f16, AttendScratch, F16Order};
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
-pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, QMatrix};
+pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix};
 pub use nonlinear::{exp_poly, rms_norm_scale, silu_mul, softmax};
+pub use packed::{pack, packable, packed_len};
 pub use rope::{rope_angles, rope_rotate, rope_theta_scale};
 
 use gguf::GgmlType;

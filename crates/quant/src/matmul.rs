@@ -8,6 +8,7 @@
 
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
+use crate::packed::{group_bytes, packable, packed_len, unpack_block, PACK_ROWS};
 use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
@@ -20,13 +21,23 @@ const ROW_TILE: usize = 16;
 /// each weight block is loaded and unpacked once for all of them.
 const TOKEN_BLOCK: usize = 8;
 
-/// A row-major matrix of `rows` × `cols` values stored in a GGML block format.
+/// How a matrix's blocks are ordered in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// GGML's: row after row.
+    RowMajor,
+    /// Four rows interleaved block by block (`packed`), for the AVX-512 kernels.
+    Packed,
+}
+
+/// A matrix of `rows` × `cols` values stored in a GGML block format.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
     pub ty: GgmlType,
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    pub layout: Layout,
 }
 
 impl<'a> QMatrix<'a> {
@@ -58,7 +69,28 @@ impl<'a> QMatrix<'a> {
             data,
             rows,
             cols,
+            layout: Layout::RowMajor,
         })
+    }
+
+    /// A matrix in the packed layout (see `packed::pack`).
+    pub fn packed(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
+        if !packable(ty) {
+            return Err(QuantError::Unsupported(ty));
+        }
+        let mut m = QMatrix::new(ty, &[], 0, cols)?;
+        let expected = packed_len(ty, rows, cols);
+        if data.len() != expected {
+            return Err(QuantError::WrongSize {
+                ty,
+                rows,
+                cols,
+                expected,
+                actual: data.len(),
+            });
+        }
+        (m.data, m.rows, m.layout) = (data, rows, Layout::Packed);
+        Ok(m)
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -72,12 +104,21 @@ impl<'a> QMatrix<'a> {
     /// Decodes row `r` into `out` (`cols` values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (dequant, _) = block_fns(self.ty).expect("checked in QMatrix::new");
-        for (block, values) in self
-            .row(r)
-            .chunks_exact(self.ty.type_size())
-            .zip(out.chunks_exact_mut(self.ty.block_size()))
-        {
-            dequant(block, values);
+        let values = out.chunks_exact_mut(self.ty.block_size());
+        match self.layout {
+            Layout::RowMajor => {
+                for (block, values) in self.row(r).chunks_exact(self.ty.type_size()).zip(values) {
+                    dequant(block, values);
+                }
+            }
+            Layout::Packed => {
+                let mut block = [0u8; 64];
+                let block = &mut block[..self.ty.type_size()];
+                for (b, values) in values.enumerate() {
+                    unpack_block(self.ty, self.data, self.cols, r, b, block);
+                    dequant(block, values);
+                }
+            }
         }
     }
 }
@@ -103,6 +144,9 @@ pub(crate) struct Activations {
     /// Group starting at token t: its scales start at `t · blocks_per_row`.
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Q8_0 only: −128 × each lane's sum of four values, laid out like `d` with eight
+    /// lanes per block (the packed kernels' correction for unsigned weights).
+    bias: Vec<i32>,
 }
 
 /// The token groups of a call: 8 at a time, then 4, 2 and 1, so that small batches
@@ -135,19 +179,30 @@ impl Activations {
                     n_tokens,
                     d: Vec::new(),
                     s: Vec::new(),
+                    bias: Vec::new(),
                 }
             }
         };
         let per_row = bytes.len() / n_tokens.max(1) / block;
         let mut d = Vec::with_capacity(n_tokens * per_row);
         let mut s = Vec::with_capacity(if sum_at.is_some() { d.capacity() } else { 0 });
+        let mut bias = Vec::with_capacity(if sum_at.is_none() {
+            8 * d.capacity()
+        } else {
+            0
+        });
         for (t0, size) in token_groups(n_tokens) {
             for b in 0..per_row {
                 for t in t0..t0 + size {
                     let at = (t * per_row + b) * block;
                     d.push(f16_at(&bytes, at));
-                    if let Some(o) = sum_at {
-                        s.push(f16_at(&bytes, at + o));
+                    match sum_at {
+                        Some(o) => s.push(f16_at(&bytes, at + o)),
+                        None => {
+                            bias.extend(bytes[at + 2..at + block].chunks_exact(4).map(|lane| {
+                                -128 * lane.iter().map(|&q| q as i8 as i32).sum::<i32>()
+                            }))
+                        }
                     }
                 }
             }
@@ -157,6 +212,7 @@ impl Activations {
             n_tokens,
             d,
             s,
+            bias,
         }
     }
 
@@ -167,7 +223,8 @@ impl Activations {
         TokenGroup {
             rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
             d: self.d.get(range.clone()).unwrap_or(&[]),
-            s: self.s.get(range).unwrap_or(&[]),
+            s: self.s.get(range.clone()).unwrap_or(&[]),
+            bias: self.bias.get(range.start * 8..range.end * 8).unwrap_or(&[]),
         }
     }
 }
@@ -196,7 +253,7 @@ fn tokens<K: Kernel, const N: usize>(
 ) {
     let group = x.group::<N>(t);
     for r in r0..(r0 + ROW_TILE).min(w.rows) {
-        prefetch_ahead(w, r);
+        prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
         let v = K::dotn(w.ty, w.row(r), &group);
         for (i, v) in v.into_iter().enumerate() {
             // SAFETY: (t + i)·rows + r is in bounds (sizes checked in `matmul`) and row
@@ -209,21 +266,21 @@ fn tokens<K: Kernel, const N: usize>(
 /// Bytes of weights requested ahead of the row being computed.
 const PREFETCH_BYTES: usize = 4096;
 
-/// Asks for the cache lines `PREFETCH_BYTES` ahead of row `r`'s: the dot-product loop
-/// is too long for out-of-order execution alone to keep enough loads in flight.
+/// Asks for the cache lines `PREFETCH_BYTES` ahead of `data[at..at + len]`, the weights
+/// about to be used: the dot-product loop is too long for out-of-order execution alone
+/// to keep enough loads in flight.
 #[inline(always)]
-fn prefetch_ahead(w: &QMatrix, r: usize) {
+fn prefetch_ahead(data: &[u8], at: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let row = w.row_bytes();
-        let start = r * row + PREFETCH_BYTES;
-        let end = (start + row).min(w.data.len());
+        let start = at + PREFETCH_BYTES;
+        let end = (start + len).min(data.len());
         let mut at = start;
         while at < end {
             // SAFETY: `at` is inside `w.data`; prefetching has no other effect.
             unsafe {
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                    w.data.as_ptr().add(at) as *const i8,
+                    data.as_ptr().add(at) as *const i8,
                 )
             };
             at += 64;
@@ -301,6 +358,41 @@ macro_rules! x86_tile {
     };
 }
 
+/// `tile` over a packed matrix: four rows per kernel call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn packed_tile(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    for (t, size) in token_groups(x.n_tokens) {
+        match size {
+            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK>(w, x, t, r0, out),
+            4 => packed_tokens::<4>(w, x, t, r0, out),
+            2 => packed_tokens::<2>(w, x, t, r0, out),
+            _ => packed_tokens::<1>(w, x, t, r0, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn packed_tokens<const N: usize>(w: &QMatrix, x: &Activations, t: usize, r0: usize, out: OutPtr) {
+    let group = x.group::<N>(t);
+    let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
+    for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(PACK_ROWS) {
+        let at = r / PACK_ROWS * bytes;
+        prefetch_ahead(w.data, at, bytes);
+        // SAFETY: `matmul` checked AVX-512 VNNI is available before any packed tile runs.
+        let v = unsafe {
+            crate::kernels_packed::dot4_packed::<N>(w.ty, &w.data[at..at + bytes], &group)
+        };
+        for (i, v) in v.into_iter().enumerate() {
+            for (k, v) in v.into_iter().enumerate().take(w.rows - r) {
+                // SAFETY: as in `tokens`; rows r..r + 4 belong to this tile only.
+                unsafe { *out.at((t + i) * w.rows + r + k) = v };
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 x86_tile!(tile_avx2, avx2, "avx2,fma,f16c");
 #[cfg(target_arch = "x86_64")]
@@ -335,6 +427,10 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         isa.name()
     );
     let Some(first) = ws.first() else { return };
+    assert!(
+        isa == Isa::Avx512 || ws.iter().all(|w| w.layout == Layout::RowMajor),
+        "packed weights need the AVX-512 kernels"
+    );
     let n_tokens = x.len() / first.cols;
     let mut quantized: Vec<(GgmlType, Activations)> = Vec::new();
     let mut tiles = Vec::new();
@@ -359,6 +455,9 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         let x = &quantized[q].1;
         match isa {
             // SAFETY: `isa` is available on this CPU (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if w.layout == Layout::Packed => unsafe { packed_tile(w, x, r0, ptr) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { tile_avx512(w, x, r0, ptr) },
             // SAFETY: as above.

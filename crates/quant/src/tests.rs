@@ -244,6 +244,24 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                 );
             }
         }
+        if packable(ty) && Isa::Avx512.is_available() {
+            let packed_bytes = pack(ty, &bytes, rows, cols);
+            let p = QMatrix::packed(ty, &packed_bytes, rows, cols).unwrap();
+            let mut packed_out = vec![0.0; n * rows];
+            matmul_with(Isa::Avx512, &p, &x, &mut packed_out);
+            assert!(packed_out == out, "{ty}: packed kernels differ");
+            for t in [0, 5, n - 1] {
+                let mut one = vec![0.0; rows];
+                matmul_with(Isa::Avx512, &p, &x[t * cols..(t + 1) * cols], &mut one);
+                assert_eq!(one, out[t * rows..(t + 1) * rows], "{ty}: packed token {t}");
+            }
+            let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+            for r in 0..rows {
+                w.dequantize_row(r, &mut a);
+                p.dequantize_row(r, &mut b);
+                assert_eq!(a, b, "{ty}: packed row {r} decodes differently");
+            }
+        }
         for t in 0..n {
             let mut one = vec![0.0; rows];
             matmul(&w, &x[t * cols..(t + 1) * cols], &mut one);
