@@ -334,11 +334,8 @@ impl Backend for CpuBackend {
                 );
                 let kv_off = (h / group) * head_dim;
                 let at = |p: usize| pool.offset(layer, kv_slot(blocks, p)) + kv_off;
-                scores.clear();
-                for p in 0..=pos {
-                    let key = &pool.k[at(p)..at(p) + head_dim];
-                    scores.push(quant::dot_f16(order, key, qh) * scale);
-                }
+                let key = |p: usize| &pool.k[at(p)..at(p) + head_dim];
+                quant::attention_scores(order, qh, pos + 1, key, scale, scores);
                 quant::softmax(scores);
                 let value = |p: usize| &pool.v[at(p)..at(p) + head_dim];
                 quant::attend_f16(order, out_head, scores, value, scratch);

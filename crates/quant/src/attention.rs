@@ -52,25 +52,64 @@ fn halving_tree(acc: &mut [f32], width: usize, slots: usize, count: usize) {
     }
 }
 
+/// Exact widening of 16 f16 values (bits) to f32.
+trait Widen {
+    fn widen16(src: &[u16]) -> [f32; 16];
+}
+
+/// By bit manipulation: any CPU.
+struct Bits;
+impl Widen for Bits {
+    #[inline(always)]
+    fn widen16(src: &[u16]) -> [f32; 16] {
+        std::array::from_fn(|i| f16_bits_to_f32(src[i]))
+    }
+}
+
+/// By the F16C instruction: only inside code compiled with F16C (`isa_dispatch`'s x86
+/// copies).
+#[cfg(target_arch = "x86_64")]
+struct F16c;
+#[cfg(target_arch = "x86_64")]
+impl Widen for F16c {
+    #[inline(always)]
+    fn widen16(src: &[u16]) -> [f32; 16] {
+        use core::arch::x86_64::*;
+        assert!(src.len() >= 16);
+        // SAFETY: 16 values are readable (asserted); F16C is enabled where this inlines.
+        unsafe {
+            let p = src.as_ptr() as *const __m128i;
+            let halves = [
+                _mm256_cvtph_ps(_mm_loadu_si128(p)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+            ];
+            std::mem::transmute::<[__m256; 2], [f32; 16]>(halves)
+        }
+    }
+}
+
 /// Adds term i of k·q into accumulator i % N for the first `n / N · N` terms, in order.
 #[inline(always)]
-fn accumulate<const N: usize>(k: &[u16], q: &[f32]) -> [f32; N] {
+fn accumulate<W: Widen, const N: usize>(k: &[u16], q: &[f32]) -> [f32; N] {
     let mut acc = [0.0f32; N];
     for (x, y) in k.chunks_exact(N).zip(q.chunks_exact(N)) {
-        for i in 0..N {
-            acc[i] += f16_bits_to_f32(x[i]) * y[i];
+        for j in (0..N).step_by(16) {
+            let x = W::widen16(&x[j..]);
+            for i in 0..16 {
+                acc[j + i] += x[i] * y[j + i];
+            }
         }
     }
     acc
 }
 
 #[inline(always)]
-fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+fn dot_f16_with<W: Widen>(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let (k, q) = (&k[..n], &q[..n]);
     match order {
         F16Order::Batched => {
-            let mut acc = accumulate::<LANES>(k, q);
+            let mut acc = accumulate::<W, LANES>(k, q);
             let whole = n / LANES * LANES;
             for (i, (x, y)) in k[whole..].iter().zip(&q[whole..]).enumerate() {
                 acc[i] += f16_bits_to_f32(*x) * y;
@@ -78,7 +117,7 @@ fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
             tree_sum(acc)
         }
         F16Order::OneToken => {
-            let mut acc = accumulate::<SLOTS>(k, q);
+            let mut acc = accumulate::<W, SLOTS>(k, q);
             let slotted = n / SLOTS * SLOTS;
             halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
             let mut sum = acc[0] as f64;
@@ -90,6 +129,57 @@ fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
     }
 }
 
+fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    dot_f16_with::<Bits>(order, k, q)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn dot_f16_f16c(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+    dot_f16_with::<F16c>(order, k, q)
+}
+
+#[inline(always)]
+fn scores_with<'a, W: Widen>(
+    order: F16Order,
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [u16],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    // A plain loop, not an iterator adaptor: its closure would be compiled outside the
+    // caller's target features, and F16C would not inline into it.
+    scores.clear();
+    for p in 0..keys {
+        scores.push(dot_f16_with::<W>(order, key(p), q) * scale);
+    }
+}
+
+fn scores_portable<'a>(
+    order: F16Order,
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [u16],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    scores_with::<Bits>(order, q, keys, key, scale, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn scores_f16c<'a>(
+    order: F16Order,
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [u16],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    scores_with::<F16c>(order, q, keys, key, scale, scores)
+}
+
 /// Scratch space of `attend_f16`, kept between calls so that no call allocates.
 #[derive(Default)]
 pub struct AttendScratch {
@@ -98,7 +188,7 @@ pub struct AttendScratch {
 }
 
 #[inline(always)]
-fn attend_f16_portable<'a>(
+fn attend_f16_with<'a, W: Widen>(
     order: F16Order,
     out: &mut [f32],
     weights: &[f32],
@@ -122,14 +212,25 @@ fn attend_f16_portable<'a>(
         let w = half::f16::from_f32(w).to_f32();
         let lane = &mut acc[p % slots * width..][..width];
         let v = value(p);
-        if p < slots {
-            for (a, &x) in lane.iter_mut().zip(v) {
-                *a = w * f16_bits_to_f32(x);
+        // Widened 16 at a time in registers: a round trip through memory would stall
+        // on store forwarding.
+        let whole = width / 16 * 16;
+        for j in (0..whole).step_by(16) {
+            let x = W::widen16(&v[j..]);
+            let a = &mut lane[j..j + 16];
+            if p < slots {
+                for i in 0..16 {
+                    a[i] = w * x[i];
+                }
+            } else {
+                for i in 0..16 {
+                    a[i] += w * x[i];
+                }
             }
-        } else {
-            for (a, &x) in lane.iter_mut().zip(v) {
-                *a += w * f16_bits_to_f32(x);
-            }
+        }
+        for j in whole..width {
+            let x = f16_bits_to_f32(v[j]);
+            lane[j] = if p < slots { w * x } else { lane[j] + w * x };
         }
     }
     halving_tree(acc, width, slots, used);
@@ -157,10 +258,45 @@ fn attend_f16_portable<'a>(
     }
 }
 
+fn attend_f16_portable<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    attend_f16_with::<Bits>(order, out, weights, value, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn attend_f16_f16c<'a>(
+    order: F16Order,
+    out: &mut [f32],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [u16],
+    scratch: &mut AttendScratch,
+) {
+    attend_f16_with::<F16c>(order, out, weights, value, scratch)
+}
+
 isa_dispatch! {
     /// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
     /// (the query rounded to f16).
-    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_portable
+    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_portable, x86: dot_f16_f16c
+}
+
+isa_dispatch! {
+    /// One query's attention scores: `scores[p] = dot_f16(order, key(p), q) · scale` for
+    /// the `keys` positions (one call for all of them keeps dispatch out of the loop).
+    pub fn attention_scores<'a>(
+        order: F16Order,
+        q: &[f32],
+        keys: usize,
+        key: impl Fn(usize) -> &'a [u16],
+        scale: f32,
+        scores: &mut Vec<f32>,
+    ) => scores_portable, x86: scores_f16c
 }
 
 isa_dispatch! {
@@ -173,7 +309,7 @@ isa_dispatch! {
         weights: &[f32],
         value: impl Fn(usize) -> &'a [u16],
         scratch: &mut AttendScratch,
-    ) => attend_f16_portable
+    ) => attend_f16_portable, x86: attend_f16_f16c
 }
 
 #[cfg(test)]

@@ -63,19 +63,26 @@ pub fn selected_isa() -> Isa {
 /// Defines `pub fn $name` running `$portable` compiled for the ISA `selected_isa` picks:
 /// AVX-512 and AVX2 copies carry their target features, so the compiler vectorizes the
 /// same code for each. The copies perform the same operations, so all give the same bits.
+/// With `x86: $x86`, the x86 copies run `$x86` instead: the same computation written with
+/// helpers (such as `F16c`) that need those features.
 macro_rules! isa_dispatch {
     ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident) => {
+        isa_dispatch! {
+            $(#[$doc])* pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? => $portable, x86: $portable
+        }
+    };
+    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident, x86: $x86:ident) => {
         $(#[$doc])*
         pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
             fn avx512 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
-                $portable($($arg),*)
+                $x86($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
             fn avx2 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
-                $portable($($arg),*)
+                $x86($($arg),*)
             }
             match crate::selected_isa() {
                 // SAFETY: `selected_isa` only returns ISAs this CPU has.

@@ -19,7 +19,7 @@ mod nonlinear;
 mod packed;
 mod rope;
 
-pub use attention::{attend_f16, dot_f16, AttendScratch, F16Order};
+pub use attention::{attend_f16, attention_scores, dot_f16, AttendScratch, F16Order};
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
