@@ -1,13 +1,14 @@
 //! Kernel micro-benchmarks: one quantized matmul of a 1536 × 576 weight matrix (the
 //! default model's FFN shape) per weight type and instruction set, for one token (weight
 //! bandwidth, reported as bytes/s of weights) and for 64 tokens (reported as elements/s,
-//! i.e. multiply-adds/s; ×2 for FLOP/s).
+//! i.e. multiply-adds/s; ×2 for FLOP/s). `avx512-packed` is the four-row packed layout the
+//! CPU backend uses for Q4_0, Q4_1 and Q8_0 on AVX-512 machines.
 //!
 //! `cargo bench -p quant`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gguf::GgmlType;
-use quant::{matmul_with, quantize, Isa, QMatrix};
+use quant::{matmul_with, pack, packable, quantize, Isa, QMatrix};
 
 const ROWS: usize = 1536;
 const COLS: usize = 576;
@@ -29,6 +30,11 @@ fn kernels(c: &mut Criterion) {
     ] {
         let bytes = quantize(ty, &weights).expect("quantizable");
         let w = QMatrix::new(ty, &bytes, ROWS, COLS).expect("shape");
+        let packed_bytes = packable(ty).then(|| pack(ty, &bytes, ROWS, COLS));
+        let packed = packed_bytes
+            .as_deref()
+            .filter(|_| Isa::Avx512.is_available())
+            .map(|p| QMatrix::packed(ty, p, ROWS, COLS).expect("shape"));
         for tokens in [1usize, 64] {
             let x: Vec<f32> = (0..tokens * COLS).map(|i| (i % 13) as f32 / 13.0).collect();
             let mut out = vec![0.0; tokens * ROWS];
@@ -41,6 +47,11 @@ fn kernels(c: &mut Criterion) {
             for &isa in &isas {
                 group.bench_with_input(BenchmarkId::from_parameter(isa.name()), &isa, |b, &isa| {
                     b.iter(|| matmul_with(isa, &w, &x, &mut out))
+                });
+            }
+            if let Some(p) = &packed {
+                group.bench_function("avx512-packed", |b| {
+                    b.iter(|| matmul_with(Isa::Avx512, p, &x, &mut out))
                 });
             }
             group.finish();
