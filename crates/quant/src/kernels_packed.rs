@@ -48,20 +48,31 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
         Q4_1 => (80, 36, 4),
         _ => (136, 34, 2),
     };
-    // Row i's scale to the four lanes that hold row i's sums.
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let low4 = _mm512_set1_epi8(0x0f);
     let mut acc_lo = [_mm512_setzero_ps(); N];
     let mut acc_hi = [_mm512_setzero_ps(); N];
+    // Q4_1's m_w·s_a terms: four tokens × four rows per register when N allows it,
+    // else one token's four rows per 128-bit register.
     let mut offsets = [_mm_setzero_ps(); N];
+    let mut offsets_by_4 = [_mm512_setzero_ps(); 2];
     for b in 0..w.len() / group {
         let p = w.as_ptr().add(b * group);
-        let dw = four_f16(p);
+        // Row i's scale in the four lanes that hold row i's sums.
+        let dw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four_f16(p)));
         let mw = if KIND == Q4_1 {
             four_f16(p.add(8))
         } else {
             _mm_setzero_ps()
         };
+        if KIND == Q4_1 && N >= 4 {
+            let mw = _mm512_broadcast_f32x4(mw);
+            for (q, off) in offsets_by_4.iter_mut().enumerate().take(N / 4) {
+                let s4 = _mm_loadu_ps(g.s.as_ptr().add(b * N + 4 * q));
+                let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
+                *off = _mm512_add_ps(*off, _mm512_mul_ps(mw, s));
+            }
+        }
         let (w_lo, w_hi) = if KIND == Q8_0 {
             (
                 _mm512_loadu_si512(p.add(8) as *const _),
@@ -92,11 +103,10 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
             };
             let lanes_lo = _mm512_dpbusd_epi32(init_lo, w_lo, repeat16(x));
             let lanes_hi = _mm512_dpbusd_epi32(init_hi, w_hi, repeat16(x.add(16)));
-            let d = _mm_mul_ps(dw, _mm_set1_ps(*g.d.get_unchecked(b * N + n)));
-            let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*g.d.get_unchecked(b * N + n)));
             acc_lo[n] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes_lo), acc_lo[n]);
             acc_hi[n] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes_hi), acc_hi[n]);
-            if KIND == Q4_1 {
+            if KIND == Q4_1 && N < 4 {
                 let m = _mm_mul_ps(mw, _mm_set1_ps(*g.s.get_unchecked(b * N + n)));
                 offsets[n] = _mm_add_ps(offsets[n], m);
             }
@@ -104,6 +114,15 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
     }
     // `LaneSums::total` for four rows at once: lane k + k+4, then k + k+2, then k + k+1.
     let firsts = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    if KIND == Q4_1 && N >= 4 {
+        let mut lanes = [0.0f32; 16];
+        for n in 0..N {
+            if n % 4 == 0 {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), offsets_by_4[n / 4]);
+            }
+            offsets[n] = _mm_loadu_ps(lanes.as_ptr().add(4 * (n % 4)));
+        }
+    }
     let mut out = [[0.0f32; 4]; N];
     for n in 0..N {
         let t = _mm512_add_ps(acc_lo[n], acc_hi[n]);

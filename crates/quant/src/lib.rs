@@ -131,13 +131,30 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
     check_len(ty, x.len())?;
     let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
+    quantize_blocks(quant, ty, x, &mut out);
+    Ok(out)
+}
+
+/// `quantize` split across threads (blocks are independent, so the bytes are the same).
+pub(crate) fn quantize_parallel(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    use rayon::prelude::*;
+    const BLOCKS_PER_TASK: usize = 64;
+    let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
+    check_len(ty, x.len())?;
+    let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
+    out.par_chunks_mut(BLOCKS_PER_TASK * ty.type_size())
+        .zip(x.par_chunks(BLOCKS_PER_TASK * ty.block_size()))
+        .for_each(|(out, x)| quantize_blocks(quant, ty, x, out));
+    Ok(out)
+}
+
+fn quantize_blocks(quant: QuantFn, ty: GgmlType, x: &[f32], out: &mut [u8]) {
     for (values, block) in x
         .chunks_exact(ty.block_size())
         .zip(out.chunks_exact_mut(ty.type_size()))
     {
         quant(values, block);
     }
-    Ok(out)
 }
 
 pub(crate) fn f32_at(b: &[u8], at: usize) -> f32 {
