@@ -169,7 +169,7 @@ fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
 impl Activations {
     fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
         // Split across threads when there is enough to share (prompts, batches).
-        let bytes = if x.len() >= 4 * ty.block_size() * 64 {
+        let bytes = if x.len() >= 2 * ty.block_size() * 64 {
             quantize_parallel(ty, x)
         } else {
             quantize(ty, x)
