@@ -129,16 +129,6 @@ fn dot_f16_with<W: Widen>(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
     }
 }
 
-fn dot_f16_portable(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
-    dot_f16_with::<Bits>(order, k, q)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn dot_f16_f16c(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
-    dot_f16_with::<F16c>(order, k, q)
-}
-
 #[inline(always)]
 fn scores_with<'a, W: Widen>(
     order: F16Order,
@@ -154,30 +144,6 @@ fn scores_with<'a, W: Widen>(
     for p in 0..keys {
         scores.push(dot_f16_with::<W>(order, key(p), q) * scale);
     }
-}
-
-fn scores_portable<'a>(
-    order: F16Order,
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [u16],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
-    scores_with::<Bits>(order, q, keys, key, scale, scores)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn scores_f16c<'a>(
-    order: F16Order,
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [u16],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
-    scores_with::<F16c>(order, q, keys, key, scale, scores)
 }
 
 /// Scratch space of `attend_f16`, kept between calls so that no call allocates.
@@ -258,32 +224,10 @@ fn attend_f16_with<'a, W: Widen>(
     }
 }
 
-fn attend_f16_portable<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
-    scratch: &mut AttendScratch,
-) {
-    attend_f16_with::<Bits>(order, out, weights, value, scratch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn attend_f16_f16c<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
-    scratch: &mut AttendScratch,
-) {
-    attend_f16_with::<F16c>(order, out, weights, value, scratch)
-}
-
 isa_dispatch! {
     /// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
     /// (the query rounded to f16).
-    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_portable, x86: dot_f16_f16c
+    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_with::<Bits>, x86: dot_f16_with::<F16c>
 }
 
 isa_dispatch! {
@@ -296,7 +240,7 @@ isa_dispatch! {
         key: impl Fn(usize) -> &'a [u16],
         scale: f32,
         scores: &mut Vec<f32>,
-    ) => scores_portable, x86: scores_f16c
+    ) => scores_with::<Bits>, x86: scores_with::<F16c>
 }
 
 isa_dispatch! {
@@ -309,7 +253,7 @@ isa_dispatch! {
         weights: &[f32],
         value: impl Fn(usize) -> &'a [u16],
         scratch: &mut AttendScratch,
-    ) => attend_f16_portable, x86: attend_f16_f16c
+    ) => attend_f16_with::<Bits>, x86: attend_f16_with::<F16c>
 }
 
 #[cfg(test)]
@@ -335,7 +279,7 @@ mod tests {
                 let k = f16_values(n, 1);
                 let q = widened(&f16_values(n, 7));
                 let got = dot_f16(order, &k, &q);
-                assert_eq!(got.to_bits(), dot_f16_portable(order, &k, &q).to_bits());
+                assert_eq!(got.to_bits(), dot_f16_with::<Bits>(order, &k, &q).to_bits());
                 let exact: f64 = widened(&k)
                     .iter()
                     .zip(&q)
@@ -394,7 +338,7 @@ mod tests {
                 let mut out = vec![f32::NAN; width];
                 attend_f16(order, &mut out, &weights, |p| &values[p], &mut scratch);
                 let mut twin = vec![f32::NAN; width];
-                attend_f16_portable(order, &mut twin, &weights, |p| &values[p], &mut scratch);
+                attend_f16_with::<Bits>(order, &mut twin, &weights, |p| &values[p], &mut scratch);
                 assert_eq!(out, twin, "{order:?}, {positions} positions");
 
                 // The values' order pads the keys with zero weights to a multiple of 32.

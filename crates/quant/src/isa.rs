@@ -66,12 +66,12 @@ pub fn selected_isa() -> Isa {
 /// With `x86: $x86`, the x86 copies run `$x86` instead: the same computation written with
 /// helpers (such as `F16c`) that need those features.
 macro_rules! isa_dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident) => {
+    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path) => {
         isa_dispatch! {
             $(#[$doc])* pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? => $portable, x86: $portable
         }
     };
-    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:ident, x86: $x86:ident) => {
+    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path, x86: $x86:path) => {
         $(#[$doc])*
         pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]

@@ -41,7 +41,26 @@ pub struct QMatrix<'a> {
 }
 
 impl<'a> QMatrix<'a> {
+    /// A row-major matrix (GGML's layout).
     pub fn new(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
+        QMatrix::with_layout(ty, data, rows, cols, Layout::RowMajor)
+    }
+
+    /// A matrix in the packed layout (see `packed::pack`).
+    pub fn packed(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
+        if !packable(ty) {
+            return Err(QuantError::Unsupported(ty));
+        }
+        QMatrix::with_layout(ty, data, rows, cols, Layout::Packed)
+    }
+
+    fn with_layout(
+        ty: GgmlType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    ) -> Result<Self> {
         if block_fns(ty).is_none() {
             return Err(QuantError::Unsupported(ty));
         }
@@ -54,7 +73,10 @@ impl<'a> QMatrix<'a> {
                 len: cols,
             });
         }
-        let expected = rows * cols / ty.block_size() * ty.type_size();
+        let expected = match layout {
+            Layout::RowMajor => rows * cols / ty.block_size() * ty.type_size(),
+            Layout::Packed => packed_len(ty, rows, cols),
+        };
         if data.len() != expected {
             return Err(QuantError::WrongSize {
                 ty,
@@ -69,28 +91,8 @@ impl<'a> QMatrix<'a> {
             data,
             rows,
             cols,
-            layout: Layout::RowMajor,
+            layout,
         })
-    }
-
-    /// A matrix in the packed layout (see `packed::pack`).
-    pub fn packed(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        if !packable(ty) {
-            return Err(QuantError::Unsupported(ty));
-        }
-        let mut m = QMatrix::new(ty, &[], 0, cols)?;
-        let expected = packed_len(ty, rows, cols);
-        if data.len() != expected {
-            return Err(QuantError::WrongSize {
-                ty,
-                rows,
-                cols,
-                expected,
-                actual: data.len(),
-            });
-        }
-        (m.data, m.rows, m.layout) = (data, rows, Layout::Packed);
-        Ok(m)
     }
 
     pub fn row_bytes(&self) -> usize {
