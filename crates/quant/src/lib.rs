@@ -128,23 +128,20 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
 
 /// Encodes `x` (a whole number of blocks) as `ty`.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
-    let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
-    check_len(ty, x.len())?;
-    let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
-    quantize_blocks(quant, ty, x, &mut out);
-    Ok(out)
-}
-
-/// `quantize` split across threads (blocks are independent, so the bytes are the same).
-pub(crate) fn quantize_parallel(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     use rayon::prelude::*;
+    // Blocks are independent, so a long input (a prompt's or a batch's activations, a
+    // weight matrix) is split across threads in runs of this many; the bytes are the same.
     const BLOCKS_PER_TASK: usize = 64;
     let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
     check_len(ty, x.len())?;
     let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
-    out.par_chunks_mut(BLOCKS_PER_TASK * ty.type_size())
-        .zip(x.par_chunks(BLOCKS_PER_TASK * ty.block_size()))
-        .for_each(|(out, x)| quantize_blocks(quant, ty, x, out));
+    if x.len() < 2 * BLOCKS_PER_TASK * ty.block_size() {
+        quantize_blocks(quant, ty, x, &mut out);
+    } else {
+        out.par_chunks_mut(BLOCKS_PER_TASK * ty.type_size())
+            .zip(x.par_chunks(BLOCKS_PER_TASK * ty.block_size()))
+            .for_each(|(out, x)| quantize_blocks(quant, ty, x, out));
+    }
     Ok(out)
 }
 

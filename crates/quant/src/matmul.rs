@@ -9,7 +9,7 @@
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
 use crate::packed::{group_bytes, packable, packed_len, unpack_block, PACK_ROWS};
-use crate::{block_fns, f16_at, quantize, quantize_parallel, QuantError, Result};
+use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
 
@@ -170,13 +170,7 @@ fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
 
 impl Activations {
     fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
-        // Split across threads when there is enough to share (prompts, batches).
-        let bytes = if x.len() >= 2 * ty.block_size() * 64 {
-            quantize_parallel(ty, x)
-        } else {
-            quantize(ty, x)
-        }
-        .expect("row length checked in QMatrix::new");
+        let bytes = quantize(ty, x).expect("row length checked in QMatrix::new");
         // Where Q8_0 and Q8_1 blocks keep their f16 scale d (and Q8_1 its sum s).
         let (block, sum_at) = match ty {
             GgmlType::Q8_0 => (34, None),
@@ -285,7 +279,7 @@ fn prefetch_ahead(data: &[u8], at: usize, len: usize) {
         let end = (start + len).min(data.len());
         let mut at = start;
         while at < end {
-            // SAFETY: `at` is inside `w.data`; prefetching has no other effect.
+            // SAFETY: `at` is inside `data`; prefetching has no other effect.
             unsafe {
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                     data.as_ptr().add(at) as *const i8,
