@@ -3,7 +3,7 @@
 //! (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split
 //! across threads by rows or heads.
 
-use crate::backend::{kv_slot, read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
@@ -120,6 +120,33 @@ pub struct CpuBackend {
     /// Repacked matrices by (file, tensor offset): a tensor used twice (a tied
     /// embedding and output) is packed once.
     packed: Mutex<HashMap<TensorKey, Arc<Vec<u8>>>>,
+    /// `attention`'s per-sequence f32 keys and values, kept so that no step reallocates.
+    widened: Mutex<Vec<WidenedKv>>,
+}
+
+/// One sequence's keys and values of one layer as f32, [position][kv_dim].
+#[derive(Default)]
+struct WidenedKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl WidenedKv {
+    /// Fills `k` and `v` with positions `0..len` of the sequence with block table `blocks`.
+    fn widen(&mut self, pool: &CpuKvPool, layer: usize, blocks: &[u32], len: usize) {
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        let n = len * pool.kv_dim;
+        let block = KV_BLOCK_SIZE * pool.kv_dim;
+        for (dst, src) in [(&mut self.k, &pool.k), (&mut self.v, &pool.v)] {
+            dst.resize(n, 0.0);
+            dst.par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
+                let at = pool.offset(layer, blocks[b] as usize * KV_BLOCK_SIZE);
+                src[at..at + dst.len()]
+                    .reinterpret_cast::<f16>()
+                    .convert_to_f32_slice(dst);
+            });
+        }
+    }
 }
 
 impl CpuBackend {
@@ -306,9 +333,19 @@ impl Backend for CpuBackend {
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let cols = q.cols;
-        // For each row: its sequence's block table, its position and its summation order.
-        let mut row_of: Vec<(&[u32], usize, F16Order)> = vec![(&[], 0, F16Order::Batched); q.rows];
-        for s in seqs {
+        // Each sequence's keys and values, widened to f32 once here rather than once per
+        // query head and row inside the kernels.
+        let mut widened = self.widened.lock().unwrap_or_else(|e| e.into_inner());
+        if widened.len() < seqs.len() {
+            widened.resize_with(seqs.len(), Default::default);
+        }
+        widened
+            .par_iter_mut()
+            .zip(seqs)
+            .for_each(|(kv, s)| kv.widen(pool, layer, s.blocks, s.start + s.rows.len()));
+        // For each row: its sequence, its position and its summation order.
+        let mut row_of: Vec<(usize, usize, F16Order)> = vec![(0, 0, F16Order::Batched); q.rows];
+        for (i, s) in seqs.iter().enumerate() {
             for r in s.rows.clone() {
                 let pos = s.start + r - s.rows.start;
                 let order = if pos >= s.generated_from {
@@ -316,29 +353,30 @@ impl Backend for CpuBackend {
                 } else {
                     F16Order::Batched
                 };
-                row_of[r] = (s.blocks, pos, order);
+                row_of[r] = (i, pos, order);
             }
         }
+        let kv_dim = pool.kv_dim;
+        let widened = &widened;
         out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
             || (Vec::new(), Vec::new(), AttendScratch::default()),
             |(qh, scores, scratch), (i, out_head)| {
                 let (t, h) = (i / n_heads, i % n_heads);
-                let (blocks, pos, order) = row_of[t];
+                let (s, pos, order) = row_of[t];
                 // With an f16 cache GGML multiplies in f16: the query is rounded to f16
-                // too (and `attend_f16` rounds the weights).
+                // too (and `attend` rounds the weights).
                 qh.clear();
                 qh.extend(
                     q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
                         .iter()
                         .map(|&v| f16::from_f32(v).to_f32()),
                 );
-                let kv_off = (h / group) * head_dim;
-                let at = |p: usize| pool.offset(layer, kv_slot(blocks, p)) + kv_off;
-                let key = |p: usize| &pool.k[at(p)..at(p) + head_dim];
+                let at = |p: usize| p * kv_dim + (h / group) * head_dim;
+                let key = |p: usize| &widened[s].k[at(p)..at(p) + head_dim];
                 quant::attention_scores(order, qh, pos + 1, key, scale, scores);
                 quant::softmax(scores);
-                let value = |p: usize| &pool.v[at(p)..at(p) + head_dim];
-                quant::attend_f16(order, out_head, scores, value, scratch);
+                let value = |p: usize| &widened[s].v[at(p)..at(p) + head_dim];
+                quant::attend(order, out_head, scores, value, scratch);
             },
         );
     }

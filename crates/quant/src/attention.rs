@@ -1,10 +1,12 @@
-//! The two f16 products of attention over an f16 KV cache — a query against each cached
-//! key, and the weighted sum of cached values — summed in the orders llama.cpp's CPU
-//! backend uses, so that our logits match its logits bit for bit.
+//! The two products of attention over an f16 KV cache — a query against each cached key,
+//! and the weighted sum of cached values — summed in the orders llama.cpp's CPU backend
+//! uses, so that our logits match its logits bit for bit.
 //!
-//! Both operands are f16 values (the query and the attention weights are rounded to f16,
-//! as GGML rounds them), so every product is exact in f32 and the summation order alone
-//! decides the rounding. llama.cpp has two orders, picked by the size of the batch:
+//! Keys and values arrive widened to f32 (the caller widens each once per layer, not once
+//! per query head and row); the query and the attention weights are f16 values too (GGML
+//! rounds them to f16; the caller rounds the query, `attend` the weights). So every product
+//! is exact in f32 and the summation order alone decides the rounding. llama.cpp has two
+//! orders, picked by the size of the batch:
 //! - `Batched` (its tinyBLAS kernel, used when a batch has several tokens — every prompt):
 //!   term i goes into accumulator i % 16, each accumulator adds its terms in order, and
 //!   the 16 are summed as a halving tree (+8, +4, +2, +1).
@@ -13,8 +15,7 @@
 //!   i % 64), summed as a halving tree (+32 … +1); the rest are added one by one in f64.
 //!   For the values, the terms are the keys padded with zero weights to a multiple of 32.
 
-use crate::dot::{tree_sum, LANES};
-use crate::f16_bits_to_f32;
+use crate::dot::{dot_lanes, LANES};
 use crate::isa::isa_dispatch;
 
 /// Which of llama.cpp's summation orders to reproduce (see the module documentation).
@@ -22,6 +23,25 @@ use crate::isa::isa_dispatch;
 pub enum F16Order {
     Batched,
     OneToken,
+}
+
+impl F16Order {
+    /// Accumulators of the vector part, and how many of the `terms` go through them (the
+    /// rest are the f64 tail). `padded`: the terms count as padded to a multiple of 32,
+    /// as the weighted values' are.
+    fn vector_part(self, terms: usize, padded: bool) -> (usize, usize) {
+        match self {
+            F16Order::Batched => (LANES, terms),
+            F16Order::OneToken => {
+                let counted = if padded {
+                    terms.next_multiple_of(32)
+                } else {
+                    terms
+                };
+                (SLOTS, (counted / SLOTS * SLOTS).min(terms))
+            }
+        }
+    }
 }
 
 /// Accumulators of `ggml_vec_dot_f16`'s vector part.
@@ -52,151 +72,115 @@ fn halving_tree(acc: &mut [f32], width: usize, slots: usize, count: usize) {
     }
 }
 
-/// Exact widening of 16 f16 values (bits) to f32.
-trait Widen {
-    fn widen16(src: &[u16]) -> [f32; 16];
-}
-
-/// By bit manipulation: any CPU.
-struct Bits;
-impl Widen for Bits {
-    #[inline(always)]
-    fn widen16(src: &[u16]) -> [f32; 16] {
-        std::array::from_fn(|i| f16_bits_to_f32(src[i]))
-    }
-}
-
-/// By the F16C instruction: only inside code compiled with F16C (`isa_dispatch`'s x86
-/// copies).
-#[cfg(target_arch = "x86_64")]
-struct F16c;
-#[cfg(target_arch = "x86_64")]
-impl Widen for F16c {
-    #[inline(always)]
-    fn widen16(src: &[u16]) -> [f32; 16] {
-        use core::arch::x86_64::*;
-        assert!(src.len() >= 16);
-        // SAFETY: 16 values are readable (asserted); F16C is enabled where this inlines.
-        unsafe {
-            let p = src.as_ptr() as *const __m128i;
-            let halves = [
-                _mm256_cvtph_ps(_mm_loadu_si128(p)),
-                _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
-            ];
-            std::mem::transmute::<[__m256; 2], [f32; 16]>(halves)
-        }
-    }
-}
-
-/// Adds term i of k·q into accumulator i % N for the first `n / N · N` terms, in order.
 #[inline(always)]
-fn accumulate<W: Widen, const N: usize>(k: &[u16], q: &[f32]) -> [f32; N] {
-    let mut acc = [0.0f32; N];
-    for (x, y) in k.chunks_exact(N).zip(q.chunks_exact(N)) {
-        for j in (0..N).step_by(16) {
-            let x = W::widen16(&x[j..]);
-            for i in 0..16 {
-                acc[j + i] += x[i] * y[j + i];
-            }
-        }
-    }
-    acc
-}
-
-#[inline(always)]
-fn dot_f16_with<W: Widen>(order: F16Order, k: &[u16], q: &[f32]) -> f32 {
+fn dot_with(order: F16Order, k: &[f32], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let (k, q) = (&k[..n], &q[..n]);
     match order {
-        F16Order::Batched => {
-            let mut acc = accumulate::<W, LANES>(k, q);
-            let whole = n / LANES * LANES;
-            for (i, (x, y)) in k[whole..].iter().zip(&q[whole..]).enumerate() {
-                acc[i] += f16_bits_to_f32(*x) * y;
-            }
-            tree_sum(acc)
-        }
+        F16Order::Batched => dot_lanes(k, q),
         F16Order::OneToken => {
-            let mut acc = accumulate::<W, SLOTS>(k, q);
-            let slotted = n / SLOTS * SLOTS;
-            halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
-            let mut sum = acc[0] as f64;
-            for (x, y) in k[slotted..].iter().zip(&q[slotted..]) {
-                sum += (f16_bits_to_f32(*x) * y) as f64;
+            let (_, slotted) = order.vector_part(n, false);
+            let mut acc = [0.0f32; SLOTS];
+            for (x, y) in k[..slotted]
+                .chunks_exact(SLOTS)
+                .zip(q[..slotted].chunks_exact(SLOTS))
+            {
+                for i in 0..SLOTS {
+                    acc[i] += x[i] * y[i];
+                }
             }
-            sum as f32
+            halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
+            let tail = k[slotted..].iter().zip(&q[slotted..]);
+            tail.fold(acc[0] as f64, |s, (x, y)| s + (x * y) as f64) as f32
         }
     }
 }
 
 #[inline(always)]
-fn scores_with<'a, W: Widen>(
+fn scores_with<'a>(
     order: F16Order,
     q: &[f32],
     keys: usize,
-    key: impl Fn(usize) -> &'a [u16],
+    key: impl Fn(usize) -> &'a [f32],
     scale: f32,
     scores: &mut Vec<f32>,
 ) {
     // A plain loop, not an iterator adaptor: its closure would be compiled outside the
-    // caller's target features, and F16C would not inline into it.
+    // caller's target features.
     scores.clear();
     for p in 0..keys {
-        scores.push(dot_f16_with::<W>(order, key(p), q) * scale);
+        scores.push(dot_with(order, key(p), q) * scale);
     }
 }
 
-/// Scratch space of `attend_f16`, kept between calls so that no call allocates.
+/// Scratch space of `attend`, kept between calls so that no call allocates.
 #[derive(Default)]
 pub struct AttendScratch {
     acc: Vec<f32>,
+    weights: Vec<f32>,
     wide: Vec<f64>,
 }
 
+/// `out[i] = Σₚ weights[p] · value(p)[c + i]` for i < N, over the positions `terms`
+/// yields (at least one), in that order, the first product stored rather than added to 0.
 #[inline(always)]
-fn attend_f16_with<'a, W: Widen>(
+fn column_sums<'a, const N: usize>(
+    out: &mut [f32],
+    c: usize,
+    mut terms: impl Iterator<Item = usize>,
+    weights: &[f32],
+    value: &impl Fn(usize) -> &'a [f32],
+) {
+    let first = terms.next().expect("a sum of at least one term");
+    let (w, v) = (weights[first], &value(first)[c..c + N]);
+    let mut sums = [0.0f32; N];
+    for i in 0..N {
+        sums[i] = w * v[i];
+    }
+    for p in terms {
+        let (w, v) = (weights[p], &value(p)[c..c + N]);
+        for i in 0..N {
+            sums[i] += w * v[i];
+        }
+    }
+    out[..N].copy_from_slice(&sums);
+}
+
+#[inline(always)]
+fn attend_with<'a>(
     order: F16Order,
     out: &mut [f32],
     weights: &[f32],
-    value: impl Fn(usize) -> &'a [u16],
+    value: impl Fn(usize) -> &'a [f32],
     scratch: &mut AttendScratch,
 ) {
     let width = out.len();
-    let (slots, vector_terms) = match order {
-        F16Order::Batched => (LANES, weights.len()),
-        F16Order::OneToken => {
-            let padded = weights.len().next_multiple_of(32);
-            (SLOTS, (padded / SLOTS * SLOTS).min(weights.len()))
-        }
-    };
-    // Accumulator p % slots; the first term of each is stored rather than added, so the
-    // accumulators never need clearing.
+    let (slots, vector_terms) = order.vector_part(weights.len(), true);
+    let rounded = &mut scratch.weights;
+    rounded.clear();
+    rounded.extend(weights.iter().map(|&w| half::f16::from_f32(w).to_f32()));
+    // Accumulator j holds the terms j, j + slots, j + 2·slots, … in that order; it is
+    // built up to 64 columns at a time in registers (four independent sums hide the adds'
+    // latency), starting from its first term.
     let used = vector_terms.min(slots);
     let acc = &mut scratch.acc;
     acc.resize(used * width, 0.0);
-    for (p, &w) in weights[..vector_terms].iter().enumerate() {
-        let w = half::f16::from_f32(w).to_f32();
-        let lane = &mut acc[p % slots * width..][..width];
-        let v = value(p);
-        // Widened 16 at a time in registers: a round trip through memory would stall
-        // on store forwarding.
-        let whole = width / 16 * 16;
-        for j in (0..whole).step_by(16) {
-            let x = W::widen16(&v[j..]);
-            let a = &mut lane[j..j + 16];
-            if p < slots {
-                for i in 0..16 {
-                    a[i] = w * x[i];
-                }
-            } else {
-                for i in 0..16 {
-                    a[i] += w * x[i];
-                }
-            }
+    let whole = width / 16 * 16;
+    let terms = |j: usize| (j..vector_terms).step_by(slots);
+    for (j, lane) in acc.chunks_exact_mut(width).enumerate() {
+        let mut c = 0;
+        while c + 64 <= whole {
+            column_sums::<64>(&mut lane[c..c + 64], c, terms(j), rounded, &value);
+            c += 64;
         }
-        for j in whole..width {
-            let x = f16_bits_to_f32(v[j]);
-            lane[j] = if p < slots { w * x } else { lane[j] + w * x };
+        for c in (c..whole).step_by(16) {
+            column_sums::<16>(&mut lane[c..c + 16], c, terms(j), rounded, &value);
+        }
+        for (c, s) in lane.iter_mut().enumerate().skip(whole) {
+            *s = rounded[j] * value(j)[c];
+            for p in terms(j).skip(1) {
+                *s += rounded[p] * value(p)[c];
+            }
         }
     }
     halving_tree(acc, width, slots, used);
@@ -213,10 +197,9 @@ fn attend_f16_with<'a, W: Widen>(
         0 => wide.resize(width, 0.0),
         _ => wide.extend(acc[..width].iter().map(|&a| a as f64)),
     }
-    for (p, &w) in weights.iter().enumerate().skip(vector_terms) {
-        let w = half::f16::from_f32(w).to_f32();
+    for (p, &w) in rounded.iter().enumerate().skip(vector_terms) {
         for (s, &x) in wide.iter_mut().zip(value(p)) {
-            *s += (w * f16_bits_to_f32(x)) as f64;
+            *s += (w * x) as f64;
         }
     }
     for (o, &s) in out.iter_mut().zip(wide.iter()) {
@@ -225,35 +208,57 @@ fn attend_f16_with<'a, W: Widen>(
 }
 
 isa_dispatch! {
-    /// Σ k[i]·q[i]: `k` in f16 bits (a cached key), `q` holding f16-representable values
-    /// (the query rounded to f16).
-    pub fn dot_f16(order: F16Order, k: &[u16], q: &[f32]) -> f32 => dot_f16_with::<Bits>, x86: dot_f16_with::<F16c>
+    /// Σ k[i]·q[i] in `order`'s summation order: `k` a cached key (f16 values widened),
+    /// `q` holding f16-representable values (the query rounded to f16).
+    pub fn dot_f16(order: F16Order, k: &[f32], q: &[f32]) -> f32 => dot_with
 }
 
 isa_dispatch! {
-    /// One query's attention scores: `scores[p] = dot_f16(order, key(p), q) · scale` for
-    /// the `keys` positions (one call for all of them keeps dispatch out of the loop).
-    pub fn attention_scores<'a>(
+    /// `attention_scores` for any order and width, compiled for the selected ISA.
+    fn scores_any<'a>(
         order: F16Order,
         q: &[f32],
         keys: usize,
-        key: impl Fn(usize) -> &'a [u16],
+        key: impl Fn(usize) -> &'a [f32],
         scale: f32,
         scores: &mut Vec<f32>,
-    ) => scores_with::<Bits>, x86: scores_with::<F16c>
+    ) => scores_with
+}
+
+/// One query's attention scores: `scores[p] = dot_f16(order, key(p), q) · scale` for the
+/// `keys` positions (one call for all of them keeps dispatch out of the loop).
+pub fn attention_scores<'a>(
+    order: F16Order,
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if order == F16Order::Batched
+        && q.len().is_multiple_of(16)
+        && crate::selected_isa() == crate::Isa::Avx512
+    {
+        // SAFETY: the selected ISA is available, so AVX-512F is.
+        return unsafe {
+            crate::attention_avx512::scores_batched_avx512(q, keys, key, scale, scores)
+        };
+    }
+    scores_any(order, q, keys, key, scale, scores)
 }
 
 isa_dispatch! {
     /// One head's attention output: out = Σₚ f16(weights[p]) · value(p), `value(p)` being
-    /// position p's cached values in f16 bits. Each column equals `dot_f16` of that column
-    /// of values with the f16-rounded weights.
-    pub fn attend_f16<'a>(
+    /// position p's cached values (f16 values widened). Each column equals `dot_f16` of
+    /// that column of values with the f16-rounded weights.
+    pub fn attend<'a>(
         order: F16Order,
         out: &mut [f32],
         weights: &[f32],
-        value: impl Fn(usize) -> &'a [u16],
+        value: impl Fn(usize) -> &'a [f32],
         scratch: &mut AttendScratch,
-    ) => attend_f16_with::<Bits>, x86: attend_f16_with::<F16c>
+    ) => attend_with
 }
 
 #[cfg(test)]
@@ -262,14 +267,11 @@ mod tests {
 
     const ORDERS: [F16Order; 2] = [F16Order::Batched, F16Order::OneToken];
 
-    fn f16_values(n: usize, seed: usize) -> Vec<u16> {
+    /// `n` f16 values, widened.
+    fn f16_values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
-            .map(|i| half::f16::from_f32(((i * seed) as f32 * 0.37).sin() * 3.0).to_bits())
+            .map(|i| half::f16::from_f32(((i * seed) as f32 * 0.37).sin() * 3.0).to_f32())
             .collect()
-    }
-
-    fn widened(bits: &[u16]) -> Vec<f32> {
-        bits.iter().map(|&b| f16_bits_to_f32(b)).collect()
     }
 
     #[test]
@@ -277,18 +279,35 @@ mod tests {
         for order in ORDERS {
             for n in [1, 15, 16, 64, 100, 128, 200] {
                 let k = f16_values(n, 1);
-                let q = widened(&f16_values(n, 7));
+                let q = f16_values(n, 7);
                 let got = dot_f16(order, &k, &q);
-                assert_eq!(got.to_bits(), dot_f16_with::<Bits>(order, &k, &q).to_bits());
-                let exact: f64 = widened(&k)
-                    .iter()
-                    .zip(&q)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
+                assert_eq!(got.to_bits(), dot_with(order, &k, &q).to_bits());
+                let exact: f64 = k.iter().zip(&q).map(|(a, b)| *a as f64 * *b as f64).sum();
                 assert!(
                     (got as f64 - exact).abs() < 1e-4 * exact.abs().max(1.0),
                     "{order:?} n={n}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn scores_match_their_portable_twin() {
+        for width in [16, 40, 64, 128] {
+            let q = f16_values(width, 5);
+            for keys in [1, 15, 16, 17, 33, 100] {
+                let k: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(width, p + 2)).collect();
+                for order in ORDERS {
+                    let (mut got, mut want) = (Vec::new(), Vec::new());
+                    attention_scores(order, &q, keys, |p| &k[p], 0.125, &mut got);
+                    scores_with(order, &q, keys, |p| &k[p], 0.125, &mut want);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{order:?} width {width} keys {keys}"
+                    );
+                }
             }
         }
     }
@@ -301,13 +320,16 @@ mod tests {
         let q: Vec<f32> = (0..n)
             .map(|i| if i % 37 == 0 { 1024.0 } else { 819.0 / 8192.0 })
             .collect();
-        let terms: Vec<f32> = widened(&k).iter().zip(&q).map(|(a, b)| a * b).collect();
+        let terms: Vec<f32> = k.iter().zip(&q).map(|(a, b)| a * b).collect();
 
         let mut lanes = [0.0f32; 16];
         for (i, t) in terms.iter().enumerate() {
             lanes[i % 16] += t;
         }
-        assert_eq!(dot_f16(F16Order::Batched, &k, &q), tree_sum(lanes));
+        assert_eq!(
+            dot_f16(F16Order::Batched, &k, &q),
+            crate::dot::tree_sum(lanes)
+        );
 
         let mut slots = [0.0f32; 64];
         for (i, t) in terms[..192].iter().enumerate() {
@@ -326,43 +348,44 @@ mod tests {
 
     #[test]
     fn each_output_column_is_the_dot_of_that_column_of_values() {
-        let width = 5;
         for order in ORDERS {
             let mut scratch = AttendScratch::default();
-            for positions in [1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 130, 300] {
-                let values: Vec<Vec<u16>> =
-                    (0..positions).map(|p| f16_values(width, p + 3)).collect();
-                let weights: Vec<f32> = (0..positions)
-                    .map(|p| ((p * 13 % 7) as f32 + 0.3) / (3.0 * positions as f32))
-                    .collect();
-                let mut out = vec![f32::NAN; width];
-                attend_f16(order, &mut out, &weights, |p| &values[p], &mut scratch);
-                let mut twin = vec![f32::NAN; width];
-                attend_f16_with::<Bits>(order, &mut twin, &weights, |p| &values[p], &mut scratch);
-                assert_eq!(out, twin, "{order:?}, {positions} positions");
-
-                // The values' order pads the keys with zero weights to a multiple of 32.
-                let padded = match order {
-                    F16Order::Batched => positions,
-                    F16Order::OneToken => positions.next_multiple_of(32),
-                };
-                let rounded: Vec<f32> = (0..padded)
-                    .map(|p| {
-                        weights
-                            .get(p)
-                            .map_or(0.0, |&w| half::f16::from_f32(w).to_f32())
-                    })
-                    .collect();
-                for (d, &o) in out.iter().enumerate() {
-                    let column: Vec<u16> = (0..padded)
-                        .map(|p| values.get(p).map_or(0, |v| v[d]))
+            for width in [5, 16, 37, 64] {
+                for positions in [1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 130, 300] {
+                    let values: Vec<Vec<f32>> =
+                        (0..positions).map(|p| f16_values(width, p + 3)).collect();
+                    let weights: Vec<f32> = (0..positions)
+                        .map(|p| ((p * 13 % 7) as f32 + 0.3) / (3.0 * positions as f32))
                         .collect();
-                    let want = dot_f16(order, &column, &rounded);
-                    assert_eq!(
-                        o.to_bits(),
-                        want.to_bits(),
-                        "{order:?}, {positions} positions, column {d}"
-                    );
+                    let mut out = vec![f32::NAN; width];
+                    attend(order, &mut out, &weights, |p| &values[p], &mut scratch);
+                    let mut twin = vec![f32::NAN; width];
+                    attend_with(order, &mut twin, &weights, |p| &values[p], &mut scratch);
+                    assert_eq!(out, twin, "{order:?}, {positions} positions");
+
+                    // The values' order pads the keys with zero weights to a multiple of 32.
+                    let padded = match order {
+                        F16Order::Batched => positions,
+                        F16Order::OneToken => positions.next_multiple_of(32),
+                    };
+                    let rounded: Vec<f32> = (0..padded)
+                        .map(|p| {
+                            weights
+                                .get(p)
+                                .map_or(0.0, |&w| half::f16::from_f32(w).to_f32())
+                        })
+                        .collect();
+                    for (d, &o) in out.iter().enumerate() {
+                        let column: Vec<f32> = (0..padded)
+                            .map(|p| values.get(p).map_or(0.0, |v| v[d]))
+                            .collect();
+                        let want = dot_f16(order, &column, &rounded);
+                        assert_eq!(
+                            o.to_bits(),
+                            want.to_bits(),
+                            "{order:?}, {positions} positions, width {width}, column {d}"
+                        );
+                    }
                 }
             }
         }

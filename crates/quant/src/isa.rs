@@ -60,29 +60,23 @@ pub fn selected_isa() -> Isa {
     })
 }
 
-/// Defines `pub fn $name` running `$portable` compiled for the ISA `selected_isa` picks:
-/// AVX-512 and AVX2 copies carry their target features, so the compiler vectorizes the
-/// same code for each. The copies perform the same operations, so all give the same bits.
-/// With `x86: $x86`, the x86 copies run `$x86` instead: the same computation written with
-/// helpers (such as `F16c`) that need those features.
+/// Defines `fn $name` (with the given visibility) running `$portable` compiled for the
+/// ISA `selected_isa` picks: AVX-512 and AVX2 copies carry their target features, so the
+/// compiler vectorizes the same code for each. The copies perform the same operations, so
+/// all give the same bits.
 macro_rules! isa_dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path) => {
-        isa_dispatch! {
-            $(#[$doc])* pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? => $portable, x86: $portable
-        }
-    };
-    ($(#[$doc:meta])* pub fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path, x86: $x86:path) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$lt:lifetime>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $portable:path) => {
         $(#[$doc])*
-        pub fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
             fn avx512 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
-                $x86($($arg),*)
+                $portable($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
             fn avx2 $(<$lt>)? ($($arg: $ty),*) $(-> $ret)? {
-                $x86($($arg),*)
+                $portable($($arg),*)
             }
             match crate::selected_isa() {
                 // SAFETY: `selected_isa` only returns ISAs this CPU has.

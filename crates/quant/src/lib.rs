@@ -5,6 +5,8 @@
 //! `nonlinear`) rounded as llama.cpp rounds it.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 mod dot;
 mod isa;
 mod kernels;
@@ -19,7 +21,7 @@ mod nonlinear;
 mod packed;
 mod rope;
 
-pub use attention::{attend_f16, attention_scores, dot_f16, AttendScratch, F16Order};
+pub use attention::{attend, attention_scores, dot_f16, AttendScratch, F16Order};
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;

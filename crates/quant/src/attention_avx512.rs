@@ -1,0 +1,81 @@
+//! AVX-512 attention scores in llama.cpp's batched order, sixteen keys at a time: each
+//! key's 16 accumulators fill one register, and the sixteen halving trees (+8, +4, +2, +1)
+//! run side by side as shuffles and adds across registers, so a tree costs one add per key
+//! instead of four adds and four shuffles. Every add is the portable order's add, with the
+//! same operands, so the scores equal `attention::scores_with`'s bit for bit.
+
+use core::arch::x86_64::*;
+
+/// `scores[p] = Σ key(p)[i]·q[i] · scale` for `p < keys`, `q.len()` a multiple of 16.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn scores_batched_avx512<'a>(
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    let width = q.len();
+    debug_assert!(width.is_multiple_of(16));
+    scores.clear();
+    scores.reserve(keys.next_multiple_of(16));
+    let scale = _mm512_set1_ps(scale);
+    for p0 in (0..keys).step_by(16) {
+        let count = (keys - p0).min(16);
+        let mut lanes = [_mm512_setzero_ps(); 16];
+        for (j, acc) in lanes.iter_mut().enumerate().take(count) {
+            let k = key(p0 + j);
+            assert!(k.len() >= width);
+            for c in (0..width).step_by(16) {
+                let x = _mm512_loadu_ps(k.as_ptr().add(c));
+                let y = _mm512_loadu_ps(q.as_ptr().add(c));
+                *acc = _mm512_fmadd_ps(x, y, *acc);
+            }
+        }
+        let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
+        _mm512_mask_storeu_ps(
+            scores.as_mut_ptr().add(p0),
+            ((1u32 << count) - 1) as u16,
+            sums,
+        );
+        scores.set_len(p0 + count);
+    }
+}
+
+/// Lane j of the result is `dot::tree_sum` of register j.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tree_sums(v: &[__m512; 16]) -> __m512 {
+    // +8: keys 2m and 2m+1, eight sums each, share a register.
+    let halves: [__m512; 8] = std::array::from_fn(|m| {
+        let (a, b) = (v[2 * m], v[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    });
+    // +4: keys 4m .. 4m+3, four sums each.
+    let quarters: [__m512; 4] = std::array::from_fn(|m| {
+        let (a, b) = (halves[2 * m], halves[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    });
+    // +2: 128-bit lane l holds keys l, 4+l (first register) or 8+l, 12+l (second).
+    let pairs: [__m512; 2] = std::array::from_fn(|m| {
+        let (a, b) = (quarters[2 * m], quarters[2 * m + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        )
+    });
+    // +1: lane 4l + m holds key l + 4m.
+    let (a, b) = (pairs[0], pairs[1]);
+    let sums = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(a, b),
+        _mm512_shuffle_ps::<0xDD>(a, b),
+    );
+    let key_order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    _mm512_permutexvar_ps(key_order, sums)
+}
