@@ -1,8 +1,11 @@
 //! Dot products of one quantized weight row with one quantized activation row, the
 //! way GGML computes them: activations are quantized to the weight type's partner
 //! format (`activation_type`), blocks are multiplied in integers, and each block's
-//! result is scaled and summed in a fixed order. Matching GGML's rounding keeps our
-//! logits, and so greedy output, in step with llama.cpp.
+//! result is scaled and summed in a fixed order. For every type but Q4_0 that order is
+//! GGML's own (`LaneSums`), which keeps our logits, and so greedy output, in step with
+//! llama.cpp's. Q4_0 uses a shorter order (`BlockSums`: one float operation per block
+//! instead of eight) that lets its AVX-512 kernel take sixteen rows per pass; its results
+//! differ from llama.cpp's only in rounding.
 //!
 //! Each kernel is plain Rust written so the compiler vectorizes it; `matmul` inlines it
 //! into copies compiled for AVX2 and AVX-512 and picks one at run time. Every copy
@@ -34,9 +37,11 @@ pub struct TokenGroup<'a, const N: usize> {
     pub rows: [&'a [u8]; N],
     pub d: &'a [f32],
     pub s: &'a [f32],
-    /// Q8_0 activations only: −128 × Σ of each lane's four values, eight per block, in
-    /// `d`'s order (see `kernels_packed`).
-    pub bias: &'a [i32],
+    /// Q8_0 activations only, for the packed kernels' correction of unsigned weights:
+    /// −128 × Σ of each lane's four values, eight per block, in `d`'s order (Q8_0 weights),
+    /// and Σ of each block's 32 values, in `d`'s order (Q4_0 weights).
+    pub lane_bias: &'a [i32],
+    pub sums: &'a [i32],
 }
 
 /// A dot-product kernel: one weight row (in `ty`) · one activation row (in its partner
@@ -115,6 +120,21 @@ impl LaneSums {
     }
 }
 
+/// The summation order of the Q4_0 kernels: each block's 32 products are summed
+/// in integers (exact), multiplied by the block's d_w·d_a and added to one float
+/// accumulator in one fused multiply-add, block after block.
+#[derive(Default)]
+pub struct BlockSums {
+    pub acc: f32,
+}
+
+impl BlockSums {
+    #[inline(always)]
+    pub fn add_block(&mut self, scale: f32, sum: i32) {
+        self.acc = scale.mul_add(sum as f32, self.acc);
+    }
+}
+
 /// Σ value(j)·a[j] over each lane of four consecutive values of a 32-value block.
 #[inline(always)]
 fn lanes(value: impl Fn(usize) -> i32, a: &[u8]) -> [i32; 8] {
@@ -144,12 +164,12 @@ fn five_bits(qs: &[u8], qh: u32, j: usize) -> i32 {
 /// Q4_0 × Q8_0: d_w·d_a·Σ(q_w − 8)·q_a per block.
 #[inline(always)]
 pub fn dot_q4_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = LaneSums::default();
+    let mut sums = BlockSums::default();
     for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
         let l = lanes(|j| nibble(&wb[2..], j) - 8, &ab[2..]);
-        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l.iter().sum());
     }
-    sums.total()
+    sums.acc
 }
 
 /// Q4_1 × Q8_1: d_w·d_a·Σq_w·q_a + m_w·s_a per block (s_a = d_a·Σq_a).

@@ -1,18 +1,22 @@
-//! AVX-512 VNNI kernels over packed weights (`packed`): four weight rows against N tokens
-//! per pass. Each (row, token) result follows `LaneSums` operation for operation — the
-//! same integer lane sums, one fused multiply-add per lane and block in block order, the
-//! same final tree — so it equals the row-major kernels' result bit for bit.
+//! AVX-512 VNNI kernels over packed weights (`packed`), one group of rows against N tokens
+//! per pass:
+//! - `dot4_packed`: four Q4_1 or Q8_0 rows. Each (row, token) result follows `LaneSums`
+//!   operation for operation — the same integer lane sums, one fused multiply-add per
+//!   lane and block in block order, the same final tree — so it equals the row-major
+//!   kernels' result, and llama.cpp's, bit for bit.
+//! - `dot16_q4_0_packed`: sixteen Q4_0 rows. Each (row, token) result follows
+//!   `BlockSums`: a block's 32 products summed in integers, then one fused multiply-add
+//!   per block, so it equals the row-major kernels' result bit for bit.
 
 use crate::kernels::TokenGroup;
 use core::arch::x86_64::*;
 use gguf::GgmlType;
 
-/// The packed weight formats, as const parameters of `rows4`.
-const Q4_0: u8 = 0;
+/// The formats of `rows4`, as its const parameter.
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
 
-/// Four rows of `w` (one row of packed groups) · N tokens: `out[n][i]` is row i · token n.
+/// Four Q4_1 or Q8_0 rows (one group) · N tokens: `out[n][i]` is row i · token n.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot4_packed<const N: usize>(
@@ -21,11 +25,52 @@ pub unsafe fn dot4_packed<const N: usize>(
     g: &TokenGroup<N>,
 ) -> [[f32; 4]; N] {
     match ty {
-        GgmlType::Q4_0 => rows4::<N, Q4_0>(w, g),
         GgmlType::Q4_1 => rows4::<N, Q4_1>(w, g),
         GgmlType::Q8_0 => rows4::<N, Q8_0>(w, g),
-        _ => unreachable!("only packable types are packed"),
+        _ => unreachable!("only Q4_1 and Q8_0 are packed four rows to a group"),
     }
+}
+
+/// Sixteen Q4_0 rows (one group) · N tokens: `out[n][i]` is row i · token n.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_q4_0_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+    let group = 288;
+    let low4 = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        // Register k holds bytes 4k..4k+4 of the sixteen rows' 32 values.
+        let values: [__m512i; 8] = std::array::from_fn(|k| {
+            let q = _mm512_loadu_si512(p.add(32 + 64 * (k % 4)) as *const _);
+            match k {
+                0..4 => _mm512_and_si512(q, low4),
+                _ => _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+            }
+        });
+        for (n, acc) in acc.iter_mut().enumerate() {
+            let x = g.rows[n].as_ptr().add(b * 34 + 2) as *const i32;
+            let at = b * N + n;
+            // Σ(q − 8)·x = Σq·x − 8·Σx, in two chains of four so that the adds do not
+            // wait on each other.
+            let mut even = _mm512_set1_epi32(-8 * *g.sums.get_unchecked(at));
+            let mut odd = _mm512_setzero_si512();
+            for k in (0..8).step_by(2) {
+                let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 1).read_unaligned());
+                even = _mm512_dpbusd_epi32(even, values[k], _mm512_set1_epi32(x0));
+                odd = _mm512_dpbusd_epi32(odd, values[k + 1], _mm512_set1_epi32(x1));
+            }
+            let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*g.d.get_unchecked(at)));
+            *acc = _mm512_fmadd_ps(scale, sums, *acc);
+        }
+    }
+    let mut out = [[0.0f32; 16]; N];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+    out
 }
 
 /// 16 bytes at `p`, repeated in the four 128-bit lanes.
@@ -44,7 +89,6 @@ unsafe fn four_f16(p: *const u8) -> __m128 {
 unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 4]; N] {
     // Group bytes; activation block bytes and where its 32 values start.
     let (group, act_block, act_values) = match KIND {
-        Q4_0 => (72, 34, 2),
         Q4_1 => (80, 36, 4),
         _ => (136, 34, 2),
     };
@@ -79,26 +123,18 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
                 _mm512_loadu_si512(p.add(72) as *const _),
             )
         } else {
-            let q = _mm512_loadu_si512(p.add(if KIND == Q4_1 { 16 } else { 8 }) as *const _);
-            let lo = _mm512_and_si512(q, low4);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
-            if KIND == Q4_0 {
-                // q − 8 = (q + 120) − 128: unsigned bytes, corrected by the bias below.
-                let to_unsigned = _mm512_set1_epi8(120);
-                (
-                    _mm512_add_epi8(lo, to_unsigned),
-                    _mm512_add_epi8(hi, to_unsigned),
-                )
-            } else {
-                (lo, hi)
-            }
+            let q = _mm512_loadu_si512(p.add(16) as *const _);
+            (
+                _mm512_and_si512(q, low4),
+                _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+            )
         };
         for n in 0..N {
             let x = g.rows[n].as_ptr().add(b * act_block + act_values);
             let (init_lo, init_hi) = if KIND == Q4_1 {
                 (_mm512_setzero_si512(), _mm512_setzero_si512())
             } else {
-                let bias = g.bias.as_ptr().add((b * N + n) * 8) as *const u8;
+                let bias = g.lane_bias.as_ptr().add((b * N + n) * 8) as *const u8;
                 (repeat16(bias), repeat16(bias.add(16)))
             };
             let lanes_lo = _mm512_dpbusd_epi32(init_lo, w_lo, repeat16(x));

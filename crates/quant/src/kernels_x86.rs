@@ -1,6 +1,7 @@
 //! x86 SIMD twins of the kernels in `kernels.rs`: each block's eight integer lane sums
 //! come from AVX2 (`maddubs`/`madd`) or AVX-512 VNNI (`dpbusd`), and the float part
-//! follows `LaneSums` operation for operation, so results are bit-identical.
+//! follows `LaneSums` (or, for Q4_0, `BlockSums`) operation for operation, so
+//! results are bit-identical.
 //! Tests compare every one with its scalar twin on random data.
 
 use crate::kernels::TokenGroup;
@@ -67,6 +68,19 @@ macro_rules! x86_kernels {
                 _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes), acc)
             }
 
+            /// Σ of the eight lanes (integers: exact in any order).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn lane_total(lanes: __m256i) -> i32 {
+                let s = _mm_add_epi32(
+                    _mm256_castsi256_si128(lanes),
+                    _mm256_extracti128_si256::<1>(lanes),
+                );
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                _mm_cvtsi128_si32(s)
+            }
+
             /// `LaneSums::total`: k + k+4, then k + k+2, then k + k+1, then the offsets.
             #[inline]
             #[target_feature(enable = $features)]
@@ -81,7 +95,8 @@ macro_rules! x86_kernels {
             /// loaded and unpacked once for all N (`weight` gives its unpacked values,
             /// d_w and m_w), and each output follows exactly the single-row order.
             /// `AB` is the activation block size, `AQ` where its 32 values start;
-            /// `OFFSETS` says whether blocks add m_w·s_a.
+            /// `OFFSETS` says whether blocks add m_w·s_a; `BLOCKWISE` picks `BlockSums`'
+            /// order instead of `LaneSums`'.
             #[inline(always)]
             unsafe fn rows<
                 const N: usize,
@@ -89,6 +104,7 @@ macro_rules! x86_kernels {
                 const AB: usize,
                 const AQ: usize,
                 const OFFSETS: bool,
+                const BLOCKWISE: bool,
                 Q: Copy,
             >(
                 w: &[u8],
@@ -97,6 +113,7 @@ macro_rules! x86_kernels {
                 lanes: impl Fn(Q, __m256i) -> __m256i,
             ) -> [f32; N] {
                 let mut acc = [_mm256_setzero_ps(); N];
+                let mut block_sums = [0.0f32; N];
                 let mut offsets = [0.0f32; N];
                 for (b, wb) in w.chunks_exact(WB).enumerate() {
                     let (q, dw, mw) = weight(wb);
@@ -104,7 +121,12 @@ macro_rules! x86_kernels {
                     let scales: [f32; N] = std::array::from_fn(|n| dw * d[n]);
                     for n in 0..N {
                         let x = load(&g.rows[n][b * AB + AQ..b * AB + AQ + 32]);
-                        acc[n] = add_block(acc[n], scales[n], lanes(q, x));
+                        let l = lanes(q, x);
+                        if BLOCKWISE {
+                            block_sums[n] = scales[n].mul_add(lane_total(l) as f32, block_sums[n]);
+                        } else {
+                            acc[n] = add_block(acc[n], scales[n], l);
+                        }
                     }
                     if OFFSETS {
                         let s = &g.s[b * N..(b + 1) * N];
@@ -112,6 +134,9 @@ macro_rules! x86_kernels {
                             offsets[n] += mw * s[n];
                         }
                     }
+                }
+                if BLOCKWISE {
+                    return block_sums;
                 }
                 let mut out = [0.0f32; N];
                 for n in 0..N {
@@ -123,7 +148,7 @@ macro_rules! x86_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q4_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 18, 34, 2, false, _>(
+                rows::<N, 18, 34, 2, false, true, _>(
                     w,
                     g,
                     |wb| (nibbles(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
@@ -134,7 +159,7 @@ macro_rules! x86_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q4_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 20, 36, 4, true, _>(
+                rows::<N, 20, 36, 4, true, false, _>(
                     w,
                     g,
                     |wb| (nibbles(wb[4..].as_ptr()), f16_at(wb, 0), f16_at(wb, 2)),
@@ -145,7 +170,7 @@ macro_rules! x86_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 22, 34, 2, false, _>(
+                rows::<N, 22, 34, 2, false, false, _>(
                     w,
                     g,
                     |wb| {
@@ -159,7 +184,7 @@ macro_rules! x86_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 24, 36, 4, true, _>(
+                rows::<N, 24, 36, 4, true, false, _>(
                     w,
                     g,
                     |wb| {
@@ -173,7 +198,7 @@ macro_rules! x86_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 34, 34, 2, false, _>(
+                rows::<N, 34, 34, 2, false, false, _>(
                     w,
                     g,
                     |wb| (load(&wb[2..34]), f16_at(wb, 0), 0.0),

@@ -8,7 +8,7 @@
 
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
-use crate::packed::{group_bytes, packable, packed_len, unpack_block, PACK_ROWS};
+use crate::packed::{group_bytes, group_rows, packable, packed_len, unpack_block};
 use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
@@ -26,7 +26,7 @@ const TOKEN_BLOCK: usize = 8;
 pub enum Layout {
     /// GGML's: row after row.
     RowMajor,
-    /// Four rows interleaved block by block (`packed`), for the AVX-512 kernels.
+    /// Rows interleaved block by block (`packed`), for the AVX-512 kernels.
     Packed,
 }
 
@@ -146,9 +146,11 @@ pub(crate) struct Activations {
     /// Group starting at token t: its scales start at `t · blocks_per_row`.
     d: Vec<f32>,
     s: Vec<f32>,
-    /// Q8_0 only: −128 × each lane's sum of four values, laid out like `d` with eight
-    /// lanes per block (the packed kernels' correction for unsigned weights).
-    bias: Vec<i32>,
+    /// Q8_0 only, laid out like `d`, for the packed kernels' correction of unsigned
+    /// weights: −128 × each lane's sum of four values, eight lanes per block (Q8_0
+    /// weights), and each block's Σ of values (Q4_0 weights).
+    lane_bias: Vec<i32>,
+    sums: Vec<i32>,
 }
 
 /// The token groups of a call: 8 at a time, then 4, 2 and 1, so that small batches
@@ -181,18 +183,17 @@ impl Activations {
                     n_tokens,
                     d: Vec::new(),
                     s: Vec::new(),
-                    bias: Vec::new(),
+                    lane_bias: Vec::new(),
+                    sums: Vec::new(),
                 }
             }
         };
         let per_row = bytes.len() / n_tokens.max(1) / block;
         let mut d = Vec::with_capacity(n_tokens * per_row);
         let mut s = Vec::with_capacity(if sum_at.is_some() { d.capacity() } else { 0 });
-        let mut bias = Vec::with_capacity(if sum_at.is_none() {
-            8 * d.capacity()
-        } else {
-            0
-        });
+        let q8_0 = sum_at.is_none();
+        let mut lane_bias = Vec::with_capacity(if q8_0 { 8 * d.capacity() } else { 0 });
+        let mut sums = Vec::with_capacity(if q8_0 { d.capacity() } else { 0 });
         for (t0, size) in token_groups(n_tokens) {
             for b in 0..per_row {
                 for t in t0..t0 + size {
@@ -201,9 +202,15 @@ impl Activations {
                     match sum_at {
                         Some(o) => s.push(f16_at(&bytes, at + o)),
                         None => {
-                            bias.extend(bytes[at + 2..at + block].chunks_exact(4).map(|lane| {
-                                -128 * lane.iter().map(|&q| q as i8 as i32).sum::<i32>()
-                            }))
+                            let values = &bytes[at + 2..at + block];
+                            let lanes: [i32; 8] = std::array::from_fn(|k| {
+                                values[4 * k..4 * k + 4]
+                                    .iter()
+                                    .map(|&q| q as i8 as i32)
+                                    .sum()
+                            });
+                            lane_bias.extend(lanes.map(|l| -128 * l));
+                            sums.push(lanes.iter().sum());
                         }
                     }
                 }
@@ -214,7 +221,8 @@ impl Activations {
             n_tokens,
             d,
             s,
-            bias,
+            lane_bias,
+            sums,
         }
     }
 
@@ -226,7 +234,11 @@ impl Activations {
             rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
             d: self.d.get(range.clone()).unwrap_or(&[]),
             s: self.s.get(range.clone()).unwrap_or(&[]),
-            bias: self.bias.get(range.start * 8..range.end * 8).unwrap_or(&[]),
+            lane_bias: self
+                .lane_bias
+                .get(range.start * 8..range.end * 8)
+                .unwrap_or(&[]),
+            sums: self.sums.get(range).unwrap_or(&[]),
         }
     }
 }
@@ -360,7 +372,7 @@ macro_rules! x86_tile {
     };
 }
 
-/// `tile` over a packed matrix: four rows per kernel call.
+/// `tile` over a packed matrix: one group of rows per kernel call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn packed_tile(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
@@ -378,19 +390,45 @@ fn packed_tile(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
 #[inline(always)]
 fn packed_tokens<const N: usize>(w: &QMatrix, x: &Activations, t: usize, r0: usize, out: OutPtr) {
     let group = x.group::<N>(t);
+    let rows = group_rows(w.ty);
     let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
-    for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(PACK_ROWS) {
-        let at = r / PACK_ROWS * bytes;
+    for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
+        let at = r / rows * bytes;
+        let data = &w.data[at..at + bytes];
         prefetch_ahead(w.data, at, bytes);
         // SAFETY: `matmul` checked AVX-512 VNNI is available before any packed tile runs.
-        let v = unsafe {
-            crate::kernels_packed::dot4_packed::<N>(w.ty, &w.data[at..at + bytes], &group)
-        };
-        for (i, v) in v.into_iter().enumerate() {
-            for (k, v) in v.into_iter().enumerate().take(w.rows - r) {
-                // SAFETY: as in `tokens`; rows r..r + 4 belong to this tile only.
-                unsafe { *out.at((t + i) * w.rows + r + k) = v };
-            }
+        match w.ty {
+            GgmlType::Q4_0 => write_group(
+                unsafe { crate::kernels_packed::dot16_q4_0_packed::<N>(data, &group) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
+            _ => write_group(
+                unsafe { crate::kernels_packed::dot4_packed::<N>(w.ty, data, &group) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
+        }
+    }
+}
+
+/// Stores a group's results: `v[i][k]` is row r + k · token t + i.
+#[inline(always)]
+fn write_group<const N: usize, const R: usize>(
+    v: [[f32; R]; N],
+    rows: usize,
+    t: usize,
+    r: usize,
+    out: OutPtr,
+) {
+    for (i, v) in v.into_iter().enumerate() {
+        for (k, v) in v.into_iter().enumerate().take(rows - r) {
+            // SAFETY: as in `tokens`; rows r..r + R belong to this tile only.
+            unsafe { *out.at((t + i) * rows + r + k) = v };
         }
     }
 }
