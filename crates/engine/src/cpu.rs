@@ -7,6 +7,7 @@ use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_S
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use quant::{AttendScratch, F16Order, Isa, Layout, QMatrix};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -134,7 +135,6 @@ struct WidenedKv {
 impl WidenedKv {
     /// Fills `k` and `v` with positions `0..len` of the sequence with block table `blocks`.
     fn widen(&mut self, pool: &CpuKvPool, layer: usize, blocks: &[u32], len: usize) {
-        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
         let n = len * pool.kv_dim;
         let block = KV_BLOCK_SIZE * pool.kv_dim;
         for (dst, src) in [(&mut self.k, &pool.k), (&mut self.v, &pool.v)] {
@@ -310,11 +310,10 @@ impl Backend for CpuBackend {
         for (t, &slot) in slots.iter().enumerate() {
             let at = pool.offset(layer, slot);
             let n = pool.kv_dim;
-            for (dst, &src) in pool.k[at..at + n].iter_mut().zip(k.row(t)) {
-                *dst = f16::from_f32(src).to_bits();
-            }
-            for (dst, &src) in pool.v[at..at + n].iter_mut().zip(v.row(t)) {
-                *dst = f16::from_f32(src).to_bits();
+            for (dst, src) in [(&mut pool.k, k), (&mut pool.v, v)] {
+                dst[at..at + n]
+                    .reinterpret_cast_mut::<f16>()
+                    .convert_from_f32_slice(src.row(t));
             }
         }
     }
@@ -366,11 +365,8 @@ impl Backend for CpuBackend {
                 // With an f16 cache GGML multiplies in f16: the query is rounded to f16
                 // too (and `attend` rounds the weights).
                 qh.clear();
-                qh.extend(
-                    q.data[t * cols + h * head_dim..t * cols + (h + 1) * head_dim]
-                        .iter()
-                        .map(|&v| f16::from_f32(v).to_f32()),
-                );
+                qh.extend_from_slice(&q.data[t * cols + h * head_dim..][..head_dim]);
+                quant::round_to_f16(qh);
                 let at = |p: usize| p * kv_dim + (h / group) * head_dim;
                 let key = |p: usize| &widened[s].k[at(p)..at(p) + head_dim];
                 quant::attention_scores(order, qh, pos + 1, key, scale, scores);

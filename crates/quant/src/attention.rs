@@ -121,29 +121,67 @@ pub struct AttendScratch {
     wide: Vec<f64>,
 }
 
-/// `out[i] = Σₚ weights[p] · value(p)[c + i]` for i < N, over the positions `terms`
-/// yields (at least one), in that order, the first product stored rather than added to 0.
+/// Columns `c..c + N` of accumulators `j..j + K` (`out` holds their `width` columns each):
+/// accumulator j sums `weights[p] · value(p)` over p = j, j + slots, … below `end` (at
+/// least one term), in that order, the first product stored rather than added to 0. Two
+/// accumulators at once give eight independent chains of adds.
 #[inline(always)]
-fn column_sums<'a, const N: usize>(
+#[allow(clippy::too_many_arguments)]
+fn column_sums<'a, const N: usize, const K: usize>(
     out: &mut [f32],
+    width: usize,
     c: usize,
-    mut terms: impl Iterator<Item = usize>,
+    j: usize,
+    slots: usize,
+    end: usize,
     weights: &[f32],
     value: &impl Fn(usize) -> &'a [f32],
 ) {
-    let first = terms.next().expect("a sum of at least one term");
-    let (w, v) = (weights[first], &value(first)[c..c + N]);
-    let mut sums = [0.0f32; N];
-    for i in 0..N {
-        sums[i] = w * v[i];
-    }
-    for p in terms {
-        let (w, v) = (weights[p], &value(p)[c..c + N]);
+    let counts: [usize; K] = std::array::from_fn(|k| (end - j - k).div_ceil(slots));
+    let mut sums = [[0.0f32; N]; K];
+    for (k, sum) in sums.iter_mut().enumerate() {
+        let (w, v) = (weights[j + k], &value(j + k)[c..c + N]);
         for i in 0..N {
-            sums[i] += w * v[i];
+            sum[i] = w * v[i];
         }
     }
-    out[..N].copy_from_slice(&sums);
+    for t in 1..counts[0] {
+        for (k, sum) in sums.iter_mut().enumerate() {
+            if t < counts[k] {
+                let p = j + k + t * slots;
+                let (w, v) = (weights[p], &value(p)[c..c + N]);
+                for i in 0..N {
+                    // Fused: the product of two f16 values is exact, so this is the add.
+                    sum[i] = w.mul_add(v[i], sum[i]);
+                }
+            }
+        }
+    }
+    for (k, sum) in sums.iter().enumerate() {
+        out[k * width + c..][..N].copy_from_slice(sum);
+    }
+}
+
+/// `column_sums` of accumulators `j..j + K` over their columns in multiples of 16.
+#[inline(always)]
+fn vector_columns<'a, const K: usize>(
+    out: &mut [f32],
+    width: usize,
+    j: usize,
+    slots: usize,
+    end: usize,
+    weights: &[f32],
+    value: &impl Fn(usize) -> &'a [f32],
+) {
+    let whole = width / 16 * 16;
+    let mut c = 0;
+    while c + 64 <= whole {
+        column_sums::<64, K>(out, width, c, j, slots, end, weights, value);
+        c += 64;
+    }
+    for c in (c..whole).step_by(16) {
+        column_sums::<16, K>(out, width, c, j, slots, end, weights, value);
+    }
 }
 
 #[inline(always)]
@@ -158,28 +196,29 @@ fn attend_with<'a>(
     let (slots, vector_terms) = order.vector_part(weights.len(), true);
     let rounded = &mut scratch.weights;
     rounded.clear();
-    rounded.extend(weights.iter().map(|&w| half::f16::from_f32(w).to_f32()));
-    // Accumulator j holds the terms j, j + slots, j + 2·slots, … in that order; it is
-    // built up to 64 columns at a time in registers (four independent sums hide the adds'
-    // latency), starting from its first term.
+    rounded.extend_from_slice(weights);
+    crate::round_to_f16(rounded);
+    // Accumulator j holds the terms j, j + slots, j + 2·slots, … in that order; pairs of
+    // accumulators are built up to 64 columns at a time in registers, each starting from
+    // its first term.
     let used = vector_terms.min(slots);
     let acc = &mut scratch.acc;
     acc.resize(used * width, 0.0);
     let whole = width / 16 * 16;
-    let terms = |j: usize| (j..vector_terms).step_by(slots);
-    for (j, lane) in acc.chunks_exact_mut(width).enumerate() {
-        let mut c = 0;
-        while c + 64 <= whole {
-            column_sums::<64>(&mut lane[c..c + 64], c, terms(j), rounded, &value);
-            c += 64;
+    for j in (0..used).step_by(2) {
+        let out = &mut acc[j * width..];
+        if j + 1 < used {
+            vector_columns::<2>(out, width, j, slots, vector_terms, rounded, &value);
+        } else {
+            vector_columns::<1>(out, width, j, slots, vector_terms, rounded, &value);
         }
-        for c in (c..whole).step_by(16) {
-            column_sums::<16>(&mut lane[c..c + 16], c, terms(j), rounded, &value);
-        }
-        for (c, s) in lane.iter_mut().enumerate().skip(whole) {
-            *s = rounded[j] * value(j)[c];
-            for p in terms(j).skip(1) {
-                *s += rounded[p] * value(p)[c];
+        for k in j..(j + 2).min(used) {
+            for c in whole..width {
+                let mut sum = rounded[k] * value(k)[c];
+                for p in (k + slots..vector_terms).step_by(slots) {
+                    sum += rounded[p] * value(p)[c];
+                }
+                acc[k * width + c] = sum;
             }
         }
     }
@@ -237,13 +276,10 @@ pub fn attention_scores<'a>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if order == F16Order::Batched
-        && q.len().is_multiple_of(16)
         && crate::selected_isa() == crate::Isa::Avx512
+        && crate::attention_avx512::scores_batched_avx512(q, keys, &key, scale, scores)
     {
-        // SAFETY: the selected ISA is available, so AVX-512F is.
-        return unsafe {
-            crate::attention_avx512::scores_batched_avx512(q, keys, key, scale, scores)
-        };
+        return;
     }
     scores_any(order, q, keys, key, scale, scores)
 }

@@ -6,32 +6,66 @@
 
 use core::arch::x86_64::*;
 
-/// `scores[p] = Σ key(p)[i]·q[i] · scale` for `p < keys`, `q.len()` a multiple of 16.
+/// `scores[p] = Σ key(p)[i]·q[i] · scale` for `p < keys`, or false (and nothing done)
+/// when `q`'s length is not a multiple of 16 between 16 and 128.
+pub fn scores_batched_avx512<'a>(
+    q: &[f32],
+    keys: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+) -> bool {
+    assert!(
+        std::is_x86_feature_detected!("avx512f"),
+        "AVX-512 kernel called without AVX-512"
+    );
+    // SAFETY: AVX-512F is available (asserted above).
+    unsafe {
+        match q.len() {
+            16 => scores_chunks::<1>(q, keys, key, scale, scores),
+            32 => scores_chunks::<2>(q, keys, key, scale, scores),
+            48 => scores_chunks::<3>(q, keys, key, scale, scores),
+            64 => scores_chunks::<4>(q, keys, key, scale, scores),
+            80 => scores_chunks::<5>(q, keys, key, scale, scores),
+            96 => scores_chunks::<6>(q, keys, key, scale, scores),
+            112 => scores_chunks::<7>(q, keys, key, scale, scores),
+            128 => scores_chunks::<8>(q, keys, key, scale, scores),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `scores_batched_avx512` for `q.len() == 16 · C`: the query stays in registers and the
+/// sixteen keys' products are written out in full, so their chains of C fused
+/// multiply-adds overlap.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn scores_batched_avx512<'a>(
+unsafe fn scores_chunks<'a, const C: usize>(
     q: &[f32],
     keys: usize,
     key: impl Fn(usize) -> &'a [f32],
     scale: f32,
     scores: &mut Vec<f32>,
 ) {
-    let width = q.len();
-    debug_assert!(width.is_multiple_of(16));
+    let query: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
     scores.clear();
     scores.reserve(keys.next_multiple_of(16));
     let scale = _mm512_set1_ps(scale);
     for p0 in (0..keys).step_by(16) {
         let count = (keys - p0).min(16);
-        let mut lanes = [_mm512_setzero_ps(); 16];
-        for (j, acc) in lanes.iter_mut().enumerate().take(count) {
-            let k = key(p0 + j);
-            assert!(k.len() >= width);
-            for c in (0..width).step_by(16) {
-                let x = _mm512_loadu_ps(k.as_ptr().add(c));
-                let y = _mm512_loadu_ps(q.as_ptr().add(c));
-                *acc = _mm512_fmadd_ps(x, y, *acc);
+        // Past the last key, the last key again (computed, then not stored).
+        let rows: [*const f32; 16] = std::array::from_fn(|j| {
+            let k = key(p0 + j.min(count - 1));
+            assert!(k.len() >= 16 * C, "a key shorter than the query");
+            k.as_ptr()
+        });
+        let lanes: [__m512; 16] = std::array::from_fn(|j| {
+            let mut acc = _mm512_setzero_ps();
+            for (c, &y) in query.iter().enumerate() {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(rows[j].add(16 * c)), y, acc);
             }
-        }
+            acc
+        });
         let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
         _mm512_mask_storeu_ps(
             scores.as_mut_ptr().add(p0),
@@ -41,7 +75,6 @@ pub unsafe fn scores_batched_avx512<'a>(
         scores.set_len(p0 + count);
     }
 }
-
 /// Lane j of the result is `dot::tree_sum` of register j.
 #[inline]
 #[target_feature(enable = "avx512f")]
