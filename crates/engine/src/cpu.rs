@@ -139,12 +139,16 @@ impl WidenedKv {
         let block = KV_BLOCK_SIZE * pool.kv_dim;
         for (dst, src) in [(&mut self.k, &pool.k), (&mut self.v, &pool.v)] {
             dst.resize(n, 0.0);
-            dst.par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
-                let at = pool.offset(layer, blocks[b] as usize * KV_BLOCK_SIZE);
-                src[at..at + dst.len()]
-                    .reinterpret_cast::<f16>()
-                    .convert_to_f32_slice(dst);
-            });
+            // Whole stretches of blocks per task: a block is too little work to share.
+            dst.par_chunks_mut(block)
+                .enumerate()
+                .with_min_len(16)
+                .for_each(|(b, dst)| {
+                    let at = pool.offset(layer, blocks[b] as usize * KV_BLOCK_SIZE);
+                    src[at..at + dst.len()]
+                        .reinterpret_cast::<f16>()
+                        .convert_to_f32_slice(dst);
+                });
         }
     }
 }

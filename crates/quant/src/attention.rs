@@ -80,16 +80,24 @@ fn dot_with(order: F16Order, k: &[f32], q: &[f32]) -> f32 {
         F16Order::Batched => dot_lanes(k, q),
         F16Order::OneToken => {
             let (_, slotted) = order.vector_part(n, false);
+            // Fixed-size arrays and strides, so that the compiler keeps all of it in
+            // vector registers.
             let mut acc = [0.0f32; SLOTS];
             for (x, y) in k[..slotted]
                 .chunks_exact(SLOTS)
                 .zip(q[..slotted].chunks_exact(SLOTS))
             {
+                let (x, y): (&[f32; SLOTS], &[f32; SLOTS]) =
+                    (x.try_into().unwrap(), y.try_into().unwrap());
                 for i in 0..SLOTS {
                     acc[i] += x[i] * y[i];
                 }
             }
-            halving_tree(&mut acc, 1, SLOTS, slotted.min(SLOTS));
+            for stride in [32, 16, 8, 4, 2, 1] {
+                for i in 0..stride {
+                    acc[i] += acc[i + stride];
+                }
+            }
             let tail = k[slotted..].iter().zip(&q[slotted..]);
             tail.fold(acc[0] as f64, |s, (x, y)| s + (x * y) as f64) as f32
         }
@@ -275,9 +283,8 @@ pub fn attention_scores<'a>(
     scores: &mut Vec<f32>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if order == F16Order::Batched
-        && crate::selected_isa() == crate::Isa::Avx512
-        && crate::attention_avx512::scores_batched_avx512(q, keys, &key, scale, scores)
+    if crate::selected_isa() == crate::Isa::Avx512
+        && crate::attention_avx512::scores_avx512(order, q, keys, &key, scale, scores)
     {
         return;
     }

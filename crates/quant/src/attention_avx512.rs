@@ -1,14 +1,19 @@
-//! AVX-512 attention scores in llama.cpp's batched order, sixteen keys at a time: each
-//! key's 16 accumulators fill one register, and the sixteen halving trees (+8, +4, +2, +1)
-//! run side by side as shuffles and adds across registers, so a tree costs one add per key
-//! instead of four adds and four shuffles. Every add is the portable order's add, with the
-//! same operands, so the scores equal `attention::scores_with`'s bit for bit.
+//! AVX-512 attention scores in llama.cpp's orders, sixteen keys at a time: each key's 16
+//! accumulators fill one register (the one-token order's 64 are first added down to 16,
+//! +32 then +16), and the sixteen halving trees (+8, +4, +2, +1) run side by side as
+//! shuffles and adds across registers, so a tree costs one add per key instead of four
+//! adds and four shuffles. Every operation is the portable order's, with the same
+//! operands, so the scores equal `attention::scores_with`'s bit for bit.
+
+use crate::attention::F16Order;
 
 use core::arch::x86_64::*;
 
-/// `scores[p] = Σ key(p)[i]·q[i] · scale` for `p < keys`, or false (and nothing done)
-/// when `q`'s length is not a multiple of 16 between 16 and 128.
-pub fn scores_batched_avx512<'a>(
+/// `scores[p] = dot_f16(order, key(p), q) · scale` for `p < keys`, or false (and nothing
+/// done) for a query length this kernel does not cover: the batched order takes multiples
+/// of 16 up to 128, the one-token order 64 and 128 (no f64 tail).
+pub fn scores_avx512<'a>(
+    order: F16Order,
     q: &[f32],
     keys: usize,
     key: impl Fn(usize) -> &'a [f32],
@@ -21,26 +26,28 @@ pub fn scores_batched_avx512<'a>(
     );
     // SAFETY: AVX-512F is available (asserted above).
     unsafe {
-        match q.len() {
-            16 => scores_chunks::<1>(q, keys, key, scale, scores),
-            32 => scores_chunks::<2>(q, keys, key, scale, scores),
-            48 => scores_chunks::<3>(q, keys, key, scale, scores),
-            64 => scores_chunks::<4>(q, keys, key, scale, scores),
-            80 => scores_chunks::<5>(q, keys, key, scale, scores),
-            96 => scores_chunks::<6>(q, keys, key, scale, scores),
-            112 => scores_chunks::<7>(q, keys, key, scale, scores),
-            128 => scores_chunks::<8>(q, keys, key, scale, scores),
+        match (order, q.len()) {
+            (F16Order::Batched, 16) => scores_chunks::<1, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 32) => scores_chunks::<2, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 48) => scores_chunks::<3, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 64) => scores_chunks::<4, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 80) => scores_chunks::<5, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 96) => scores_chunks::<6, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 112) => scores_chunks::<7, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 128) => scores_chunks::<8, false>(q, keys, key, scale, scores),
+            (F16Order::OneToken, 64) => scores_chunks::<4, true>(q, keys, key, scale, scores),
+            (F16Order::OneToken, 128) => scores_chunks::<8, true>(q, keys, key, scale, scores),
             _ => return false,
         }
     }
     true
 }
 
-/// `scores_batched_avx512` for `q.len() == 16 · C`: the query stays in registers and the
-/// sixteen keys' products are written out in full, so their chains of C fused
-/// multiply-adds overlap.
+/// `scores_avx512` for `q.len() == 16 · C`: the query stays in registers and the sixteen
+/// keys' products are written out in full, so their chains of fused multiply-adds
+/// overlap. `ONE_TOKEN`: chunk c goes to slot group c % 4 (of the 64 accumulators).
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_chunks<'a, const C: usize>(
+unsafe fn scores_chunks<'a, const C: usize, const ONE_TOKEN: bool>(
     q: &[f32],
     keys: usize,
     key: impl Fn(usize) -> &'a [f32],
@@ -60,11 +67,17 @@ unsafe fn scores_chunks<'a, const C: usize>(
             k.as_ptr()
         });
         let lanes: [__m512; 16] = std::array::from_fn(|j| {
-            let mut acc = _mm512_setzero_ps();
+            let mut acc = [_mm512_setzero_ps(); 4];
             for (c, &y) in query.iter().enumerate() {
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(rows[j].add(16 * c)), y, acc);
+                let slot = if ONE_TOKEN { c % 4 } else { 0 };
+                acc[slot] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[j].add(16 * c)), y, acc[slot]);
             }
-            acc
+            if ONE_TOKEN {
+                let (low, high) = (_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+                _mm512_add_ps(low, high)
+            } else {
+                acc[0]
+            }
         });
         let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
         _mm512_mask_storeu_ps(
