@@ -1,7 +1,7 @@
 //! The CPU backend: weights stay quantized in the memory-mapped file, or, for the AVX-512
-//! kernels, are repacked once into four-row groups (`quant::pack`); activations are f32
-//! (quantized to 8 bits inside the matmul kernels); the KV cache is f16. Work is split
-//! across threads by rows or heads.
+//! kernels, are repacked once into row groups (`quant::pack`); activations are f32
+//! (quantized to 8 bits inside the matmul kernels); the KV cache is f16, widened to f32
+//! once per layer for attention. Work is split across threads by rows or heads.
 
 use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
 use crate::error::{EngineError, Result};
@@ -121,7 +121,8 @@ pub struct CpuBackend {
     /// Repacked matrices by (file, tensor offset): a tensor used twice (a tied
     /// embedding and output) is packed once.
     packed: Mutex<HashMap<TensorKey, Arc<Vec<u8>>>>,
-    /// `attention`'s per-sequence f32 keys and values, kept so that no step reallocates.
+    /// `attention`'s per-sequence f32 keys and values, kept so that no step reallocates
+    /// (they grow to the largest batch's contexts: 8 bytes per position and KV value).
     widened: Mutex<Vec<WidenedKv>>,
 }
 
