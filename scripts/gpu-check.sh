@@ -4,7 +4,7 @@
 # tests, the whole model on GPU vs CPU, the engine's batching tests on the GPU backend.
 MODEL=${MODEL:-/root/model.gguf}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-export LLAMA_GPU_TEST_MODEL=$MODEL LLAMA_GPU_TEST_REFS=$PWD/.gpu/refs LLAMA_GPU_TEST_DEVICE=cuda
+export LLAMA_GPU_TEST_MODEL=$MODEL LLAMA_GPU_TEST_REFS=$PWD/tests/data/refs LLAMA_GPU_TEST_DEVICE=cuda
 .gpu/llama-gpu doctor
 .gpu/engine-cuda --test-threads=1 --nocapture 2>&1 | grep -E "GPU vs|^test |result|panicked|skipped|assert"
 .gpu/batch_invariance 2>&1 | grep -E "^test |result|panicked"

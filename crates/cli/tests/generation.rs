@@ -1,11 +1,7 @@
 //! `run`, `tokenize`, `detokenize` and `perplexity` end to end, and their bad-input paths.
 
 mod common;
-use common::{llama_gpu, llama_gpu_with_stdin, stderr, stdout};
-
-fn refs(name: &str) -> String {
-    format!("{}/../../../shared/refs/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use common::{llama_gpu, llama_gpu_with_stdin, refs, stderr, stdout};
 
 #[test]
 fn greedy_run_json_matches_llama_cpp() {
@@ -97,10 +93,11 @@ fn tokenize_and_detokenize_round_trip() {
 
 #[test]
 fn perplexity_of_the_first_windows_is_close_to_llama_cpp() {
+    let text = refs("ppl_text.txt");
     let out = llama_gpu(&[
         "perplexity",
         "-f",
-        &refs("ppl_text.txt"),
+        text.to_str().unwrap(),
         "-c",
         "512",
         "--chunks",

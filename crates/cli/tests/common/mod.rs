@@ -4,6 +4,11 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+#[path = "../../../../tests/refs.rs"]
+mod refs_dir;
+#[allow(unused_imports)] // not every test binary reads reference data
+pub use refs_dir::refs;
+
 /// The model store the tests share: `$LLAMA_GPU_HOME` when set, else one under
 /// `target/`, so the default model is pulled once per checkout.
 pub fn store_home() -> PathBuf {

@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 
+#[path = "../../../../tests/refs.rs"]
+mod refs_dir;
+#[allow(unused_imports)] // not every test binary reads reference data
+pub use refs_dir::refs;
+
 /// The default model, pulled into the tests' shared store on first use
 /// (`LLAMA_GPU_TEST_MODEL` names a GGUF file to use instead, e.g. on a GPU machine).
 pub fn default_model() -> PathBuf {
@@ -30,16 +35,6 @@ pub fn model_and_tokenizer() -> (engine::Llama<engine::Device>, engine::Tokenize
     let file = std::sync::Arc::new(gguf::GgufFile::open(default_model()).unwrap());
     let tok = engine::Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
     (engine::Llama::load(test_device(), file).unwrap(), tok)
-}
-
-/// A file of `../shared/refs/` (llama.cpp's reference outputs for the default model);
-/// `LLAMA_GPU_TEST_REFS` names the folder where the checkout has no `../shared`.
-pub fn refs(name: &str) -> PathBuf {
-    match std::env::var_os("LLAMA_GPU_TEST_REFS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refs"),
-    }
-    .join(name)
 }
 
 pub fn jsonl(name: &str) -> Vec<serde_json::Value> {
