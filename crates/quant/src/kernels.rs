@@ -13,6 +13,7 @@
 //! the same bits.
 
 use crate::f16_at;
+use crate::kernels_k::{dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k};
 use gguf::GgmlType;
 
 /// The format activations are quantized to before a dot product with `weight`.
@@ -74,6 +75,10 @@ kernel!(Q4_1Q8_1, dot_q4_1_q8_1);
 kernel!(Q5_0Q8_0, dot_q5_0_q8_0);
 kernel!(Q5_1Q8_1, dot_q5_1_q8_1);
 kernel!(Q8_0Q8_0, dot_q8_0_q8_0);
+kernel!(Q3KQ8K, dot_q3_k_q8_k);
+kernel!(Q4KQ8K, dot_q4_k_q8_k);
+kernel!(Q5KQ8K, dot_q5_k_q8_k);
+kernel!(Q6KQ8K, dot_q6_k_q8_k);
 
 /// Every other weight type: decode both sides to f32.
 pub struct Dequantizing;

@@ -43,7 +43,7 @@ macro_rules! x86_kernels {
             /// bit manipulation, and free of its slow path on subnormals).
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
+            pub(crate) unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
                 let h = u16::from_le_bytes([b[at], b[at + 1]]);
                 _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
             }
@@ -57,7 +57,7 @@ macro_rules! x86_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load(p: &[u8]) -> __m256i {
+            pub(crate) unsafe fn load(p: &[u8]) -> __m256i {
                 _mm256_loadu_si256(p.as_ptr() as *const __m256i)
             }
 
@@ -71,7 +71,7 @@ macro_rules! x86_kernels {
             /// Σ of the eight lanes (integers: exact in any order).
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn lane_total(lanes: __m256i) -> i32 {
+            pub(crate) unsafe fn lane_total(lanes: __m256i) -> i32 {
                 let s = _mm_add_epi32(
                     _mm256_castsi256_si128(lanes),
                     _mm256_extracti128_si256::<1>(lanes),
@@ -84,7 +84,7 @@ macro_rules! x86_kernels {
             /// `LaneSums::total`: k + k+4, then k + k+2, then k + k+1, then the offsets.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn total(acc: __m256, offsets: f32) -> f32 {
+            pub(crate) unsafe fn total(acc: __m256, offsets: f32) -> f32 {
                 let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_movehdup_ps(s));

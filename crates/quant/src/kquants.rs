@@ -5,6 +5,7 @@
 //! The quantizers here pick scales from each sub-block's range (no iterative search as
 //! in GGML's reference), so they are a little less accurate but write the same layout.
 
+use crate::legacy::round_half_even;
 use crate::{f16_at, put_f16, round_f16};
 
 pub const QK_K: usize = 256;
@@ -81,7 +82,7 @@ pub fn quantize_q2_k(x: &[f32], b: &mut [u8]) {
 
 // ---- Q3_K: hmask[32], qs[64], scales[12] (16 six-bit codes), d ----
 
-fn q3_k_scales(packed: &[u8]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(packed: &[u8]) -> [i32; 16] {
     let mut s = [0i32; 16];
     for i in 0..4 {
         let (a0, a1, t) = (packed[i], packed[4 + i], packed[8 + i]);
@@ -132,7 +133,7 @@ pub fn quantize_q3_k(x: &[f32], b: &mut [u8]) {
 
 // ---- Q4_K / Q5_K: d, dmin, scales[12] (eight 6-bit scale/min pairs), [qh[32]], qs[128] ----
 
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -152,7 +153,7 @@ pub(crate) fn pack_scale_min_k4(ls: &[u8], lm: &[u8], q: &mut [u8]) {
 }
 
 /// Value `i`'s low nibble in a Q4_K/Q5_K `qs` array.
-fn k4_nibble(qs: &[u8], i: usize) -> u8 {
+pub(crate) fn k4_nibble(qs: &[u8], i: usize) -> u8 {
     let byte = qs[(i / 64) * 32 + i % 32];
     if (i % 64) < 32 {
         byte & 0xf
@@ -211,7 +212,7 @@ pub fn quantize_q5_k(x: &[f32], b: &mut [u8]) {
 // ---- Q6_K: ql[128], qh[64], scales[16] (i8), d ----
 
 /// (ql index, ql high nibble?, qh index, qh shift) of value `i`.
-fn q6_k_position(i: usize) -> (usize, bool, usize, usize) {
+pub(crate) fn q6_k_position(i: usize) -> (usize, bool, usize, usize) {
     let (n, r) = (i / 128, i % 128);
     let (quarter, l) = (r / 32, r % 32);
     let ql = n * 64 + l + if quarter % 2 == 1 { 32 } else { 0 };
@@ -262,7 +263,8 @@ pub fn quantize_q8_k(x: &[f32], b: &mut [u8]) {
     }
     let iscale = -127.0 / max;
     for (i, &v) in x[..QK_K].iter().enumerate() {
-        b[4 + i] = ((iscale * v).round() as i32).min(127) as i8 as u8;
+        // GGML rounds halves to even here (its `nearest_int`).
+        b[4 + i] = (round_half_even(iscale * v) as i32).min(127) as i8 as u8;
     }
     for j in 0..16 {
         let sum: i32 = (0..16).map(|k| b[4 + 16 * j + k] as i8 as i32).sum();

@@ -151,7 +151,7 @@ pub fn quantize_q5_1(x: &[f32], block: &mut [u8]) {
 /// 1.5·2^23 leaves no fraction bits, so the FPU's own rounding does the work (inline,
 /// where `round_ties_even` may become a library call).
 #[inline(always)]
-fn round_half_even(x: f32) -> f32 {
+pub(crate) fn round_half_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (x + MAGIC) - MAGIC
 }

@@ -10,6 +10,9 @@ mod attention_avx512;
 mod dot;
 mod isa;
 mod kernels;
+mod kernels_k;
+#[cfg(target_arch = "x86_64")]
+mod kernels_k_x86;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed;
 #[cfg(target_arch = "x86_64")]

@@ -311,6 +311,10 @@ fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
         GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, x, r0, out),
         GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, x, r0, out),
         GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, x, r0, out),
+        GgmlType::Q3_K => tile::<Q3KQ8K>(w, x, r0, out),
+        GgmlType::Q4_K => tile::<Q4KQ8K>(w, x, r0, out),
+        GgmlType::Q5_K => tile::<Q5KQ8K>(w, x, r0, out),
+        GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, r0, out),
         _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
@@ -329,12 +333,18 @@ macro_rules! x86_tile {
 
             macro_rules! simd_kernel {
                 ($k:ident, $f:ident) => {
+                    simd_kernel!($k, $f, crate::kernels, simd);
+                };
+                ($k:ident, $f:ident, $scalar:path, $simd:ident) => {
                     pub struct $k;
                     impl Kernel for $k {
                         #[inline(always)]
                         fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                             // `tile` only calls `dotn`; the scalar twin gives the same bits.
-                            crate::kernels::$f(w, a)
+                            {
+                                use $scalar as scalar;
+                                scalar::$f(w, a)
+                            }
                         }
 
                         #[inline(always)]
@@ -345,7 +355,7 @@ macro_rules! x86_tile {
                         ) -> [f32; N] {
                             // SAFETY: only reached from `tile` below, whose target
                             // features the caller checked on this CPU.
-                            unsafe { simd::$f::<N>(w, g) }
+                            unsafe { $simd::$f::<N>(w, g) }
                         }
                     }
                 };
@@ -355,6 +365,11 @@ macro_rules! x86_tile {
             simd_kernel!(Q5_0, dot_q5_0_q8_0);
             simd_kernel!(Q5_1, dot_q5_1_q8_1);
             simd_kernel!(Q8_0, dot_q8_0_q8_0);
+            use crate::kernels_k_x86::$module as simd_k;
+            simd_kernel!(Q3K, dot_q3_k_q8_k, crate::kernels_k, simd_k);
+            simd_kernel!(Q4K, dot_q4_k_q8_k, crate::kernels_k, simd_k);
+            simd_kernel!(Q5K, dot_q5_k_q8_k, crate::kernels_k, simd_k);
+            simd_kernel!(Q6K, dot_q6_k_q8_k, crate::kernels_k, simd_k);
 
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
@@ -364,6 +379,10 @@ macro_rules! x86_tile {
                     GgmlType::Q5_0 => tile::<Q5_0>(w, x, r0, out),
                     GgmlType::Q5_1 => tile::<Q5_1>(w, x, r0, out),
                     GgmlType::Q8_0 => tile::<Q8_0>(w, x, r0, out),
+                    GgmlType::Q3_K => tile::<Q3K>(w, x, r0, out),
+                    GgmlType::Q4_K => tile::<Q4K>(w, x, r0, out),
+                    GgmlType::Q5_K => tile::<Q5K>(w, x, r0, out),
+                    GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }

@@ -1,0 +1,275 @@
+//! x86 SIMD twins of the K-quant kernels in `kernels_k.rs`: one weight row against N
+//! tokens, each 256-value block unpacked once into eight registers of 32 byte codes and
+//! per-value i16 scales, then multiplied with every token's Q8_K block. The integer sums
+//! are exact, and the float steps are the scalar twins' (`MinSums` for Q4_K,
+//! `LaneSums` for the others), so the results are bit-identical to theirs.
+
+use crate::kernels::TokenGroup;
+use crate::kernels_k::{k4_scales_mins, q8k_d, Q8K_BLOCK};
+use crate::kquants::q3_k_scales;
+use core::arch::x86_64::*;
+
+/// A block's 256 codes as eight registers of 32 (values 32c..32c+32 in register c) and,
+/// for each, the i16 scale of every byte pair.
+struct Unpacked {
+    codes: [__m256i; 8],
+    scales: [__m256i; 8],
+}
+
+macro_rules! x86_k_kernels {
+    ($module:ident, $features:literal, $madd_acc:ident) => {
+        pub mod $module {
+            use super::*;
+            use crate::kernels_x86::$module::{f16_at, lane_total, load, total};
+
+            /// acc + Σ pairs of (scale · Σ pairs of code·x), as eight i32 lanes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn lanes(u: &Unpacked, x: &[u8]) -> __m256i {
+                let mut acc = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let p16 = _mm256_maddubs_epi16(u.codes[c], load(&x[4 + 32 * c..]));
+                    acc = $madd_acc(acc, u.scales[c], p16);
+                }
+                acc
+            }
+
+            /// Σ_j min_j · (activation sum of 32-value sub-block j), from the Q8_K block's
+            /// sixteen sums of 16.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn min_sum(mins: __m128i, x: &[u8]) -> i32 {
+                let bsums = load(&x[260..]);
+                let pairs = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bsums),
+                    _mm256_extracti128_si256::<1>(bsums),
+                );
+                let p = _mm_madd_epi16(mins, pairs);
+                let p = _mm_add_epi32(p, _mm_shuffle_epi32::<0b01_00_11_10>(p));
+                let p = _mm_add_epi32(p, _mm_shuffle_epi32::<0b10_11_00_01>(p));
+                _mm_cvtsi128_si32(p)
+            }
+
+            /// The 32 low (`HIGH` false) or high nibbles of 32 bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles<const HIGH: bool>(raw: __m256i) -> __m256i {
+                let v = if HIGH {
+                    _mm256_srli_epi16::<4>(raw)
+                } else {
+                    raw
+                };
+                _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+            }
+
+            /// Bit `bit` of each of 32 bytes, as 0 or 1.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn bit_of(raw: __m256i, bit: i32) -> __m256i {
+                let shifted = _mm256_srl_epi16(raw, _mm_cvtsi32_si128(bit));
+                _mm256_and_si256(shifted, _mm256_set1_epi8(1))
+            }
+
+            /// Scales for 32-value sub-blocks (Q4_K, Q5_K).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales32(s: &[i32; 8]) -> [__m256i; 8] {
+                s.map(|v| _mm256_set1_epi16(v as i16))
+            }
+
+            /// Scales for 16-value sub-blocks (Q3_K, Q6_K): register c's first 16 bytes
+            /// take scale 2c, the last 16 take 2c + 1.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales16(s: [i32; 16]) -> [__m256i; 8] {
+                std::array::from_fn(|c| {
+                    _mm256_set_m128i(
+                        _mm_set1_epi16(s[2 * c + 1] as i16),
+                        _mm_set1_epi16(s[2 * c] as i16),
+                    )
+                })
+            }
+
+            /// The eight mins of a Q4_K/Q5_K block as i16.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn mins16(m: &[i32; 8]) -> __m128i {
+                _mm_setr_epi16(
+                    m[0] as i16,
+                    m[1] as i16,
+                    m[2] as i16,
+                    m[3] as i16,
+                    m[4] as i16,
+                    m[5] as i16,
+                    m[6] as i16,
+                    m[7] as i16,
+                )
+            }
+
+            /// Q4_K/Q5_K codes: bytes 32p..32p+32 of `qs` hold registers 2p (low nibbles)
+            /// and 2p + 1 (high nibbles).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn k4_codes(qs: &[u8]) -> [__m256i; 8] {
+                std::array::from_fn(|c| {
+                    let raw = load(&qs[32 * (c / 2)..]);
+                    if c % 2 == 0 {
+                        nibbles::<false>(raw)
+                    } else {
+                        nibbles::<true>(raw)
+                    }
+                })
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q4_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [0.0f32; N];
+                let mut acc_min = [0.0f32; N];
+                for (b, wb) in w.chunks_exact(144).enumerate() {
+                    let (scales, mins) = k4_scales_mins(&wb[4..16]);
+                    let u = Unpacked {
+                        codes: k4_codes(&wb[16..]),
+                        scales: scales32(&scales),
+                    };
+                    let mins = mins16(&mins);
+                    let (dw, dmin) = (f16_at(wb, 0), f16_at(wb, 2));
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let sum = lane_total(lanes(&u, x));
+                        let d = q8k_d(x);
+                        acc[n] = (sum as f32).mul_add(dw * d, acc[n]);
+                        acc_min[n] = (min_sum(mins, x) as f32).mul_add(dmin * d, acc_min[n]);
+                    }
+                }
+                std::array::from_fn(|n| acc[n] - acc_min[n])
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q5_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut offsets = [0.0f32; N];
+                for (b, wb) in w.chunks_exact(176).enumerate() {
+                    let (scales, mins) = k4_scales_mins(&wb[4..16]);
+                    let high = load(&wb[16..]);
+                    let mut codes = k4_codes(&wb[48..]);
+                    for (c, code) in codes.iter_mut().enumerate() {
+                        let fifth = _mm256_slli_epi16::<4>(bit_of(high, c as i32));
+                        *code = _mm256_or_si256(*code, fifth);
+                    }
+                    let u = Unpacked {
+                        codes,
+                        scales: scales32(&scales),
+                    };
+                    let mins = mins16(&mins);
+                    let (dw, dminw) = (f16_at(wb, 0), f16_at(wb, 2));
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let d = q8k_d(x);
+                        let l = _mm256_cvtepi32_ps(lanes(&u, x));
+                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * dw), l, acc[n]);
+                        let dmin = -d * dminw;
+                        offsets[n] = dmin.mul_add(min_sum(mins, x) as f32, offsets[n]);
+                    }
+                }
+                std::array::from_fn(|n| total(acc[n], offsets[n]))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q3_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (b, wb) in w.chunks_exact(110).enumerate() {
+                    let hmask = load(&wb[0..]);
+                    let low_bits = [load(&wb[32..]), load(&wb[64..])];
+                    // Signed codes −4..4 as |q| with the sign moved onto the activations.
+                    let signed: [__m256i; 8] = std::array::from_fn(|c| {
+                        let shift = _mm_cvtsi32_si128(2 * (c as i32 % 4));
+                        let low = _mm256_and_si256(
+                            _mm256_srl_epi16(low_bits[c / 4], shift),
+                            _mm256_set1_epi8(3),
+                        );
+                        let high = _mm256_slli_epi16::<2>(bit_of(hmask, c as i32));
+                        _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(4))
+                    });
+                    let scales = scales16(q3_k_scales(&wb[96..108]));
+                    let dw = f16_at(wb, 108);
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let mut sum = _mm256_setzero_si256();
+                        for c in 0..8 {
+                            let q = signed[c];
+                            let p16 = _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(q, q),
+                                _mm256_sign_epi8(load(&x[4 + 32 * c..]), q),
+                            );
+                            sum = $madd_acc(sum, scales[c], p16);
+                        }
+                        let l = _mm256_cvtepi32_ps(sum);
+                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
+                    }
+                }
+                std::array::from_fn(|n| total(acc[n], 0.0))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_q6_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let low4 = _mm256_set1_epi8(0x0f);
+                let low2 = _mm256_set1_epi8(3);
+                for (b, wb) in w.chunks_exact(210).enumerate() {
+                    let mut codes = [_mm256_setzero_si256(); 8];
+                    for half in 0..2 {
+                        let l1 = load(&wb[64 * half..]);
+                        let l2 = load(&wb[64 * half + 32..]);
+                        let hb = load(&wb[128 + 32 * half..]);
+                        let high = |shift: i32| {
+                            let s = _mm256_srl_epi16(hb, _mm_cvtsi32_si128(shift));
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(s, low2))
+                        };
+                        let c = &mut codes[4 * half..4 * half + 4];
+                        c[0] = _mm256_or_si256(_mm256_and_si256(l1, low4), high(0));
+                        c[1] = _mm256_or_si256(_mm256_and_si256(l2, low4), high(2));
+                        c[2] = _mm256_or_si256(nibbles::<true>(l1), high(4));
+                        c[3] = _mm256_or_si256(nibbles::<true>(l2), high(6));
+                    }
+                    let raw_scales = _mm_loadu_si128(wb[192..].as_ptr() as *const __m128i);
+                    let scales_i16 = _mm256_cvtepi8_epi16(raw_scales);
+                    let s: [i32; 16] = std::array::from_fn(|j| wb[192 + j] as i8 as i32);
+                    let u = Unpacked {
+                        codes,
+                        scales: scales16(s),
+                    };
+                    let dw = f16_at(wb, 208);
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let bias = _mm256_madd_epi16(load(&x[260..]), scales_i16);
+                        let sum = _mm256_sub_epi32(lanes(&u, x), _mm256_slli_epi32::<5>(bias));
+                        let l = _mm256_cvtepi32_ps(sum);
+                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
+                    }
+                }
+                std::array::from_fn(|n| total(acc[n], 0.0))
+            }
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn madd_add(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+}
+
+#[inline(always)]
+unsafe fn vnni_madd_add(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, a, b)
+}
+
+x86_k_kernels!(avx2, "avx2,fma,f16c", madd_add);
+x86_k_kernels!(
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    vnni_madd_add
+);
