@@ -175,8 +175,10 @@ mod tests {
     use gguf::GgmlType::{self, *};
     use rand::{Rng, SeedableRng};
 
+    type Dot = fn(&[u8], &[u8]) -> f32;
+
     /// Where each type keeps its f16 scales, and its scalar kernel.
-    fn layout(ty: GgmlType) -> (&'static [usize], fn(&[u8], &[u8]) -> f32) {
+    fn layout(ty: GgmlType) -> (&'static [usize], Dot) {
         match ty {
             Q3_K => (&[108], dot_q3_k_q8_k),
             Q4_K => (&[0, 2], dot_q4_k_q8_k),
