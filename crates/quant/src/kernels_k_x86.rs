@@ -5,7 +5,7 @@
 //! `LaneSums` for the others), so the results are bit-identical to theirs.
 
 use crate::kernels::TokenGroup;
-use crate::kernels_k::{k4_scales_mins, q8k_d, Q8K_BLOCK};
+use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::kquants::q3_k_scales;
 use core::arch::x86_64::*;
 
@@ -70,40 +70,47 @@ macro_rules! x86_k_kernels {
                 _mm256_and_si256(shifted, _mm256_set1_epi8(1))
             }
 
-            /// Scales for 32-value sub-blocks (Q4_K, Q5_K).
+            /// Register c's scales from sixteen i16 `s` (low 128 bits: elements 0..8):
+            /// element `first(c)` for its first 16 bytes, `second(c)` for the last 16.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn scales32(s: &[i32; 8]) -> [__m256i; 8] {
-                s.map(|v| _mm256_set1_epi16(v as i16))
-            }
-
-            /// Scales for 16-value sub-blocks (Q3_K, Q6_K): register c's first 16 bytes
-            /// take scale 2c, the last 16 take 2c + 1.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn scales16(s: [i32; 16]) -> [__m256i; 8] {
+            unsafe fn spread(
+                s: __m256i,
+                first: impl Fn(usize) -> usize,
+                second: impl Fn(usize) -> usize,
+            ) -> [__m256i; 8] {
+                let halves = [
+                    _mm256_permute2x128_si256::<0x00>(s, s),
+                    _mm256_permute2x128_si256::<0x11>(s, s),
+                ];
                 std::array::from_fn(|c| {
-                    _mm256_set_m128i(
-                        _mm_set1_epi16(s[2 * c + 1] as i16),
-                        _mm_set1_epi16(s[2 * c] as i16),
-                    )
+                    let (a, b) = (first(c), second(c));
+                    debug_assert_eq!(a / 8, b / 8);
+                    let pick = |e: usize| (((2 * (e % 8) + 1) << 8) | (2 * (e % 8))) as i16;
+                    let mask = _mm256_set_m128i(_mm_set1_epi16(pick(b)), _mm_set1_epi16(pick(a)));
+                    _mm256_shuffle_epi8(halves[a / 8], mask)
                 })
             }
 
-            /// The eight mins of a Q4_K/Q5_K block as i16.
+            /// A Q4_K/Q5_K block's eight 6-bit scales (i16 elements 0..8) and mins
+            /// (8..16), unpacked from `scales[12]` four at a time.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn mins16(m: &[i32; 8]) -> __m128i {
-                _mm_setr_epi16(
-                    m[0] as i16,
-                    m[1] as i16,
-                    m[2] as i16,
-                    m[3] as i16,
-                    m[4] as i16,
-                    m[5] as i16,
-                    m[6] as i16,
-                    m[7] as i16,
-                )
+            unsafe fn k4_scales_mins(q: &[u8]) -> __m256i {
+                let word = |i: usize| {
+                    u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]])
+                };
+                let (w0, w1, w2) = (word(0), word(1), word(2));
+                let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+                let scales_hi = (w2 & low4) | (((w0 >> 6) & top2) << 4);
+                let mins_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4);
+                let bytes = _mm_set_epi32(
+                    mins_hi as i32,
+                    (w1 & low6) as i32,
+                    scales_hi as i32,
+                    (w0 & low6) as i32,
+                );
+                _mm256_cvtepu8_epi16(bytes)
             }
 
             /// Q4_K/Q5_K codes: bytes 32p..32p+32 of `qs` hold registers 2p (low nibbles)
@@ -127,12 +134,12 @@ macro_rules! x86_k_kernels {
                 let mut acc = [0.0f32; N];
                 let mut acc_min = [0.0f32; N];
                 for (b, wb) in w.chunks_exact(144).enumerate() {
-                    let (scales, mins) = k4_scales_mins(&wb[4..16]);
+                    let scales_mins = k4_scales_mins(&wb[4..16]);
                     let u = Unpacked {
                         codes: k4_codes(&wb[16..]),
-                        scales: scales32(&scales),
+                        scales: spread(scales_mins, |c| c, |c| c),
                     };
-                    let mins = mins16(&mins);
+                    let mins = _mm256_extracti128_si256::<1>(scales_mins);
                     let (dw, dmin) = (f16_at(wb, 0), f16_at(wb, 2));
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
@@ -151,7 +158,7 @@ macro_rules! x86_k_kernels {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut offsets = [0.0f32; N];
                 for (b, wb) in w.chunks_exact(176).enumerate() {
-                    let (scales, mins) = k4_scales_mins(&wb[4..16]);
+                    let scales_mins = k4_scales_mins(&wb[4..16]);
                     let high = load(&wb[16..]);
                     let mut codes = k4_codes(&wb[48..]);
                     for (c, code) in codes.iter_mut().enumerate() {
@@ -160,9 +167,9 @@ macro_rules! x86_k_kernels {
                     }
                     let u = Unpacked {
                         codes,
-                        scales: scales32(&scales),
+                        scales: spread(scales_mins, |c| c, |c| c),
                     };
-                    let mins = mins16(&mins);
+                    let mins = _mm256_extracti128_si256::<1>(scales_mins);
                     let (dw, dminw) = (f16_at(wb, 0), f16_at(wb, 2));
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
@@ -193,7 +200,9 @@ macro_rules! x86_k_kernels {
                         let high = _mm256_slli_epi16::<2>(bit_of(hmask, c as i32));
                         _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(4))
                     });
-                    let scales = scales16(q3_k_scales(&wb[96..108]));
+                    let s = q3_k_scales(&wb[96..108]).map(|v| v as i16);
+                    let s = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+                    let scales = spread(s, |c| 2 * c, |c| 2 * c + 1);
                     let dw = f16_at(wb, 108);
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
@@ -237,10 +246,9 @@ macro_rules! x86_k_kernels {
                     }
                     let raw_scales = _mm_loadu_si128(wb[192..].as_ptr() as *const __m128i);
                     let scales_i16 = _mm256_cvtepi8_epi16(raw_scales);
-                    let s: [i32; 16] = std::array::from_fn(|j| wb[192 + j] as i8 as i32);
                     let u = Unpacked {
                         codes,
-                        scales: scales16(s),
+                        scales: spread(scales_i16, |c| 2 * c, |c| 2 * c + 1),
                     };
                     let dw = f16_at(wb, 208);
                     for n in 0..N {
