@@ -1,0 +1,92 @@
+//! K-quant models against llama.cpp: the logits of small random-weight models whose
+//! matrices are Q3_K, Q4_K, Q5_K or Q6_K (and Q8_0, which is bit-identical), at every
+//! position of one prompt, against the logits llama.cpp's CPU build computes for the same
+//! files (`tests/data/refs/kquants/`,
+//! written by `scripts/kquant-refs.py` from the files this test leaves in
+//! `target/test-models/`).
+
+mod common;
+
+use engine::synthetic::{SyntheticModel, WeightMix};
+use engine::{CpuBackend, Llama, Logits};
+use gguf::GgmlType;
+use std::sync::Arc;
+
+/// The prompt, as token ids of the byte-level vocabulary.
+const PROMPT: [u32; 12] = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1];
+
+fn cases() -> [(&'static str, WeightMix); 5] {
+    [
+        ("q8_0", WeightMix::Uniform(GgmlType::Q8_0)),
+        ("q4_k_m", WeightMix::Q4KM),
+        ("q5_k", WeightMix::Uniform(GgmlType::Q5_K)),
+        ("q6_k", WeightMix::Uniform(GgmlType::Q6_K)),
+        ("q3_k", WeightMix::Uniform(GgmlType::Q3_K)),
+    ]
+}
+
+/// Every matrix 256 wide (one K-quant block per 256 values) and a multiple of eight rows
+/// (llama.cpp multiplies such Q4_K matrices eight rows at a time, in the order we follow).
+fn spec(weights: WeightMix) -> SyntheticModel {
+    SyntheticModel {
+        layers: 2,
+        dim: 256,
+        heads: 4,
+        kv_heads: 2,
+        ffn_dim: 512,
+        vocab_size: 264,
+        separate_output: true,
+        weights,
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn k_quant_logits_equal_llama_cpp_at_every_position() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, mix) in cases() {
+        spec(mix)
+            .write(&dir.join(format!("kquant-{name}.gguf")))
+            .unwrap();
+    }
+    for (name, _) in cases() {
+        let path = dir.join(format!("kquant-{name}.gguf"));
+        let file = Arc::new(gguf::GgufFile::open(&path).unwrap());
+        let model = Llama::load(CpuBackend::new(), file).unwrap();
+        let mut cache = model.new_kv_cache(32).unwrap();
+        let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
+        let reference = common::f32_file(&format!("kquants/{name}.f32"));
+        assert_eq!(ours.len(), reference.len(), "{name}: logits count");
+        if name == "q8_0" {
+            assert!(ours == reference, "{name}: not bit-identical");
+            continue;
+        }
+        let max_diff = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let differing = ours
+            .iter()
+            .zip(&reference)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        println!(
+            "{name}: {differing} of {} logits differ, max |Δ| {max_diff}",
+            ours.len()
+        );
+        // Not yet bit for bit (see docs/architecture.md, "K-quants"): the bounds are what
+        // this test measured, with the top-1 token equal at every position.
+        let bound = if name == "q5_k" { 0.05 } else { 1e-5 };
+        assert!(max_diff < bound, "{name}: max |Δ| {max_diff}");
+        for (t, (a, b)) in ours.chunks(264).zip(reference.chunks(264)).enumerate() {
+            assert_eq!(argmax(a), argmax(b), "{name}: top-1 at position {t}");
+        }
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
