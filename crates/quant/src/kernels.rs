@@ -5,7 +5,8 @@
 //! GGML's own (`LaneSums`), which keeps our logits, and so greedy output, in step with
 //! llama.cpp's. Q4_0 uses a shorter order (`BlockSums`: one float operation per block
 //! instead of eight) that lets its AVX-512 kernel take sixteen rows per pass; its results
-//! differ from llama.cpp's only in rounding.
+//! differ from llama.cpp's only in rounding. The K-quant kernels (`kernels_k`) follow
+//! llama.cpp's orders for those types, `LaneSums` and `MinSums`.
 //!
 //! Each kernel is plain Rust written so the compiler vectorizes it; `matmul` inlines it
 //! into copies compiled for AVX2 and AVX-512 and picks one at run time. Every copy

@@ -39,7 +39,7 @@ fn q8k_bsum(a: &[u8], j: usize) -> i32 {
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block (`scales[12]`).
 #[inline(always)]
-pub(crate) fn k4_scales_mins(q: &[u8]) -> ([i32; 8], [i32; 8]) {
+fn k4_scales_mins(q: &[u8]) -> ([i32; 8], [i32; 8]) {
     let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, q));
     (pairs.map(|p| p.0 as i32), pairs.map(|p| p.1 as i32))
 }
