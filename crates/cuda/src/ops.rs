@@ -198,6 +198,50 @@ impl Gpu {
         Ok(())
     }
 
+    /// In place, each `head_dim` values of the first `n` of `x` RMS-normalised and
+    /// multiplied by `weight` (QK-norm).
+    pub fn rms_norm_heads(
+        &self,
+        x: &mut CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        eps: f32,
+        head_dim: usize,
+        n: usize,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: ((n / head_dim) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let head_dim = head_dim as i32;
+        // SAFETY: the arguments match the kernel's signature in ops.cu.
+        unsafe {
+            self.stream
+                .launch_builder(self.function("rms_norm_heads")?)
+                .arg(x)
+                .arg(weight)
+                .arg(&eps)
+                .arg(&head_dim)
+                .launch(cfg)
+        }?;
+        Ok(())
+    }
+
+    /// `x *= factor` over the first `n` values.
+    pub fn scale(&self, x: &mut CudaSlice<f32>, factor: f32, n: usize) -> Result<()> {
+        let len = n as i64;
+        // SAFETY: the arguments match the kernel's signature in ops.cu.
+        unsafe {
+            self.stream
+                .launch_builder(self.function("scale")?)
+                .arg(x)
+                .arg(&factor)
+                .arg(&len)
+                .launch(elementwise(n))
+        }?;
+        Ok(())
+    }
+
     /// The first `n` values of `x` as f16, rounded as `rounding` says.
     pub fn to_f16(
         &self,
@@ -281,6 +325,11 @@ impl Gpu {
     /// `gate = silu(gate) * up` over the first `n` values.
     pub fn silu_mul(&self, gate: &mut CudaSlice<f32>, up: &CudaSlice<f32>, n: usize) -> Result<()> {
         self.binary("silu_mul", gate, up, n)
+    }
+
+    /// `gate = gelu(gate) * up` (tanh approximation) over the first `n` values.
+    pub fn gelu_mul(&self, gate: &mut CudaSlice<f32>, up: &CudaSlice<f32>, n: usize) -> Result<()> {
+        self.binary("gelu_mul", gate, up, n)
     }
 
     /// `x += y` over the first `n` values.
@@ -417,7 +466,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Causal grouped-query attention of `rows` queries over the paged f16 cache.
+    /// Causal grouped-query attention of `rows` queries over the paged f16 cache: scores
+    /// scaled by `scale`, each row seeing its last `window` positions (all if `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -429,6 +479,8 @@ impl Gpu {
         n_heads: usize,
         n_kv_heads: usize,
         head_dim: usize,
+        scale: f32,
+        window: Option<usize>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if !head_dim.is_multiple_of(32) || head_dim > MAX_HEAD_DIM {
@@ -442,7 +494,7 @@ impl Gpu {
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let scale = 1.0 / (head_dim as f32).sqrt();
+        let window = window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
         let (offset, n_heads, n_kv_heads, head_dim) = (
             layer_offset as i64,
             n_heads as i32,
@@ -463,6 +515,7 @@ impl Gpu {
                 .arg(&n_kv_heads)
                 .arg(&head_dim)
                 .arg(&scale)
+                .arg(&window)
                 .arg(out)
                 .launch(cfg)
         }?;

@@ -66,6 +66,40 @@ pub struct Rope {
     pub head_dim: usize,
 }
 
+/// Which of llama.cpp's CPU attention algorithms the CPU backend reproduces, bit for bit
+/// where it can (other devices have one order of their own and ignore this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionOrder {
+    /// Scores, softmax and weighted values as matrix products (llama.cpp with flash
+    /// attention off), accumulated in f32.
+    #[default]
+    Matmul,
+    /// llama.cpp's flash attention (`-fa on`, its default on the CPU since 2025): one
+    /// position at a time, the weighted values summed in f16. Followed exactly where
+    /// llama.cpp takes its one-row kernel: prompts under 64 tokens and generation under
+    /// 512 positions.
+    Flash,
+}
+
+/// What one layer's attention needs besides the queries and the cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub n_kv_heads: usize,
+    /// Multiplies each score before the softmax.
+    pub scale: f32,
+    /// A row at position p sees only positions `p + 1 - window ..= p` (sliding-window
+    /// layers); without it, every earlier position.
+    pub window: Option<usize>,
+    pub order: AttentionOrder,
+}
+
+impl AttentionSpec {
+    /// The first position a row at `pos` attends to.
+    pub fn first_visible(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// Activations: `rows` × `cols` f32 values, row-major, one row per token.
     type Buffer: Send;
@@ -89,6 +123,11 @@ pub trait Backend: Send + Sync {
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Buffer) -> Result<()>;
     /// Row-wise RMS normalisation times `weight`.
     fn rms_norm(&self, x: &Self::Buffer, weight: &Self::Weight, eps: f32, out: &mut Self::Buffer);
+    /// In place, each head of `x` (every `weight.len()` values of a row) RMS-normalised
+    /// and multiplied by `weight` (QK-norm).
+    fn rms_norm_heads(&self, x: &mut Self::Buffer, weight: &Self::Weight, eps: f32);
+    /// `x *= factor`.
+    fn scale(&self, x: &mut Self::Buffer, factor: f32);
     /// `out[t] = w · x[t]` for every row `t` of `x`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buffer, out: &mut Self::Buffer);
     /// Several matmuls of the same activations (Q/K/V, gate/up) in one pass; the same
@@ -108,18 +147,21 @@ pub trait Backend: Send + Sync {
         slots: &[usize],
     );
     /// Causal grouped-query attention of queries `q` over the pool: each row attends to
-    /// positions `0..=its own` of its sequence, read through the sequence's block table.
+    /// positions `spec.first_visible(its own)..=its own` of its sequence, read through
+    /// the sequence's block table.
     fn attention(
         &self,
         q: &Self::Buffer,
         pool: &Self::KvPool,
         layer: usize,
         seqs: &[SeqRows],
-        n_kv_heads: usize,
+        spec: &AttentionSpec,
         out: &mut Self::Buffer,
     );
     /// `gate = silu(gate) * up`.
     fn silu_mul(&self, gate: &mut Self::Buffer, up: &Self::Buffer);
+    /// `gate = gelu(gate) * up`, GELU's tanh approximation.
+    fn gelu_mul(&self, gate: &mut Self::Buffer, up: &Self::Buffer);
     /// `x += y`.
     fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer);
     /// A new buffer holding the given rows of `x`, in that order.

@@ -1,4 +1,5 @@
-//! Model hyperparameters read from GGUF metadata (`{arch}.block_count`, ...).
+//! Model hyperparameters read from GGUF metadata (`{arch}.block_count`, ...), and the
+//! rules that set a model family apart from Llama, as data that `forward()` reads.
 
 use crate::error::{EngineError, Result};
 use gguf::Metadata;
@@ -9,6 +10,11 @@ pub enum Architecture {
     Mistral,
     /// Llama graph with biases on Q, K and V, and NeoX-ordered RoPE.
     Qwen2,
+    /// Qwen2 without the biases, with RMSNorm over each head of Q and K.
+    Qwen3,
+    /// QK-norm, norms after attention and FFN too, GeGLU, scaled embeddings, and
+    /// sliding-window attention on five layers of every six.
+    Gemma3,
 }
 
 impl Architecture {
@@ -17,6 +23,8 @@ impl Architecture {
             "llama" => Ok(Architecture::Llama),
             "mistral" => Ok(Architecture::Mistral),
             "qwen2" => Ok(Architecture::Qwen2),
+            "qwen3" => Ok(Architecture::Qwen3),
+            "gemma3" => Ok(Architecture::Gemma3),
             other => Err(EngineError::UnsupportedArchitecture(other.into())),
         }
     }
@@ -27,6 +35,25 @@ pub enum RopeScaling {
     None,
     /// Positions are divided by the factor.
     Linear(f32),
+}
+
+/// The gate of the feed-forward block: `act(gate) · up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: x · sigmoid(x).
+    Silu,
+    /// GeGLU with GELU's tanh approximation.
+    GeluTanh,
+}
+
+/// Sliding-window attention: the layers that use it see only the last `size` positions
+/// (their own included) and rotate with a RoPE base of their own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// Per layer: whether it is windowed.
+    pub layers: Vec<bool>,
+    pub rope_base: f32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +74,20 @@ pub struct Config {
     /// NeoX ordering rotates (i, i + d/2) pairs; the original ordering rotates (2i, 2i+1).
     pub rope_neox: bool,
     pub rope_scaling: RopeScaling,
+
+    // What families change (all off for Llama).
+    /// RMSNorm over each head of Q and K before RoPE (qwen3, gemma3).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs before each residual add (gemma3).
+    pub post_norms: bool,
+    pub activation: Activation,
+    /// The embeddings are multiplied by this (gemma3: √dim).
+    pub embedding_scale: Option<f32>,
+    /// Queries are multiplied by this before attention, which then leaves its scores
+    /// unscaled (gemma3, as llama.cpp computes it); without it, scores are scaled by
+    /// 1/√head_dim.
+    pub query_scale: Option<f32>,
+    pub sliding_window: Option<SlidingWindow>,
 }
 
 impl Config {
@@ -91,8 +132,18 @@ impl Config {
             rms_eps: m.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: m.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
             rope_dims: get("rope.dimension_count").unwrap_or(head_dim),
-            rope_neox: arch == Architecture::Qwen2,
+            rope_neox: arch != Architecture::Llama && arch != Architecture::Mistral,
             rope_scaling,
+            qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
+            post_norms: arch == Architecture::Gemma3,
+            activation: match arch {
+                Architecture::Gemma3 => Activation::GeluTanh,
+                _ => Activation::Silu,
+            },
+            embedding_scale: (arch == Architecture::Gemma3).then(|| (dim as f32).sqrt()),
+            query_scale: (arch == Architecture::Gemma3)
+                .then(|| gemma3_query_scale(m, dim, n_heads, head_dim)),
+            sliding_window: sliding_window(m, arch, arch_name)?,
         };
         if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {
             return Err(EngineError::Config(format!(
@@ -103,6 +154,13 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether layer `l` attends through a sliding window.
+    pub fn is_windowed(&self, l: usize) -> bool {
+        self.sliding_window
+            .as_ref()
+            .is_some_and(|w| w.layers.get(l) == Some(&true))
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
@@ -110,4 +168,56 @@ impl Config {
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
+}
+
+/// Gemma 3 scales queries by 1/√head_dim, except the 27B model (62 layers), which uses
+/// 1/√(dim / heads) (llama.cpp, after Google's reference implementation).
+fn gemma3_query_scale(m: &Metadata, dim: usize, n_heads: usize, head_dim: usize) -> f32 {
+    let layers = m.get_u32("gemma3.block_count").unwrap_or(0);
+    let d = if layers == 62 {
+        dim / n_heads
+    } else {
+        head_dim
+    };
+    1.0 / (d as f32).sqrt()
+}
+
+/// Gemma 3's window: `attention.sliding_window` positions on every layer but each sixth
+/// (or the per-layer pattern the file gives), rotated with base 10,000 unless the file
+/// names another. Other families have none.
+fn sliding_window(
+    m: &Metadata,
+    arch: Architecture,
+    arch_name: &str,
+) -> Result<Option<SlidingWindow>> {
+    if arch != Architecture::Gemma3 {
+        return Ok(None);
+    }
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let size = match m.get_u32(&key("attention.sliding_window")) {
+        Ok(0) | Err(_) => return Ok(None),
+        Ok(size) => size as usize,
+    };
+    let n_layers = m.get_u32(&key("block_count"))? as usize;
+    let pattern_key = key("attention.sliding_window_pattern");
+    let layers = match m.get_bool_array(&pattern_key) {
+        Ok(per_layer) if per_layer.len() == n_layers => per_layer,
+        Ok(per_layer) => {
+            return Err(EngineError::Config(format!(
+                "{pattern_key} has {} entries for {n_layers} layers",
+                per_layer.len()
+            )))
+        }
+        Err(_) => {
+            let period = m.get_u32(&pattern_key).unwrap_or(6) as usize;
+            (0..n_layers)
+                .map(|l| period == 0 || l % period < period - 1)
+                .collect()
+        }
+    };
+    Ok(Some(SlidingWindow {
+        size,
+        layers,
+        rope_base: m.get_f32(&key("rope.freq_base_swa")).unwrap_or(10000.0),
+    }))
 }

@@ -3,7 +3,9 @@
 //! (quantized to 8 bits inside the matmul kernels); the KV cache is f16, widened to f32
 //! once per layer for attention. Work is split across threads by rows or heads.
 
-use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{
+    read_tensor, AttentionOrder, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
+};
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use half::f16;
@@ -260,10 +262,21 @@ impl Backend for CpuBackend {
             .chunks_exact(x.cols)
             .zip(out.data.chunks_exact_mut(x.cols))
         {
-            let scale = quant::rms_norm_scale(xr, eps);
-            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
-                *o = v * scale * g;
-            }
+            or.copy_from_slice(xr);
+            rms_norm_in_place(or, w, eps);
+        }
+    }
+
+    fn rms_norm_heads(&self, x: &mut CpuBuffer, weight: &CpuWeight, eps: f32) {
+        let w = weight.dense();
+        for head in x.data.chunks_exact_mut(w.len()) {
+            rms_norm_in_place(head, w, eps);
+        }
+    }
+
+    fn scale(&self, x: &mut CpuBuffer, factor: f32) {
+        for v in &mut x.data {
+            *v *= factor;
         }
     }
 
@@ -329,13 +342,12 @@ impl Backend for CpuBackend {
         pool: &CpuKvPool,
         layer: usize,
         seqs: &[SeqRows],
-        n_kv_heads: usize,
+        spec: &AttentionSpec,
         out: &mut CpuBuffer,
     ) {
-        let head_dim = pool.kv_dim / n_kv_heads;
+        let head_dim = pool.kv_dim / spec.n_kv_heads;
         let n_heads = q.cols / head_dim;
-        let group = n_heads / n_kv_heads;
-        let scale = 1.0 / (head_dim as f32).sqrt();
+        let group = n_heads / spec.n_kv_heads;
         let cols = q.cols;
         // Each sequence's keys and values, widened to f32 once here rather than once per
         // query head and row inside the kernels.
@@ -362,6 +374,7 @@ impl Backend for CpuBackend {
         }
         let kv_dim = pool.kv_dim;
         let widened = &widened;
+        let zeros = vec![0.0f32; head_dim];
         out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
             || (Vec::new(), Vec::new(), AttendScratch::default()),
             |(qh, scores, scratch), (i, out_head)| {
@@ -374,9 +387,29 @@ impl Backend for CpuBackend {
                 quant::round_to_f16(qh);
                 let at = |p: usize| p * kv_dim + (h / group) * head_dim;
                 let key = |p: usize| &widened[s].k[at(p)..at(p) + head_dim];
-                quant::attention_scores(order, qh, pos + 1, key, scale, scores);
+                // Positions before the window keep their places as zero weights (and zero
+                // values): llama.cpp masks them rather than leaving them out, and a term's
+                // place decides its accumulator.
+                let first = spec.first_visible(pos);
+                if spec.order == AttentionOrder::Flash {
+                    let value = |p: usize| &widened[s].v[at(p)..at(p) + head_dim];
+                    quant::flash_attend(qh, first, pos + 1, key, value, spec.scale, out_head);
+                    return;
+                }
+                quant::attention_scores(
+                    order,
+                    qh,
+                    pos + 1 - first,
+                    |p| key(first + p),
+                    spec.scale,
+                    scores,
+                );
+                scores.splice(0..0, std::iter::repeat_n(f32::NEG_INFINITY, first));
                 quant::softmax(scores);
-                let value = |p: usize| &widened[s].v[at(p)..at(p) + head_dim];
+                let value = |p: usize| match p < first {
+                    true => &zeros[..],
+                    false => &widened[s].v[at(p)..at(p) + head_dim],
+                };
                 quant::attend(order, out_head, scores, value, scratch);
             },
         );
@@ -388,6 +421,13 @@ impl Backend for CpuBackend {
             .par_chunks_exact_mut(gate.cols)
             .zip(up.data.par_chunks_exact(up.cols))
             .for_each(|(g, u)| quant::silu_mul(g, u));
+    }
+
+    fn gelu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {
+        gate.data
+            .par_chunks_exact_mut(gate.cols)
+            .zip(up.data.par_chunks_exact(up.cols))
+            .for_each(|(g, u)| quant::gelu_mul(g, u));
     }
 
     fn add(&self, x: &mut CpuBuffer, y: &CpuBuffer) {
@@ -406,5 +446,13 @@ impl Backend for CpuBackend {
 
     fn to_host(&self, x: &CpuBuffer, rows: std::ops::Range<usize>) -> Vec<f32> {
         x.data[rows.start * x.cols..rows.end * x.cols].to_vec()
+    }
+}
+
+/// `x = x / rms(x) · weight`, rounded as GGML's RMSNorm followed by its multiply.
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = quant::rms_norm_scale(x, eps);
+    for (v, &g) in x.iter_mut().zip(weight) {
+        *v = *v * scale * g;
     }
 }

@@ -5,7 +5,9 @@
 //! Trait operations do not return errors (so the model reads plainly); the first device
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
 
-use crate::backend::{read_tensor, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{
+    read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
+};
 use crate::error::{EngineError, Result};
 use cuda::{
     ActivationRounding, AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache,
@@ -269,6 +271,16 @@ impl Backend for CudaBackend {
         );
     }
 
+    fn rms_norm_heads(&self, x: &mut CudaBuffer, weight: &CudaWeight, eps: f32) {
+        let (w, n) = (vector(weight), x.rows * x.cols);
+        self.check(self.gpu.rms_norm_heads(&mut x.data, w, eps, w.len(), n));
+    }
+
+    fn scale(&self, x: &mut CudaBuffer, factor: f32) {
+        let n = x.rows * x.cols;
+        self.check(self.gpu.scale(&mut x.data, factor, n));
+    }
+
     fn matmul(&self, w: &CudaWeight, x: &CudaBuffer, out: &mut CudaBuffer) {
         self.check(self.matmuls(&[w], x, &mut [out]));
     }
@@ -330,10 +342,10 @@ impl Backend for CudaBackend {
         pool: &CudaKvPool,
         layer: usize,
         seqs: &[SeqRows],
-        n_kv_heads: usize,
+        spec: &AttentionSpec,
         out: &mut CudaBuffer,
     ) {
-        let head_dim = pool.kv_dim / n_kv_heads;
+        let head_dim = pool.kv_dim / spec.n_kv_heads;
         let result = (|| {
             let [positions, table_offsets, tables] = self.attention_rows(seqs, q.rows)?;
             let rows = AttentionRows {
@@ -348,8 +360,10 @@ impl Backend for CudaBackend {
                 layer * pool.slots * pool.kv_dim,
                 &rows,
                 q.cols / head_dim,
-                n_kv_heads,
+                spec.n_kv_heads,
                 head_dim,
+                spec.scale,
+                spec.window,
                 &mut out.data,
             )
         })();
@@ -359,6 +373,11 @@ impl Backend for CudaBackend {
     fn silu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) {
         let n = gate.rows * gate.cols;
         self.check(self.gpu.silu_mul(&mut gate.data, &up.data, n));
+    }
+
+    fn gelu_mul(&self, gate: &mut CudaBuffer, up: &CudaBuffer) {
+        let n = gate.rows * gate.cols;
+        self.check(self.gpu.gelu_mul(&mut gate.data, &up.data, n));
     }
 
     fn add(&self, x: &mut CudaBuffer, y: &CudaBuffer) {

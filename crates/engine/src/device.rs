@@ -1,7 +1,7 @@
 //! The device chosen at run time (`--device auto|cpu|cuda[:N]`): a `Backend` that is the
 //! CPU backend or the CUDA backend, so one binary and one model type serve both.
 
-use crate::backend::{Backend, Rope, SeqRows};
+use crate::backend::{AttentionSpec, Backend, Rope, SeqRows};
 use crate::cpu::{CpuBackend, CpuBuffer, CpuKvPool, CpuWeight};
 use crate::cuda::{CudaBackend, CudaBuffer, CudaKvPool, CudaWeight};
 use crate::error::Result;
@@ -190,6 +190,20 @@ impl Backend for Device {
         }
     }
 
+    fn rms_norm_heads(&self, x: &mut DeviceBuffer, weight: &DeviceWeight, eps: f32) {
+        match self {
+            Device::Cpu(b) => b.rms_norm_heads(x.cpu_mut(), weight.cpu(), eps),
+            Device::Cuda(b) => b.rms_norm_heads(x.cuda_mut(), weight.cuda(), eps),
+        }
+    }
+
+    fn scale(&self, x: &mut DeviceBuffer, factor: f32) {
+        match self {
+            Device::Cpu(b) => b.scale(x.cpu_mut(), factor),
+            Device::Cuda(b) => b.scale(x.cuda_mut(), factor),
+        }
+    }
+
     fn matmul(&self, w: &DeviceWeight, x: &DeviceBuffer, out: &mut DeviceBuffer) {
         match self {
             Device::Cpu(b) => b.matmul(w.cpu(), x.cpu(), out.cpu_mut()),
@@ -246,21 +260,14 @@ impl Backend for Device {
         pool: &DeviceKvPool,
         layer: usize,
         seqs: &[SeqRows],
-        n_kv_heads: usize,
+        spec: &AttentionSpec,
         out: &mut DeviceBuffer,
     ) {
         match self {
-            Device::Cpu(b) => {
-                b.attention(q.cpu(), pool.cpu(), layer, seqs, n_kv_heads, out.cpu_mut())
+            Device::Cpu(b) => b.attention(q.cpu(), pool.cpu(), layer, seqs, spec, out.cpu_mut()),
+            Device::Cuda(b) => {
+                b.attention(q.cuda(), pool.cuda(), layer, seqs, spec, out.cuda_mut())
             }
-            Device::Cuda(b) => b.attention(
-                q.cuda(),
-                pool.cuda(),
-                layer,
-                seqs,
-                n_kv_heads,
-                out.cuda_mut(),
-            ),
         }
     }
 
@@ -268,6 +275,13 @@ impl Backend for Device {
         match self {
             Device::Cpu(b) => b.silu_mul(gate.cpu_mut(), up.cpu()),
             Device::Cuda(b) => b.silu_mul(gate.cuda_mut(), up.cuda()),
+        }
+    }
+
+    fn gelu_mul(&self, gate: &mut DeviceBuffer, up: &DeviceBuffer) {
+        match self {
+            Device::Cpu(b) => b.gelu_mul(gate.cpu_mut(), up.cpu()),
+            Device::Cuda(b) => b.gelu_mul(gate.cuda_mut(), up.cuda()),
         }
     }
 

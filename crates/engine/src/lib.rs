@@ -17,7 +17,7 @@ pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
 
-pub use backend::Backend;
+pub use backend::{AttentionOrder, Backend};
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use cpu::CpuBackend;

@@ -1,7 +1,9 @@
 //! The LLaMA transformer, written once for every backend.
 
-use crate::backend::{kv_slot, Backend, Rope, SeqRows, KV_BLOCK_SIZE};
-use crate::config::{Config, RopeScaling};
+use crate::backend::{
+    kv_slot, AttentionOrder, AttentionSpec, Backend, Rope, SeqRows, KV_BLOCK_SIZE,
+};
+use crate::config::{Activation, Config, RopeScaling};
 use crate::error::{EngineError, Result};
 use gguf::GgufFile;
 use std::sync::Arc;
@@ -13,11 +15,17 @@ struct Layer<B: Backend> {
     wv: B::Weight,
     /// Q/K/V biases (qwen2).
     bias: Option<[B::Weight; 3]>,
+    /// Per-head norms of Q and K (qwen3, gemma3).
+    qk_norm: Option<[B::Weight; 2]>,
     wo: B::Weight,
+    /// Norm of the attention output before its residual add (gemma3).
+    post_attention_norm: Option<B::Weight>,
     ffn_norm: B::Weight,
     w_gate: B::Weight,
     w_up: B::Weight,
     w_down: B::Weight,
+    /// Norm of the FFN output before its residual add (gemma3).
+    post_ffn_norm: Option<B::Weight>,
 }
 
 pub struct Llama<B: Backend> {
@@ -29,6 +37,10 @@ pub struct Llama<B: Backend> {
     /// The output projection; the token embedding when the model ties them.
     output: B::Weight,
     rope: Rope,
+    /// The RoPE of sliding-window layers, when they have a base of their own.
+    rope_windowed: Rope,
+    /// Which of llama.cpp's attention orders the CPU follows (`Matmul` unless set).
+    pub attention_order: AttentionOrder,
 }
 
 /// Which positions of a forward call need logits.
@@ -122,17 +134,30 @@ impl<B: Backend> Llama<B> {
             } else {
                 None
             };
+            let qk_norm = match c.qk_norm {
+                true => Some([
+                    weight(&n("attn_q_norm.weight"), &[c.head_dim])?,
+                    weight(&n("attn_k_norm.weight"), &[c.head_dim])?,
+                ]),
+                false => None,
+            };
+            let post_norm = |t: &str| -> Result<Option<B::Weight>> {
+                c.post_norms.then(|| weight(&n(t), &[d])).transpose()
+            };
             layers.push(Layer {
                 attn_norm: weight(&n("attn_norm.weight"), &[d])?,
                 wq: weight(&n("attn_q.weight"), &[d, q])?,
                 wk: weight(&n("attn_k.weight"), &[d, kv])?,
                 wv: weight(&n("attn_v.weight"), &[d, kv])?,
                 bias,
+                qk_norm,
                 wo: weight(&n("attn_output.weight"), &[q, d])?,
+                post_attention_norm: post_norm("post_attention_norm.weight")?,
                 ffn_norm: weight(&n("ffn_norm.weight"), &[d])?,
                 w_gate: weight(&n("ffn_gate.weight"), &[d, ffn])?,
                 w_up: weight(&n("ffn_up.weight"), &[d, ffn])?,
                 w_down: weight(&n("ffn_down.weight"), &[ffn, d])?,
+                post_ffn_norm: post_norm("post_ffw_norm.weight")?,
             });
         }
         let vocab = [d, c.vocab_size];
@@ -141,12 +166,23 @@ impl<B: Backend> Llama<B> {
             None => weight("token_embd.weight", &vocab)?,
         };
         let rope = rope_table(&c, &file)?;
+        let rope_windowed = match &c.sliding_window {
+            // llama.cpp gives windowed layers no frequency scaling of their own.
+            Some(w) => Rope {
+                theta_scale: quant::rope_theta_scale(w.rope_base, c.rope_dims),
+                freq_scale: 1.0,
+                ..rope.clone()
+            },
+            None => rope.clone(),
+        };
         Ok(Llama {
             token_embedding: weight("token_embd.weight", &vocab)?,
             output_norm: weight("output_norm.weight", &[d])?,
             output,
             layers,
             rope,
+            rope_windowed,
+            attention_order: AttentionOrder::default(),
             config: c,
             backend,
         })
@@ -268,8 +304,12 @@ impl<B: Backend> Llama<B> {
         let mut att = b.alloc(n, c.q_dim())?;
         let mut gate = b.alloc(n, c.ffn_dim)?;
         let mut up = b.alloc(n, c.ffn_dim)?;
+        let mut post_normed = b.alloc(if c.post_norms { n } else { 0 }, c.dim)?;
 
         b.embed(&self.token_embedding, &tokens, &mut x)?;
+        if let Some(factor) = c.embedding_scale {
+            b.scale(&mut x, factor);
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
@@ -283,18 +323,55 @@ impl<B: Backend> Llama<B> {
                 b.add_bias(&mut k, bk);
                 b.add_bias(&mut v, bv);
             }
-            b.rope(&mut q, &positions, &self.rope);
-            b.rope(&mut k, &positions, &self.rope);
+            if let Some([q_norm, k_norm]) = &layer.qk_norm {
+                b.rms_norm_heads(&mut q, q_norm, c.rms_eps);
+                b.rms_norm_heads(&mut k, k_norm, c.rms_eps);
+            }
+            let windowed = c.is_windowed(l);
+            let rope = if windowed {
+                &self.rope_windowed
+            } else {
+                &self.rope
+            };
+            b.rope(&mut q, &positions, rope);
+            b.rope(&mut k, &positions, rope);
+            if let Some(factor) = c.query_scale {
+                b.scale(&mut q, factor);
+            }
+            let spec = AttentionSpec {
+                n_kv_heads: c.n_kv_heads,
+                scale: match c.query_scale {
+                    Some(_) => 1.0,
+                    None => 1.0 / (c.head_dim as f32).sqrt(),
+                },
+                window: c
+                    .sliding_window
+                    .as_ref()
+                    .filter(|_| windowed)
+                    .map(|w| w.size),
+                order: self.attention_order,
+            };
             b.kv_store(pool, l, &k, &v, &slots);
-            b.attention(&q, pool, l, &rows, c.n_kv_heads, &mut att);
+            b.attention(&q, pool, l, &rows, &spec, &mut att);
             b.matmul(&layer.wo, &att, &mut h);
+            if let Some(norm) = &layer.post_attention_norm {
+                b.rms_norm(&h, norm, c.rms_eps, &mut post_normed);
+                std::mem::swap(&mut h, &mut post_normed);
+            }
             b.add(&mut x, &h);
 
-            // Feed-forward block (SwiGLU).
+            // Feed-forward block (SwiGLU or GeGLU).
             b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
             b.matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut gate, &mut up]);
-            b.silu_mul(&mut gate, &up);
+            match c.activation {
+                Activation::Silu => b.silu_mul(&mut gate, &up),
+                Activation::GeluTanh => b.gelu_mul(&mut gate, &up),
+            }
             b.matmul(&layer.w_down, &gate, &mut h);
+            if let Some(norm) = &layer.post_ffn_norm {
+                b.rms_norm(&h, norm, c.rms_eps, &mut post_normed);
+                std::mem::swap(&mut h, &mut post_normed);
+            }
             b.add(&mut x, &h);
         }
 

@@ -4,7 +4,7 @@
 //! is skipped, with the reason printed, where no usable GPU exists.
 
 mod common;
-use engine::backend::{Backend, Rope, SeqRows};
+use engine::backend::{AttentionOrder, AttentionSpec, Backend, Rope, SeqRows};
 use engine::cpu::CpuBuffer;
 use engine::{CpuBackend, CudaBackend, Llama, Logits};
 use gguf::{GgmlType, GgufFile, GgufWriter};
@@ -27,6 +27,8 @@ const FORMATS: &[GgmlType] = &[
 /// Not multiples of the kernels' 16-row or 8-token tiles.
 const ROWS: usize = 37;
 const COLS: usize = 512;
+/// A head's size, for the per-head norm.
+const HEAD: usize = 64;
 
 fn gpu() -> Option<CudaBackend> {
     if let Err(why) = engine::device::auto_choice() {
@@ -53,10 +55,12 @@ fn weights_file(dir: &tempfile::TempDir, rng: &mut impl Rng) -> Arc<GgufFile> {
         )
         .unwrap();
     }
-    let v = random(COLS, rng);
-    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    w.add_tensor("v", &[COLS as u64], GgmlType::F32, bytes)
-        .unwrap();
+    for (name, len) in [("v", COLS), ("head", HEAD)] {
+        let v = random(len, rng);
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(name, &[len as u64], GgmlType::F32, bytes)
+            .unwrap();
+    }
     let path = dir.path().join("weights.gguf");
     w.write_file(&path).unwrap();
     Arc::new(GgufFile::open(&path).unwrap())
@@ -210,6 +214,22 @@ fn element_and_row_operations_match_the_cpu_backend() {
     gpu.rms_norm(&xg, &wg, 1e-5, &mut og);
     assert_close("rms_norm", &gpu.to_host(&og, 0..rows), &oc.data, 1e-5);
 
+    let (hc, hg) = (
+        cpu.upload_weight(&file, "head").unwrap(),
+        gpu.upload_weight(&file, "head").unwrap(),
+    );
+    let (mut nc, mut ng) = both(&x);
+    cpu.rms_norm_heads(&mut nc, &hc, 1e-6);
+    gpu.rms_norm_heads(&mut ng, &hg, 1e-6);
+    cpu.scale(&mut nc, 0.3);
+    gpu.scale(&mut ng, 0.3);
+    assert_close(
+        "rms_norm_heads, scale",
+        &gpu.to_host(&ng, 0..rows),
+        &nc.data,
+        1e-5,
+    );
+
     for neox in [false, true] {
         let rope = Rope {
             theta_scale: quant::rope_theta_scale(10000.0, 48),
@@ -230,6 +250,12 @@ fn element_and_row_operations_match_the_cpu_backend() {
     cpu.silu_mul(&mut gc, &uc);
     gpu.silu_mul(&mut gg, &ug);
     assert_close("silu_mul", &gpu.to_host(&gg, 0..rows), &gc.data, 1e-5);
+
+    let (mut gc, mut gg) = both(&x);
+    cpu.gelu_mul(&mut gc, &uc);
+    gpu.gelu_mul(&mut gg, &ug);
+    // The CPU reads GELU from an f16 table, as GGML does.
+    assert_close("gelu_mul", &gpu.to_host(&gg, 0..rows), &gc.data, 2e-3);
 
     let (mut ac, mut ag) = both(&x);
     cpu.add(&mut ac, &uc);
@@ -304,13 +330,34 @@ fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
         },
         seqs[1].clone(),
     ];
-    for (layer, seqs) in [(0, &seqs), (1, &seqs_copied)] {
+    let plain = AttentionSpec {
+        n_kv_heads,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        window: None,
+        order: AttentionOrder::Matmul,
+    };
+    let windowed = AttentionSpec {
+        scale: 0.1,
+        window: Some(13),
+        order: AttentionOrder::Flash,
+        ..plain
+    };
+    for (layer, seqs, spec) in [
+        (0, &seqs, plain),
+        (1, &seqs_copied, plain),
+        (0, &seqs, windowed),
+    ] {
         let (qc, qg) = buffers(q_dim, &mut rng);
         let (mut oc, mut og) = buffers(q_dim, &mut rng);
-        cpu.attention(&qc, &pc, layer, seqs, n_kv_heads, &mut oc);
-        gpu.attention(&qg, &pg, layer, seqs, n_kv_heads, &mut og);
-        // The CPU rounds queries and attention weights to f16, as GGML does.
-        assert_close("attention", &gpu.to_host(&og, 0..rows), &oc.data, 5e-3);
+        cpu.attention(&qc, &pc, layer, seqs, &spec, &mut oc);
+        gpu.attention(&qg, &pg, layer, seqs, &spec, &mut og);
+        // The CPU rounds queries and attention weights to f16, as GGML does, and in the
+        // flash order sums the values in f16.
+        let tolerance = match spec.order {
+            AttentionOrder::Matmul => 5e-3,
+            AttentionOrder::Flash => 2e-2,
+        };
+        assert_close("attention", &gpu.to_host(&og, 0..rows), &oc.data, tolerance);
     }
     gpu.finish().unwrap();
 }

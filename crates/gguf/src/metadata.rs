@@ -131,6 +131,18 @@ impl Metadata {
             .collect()
     }
 
+    pub fn get_bool_array(&self, key: &str) -> Result<Vec<bool>> {
+        const EXPECTED: &str = "an array of bools";
+        let values = self.get_array(key, EXPECTED)?;
+        values
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => Ok(*b),
+                v => Err(Self::wrong(key, EXPECTED, v)),
+            })
+            .collect()
+    }
+
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
         const EXPECTED: &str = "an array of numbers";
         let values = self.get_array(key, EXPECTED)?;

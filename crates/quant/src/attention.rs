@@ -304,6 +304,48 @@ isa_dispatch! {
     ) => attend_with
 }
 
+/// One query's attention in the order of llama.cpp's CPU flash attention (its
+/// `one_chunk` kernel, f16 cache): positions one at a time with a running maximum, the
+/// weighted values summed into an accumulator kept in f16 (each update rounded to f16),
+/// the scores by `dot_f16`'s one-token order, the exponentials by the C library's `expf`.
+/// `q` holds f16 values (the query rounded); positions `first..keys` are visible.
+pub fn flash_attend<'a>(
+    q: &[f32],
+    first: usize,
+    keys: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    out.fill(0.0);
+    for p in first..keys {
+        let s = dot_f16(F16Order::OneToken, key(p), q) * scale;
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > max {
+            ms = (max - s).exp();
+            max = s;
+            for o in out.iter_mut() {
+                *o *= ms;
+            }
+            crate::round_to_f16(out);
+        } else {
+            vs = (s - max).exp();
+        }
+        for (o, &v) in out.iter_mut().zip(value(p)) {
+            *o = v.mul_add(vs, *o);
+        }
+        crate::round_to_f16(out);
+        // Fused, as GCC contracts GGML's `S = S*ms + vs`.
+        sum = sum.mul_add(ms, vs);
+    }
+    let inverse = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for o in out.iter_mut() {
+        *o *= inverse;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,12 +24,12 @@ mod nonlinear;
 mod packed;
 mod rope;
 
-pub use attention::{attend, attention_scores, dot_f16, AttendScratch, F16Order};
+pub use attention::{attend, attention_scores, dot_f16, flash_attend, AttendScratch, F16Order};
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix};
-pub use nonlinear::{exp_poly, rms_norm_scale, silu_mul, softmax};
+pub use nonlinear::{exp_poly, gelu_mul, gelu_tanh, rms_norm_scale, silu_mul, softmax};
 pub use packed::{pack, packable, packed_len};
 pub use rope::{rope_angles, rope_rotate, rope_theta_scale};
 

@@ -13,6 +13,7 @@
 // summed in the order of a 512-bit horizontal add: `dot_f32`'s lane tree.
 use crate::dot::{tree_sum, LANES};
 use crate::isa::isa_dispatch;
+use half::f16;
 
 /// 1 / √(mean(x²) + eps), with the squares (rounded to f32) summed one by one in f64
 /// and the mean rounded to f32, as GGML's RMSNorm computes it.
@@ -86,6 +87,40 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU with its tanh approximation, as GGML writes it.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// `gelu_tanh` of every f16 value, rounded to f16, by bit pattern: GGML's CPU backend
+/// evaluates GELU through such a table (`GGML_GELU_FP16`), so we do too.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_bits())
+            .collect()
+    })
+}
+
+/// GeGLU's gate: gate[i] = gelu(gate[i]) · up[i], with GELU read from `gelu_table` at the
+/// f16 nearest the input — except at or beyond ±10, where it is 0 or the input itself.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            f16::from_bits(table[f16::from_f32(x).to_bits() as usize]).to_f32() * u
+        };
+    }
+}
+
 isa_dispatch! {
     /// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
     /// groups of 16 scores (the last one padded with zeros) added into an f64, and the
@@ -103,6 +138,30 @@ isa_dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_mul_is_the_tabled_gelu_within_f16_rounding() {
+        let n = 4001;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 2000.0) / 150.0).collect();
+        let up: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32 / 8.0).collect();
+        let mut got = x.clone();
+        gelu_mul(&mut got, &up);
+        for ((&g, &x), &u) in got.iter().zip(&x).zip(&up) {
+            let exact = gelu_tanh(x) * u;
+            // Input and output each rounded to f16 (relative 2^-11), GELU's slope ≤ 1.13.
+            assert!(
+                (g - exact).abs() <= 2e-3 * (exact.abs() + x.abs() * u) + 1e-6,
+                "gelu({x})·{u}: {g} vs {exact}"
+            );
+        }
+        assert_eq!(got[0], 0.0, "at -13.3 GELU is 0");
+        assert_eq!(
+            got[n - 1],
+            x[n - 1] * up[n - 1],
+            "at 13.3 GELU is the input"
+        );
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-6);
+    }
 
     #[test]
     fn rms_norm_scale_is_the_inverse_root_mean_square() {

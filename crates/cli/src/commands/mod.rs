@@ -16,7 +16,9 @@ pub mod serve;
 pub mod tokenize;
 
 use anyhow::{Context, Result};
-use engine::{ChatTemplate, Device, DeviceChoice, Llama, SamplingParams, Tokenizer};
+use engine::{
+    AttentionOrder, ChatTemplate, Device, DeviceChoice, Llama, SamplingParams, Tokenizer,
+};
 use gguf::GgufFile;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +51,10 @@ pub struct ModelArgs {
     /// Device: auto, cpu or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// On the CPU, sum attention in the order of llama.cpp's flash attention (its
+    /// `-fa on`) instead of its matrix-product order, to reproduce those numbers.
+    #[arg(long)]
+    pub flash_attn: bool,
 }
 
 pub struct Loaded {
@@ -98,8 +104,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let path = resolve_model(&args.model)?;
     let file =
         Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
-    let model =
+    let mut model =
         Llama::load(device, file.clone()).with_context(|| format!("loading {}", path.display()))?;
+    if args.flash_attn {
+        model.attention_order = AttentionOrder::Flash;
+    }
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;

@@ -36,12 +36,13 @@ extern "C" __global__ void kv_copy_block(u16* __restrict__ k_pool, u16* __restri
 // with an online softmax; the warps' states are merged in a fixed order, so a row's result
 // depends only on its own position and the cache, never on the other rows.
 // row_pos[r]: the row's position; row_table[r]: offset of its block table in `tables`.
+// window > 0: a row sees only its last `window` positions (sliding-window layers).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention(const float* __restrict__ q, const u16* __restrict__ k_pool,
               const u16* __restrict__ v_pool, long long layer_offset,
               const u32* __restrict__ row_pos, const u32* __restrict__ row_table,
               const u32* __restrict__ tables, int n_heads, int n_kv_heads, int head_dim,
-              float scale, float* __restrict__ out) {
+              float scale, int window, float* __restrict__ out) {
     __shared__ float s_max[ATT_WARPS], s_sum[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][MAX_HEAD_DIM];
     const int row = blockIdx.x / n_heads, head = blockIdx.x % n_heads;
@@ -61,7 +62,8 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
         acc[j] = 0.f;
     }
     float m = -INFINITY, s = 0.f;
-    for (int p = warp; p <= pos; p += ATT_WARPS) {
+    const int first = window > 0 && pos + 1 > window ? pos + 1 - window : 0;
+    for (int p = first + warp; p <= pos; p += ATT_WARPS) {
         long long slot = (long long)table[p / KV_BLOCK] * KV_BLOCK + p % KV_BLOCK;
         const u16* kr = k_pool + layer_offset + slot * kv_dim + kv_off;
         const u16* vr = v_pool + layer_offset + slot * kv_dim + kv_off;

@@ -1,11 +1,10 @@
 // Element-wise and row-wise operations of the transformer on f32 activations.
 
 // out[r] = x[r] / rms(x[r]) * w; one block per row.
-extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
-                                    float eps, int cols, float* __restrict__ out) {
+// One block per row of `cols` values: out = x / rms(x) * w. `out` may be `x`.
+__device__ void rms_norm_row(const float* xr, const float* __restrict__ w, float eps, int cols,
+                             float* o) {
     __shared__ float warp_sums[32];
-    const float* xr = x + (long long)blockIdx.x * cols;
-    float* o = out + (long long)blockIdx.x * cols;
     float s = 0.f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) s += xr[i] * xr[i];
     s = warp_sum(s);
@@ -19,6 +18,23 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     __syncthreads();
     float scale = rsqrtf(warp_sums[0] / (float)cols + eps);
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * scale * w[i];
+}
+
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float eps, int cols, float* __restrict__ out) {
+    rms_norm_row(x + (long long)blockIdx.x * cols, w, eps, cols, out + (long long)blockIdx.x * cols);
+}
+
+// In place, one block per head of `head_dim` values (QK-norm).
+extern "C" __global__ void rms_norm_heads(float* x, const float* __restrict__ w, float eps,
+                                          int head_dim) {
+    float* head = x + (long long)blockIdx.x * head_dim;
+    rms_norm_row(head, w, eps, head_dim, head);
+}
+
+extern "C" __global__ void scale(float* __restrict__ x, float factor, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= factor;
 }
 
 extern "C" __global__ void to_f16(const float* __restrict__ x, long long n, u16* __restrict__ out) {
@@ -102,6 +118,14 @@ extern "C" __global__ void silu_mul(float* __restrict__ gate, const float* __res
     if (i < n) {
         float g = gate[i];
         gate[i] = g / (1.f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void gelu_mul(float* __restrict__ gate, const float* __restrict__ up, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float x = gate[i];
+        gate[i] = 0.5f * x * (1.f + tanhf(0.7978845608f * x * (1.f + 0.044715f * x * x))) * up[i];
     }
 }
 
