@@ -1,6 +1,7 @@
-//! Writes LLaMA-architecture GGUF files with random weights in any quant type and a
-//! byte-level vocabulary, so tests and benchmarks can run models that need no download:
-//! small ones for tests, and the shapes of real models (`preset`) for GPU benchmarks.
+//! Writes GGUF files with random weights in any quant type and a byte-level vocabulary,
+//! for every architecture the engine runs (llama, qwen2, qwen3, gemma3: their tensors
+//! and metadata), so tests and benchmarks can run models that need no download: small
+//! ones for tests, and the shapes of real models (`preset`) for benchmarks.
 
 use crate::error::{EngineError, Result};
 use gguf::{Array, GgmlType, GgufWriter, Value, ValueType};
@@ -8,12 +9,18 @@ use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub struct SyntheticModel {
-    /// `llama`, or `qwen2` (which adds Q/K/V biases).
+    /// `llama`, `qwen2` (Q/K/V biases), `qwen3` (QK-norm) or `gemma3` (QK-norm,
+    /// post-norms, and a sliding window on every layer but each `window_period`-th).
     pub architecture: &'static str,
     pub layers: usize,
     pub dim: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// `attention.key_length` when set; `dim / heads` otherwise.
+    pub head_dim: Option<usize>,
+    /// gemma3's `attention.sliding_window` and `attention.sliding_window_pattern`.
+    pub window: usize,
+    pub window_period: usize,
     pub ffn_dim: usize,
     pub context_length: usize,
     /// At least the 259 byte-level and control tokens; the rest are filler tokens.
@@ -34,6 +41,9 @@ impl Default for SyntheticModel {
             dim: 256,
             heads: 4,
             kv_heads: 2,
+            head_dim: None,
+            window: 512,
+            window_period: 6,
             ffn_dim: 512,
             context_length: 256,
             vocab_size: BYTE_VOCAB,
@@ -226,9 +236,18 @@ impl SyntheticModel {
     pub fn to_writer(&self) -> Result<GgufWriter> {
         let mut w = GgufWriter::new();
         let u32v = |v: usize| Value::U32(v as u32);
-        let head_dim = self.dim / self.heads;
+        let head_dim = self.head_dim.unwrap_or(self.dim / self.heads);
         let arch = self.architecture;
-        for (k, v) in [
+        let mut family = vec![];
+        if self.head_dim.is_some() {
+            family.push(("attention.key_length", u32v(head_dim)));
+            family.push(("attention.value_length", u32v(head_dim)));
+        }
+        if arch == "gemma3" {
+            family.push(("attention.sliding_window", u32v(self.window)));
+            family.push(("attention.sliding_window_pattern", u32v(self.window_period)));
+        }
+        for (k, v) in family.into_iter().chain([
             ("general.architecture", Value::String(arch.into())),
             ("general.name", Value::String("synthetic".into())),
             ("block_count", u32v(self.layers)),
@@ -245,7 +264,7 @@ impl SyntheticModel {
             ("tokenizer.ggml.bos_token_id", u32v(257)),
             ("tokenizer.ggml.eos_token_id", u32v(258)),
             ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-        ] {
+        ]) {
             let key = if k.starts_with("general.") || k.starts_with("tokenizer.") {
                 k.to_string()
             } else {
@@ -274,7 +293,7 @@ impl SyntheticModel {
             rng: Random(self.seed.max(1)),
             pools: HashMap::new(),
         };
-        let kv = self.kv_heads * head_dim;
+        let (q, kv) = (self.heads * head_dim, self.kv_heads * head_dim);
         let layers = self.layers;
         let mix = self.weights;
         let mut tensor = |name: &str, cols: usize, rows: usize, scale: f32| -> Result<()> {
@@ -302,15 +321,23 @@ impl SyntheticModel {
         for l in 0..self.layers {
             let n = |t: &str| format!("blk.{l}.{t}");
             tensor(&n("attn_norm.weight"), self.dim, 1, 0.1)?;
-            tensor(&n("attn_q.weight"), self.dim, self.dim, s)?;
+            tensor(&n("attn_q.weight"), self.dim, q, s)?;
             tensor(&n("attn_k.weight"), self.dim, kv, s)?;
             tensor(&n("attn_v.weight"), self.dim, kv, s)?;
             if arch == "qwen2" {
-                tensor(&n("attn_q.bias"), self.dim, 1, 0.1)?;
+                tensor(&n("attn_q.bias"), q, 1, 0.1)?;
                 tensor(&n("attn_k.bias"), kv, 1, 0.1)?;
                 tensor(&n("attn_v.bias"), kv, 1, 0.1)?;
             }
-            tensor(&n("attn_output.weight"), self.dim, self.dim, s)?;
+            if arch == "qwen3" || arch == "gemma3" {
+                tensor(&n("attn_q_norm.weight"), head_dim, 1, 0.1)?;
+                tensor(&n("attn_k_norm.weight"), head_dim, 1, 0.1)?;
+            }
+            if arch == "gemma3" {
+                tensor(&n("post_attention_norm.weight"), self.dim, 1, 0.1)?;
+                tensor(&n("post_ffw_norm.weight"), self.dim, 1, 0.1)?;
+            }
+            tensor(&n("attn_output.weight"), q, self.dim, s)?;
             tensor(&n("ffn_norm.weight"), self.dim, 1, 0.1)?;
             tensor(&n("ffn_gate.weight"), self.dim, self.ffn_dim, s)?;
             tensor(&n("ffn_up.weight"), self.dim, self.ffn_dim, s)?;

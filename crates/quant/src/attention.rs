@@ -304,6 +304,23 @@ isa_dispatch! {
     ) => attend_with
 }
 
+/// `acc[i] = f16(fma(v[i], w, acc[i]))`.
+fn mad_f16_portable(acc: &mut [f32], v: &[f32], w: f32) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = crate::round_f16(x.mul_add(w, *a));
+    }
+}
+
+/// The flash order's accumulator update: `acc[i] = f16(fma(v[i], w, acc[i]))`, as
+/// `ggml_vec_mad_f16` computes it.
+fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::selected_isa() == crate::Isa::Avx512 {
+        return crate::attention_avx512::mad_f16_avx512(acc, v, w);
+    }
+    mad_f16_portable(acc, v, w)
+}
+
 /// One query's attention in the order of llama.cpp's CPU flash attention (its
 /// `one_chunk` kernel, f16 cache): positions one at a time with a running maximum, the
 /// weighted values summed into an accumulator kept in f16 (each update rounded to f16),
@@ -326,17 +343,14 @@ pub fn flash_attend<'a>(
         if s > max {
             ms = (max - s).exp();
             max = s;
+            // `ggml_vec_scale_f16`: each value times ms, rounded to f16.
             for o in out.iter_mut() {
-                *o *= ms;
+                *o = crate::round_f16(*o * ms);
             }
-            crate::round_to_f16(out);
         } else {
             vs = (s - max).exp();
         }
-        for (o, &v) in out.iter_mut().zip(value(p)) {
-            *o = v.mul_add(vs, *o);
-        }
-        crate::round_to_f16(out);
+        mad_f16(out, value(p), vs);
         // Fused, as GCC contracts GGML's `S = S*ms + vs`.
         sum = sum.mul_add(ms, vs);
     }
@@ -360,6 +374,61 @@ mod tests {
     }
 
     #[test]
+    fn the_f16_accumulator_update_matches_its_portable_twin() {
+        for n in [1, 15, 16, 100, 256] {
+            let v = f16_values(n, 3);
+            let mut fast = f16_values(n, 5);
+            let mut slow = fast.clone();
+            for w in [0.37f32, 1.0, 1e-3, 0.9999] {
+                mad_f16(&mut fast, &v, w);
+                mad_f16_portable(&mut slow, &v, w);
+                assert!(fast
+                    .iter()
+                    .zip(&slow)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+
+    #[test]
+    fn flash_attention_is_softmax_attention_within_f16_rounding() {
+        let (dim, keys) = (64, 37);
+        let k: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(dim, p + 2)).collect();
+        let v: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(dim, p + 11)).collect();
+        let q = f16_values(dim, 7);
+        let scale = 0.125;
+        for first in [0, 5, 36] {
+            let mut out = vec![0.0; dim];
+            flash_attend(&q, first, keys, |p| &k[p], |p| &v[p], scale, &mut out);
+            // Exact softmax attention over the visible positions, in f64.
+            let scores: Vec<f64> = (first..keys)
+                .map(|p| {
+                    k[p].iter()
+                        .zip(&q)
+                        .map(|(a, b)| (a * b) as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for (d, &o) in out.iter().enumerate() {
+                let exact: f64 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| w * v[first + i][d] as f64)
+                    .sum::<f64>()
+                    / total;
+                assert!(
+                    (o as f64 - exact).abs() < 2e-2 * exact.abs().max(1.0),
+                    "{o} vs {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn dots_match_their_portable_twins_and_the_exact_sum() {
         for order in ORDERS {
             for n in [1, 15, 16, 64, 100, 128, 200] {
@@ -378,7 +447,7 @@ mod tests {
 
     #[test]
     fn scores_match_their_portable_twin() {
-        for width in [16, 40, 64, 128] {
+        for width in [16, 40, 64, 128, 256] {
             let q = f16_values(width, 5);
             for keys in [1, 15, 16, 17, 33, 100] {
                 let k: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(width, p + 2)).collect();

@@ -37,6 +37,7 @@ pub fn scores_avx512<'a>(
             (F16Order::Batched, 128) => scores_chunks::<8, false>(q, keys, key, scale, scores),
             (F16Order::OneToken, 64) => scores_chunks::<4, true>(q, keys, key, scale, scores),
             (F16Order::OneToken, 128) => scores_chunks::<8, true>(q, keys, key, scale, scores),
+            (F16Order::OneToken, 256) => scores_chunks::<16, true>(q, keys, key, scale, scores),
             _ => return false,
         }
     }
@@ -124,4 +125,32 @@ unsafe fn tree_sums(v: &[__m512; 16]) -> __m512 {
     );
     let key_order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     _mm512_permutexvar_ps(key_order, sums)
+}
+
+/// `acc[i] = f16(fma(v[i], w, acc[i]))`: the flash order's f16 accumulator update, sixteen
+/// values at a time (F16C conversions round to nearest even, as GGML's do).
+pub fn mad_f16_avx512(acc: &mut [f32], v: &[f32], w: f32) {
+    assert!(
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("f16c"),
+        "AVX-512 kernel called without AVX-512"
+    );
+    // SAFETY: AVX-512F and F16C are available (asserted above).
+    unsafe { mad_f16(acc, v, w) }
+}
+
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
+    let n = acc.len().min(v.len());
+    let whole = n / 16 * 16;
+    let weight = _mm512_set1_ps(w);
+    for i in (0..whole).step_by(16) {
+        let a = _mm512_loadu_ps(acc.as_ptr().add(i));
+        let x = _mm512_loadu_ps(v.as_ptr().add(i));
+        let sum = _mm512_fmadd_ps(x, weight, a);
+        let rounded = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sum));
+        _mm512_storeu_ps(acc.as_mut_ptr().add(i), rounded);
+    }
+    for i in whole..n {
+        acc[i] = crate::round_f16(v[i].mul_add(w, acc[i]));
+    }
 }

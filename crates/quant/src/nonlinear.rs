@@ -91,7 +91,8 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+    // Fused where GCC contracts GGML's `1.0f + GELU_COEF_A*x*x`.
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// `gelu_tanh` of every f16 value, rounded to f16, by bit pattern: GGML's CPU backend

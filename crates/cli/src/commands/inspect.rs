@@ -31,10 +31,50 @@ struct Report {
     heads: Option<u32>,
     kv_heads: Option<u32>,
     rope: Rope,
+    /// The shape and family rules as the engine reads them...
+    model: Option<Model>,
+    /// ...or why it cannot run the file.
+    unsupported: Option<String>,
     tensor_count: usize,
     tensor_types: BTreeMap<String, usize>,
     tokenizer: Tokenizer,
     chat_template: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Model {
+    head_dim: usize,
+    rope_neox: bool,
+    qk_norm: bool,
+    post_norms: bool,
+    activation: &'static str,
+    embedding_scale: Option<f32>,
+    query_scale: Option<f32>,
+    sliding_window: Option<usize>,
+    /// Layers that attend through the window.
+    windowed_layers: Vec<usize>,
+    sliding_window_rope_base: Option<f32>,
+}
+
+impl Model {
+    fn of(c: &engine::Config) -> Model {
+        let window = c.sliding_window.as_ref();
+        Model {
+            head_dim: c.head_dim,
+            rope_neox: c.rope_neox,
+            qk_norm: c.qk_norm,
+            post_norms: c.post_norms,
+            activation: match c.activation {
+                engine::config::Activation::Silu => "silu",
+                engine::config::Activation::GeluTanh => "gelu-tanh",
+            },
+            embedding_scale: c.embedding_scale,
+            query_scale: c.query_scale,
+            sliding_window: window.map(|w| w.size),
+            windowed_layers: (0..c.n_layers).filter(|&l| c.is_windowed(l)).collect(),
+            sliding_window_rope_base: window.map(|w| w.rope_base),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -79,6 +119,7 @@ fn report(file: &GgufFile) -> Result<Report> {
             special_tokens.insert(kind.to_owned(), SpecialToken { id, text });
         }
     }
+    let config = engine::Config::from_metadata(m);
     let mut tensor_types = BTreeMap::new();
     for t in &g.tensors {
         *tensor_types.entry(t.ty.name().to_owned()).or_insert(0) += 1;
@@ -101,6 +142,8 @@ fn report(file: &GgufFile) -> Result<Report> {
             scaling_type: m.get_str(&key("rope.scaling.type")).ok().map(str::to_owned),
             scaling_factor: m.get_f32(&key("rope.scaling.factor")).ok(),
         },
+        model: config.as_ref().ok().map(Model::of),
+        unsupported: config.as_ref().err().map(|e| e.to_string()),
         tensor_count: g.tensors.len(),
         tensor_types,
         tokenizer: Tokenizer {
@@ -146,24 +189,46 @@ fn print_text(r: &Report) {
         opt(&r.embedding_length),
         opt(&r.feed_forward_length)
     );
-    let head_dim = match (r.embedding_length, r.heads) {
-        (Some(e), Some(h)) if h > 0 => (e / h).to_string(),
-        _ => "-".into(),
-    };
+    let head_dim = r
+        .model
+        .as_ref()
+        .map_or("-".into(), |m| m.head_dim.to_string());
     println!(
         "heads         {} (kv {}), head dim {head_dim}",
         opt(&r.heads),
         opt(&r.kv_heads)
     );
+    if let Some(why) = &r.unsupported {
+        println!("runs          no: {why}");
+    }
+    if let Some(m) = &r.model {
+        let mut rules = vec![m.activation.to_string()];
+        rules.extend(m.qk_norm.then(|| "qk-norm".to_string()));
+        rules.extend(m.post_norms.then(|| "post-norms".to_string()));
+        rules.extend(m.embedding_scale.map(|s| format!("embeddings x{s:.3}")));
+        rules.extend(m.query_scale.map(|s| format!("queries x{s:.4}")));
+        println!("family        {}", rules.join(", "));
+        if let (Some(size), Some(base)) = (m.sliding_window, m.sliding_window_rope_base) {
+            println!(
+                "window        {size} positions on {} of {} layers (rope base {base})",
+                m.windowed_layers.len(),
+                opt(&r.layers)
+            );
+        }
+    }
     println!(
-        "rope          freq_base {}, dims {}, scaling {}{}",
+        "rope          freq_base {}, dims {}, scaling {}{}{}",
         opt(&r.rope.freq_base),
         opt(&r.rope.dimension_count),
         r.rope.scaling_type.as_deref().unwrap_or("none"),
         r.rope
             .scaling_factor
             .map(|f| format!(" x{f}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        match &r.model {
+            Some(m) if m.rope_neox => ", neox",
+            _ => "",
+        }
     );
     let mut types: Vec<_> = r.tensor_types.iter().collect();
     types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -11,7 +11,18 @@ pub use refs_dir::refs;
 /// The default model, pulled into the tests' shared store on first use
 /// (`LLAMA_GPU_TEST_MODEL` names a GGUF file to use instead, e.g. on a GPU machine).
 pub fn default_model() -> PathBuf {
-    if let Some(path) = std::env::var_os("LLAMA_GPU_TEST_MODEL") {
+    known_model("default", "LLAMA_GPU_TEST_MODEL")
+}
+
+/// Gemma 3 270M, pulled likewise (`LLAMA_GPU_TEST_GEMMA3` names a file instead).
+pub fn gemma3_model() -> PathBuf {
+    known_model("gemma3-270m", "LLAMA_GPU_TEST_GEMMA3")
+}
+
+/// A model the store knows by name, from the tests' shared store, or the file the
+/// environment variable `instead` names.
+fn known_model(name: &str, instead: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(instead) {
         return PathBuf::from(path);
     }
     let home = match std::env::var_os("LLAMA_GPU_HOME") {
@@ -19,8 +30,8 @@ pub fn default_model() -> PathBuf {
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-home"),
     };
     store::Store::open(home)
-        .and_then(|s| s.resolve("default"))
-        .expect("cannot get the default model")
+        .and_then(|s| s.resolve(name))
+        .unwrap_or_else(|e| panic!("cannot get {name}: {e}"))
 }
 
 /// The device the tests run on: `LLAMA_GPU_TEST_DEVICE` (`cpu` unless set; `cuda` runs

@@ -1,0 +1,78 @@
+//! Model families against llama.cpp: the logits of small random-weight qwen3 and gemma3
+//! models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
+//! size other than dim / heads, and a sliding window narrower than the prompt) at every
+//! position of one prompt, against the logits llama.cpp's CPU build computes for the same
+//! files (`tests/data/refs/families/`, written by `scripts/synthetic-refs.py` from the
+//! files this test leaves in `target/test-models/`). The weights are Q8_0, whose products
+//! follow llama.cpp's order, so every difference would be the family's.
+
+mod common;
+
+use engine::synthetic::SyntheticModel;
+use engine::{AttentionOrder, CpuBackend, Llama, Logits};
+use std::sync::Arc;
+
+/// The prompt, as token ids of the byte-level vocabulary.
+const PROMPT: [u32; 12] = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1];
+
+fn qwen3() -> SyntheticModel {
+    SyntheticModel {
+        architecture: "qwen3",
+        vocab_size: 264,
+        separate_output: true,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+/// Layer 0 windowed (5 positions, fewer than the prompt's 12), layer 1 global.
+fn gemma3() -> SyntheticModel {
+    SyntheticModel {
+        architecture: "gemma3",
+        head_dim: Some(128),
+        window: 5,
+        window_period: 2,
+        rope_base: 1_000_000.0,
+        vocab_size: 264,
+        seed: 6,
+        ..Default::default()
+    }
+}
+
+/// (reference name, model file, model, attention order llama.cpp ran with)
+fn cases() -> [(&'static str, &'static str, SyntheticModel, AttentionOrder); 3] {
+    [
+        ("qwen3", "qwen3", qwen3(), AttentionOrder::Matmul),
+        ("gemma3", "gemma3", gemma3(), AttentionOrder::Matmul),
+        ("gemma3-flash", "gemma3", gemma3(), AttentionOrder::Flash),
+    ]
+}
+
+#[test]
+fn family_logits_equal_llama_cpp_at_every_position() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (_, file, spec, _) in cases() {
+        spec.write(&dir.join(format!("family-{file}.gguf")))
+            .unwrap();
+    }
+    for (name, file, _, order) in cases() {
+        let path = dir.join(format!("family-{file}.gguf"));
+        let file = Arc::new(gguf::GgufFile::open(&path).unwrap());
+        let mut model = Llama::load(CpuBackend::new(), file).unwrap();
+        model.attention_order = order;
+        let mut cache = model.new_kv_cache(32).unwrap();
+        let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
+        let reference = common::f32_file(&format!("families/{name}.f32"));
+        assert_eq!(ours.len(), reference.len(), "{name}: logits count");
+        let max_diff = ours
+            .iter()
+            .zip(&reference)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!("{name}: max |Δ| {max_diff}");
+        assert!(
+            ours == reference,
+            "{name}: not bit-identical (max |Δ| {max_diff})"
+        );
+    }
+}

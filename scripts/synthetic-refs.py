@@ -1,0 +1,35 @@
+"""Writes llama.cpp's logits for the synthetic test models into tests/data/refs/.
+
+The K-quant models (crates/engine/tests/kquant_logits.rs) go to refs/kquants/, the
+model-family models (crates/engine/tests/family_logits.rs) to refs/families/. Run those
+tests first (they write the models to target/test-models/), then this script with a
+Python that has llama-cpp-python 0.3.36 (the venv scripts/compare-llama-cpp.sh builds),
+from the repository root:
+
+    ~/.cache/llama-gpu-bench/venv/bin/python scripts/synthetic-refs.py
+"""
+import os
+
+import llama_cpp
+import numpy as np
+
+PROMPT = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1]  # as in both tests
+
+# (reference file, model file, flash attention)
+CASES = [(f"kquants/{q}", f"kquant-{q}", False) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k"]]
+CASES += [
+    ("families/qwen3", "family-qwen3", False),
+    ("families/gemma3", "family-gemma3", False),
+    ("families/gemma3-flash", "family-gemma3", True),
+]
+
+for ref, model, flash in CASES:
+    os.makedirs(os.path.dirname(f"tests/data/refs/{ref}"), exist_ok=True)
+    llm = llama_cpp.Llama(
+        model_path=f"target/test-models/{model}.gguf", n_ctx=32, n_batch=32, n_ubatch=32,
+        n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=flash, verbose=False,
+    )
+    llm.eval(PROMPT)
+    logits = np.asarray(llm.scores[: len(PROMPT)], dtype=np.float32)
+    logits.tofile(f"tests/data/refs/{ref}.f32")
+    print(ref, logits.shape, logits[-1, :4])
