@@ -11,10 +11,10 @@ import time
 import llama_cpp
 
 
-def run(model, n_prompt, n_gen, threads, reps):
+def run(model, n_prompt, n_gen, threads, reps, flash_attn):
     llm = llama_cpp.Llama(
         model_path=model, n_ctx=max(n_prompt, n_gen) + 16, n_batch=512, n_ubatch=512,
-        n_threads=threads, n_threads_batch=threads, verbose=False,
+        n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn, verbose=False,
     )
     vocab = llm.n_vocab()
     rows = []
@@ -47,11 +47,12 @@ def main():
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-t", default="2")
     ap.add_argument("-r", type=int, default=5)
+    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's -fa on")
     a = ap.parse_args()
     print(f"| engine | threads | test | t/s |")
     print(f"| --- | ---: | ---: | ---: |")
     for t in [int(x) for x in a.t.split(",")]:
-        for threads, name, mean, sd in run(a.model, a.p, a.n, t, a.r):
+        for threads, name, mean, sd in run(a.model, a.p, a.n, t, a.r, a.flash_attn):
             print(f"| llama.cpp (llama-cpp-python {llama_cpp.__version__}) | {threads} | {name} | {mean:.2f} ± {sd:.2f} |")
 
 

@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 /// `scores[p] = dot_f16(order, key(p), q) · scale` for `p < keys`, or false (and nothing
 /// done) for a query length this kernel does not cover: the batched order takes multiples
-/// of 16 up to 128, the one-token order 64 and 128 (no f64 tail).
+/// of 16 up to 128 and 256, the one-token order 64, 128 and 256 (no f64 tail).
 pub fn scores_avx512<'a>(
     order: F16Order,
     q: &[f32],
@@ -35,6 +35,7 @@ pub fn scores_avx512<'a>(
             (F16Order::Batched, 96) => scores_chunks::<6, false>(q, keys, key, scale, scores),
             (F16Order::Batched, 112) => scores_chunks::<7, false>(q, keys, key, scale, scores),
             (F16Order::Batched, 128) => scores_chunks::<8, false>(q, keys, key, scale, scores),
+            (F16Order::Batched, 256) => scores_chunks::<16, false>(q, keys, key, scale, scores),
             (F16Order::OneToken, 64) => scores_chunks::<4, true>(q, keys, key, scale, scores),
             (F16Order::OneToken, 128) => scores_chunks::<8, true>(q, keys, key, scale, scores),
             (F16Order::OneToken, 256) => scores_chunks::<16, true>(q, keys, key, scale, scores),
