@@ -78,6 +78,17 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// `render` with extra template variables (the server's `chat_template_kwargs`, such
+    /// as Qwen3's `enable_thinking`); they cannot replace the ones set here.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let template = self.env.get_template("chat").map_err(template_error)?;
         template
             .render(minijinja::context! {
@@ -86,6 +97,7 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
                 tools => minijinja::Value::from(()),
+                ..minijinja::Value::from(minijinja::value::Serde(extra))
             })
             .map_err(template_error)
     }
@@ -94,6 +106,21 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_variables_reach_the_template_but_cannot_replace_its_own() {
+        let source =
+            "{% if enable_thinking is false %}<think></think>{% endif %}{{ messages[0].content }}";
+        let t = ChatTemplate::new(source, "", "").unwrap();
+        let msgs = [Message::new("user", "hi")];
+        assert_eq!(t.render(&msgs, true).unwrap(), "hi");
+        let off = serde_json::json!({"enable_thinking": false, "messages": []});
+        let off = off.as_object().unwrap();
+        assert_eq!(
+            t.render_with(&msgs, true, off).unwrap(),
+            "<think></think>hi"
+        );
+    }
 
     #[test]
     fn chatml_fallback() {

@@ -41,8 +41,9 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let (model, body) = model_and_body(&state, body).await?;
     let messages = params::messages(&body)?;
+    let kwargs = params::chat_template_kwargs(&body)?;
     let g = generation(&state, &body, Endpoint::Chat)?;
-    let text = model.template.render(&messages, true)?;
+    let text = model.template.render_with(&messages, true, &kwargs)?;
     let prompt = model.engine.tokenizer().encode_prompt(&text, true)?;
     run(state, client, id, Endpoint::Chat, g, vec![prompt]).await
 }

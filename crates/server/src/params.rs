@@ -239,6 +239,18 @@ pub fn generation(
     })
 }
 
+/// `chat_template_kwargs`: extra variables for the chat template (vLLM's name), an object.
+pub fn chat_template_kwargs(body: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    match body.get("chat_template_kwargs") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(v) => Err(ApiError::param(
+            "chat_template_kwargs",
+            format!("expected an object, got {v}"),
+        )),
+    }
+}
+
 /// `messages`: a non-empty list of {role, content}, content a string or a list of text parts.
 pub fn messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
     let list = match body.get("messages") {
@@ -436,6 +448,13 @@ mod tests {
         ] {
             assert!(messages(&body(bad)).is_err());
         }
+        let kwargs = serde_json::json!({"chat_template_kwargs": {"enable_thinking": false}});
+        assert_eq!(chat_template_kwargs(&body(kwargs)).unwrap().len(), 1);
+        assert!(chat_template_kwargs(&body(serde_json::json!({})))
+            .unwrap()
+            .is_empty());
+        let bad = serde_json::json!({"chat_template_kwargs": "enable_thinking"});
+        assert!(chat_template_kwargs(&body(bad)).is_err());
         assert_eq!(
             prompts(&body(serde_json::json!({"prompt": [1, 2]}))).unwrap(),
             [Prompt::Tokens(vec![1, 2])]
