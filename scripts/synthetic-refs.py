@@ -15,18 +15,20 @@ import numpy as np
 
 PROMPT = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1]  # as in both tests
 
-# (reference file, model file, flash attention)
-CASES = [(f"kquants/{q}", f"kquant-{q}", False) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k"]]
+# (reference file, model file, flash attention, context)
+CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k"]]
 CASES += [
-    ("families/qwen3", "family-qwen3", False),
-    ("families/gemma3", "family-gemma3", False),
-    ("families/gemma3-flash", "family-gemma3", True),
+    ("families/qwen3", "family-qwen3", False, 32),
+    ("families/gemma3", "family-gemma3", False, 32),
+    ("families/gemma3-flash", "family-gemma3", True, 32),
+    ("families/phi3", "family-phi3", False, 32),
+    ("families/phi3-long", "family-phi3", False, 512),  # beyond the original 256: long factors
 ]
 
-for ref, model, flash in CASES:
+for ref, model, flash, context in CASES:
     os.makedirs(os.path.dirname(f"tests/data/refs/{ref}"), exist_ok=True)
     llm = llama_cpp.Llama(
-        model_path=f"target/test-models/{model}.gguf", n_ctx=32, n_batch=32, n_ubatch=32,
+        model_path=f"target/test-models/{model}.gguf", n_ctx=context, n_batch=32, n_ubatch=32,
         n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=flash, verbose=False,
     )
     llm.eval(PROMPT)

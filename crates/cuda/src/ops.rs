@@ -281,7 +281,8 @@ impl Gpu {
     }
 
     /// Rotates pair p of every head by freq_scale · θ_p / factors[p], θ_0 = position,
-    /// θ_{p+1} = θ_p · theta_scale (one pair per entry of `factors`).
+    /// θ_{p+1} = θ_p · theta_scale (one pair per entry of `factors`), with cos and sin
+    /// multiplied by `mscale`.
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
@@ -294,6 +295,7 @@ impl Gpu {
         neox: bool,
         theta_scale: f32,
         freq_scale: f32,
+        mscale: f32,
     ) -> Result<()> {
         let pairs = factors.len();
         let n = rows * (cols / head_dim) * pairs;
@@ -317,6 +319,7 @@ impl Gpu {
                 .arg(&neox)
                 .arg(&theta_scale)
                 .arg(&freq_scale)
+                .arg(&mscale)
                 .launch(elementwise(n))
         }?;
         Ok(())

@@ -51,6 +51,44 @@ pub fn read_tensor<'a>(file: &'a GgufFile, name: &str) -> Result<HostTensor<'a>>
     Ok(HostTensor::Vector(values))
 }
 
+/// Rows `rows` of matrix `name` of `file` (a part of a fused tensor, such as phi3's Q/K/V
+/// in one `attn_qkv`): their type, bytes, shape, and offset in the file's tensor data.
+pub struct MatrixRows<'a> {
+    pub view: TensorView<'a>,
+    pub data: &'a [u8],
+    pub offset: u64,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Reads rows `rows` of matrix `name`; a missing tensor or rows beyond it are errors.
+pub fn read_matrix_rows<'a>(
+    file: &'a GgufFile,
+    name: &str,
+    rows: Range<usize>,
+) -> Result<MatrixRows<'a>> {
+    let view = file
+        .tensor(name)
+        .map_err(|_| EngineError::MissingTensor(name.into()))?;
+    let (n_rows, cols) = (view.info.n_rows() as usize, view.info.row_len() as usize);
+    if view.info.dims.len() < 2 || rows.start > rows.end || rows.end > n_rows {
+        return Err(EngineError::TensorShape {
+            name: name.into(),
+            expected: vec![cols as u64, rows.end as u64],
+            actual: view.info.dims.clone(),
+        });
+    }
+    let row_bytes = view.data.len() / n_rows.max(1);
+    let data = &view.data[rows.start * row_bytes..rows.end * row_bytes];
+    Ok(MatrixRows {
+        offset: view.info.offset + (rows.start * row_bytes) as u64,
+        data,
+        view,
+        rows: rows.len(),
+        cols,
+    })
+}
+
 /// RoPE inputs shared by every layer. Pair i of a head at position p is rotated by
 /// freq_scale · θᵢ / factors[i], where θ₀ = p and θᵢ₊₁ = θᵢ · theta_scale in f32 — GGML's
 /// running product, whose rounding we keep (see `quant::rope_angles`).
@@ -58,6 +96,8 @@ pub fn read_tensor<'a>(file: &'a GgufFile, name: &str) -> Result<HostTensor<'a>>
 pub struct Rope {
     /// freq_base^(-2 / rope_dims).
     pub theta_scale: f32,
+    /// Multiplies cos and sin (`rope.scaling.attn_factor`, phi3's LongRoPE), 1.0 without.
+    pub mscale: f32,
     /// Per-pair divisors (Llama 3.1-style scaling), 1.0 without; one per pair.
     pub factors: Vec<f32>,
     /// 1 / the linear scaling factor.
@@ -112,6 +152,13 @@ pub trait Backend: Send + Sync {
 
     /// Makes a tensor of `file` usable by this device, keeping its quantized format.
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight>;
+    /// Rows `rows` of matrix `name`, as a matrix of their own (a part of a fused tensor).
+    fn upload_weight_rows(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        rows: Range<usize>,
+    ) -> Result<Self::Weight>;
     /// A zeroed buffer of `rows` × `cols`; an error when the device is full.
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buffer>;
     /// A pool of `blocks` KV blocks; an error when the device cannot hold it.

@@ -15,6 +15,8 @@ pub enum Architecture {
     /// QK-norm, norms after attention and FFN too, GeGLU, scaled embeddings, and
     /// sliding-window attention on five layers of every six.
     Gemma3,
+    /// Fused QKV and gate/up tensors, queries scaled before attention, LongRoPE.
+    Phi3,
 }
 
 impl Architecture {
@@ -25,6 +27,7 @@ impl Architecture {
             "qwen2" => Ok(Architecture::Qwen2),
             "qwen3" => Ok(Architecture::Qwen3),
             "gemma3" => Ok(Architecture::Gemma3),
+            "phi3" => Ok(Architecture::Phi3),
             other => Err(EngineError::UnsupportedArchitecture(other.into())),
         }
     }
@@ -74,6 +77,11 @@ pub struct Config {
     /// NeoX ordering rotates (i, i + d/2) pairs; the original ordering rotates (2i, 2i+1).
     pub rope_neox: bool,
     pub rope_scaling: RopeScaling,
+    /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`; phi3's LongRoPE).
+    pub rope_mscale: f32,
+    /// The context the model was trained at before RoPE scaling; beyond it, phi3 uses
+    /// its long RoPE factors (`rope_factors_long`) instead of the short ones.
+    pub rope_original_context: Option<usize>,
 
     // What families change (all off for Llama).
     /// RMSNorm over each head of Q and K before RoPE (qwen3, gemma3).
@@ -111,11 +119,12 @@ impl Config {
         };
         let rope_scaling = match m.get_str(&key("rope.scaling.type")) {
             Err(_) => RopeScaling::None,
-            Ok("none") => RopeScaling::None,
+            // LongRoPE's factors are tensors (`rope_factors_short/long`), read at load.
+            Ok("none") | Ok("longrope") => RopeScaling::None,
             Ok("linear") => RopeScaling::Linear(m.get_f32(&key("rope.scaling.factor"))?),
             Ok(other) => {
                 return Err(EngineError::Config(format!(
-                    "RoPE scaling {other:?} is not supported (supported: none, linear, llama3 via rope_freqs)"
+                    "RoPE scaling {other:?} is not supported (supported: none, linear, longrope, llama3 via rope_freqs)"
                 )))
             }
         };
@@ -134,6 +143,8 @@ impl Config {
             rope_dims: get("rope.dimension_count").unwrap_or(head_dim),
             rope_neox: arch != Architecture::Llama && arch != Architecture::Mistral,
             rope_scaling,
+            rope_mscale: m.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
+            rope_original_context: get("rope.scaling.original_context_length").ok(),
             qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
             post_norms: arch == Architecture::Gemma3,
             activation: match arch {
@@ -141,8 +152,11 @@ impl Config {
                 _ => Activation::Silu,
             },
             embedding_scale: (arch == Architecture::Gemma3).then(|| (dim as f32).sqrt()),
-            query_scale: (arch == Architecture::Gemma3)
-                .then(|| gemma3_query_scale(m, dim, n_heads, head_dim)),
+            query_scale: match arch {
+                Architecture::Gemma3 => Some(gemma3_query_scale(m, dim, n_heads, head_dim)),
+                Architecture::Phi3 => Some(1.0 / (head_dim as f32).sqrt()),
+                _ => None,
+            },
             sliding_window: sliding_window(m, arch, arch_name)?,
         };
         if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {

@@ -4,7 +4,8 @@
 //! once per layer for attention. Work is split across threads by rows or heads.
 
 use crate::backend::{
-    read_tensor, AttentionOrder, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
+    read_matrix_rows, read_tensor, AttentionOrder, AttentionSpec, Backend, HostTensor, Rope,
+    SeqRows, KV_BLOCK_SIZE,
 };
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
@@ -13,6 +14,7 @@ use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use quant::{AttendScratch, F16Order, Isa, Layout, QMatrix};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// f32 activations, row-major.
@@ -172,36 +174,49 @@ impl Backend for CpuBackend {
     }
 
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight> {
-        let view = match read_tensor(file, name)? {
-            HostTensor::Vector(values) => return Ok(CpuWeight::Dense(values)),
-            HostTensor::Matrix(view) => view,
-        };
-        let info = view.info;
-        let (rows, cols) = (info.n_rows() as usize, info.row_len() as usize);
-        QMatrix::new(info.ty, view.data, rows, cols)?;
-        if quant::packable(info.ty) && quant::selected_isa() == Isa::Avx512 {
-            let key = (Arc::as_ptr(file) as usize, info.offset);
+        match read_tensor(file, name)? {
+            HostTensor::Vector(values) => Ok(CpuWeight::Dense(values)),
+            HostTensor::Matrix(view) => {
+                let rows = view.info.n_rows() as usize;
+                self.upload_weight_rows(file, name, 0..rows)
+            }
+        }
+    }
+
+    fn upload_weight_rows(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        rows: Range<usize>,
+    ) -> Result<CpuWeight> {
+        let m = read_matrix_rows(file, name, rows)?;
+        let (ty, rows, cols) = (m.view.info.ty, m.rows, m.cols);
+        QMatrix::new(ty, m.data, rows, cols)?;
+        if quant::packable(ty) && quant::selected_isa() == Isa::Avx512 {
+            let key = (Arc::as_ptr(file) as usize, m.offset);
             let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
             let data = cache
                 .entry(key)
                 .or_insert_with(|| {
-                    let packed = quant::pack(info.ty, view.data, rows, cols);
-                    file.release(info);
+                    let packed = quant::pack(ty, m.data, rows, cols);
+                    if m.data.len() as u64 == m.view.info.size {
+                        file.release(m.view.info);
+                    }
                     Arc::new(packed)
                 })
                 .clone();
             return Ok(CpuWeight::Packed {
                 data,
-                ty: info.ty,
+                ty,
                 rows,
                 cols,
             });
         }
         Ok(CpuWeight::Quantized {
             file: file.clone(),
-            start: (info.offset) as usize,
-            len: info.size as usize,
-            ty: info.ty,
+            start: m.offset as usize,
+            len: m.data.len(),
+            ty,
             rows,
             cols,
         })
@@ -311,6 +326,11 @@ impl Backend for CpuBackend {
                 &mut cos,
                 &mut sin,
             );
+            if rope.mscale != 1.0 {
+                cos.iter_mut()
+                    .chain(sin.iter_mut())
+                    .for_each(|v| *v *= rope.mscale);
+            }
             for head in row.chunks_exact_mut(rope.head_dim) {
                 quant::rope_rotate(head, &cos, &sin, rope.neox);
             }

@@ -6,7 +6,7 @@
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
 
 use crate::backend::{
-    read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
+    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
 };
 use crate::error::{EngineError, Result};
 use cuda::{
@@ -14,6 +14,7 @@ use cuda::{
 };
 use gguf::GgufFile;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -218,6 +219,25 @@ impl Backend for CudaBackend {
         ))
     }
 
+    fn upload_weight_rows(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        rows: Range<usize>,
+    ) -> Result<CudaWeight> {
+        let m = read_matrix_rows(file, name, rows)?;
+        let ty = m.view.info.ty;
+        if !cuda::format_supported(ty) {
+            return Err(EngineError::UnsupportedTensor {
+                name: name.into(),
+                reason: format!("type {} has no CUDA kernel", ty.name()),
+            });
+        }
+        Ok(CudaWeight::Matrix(
+            self.gpu.upload_weight(ty, m.data, m.rows, m.cols)?,
+        ))
+    }
+
     fn alloc(&self, rows: usize, cols: usize) -> Result<CudaBuffer> {
         Ok(CudaBuffer {
             data: self.gpu.alloc_zeros::<f32>(rows * cols, "activations")?,
@@ -308,6 +328,7 @@ impl Backend for CudaBackend {
                 rope.neox,
                 rope.theta_scale,
                 rope.freq_scale,
+                rope.mscale,
             )
         })();
         self.check(result);

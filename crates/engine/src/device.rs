@@ -155,6 +155,18 @@ impl Backend for Device {
         })
     }
 
+    fn upload_weight_rows(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<DeviceWeight> {
+        Ok(match self {
+            Device::Cpu(b) => DeviceWeight::Cpu(b.upload_weight_rows(file, name, rows)?),
+            Device::Cuda(b) => DeviceWeight::Cuda(b.upload_weight_rows(file, name, rows)?),
+        })
+    }
+
     fn alloc(&self, rows: usize, cols: usize) -> Result<DeviceBuffer> {
         Ok(match self {
             Device::Cpu(b) => DeviceBuffer::Cpu(b.alloc(rows, cols)?),

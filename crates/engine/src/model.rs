@@ -37,6 +37,8 @@ pub struct Llama<B: Backend> {
     /// The output projection; the token embedding when the model ties them.
     output: B::Weight,
     rope: Rope,
+    /// LongRoPE's long factors (phi3), for contexts beyond the original one.
+    rope_long: Option<Rope>,
     /// The RoPE of sliding-window layers, when they have a base of their own.
     rope_windowed: Rope,
     /// Which of llama.cpp's attention orders the CPU follows (`Matmul` unless set).
@@ -121,6 +123,20 @@ impl<B: Backend> Llama<B> {
             check_shape(&file, name, shape)?;
             backend.upload_weight(&file, name)
         };
+        // A fused tensor (phi3's `attn_qkv`, and its `ffn_up` holding gate then up) is
+        // split into the matrices the forward pass reads, row ranges of one tensor.
+        let parts = |name: &str, cols: usize, sizes: &[usize]| -> Result<Vec<B::Weight>> {
+            check_shape(&file, name, &[cols, sizes.iter().sum()])?;
+            let mut start = 0;
+            sizes
+                .iter()
+                .map(|&rows| {
+                    start += rows;
+                    backend.upload_weight_rows(&file, name, start - rows..start)
+                })
+                .collect()
+        };
+        let has = |name: &str| file.gguf.tensor_info(name).is_some();
         let (d, q, kv, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -144,18 +160,33 @@ impl<B: Backend> Llama<B> {
             let post_norm = |t: &str| -> Result<Option<B::Weight>> {
                 c.post_norms.then(|| weight(&n(t), &[d])).transpose()
             };
+            let [wq, wk, wv] = match has(&n("attn_qkv.weight")) {
+                true => vec_to_array(parts(&n("attn_qkv.weight"), d, &[q, kv, kv])?),
+                false => [
+                    weight(&n("attn_q.weight"), &[d, q])?,
+                    weight(&n("attn_k.weight"), &[d, kv])?,
+                    weight(&n("attn_v.weight"), &[d, kv])?,
+                ],
+            };
+            let [w_gate, w_up] = match has(&n("ffn_gate.weight")) {
+                true => [
+                    weight(&n("ffn_gate.weight"), &[d, ffn])?,
+                    weight(&n("ffn_up.weight"), &[d, ffn])?,
+                ],
+                false => vec_to_array(parts(&n("ffn_up.weight"), d, &[ffn, ffn])?),
+            };
             layers.push(Layer {
                 attn_norm: weight(&n("attn_norm.weight"), &[d])?,
-                wq: weight(&n("attn_q.weight"), &[d, q])?,
-                wk: weight(&n("attn_k.weight"), &[d, kv])?,
-                wv: weight(&n("attn_v.weight"), &[d, kv])?,
+                wq,
+                wk,
+                wv,
                 bias,
                 qk_norm,
                 wo: weight(&n("attn_output.weight"), &[q, d])?,
                 post_attention_norm: post_norm("post_attention_norm.weight")?,
                 ffn_norm: weight(&n("ffn_norm.weight"), &[d])?,
-                w_gate: weight(&n("ffn_gate.weight"), &[d, ffn])?,
-                w_up: weight(&n("ffn_up.weight"), &[d, ffn])?,
+                w_gate,
+                w_up,
                 w_down: weight(&n("ffn_down.weight"), &[ffn, d])?,
                 post_ffn_norm: post_norm("post_ffw_norm.weight")?,
             });
@@ -165,7 +196,11 @@ impl<B: Backend> Llama<B> {
             Some(_) => weight("output.weight", &vocab)?,
             None => weight("token_embd.weight", &vocab)?,
         };
-        let rope = rope_table(&c, &file)?;
+        let rope = rope_table(&c, &file, false)?;
+        let rope_long = match has("rope_factors_long.weight") {
+            true => Some(rope_table(&c, &file, true)?),
+            false => None,
+        };
         let rope_windowed = match &c.sliding_window {
             // llama.cpp gives windowed layers no frequency scaling of their own.
             Some(w) => Rope {
@@ -181,11 +216,22 @@ impl<B: Backend> Llama<B> {
             output,
             layers,
             rope,
+            rope_long,
             rope_windowed,
             attention_order: AttentionOrder::default(),
             config: c,
             backend,
         })
+    }
+
+    /// Picks the RoPE factors for sequences of up to `context` positions, as llama.cpp
+    /// does: LongRoPE's long factors when `context` exceeds the original training context.
+    pub fn fit_rope_to_context(&mut self, context: usize) {
+        if let (Some(long), Some(original)) = (&self.rope_long, self.config.rope_original_context) {
+            if context > original {
+                self.rope = long.clone();
+            }
+        }
     }
 
     pub fn backend_name(&self) -> &str {
@@ -394,26 +440,38 @@ impl<B: Backend> Llama<B> {
 }
 
 /// RoPE parameters, with the per-pair divisors of a `rope_freqs.weight` tensor when the
-/// model ships one (Llama 3.1-style long-context scaling).
-fn rope_table(c: &Config, file: &GgufFile) -> Result<Rope> {
+/// model ships one (Llama 3.1-style long-context scaling), or of LongRoPE's
+/// `rope_factors_short/long.weight` (phi3; `long` picks which).
+fn rope_table(c: &Config, file: &GgufFile, long: bool) -> Result<Rope> {
     let pairs = c.rope_dims / 2;
-    let factors = match file.tensor("rope_freqs.weight") {
-        Ok(view) => {
+    let name = [
+        "rope_freqs.weight",
+        if long {
+            "rope_factors_long.weight"
+        } else {
+            "rope_factors_short.weight"
+        },
+    ]
+    .into_iter()
+    .find(|n| file.gguf.tensor_info(n).is_some());
+    let factors = match name.map(|n| (n, file.tensor(n))) {
+        Some((name, Ok(view))) => {
             let mut f = vec![0.0; view.info.n_elements() as usize];
             quant::dequantize(view.info.ty, view.data, &mut f)?;
             if f.len() != pairs {
                 return Err(EngineError::TensorShape {
-                    name: "rope_freqs.weight".into(),
+                    name: name.into(),
                     expected: vec![pairs as u64],
                     actual: view.info.dims.clone(),
                 });
             }
             f
         }
-        Err(_) => vec![1.0; pairs],
+        _ => vec![1.0; pairs],
     };
     Ok(Rope {
         theta_scale: quant::rope_theta_scale(c.rope_base, c.rope_dims),
+        mscale: c.rope_mscale,
         factors,
         freq_scale: match c.rope_scaling {
             RopeScaling::None => 1.0,
@@ -422,4 +480,12 @@ fn rope_table(c: &Config, file: &GgufFile) -> Result<Rope> {
         neox: c.rope_neox,
         head_dim: c.head_dim,
     })
+}
+
+/// The parts of a fused tensor, by name.
+fn vec_to_array<W, const N: usize>(parts: Vec<W>) -> [W; N] {
+    match parts.try_into() {
+        Ok(array) => array,
+        Err(_) => unreachable!("`parts` returns one weight per size"),
+    }
 }

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
 pub struct SyntheticModel {
-    /// `llama`, `qwen2` (Q/K/V biases), `qwen3` (QK-norm) or `gemma3` (QK-norm,
-    /// post-norms, and a sliding window on every layer but each `window_period`-th).
+    /// `llama`, `qwen2` (Q/K/V biases), `qwen3` (QK-norm), `gemma3` (QK-norm,
+    /// post-norms, and a sliding window on every layer but each `window_period`-th) or
+    /// `phi3` (fused QKV and gate/up, LongRoPE factors and attention factor, RoPE on
+    /// half of each head).
     pub architecture: &'static str,
     pub layers: usize,
     pub dim: usize,
@@ -243,6 +245,18 @@ impl SyntheticModel {
             family.push(("attention.key_length", u32v(head_dim)));
             family.push(("attention.value_length", u32v(head_dim)));
         }
+        let rope_dims = if arch == "phi3" {
+            head_dim / 2
+        } else {
+            head_dim
+        };
+        if arch == "phi3" {
+            family.push(("rope.scaling.attn_factor", Value::F32(1.1902381)));
+            family.push((
+                "rope.scaling.original_context_length",
+                u32v(self.context_length),
+            ));
+        }
         if arch == "gemma3" {
             family.push(("attention.sliding_window", u32v(self.window)));
             family.push(("attention.sliding_window_pattern", u32v(self.window_period)));
@@ -257,7 +271,7 @@ impl SyntheticModel {
             ("attention.head_count", u32v(self.heads)),
             ("attention.head_count_kv", u32v(self.kv_heads)),
             ("rope.freq_base", Value::F32(self.rope_base)),
-            ("rope.dimension_count", u32v(head_dim)),
+            ("rope.dimension_count", u32v(rope_dims)),
             ("attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
             ("tokenizer.ggml.pre", Value::String("default".into())),
@@ -318,12 +332,20 @@ impl SyntheticModel {
             tensor("output.weight", self.dim, self.vocab_size(), s)?;
         }
         tensor("output_norm.weight", self.dim, 1, 0.1)?;
+        if arch == "phi3" {
+            tensor("rope_factors_short.weight", rope_dims / 2, 1, 0.5)?;
+            tensor("rope_factors_long.weight", rope_dims / 2, 1, 0.9)?;
+        }
         for l in 0..self.layers {
             let n = |t: &str| format!("blk.{l}.{t}");
             tensor(&n("attn_norm.weight"), self.dim, 1, 0.1)?;
-            tensor(&n("attn_q.weight"), self.dim, q, s)?;
-            tensor(&n("attn_k.weight"), self.dim, kv, s)?;
-            tensor(&n("attn_v.weight"), self.dim, kv, s)?;
+            if arch == "phi3" {
+                tensor(&n("attn_qkv.weight"), self.dim, q + 2 * kv, s)?;
+            } else {
+                tensor(&n("attn_q.weight"), self.dim, q, s)?;
+                tensor(&n("attn_k.weight"), self.dim, kv, s)?;
+                tensor(&n("attn_v.weight"), self.dim, kv, s)?;
+            }
             if arch == "qwen2" {
                 tensor(&n("attn_q.bias"), q, 1, 0.1)?;
                 tensor(&n("attn_k.bias"), kv, 1, 0.1)?;
@@ -339,8 +361,12 @@ impl SyntheticModel {
             }
             tensor(&n("attn_output.weight"), q, self.dim, s)?;
             tensor(&n("ffn_norm.weight"), self.dim, 1, 0.1)?;
-            tensor(&n("ffn_gate.weight"), self.dim, self.ffn_dim, s)?;
-            tensor(&n("ffn_up.weight"), self.dim, self.ffn_dim, s)?;
+            if arch == "phi3" {
+                tensor(&n("ffn_up.weight"), self.dim, 2 * self.ffn_dim, s)?;
+            } else {
+                tensor(&n("ffn_gate.weight"), self.dim, self.ffn_dim, s)?;
+                tensor(&n("ffn_up.weight"), self.dim, self.ffn_dim, s)?;
+            }
             tensor(
                 &n("ffn_down.weight"),
                 self.ffn_dim,

@@ -233,6 +233,7 @@ fn element_and_row_operations_match_the_cpu_backend() {
     for neox in [false, true] {
         let rope = Rope {
             theta_scale: quant::rope_theta_scale(10000.0, 48),
+            mscale: 1.19,
             factors: (0..24).map(|i| 1.0 + (i % 3) as f32).collect(),
             freq_scale: 0.5,
             neox,

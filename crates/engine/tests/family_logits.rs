@@ -1,7 +1,8 @@
-//! Model families against llama.cpp: the logits of small random-weight qwen3 and gemma3
-//! models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
-//! size other than dim / heads, and a sliding window narrower than the prompt) at every
-//! position of one prompt, against the logits llama.cpp's CPU build computes for the same
+//! Model families against llama.cpp: the logits of small random-weight qwen3, gemma3 and
+//! phi3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
+//! size other than dim / heads, and a sliding window narrower than the prompt; phi3's
+//! fused tensors, LongRoPE's short and long factors and attention factor, and RoPE on
+//! half of each head) at every position of one prompt, against the logits llama.cpp's CPU build computes for the same
 //! files (`tests/data/refs/families/`, written by `scripts/synthetic-refs.py` from the
 //! files this test leaves in `target/test-models/`). The weights are Q8_0, whose products
 //! follow llama.cpp's order, so every difference would be the family's.
@@ -39,12 +40,39 @@ fn gemma3() -> SyntheticModel {
     }
 }
 
-/// (reference name, model file, model, attention order llama.cpp ran with)
-fn cases() -> [(&'static str, &'static str, SyntheticModel, AttentionOrder); 3] {
+/// Original context 256: llama.cpp takes the long RoPE factors for contexts beyond it
+/// (and rounds every context up to a multiple of 256, so 32 stays within).
+fn phi3() -> SyntheticModel {
+    SyntheticModel {
+        architecture: "phi3",
+        heads: 4,
+        kv_heads: 4,
+        vocab_size: 264,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+/// (reference name, model file, model, attention order and context llama.cpp ran with)
+fn cases() -> [(
+    &'static str,
+    &'static str,
+    SyntheticModel,
+    AttentionOrder,
+    usize,
+); 5] {
     [
-        ("qwen3", "qwen3", qwen3(), AttentionOrder::Matmul),
-        ("gemma3", "gemma3", gemma3(), AttentionOrder::Matmul),
-        ("gemma3-flash", "gemma3", gemma3(), AttentionOrder::Flash),
+        ("qwen3", "qwen3", qwen3(), AttentionOrder::Matmul, 32),
+        ("gemma3", "gemma3", gemma3(), AttentionOrder::Matmul, 32),
+        (
+            "gemma3-flash",
+            "gemma3",
+            gemma3(),
+            AttentionOrder::Flash,
+            32,
+        ),
+        ("phi3", "phi3", phi3(), AttentionOrder::Matmul, 32),
+        ("phi3-long", "phi3", phi3(), AttentionOrder::Matmul, 512),
     ]
 }
 
@@ -52,16 +80,17 @@ fn cases() -> [(&'static str, &'static str, SyntheticModel, AttentionOrder); 3] 
 fn family_logits_equal_llama_cpp_at_every_position() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
     std::fs::create_dir_all(&dir).unwrap();
-    for (_, file, spec, _) in cases() {
+    for (_, file, spec, _, _) in cases() {
         spec.write(&dir.join(format!("family-{file}.gguf")))
             .unwrap();
     }
-    for (name, file, _, order) in cases() {
+    for (name, file, _, order, context) in cases() {
         let path = dir.join(format!("family-{file}.gguf"));
         let file = Arc::new(gguf::GgufFile::open(&path).unwrap());
         let mut model = Llama::load(CpuBackend::new(), file).unwrap();
         model.attention_order = order;
-        let mut cache = model.new_kv_cache(32).unwrap();
+        model.fit_rope_to_context(context);
+        let mut cache = model.new_kv_cache(context).unwrap();
         let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
         let reference = common::f32_file(&format!("families/{name}.f32"));
         assert_eq!(ours.len(), reference.len(), "{name}: logits count");

@@ -109,6 +109,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     if args.flash_attn {
         model.attention_order = AttentionOrder::Flash;
     }
+    model.fit_rope_to_context(args.ctx_size);
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;

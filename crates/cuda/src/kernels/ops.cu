@@ -94,7 +94,7 @@ extern "C" __global__ void to_f16_q8(const float* __restrict__ x, long long n, i
 extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions,
                                 const float* __restrict__ factors, int rows, int cols,
                                 int head_dim, int pairs, int neox, float theta_scale,
-                                float freq_scale) {
+                                float freq_scale, float mscale) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     int heads = cols / head_dim;
     if (i >= (long long)rows * heads * pairs) return;
@@ -107,6 +107,8 @@ extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ p
     float angle = __fmul_rn(freq_scale, __fdiv_rn(theta, factors[p]));
     float s, c;
     sincosf(angle, &s, &c);
+    c = __fmul_rn(c, mscale);
+    s = __fmul_rn(s, mscale);
     int a = neox ? p : 2 * p, b = neox ? p + pairs : 2 * p + 1;
     float x0 = h[a], x1 = h[b];
     h[a] = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
