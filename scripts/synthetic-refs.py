@@ -23,6 +23,8 @@ CASES += [
     ("families/gemma3-flash", "family-gemma3", True, 32),
     ("families/phi3", "family-phi3", False, 32),
     ("families/phi3-long", "family-phi3", False, 512),  # beyond the original 256: long factors
+    ("families/gemma2", "family-gemma2", False, 32),
+    ("families/gemma2-flash", "family-gemma2", True, 32),
 ]
 
 for ref, model, flash, context in CASES:

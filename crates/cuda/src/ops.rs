@@ -470,7 +470,8 @@ impl Gpu {
     }
 
     /// Causal grouped-query attention of `rows` queries over the paged f16 cache: scores
-    /// scaled by `scale`, each row seeing its last `window` positions (all if `None`).
+    /// scaled by `scale` (and soft-capped by `softcap`), each row seeing its last `window`
+    /// positions (all if `None`).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -484,6 +485,7 @@ impl Gpu {
         head_dim: usize,
         scale: f32,
         window: Option<usize>,
+        softcap: Option<f32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if !head_dim.is_multiple_of(32) || head_dim > MAX_HEAD_DIM {
@@ -519,6 +521,7 @@ impl Gpu {
                 .arg(&head_dim)
                 .arg(&scale)
                 .arg(&window)
+                .arg(&softcap.unwrap_or(0.0))
                 .arg(out)
                 .launch(cfg)
         }?;

@@ -130,6 +130,8 @@ pub struct AttentionSpec {
     /// A row at position p sees only positions `p + 1 - window ..= p` (sliding-window
     /// layers); without it, every earlier position.
     pub window: Option<usize>,
+    /// Scores become cap·tanh(score / cap) before the softmax (gemma2).
+    pub softcap: Option<f32>,
     pub order: AttentionOrder,
 }
 

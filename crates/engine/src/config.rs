@@ -17,6 +17,9 @@ pub enum Architecture {
     Gemma3,
     /// Fused QKV and gate/up tensors, queries scaled before attention, LongRoPE.
     Phi3,
+    /// Gemma 3 without QK-norm, with soft-capped attention scores and logits, and a
+    /// window on every other layer.
+    Gemma2,
 }
 
 impl Architecture {
@@ -28,6 +31,7 @@ impl Architecture {
             "qwen3" => Ok(Architecture::Qwen3),
             "gemma3" => Ok(Architecture::Gemma3),
             "phi3" => Ok(Architecture::Phi3),
+            "gemma2" => Ok(Architecture::Gemma2),
             other => Err(EngineError::UnsupportedArchitecture(other.into())),
         }
     }
@@ -96,6 +100,10 @@ pub struct Config {
     /// 1/√head_dim.
     pub query_scale: Option<f32>,
     pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores become cap·tanh(score / cap) before the softmax (gemma2).
+    pub attention_softcap: Option<f32>,
+    /// Logits become cap·tanh(logit / cap) (gemma2, some gemma3 files).
+    pub final_softcap: Option<f32>,
 }
 
 impl Config {
@@ -113,6 +121,7 @@ impl Config {
             )));
         }
         let head_dim = get("attention.key_length").unwrap_or(dim / n_heads);
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
         let vocab_size = match get("vocab_size") {
             Ok(v) => v,
             Err(_) => m.get_str_array("tokenizer.ggml.tokens")?.len(),
@@ -146,18 +155,27 @@ impl Config {
             rope_mscale: m.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
             rope_original_context: get("rope.scaling.original_context_length").ok(),
             qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
-            post_norms: arch == Architecture::Gemma3,
-            activation: match arch {
-                Architecture::Gemma3 => Activation::GeluTanh,
-                _ => Activation::Silu,
+            post_norms: gemma,
+            activation: match gemma {
+                true => Activation::GeluTanh,
+                false => Activation::Silu,
             },
-            embedding_scale: (arch == Architecture::Gemma3).then(|| (dim as f32).sqrt()),
+            embedding_scale: gemma.then(|| (dim as f32).sqrt()),
             query_scale: match arch {
-                Architecture::Gemma3 => Some(gemma3_query_scale(m, dim, n_heads, head_dim)),
+                Architecture::Gemma2 | Architecture::Gemma3 => {
+                    Some(gemma_query_scale(m, arch_name, dim, n_heads, head_dim))
+                }
                 Architecture::Phi3 => Some(1.0 / (head_dim as f32).sqrt()),
                 _ => None,
             },
             sliding_window: sliding_window(m, arch, arch_name)?,
+            attention_softcap: (arch == Architecture::Gemma2)
+                .then(|| m.get_f32(&key("attn_logit_softcapping")).ok())
+                .flatten(),
+            final_softcap: gemma
+                .then(|| m.get_f32(&key("final_logit_softcapping")).ok())
+                .flatten()
+                .filter(|&cap| cap != 0.0),
         };
         if config.rope_dims > head_dim || !config.rope_dims.is_multiple_of(2) {
             return Err(EngineError::Config(format!(
@@ -184,33 +202,48 @@ impl Config {
     }
 }
 
-/// Gemma 3 scales queries by 1/√head_dim, except the 27B model (62 layers), which uses
-/// 1/√(dim / heads) (llama.cpp, after Google's reference implementation).
-fn gemma3_query_scale(m: &Metadata, dim: usize, n_heads: usize, head_dim: usize) -> f32 {
-    let layers = m.get_u32("gemma3.block_count").unwrap_or(0);
-    let d = if layers == 62 {
-        dim / n_heads
-    } else {
-        head_dim
-    };
+/// Gemma scales queries by 1/√head_dim, except the 27B models (gemma2: 46 layers, gemma3:
+/// 62), which use 1/√(dim / heads) (llama.cpp, after Google's reference implementation).
+fn gemma_query_scale(
+    m: &Metadata,
+    arch_name: &str,
+    dim: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> f32 {
+    let layers = m.get_u32(&format!("{arch_name}.block_count")).unwrap_or(0);
+    let is_27b = matches!((arch_name, layers), ("gemma2", 46) | ("gemma3", 62));
+    let d = if is_27b { dim / n_heads } else { head_dim };
     1.0 / (d as f32).sqrt()
 }
 
-/// Gemma 3's window: `attention.sliding_window` positions on every layer but each sixth
-/// (or the per-layer pattern the file gives), rotated with base 10,000 unless the file
-/// names another. Other families have none.
+/// Gemma's window: `attention.sliding_window` positions on every layer but each sixth
+/// (gemma3) or on every other layer (gemma2), or the per-layer pattern the file gives;
+/// gemma3's windowed layers rotate with base 10,000, gemma2's with the model's, unless
+/// the file names another. Other families have none.
 fn sliding_window(
     m: &Metadata,
     arch: Architecture,
     arch_name: &str,
 ) -> Result<Option<SlidingWindow>> {
-    if arch != Architecture::Gemma3 {
-        return Ok(None);
-    }
+    let (default_size, default_period, default_base) = match arch {
+        Architecture::Gemma3 => (None, 6, 10000.0),
+        Architecture::Gemma2 => (
+            Some(4096),
+            2,
+            m.get_f32(&format!("{arch_name}.rope.freq_base"))
+                .unwrap_or(10000.0),
+        ),
+        _ => return Ok(None),
+    };
     let key = |k: &str| format!("{arch_name}.{k}");
-    let size = match m.get_u32(&key("attention.sliding_window")) {
-        Ok(0) | Err(_) => return Ok(None),
-        Ok(size) => size as usize,
+    let size = match m
+        .get_u32(&key("attention.sliding_window"))
+        .ok()
+        .or(default_size)
+    {
+        Some(0) | None => return Ok(None),
+        Some(size) => size as usize,
     };
     let n_layers = m.get_u32(&key("block_count"))? as usize;
     let pattern_key = key("attention.sliding_window_pattern");
@@ -223,7 +256,7 @@ fn sliding_window(
             )))
         }
         Err(_) => {
-            let period = m.get_u32(&pattern_key).unwrap_or(6) as usize;
+            let period = m.get_u32(&pattern_key).unwrap_or(default_period) as usize;
             (0..n_layers)
                 .map(|l| period == 0 || l % period < period - 1)
                 .collect()
@@ -232,6 +265,8 @@ fn sliding_window(
     Ok(Some(SlidingWindow {
         size,
         layers,
-        rope_base: m.get_f32(&key("rope.freq_base_swa")).unwrap_or(10000.0),
+        rope_base: m
+            .get_f32(&key("rope.freq_base_swa"))
+            .unwrap_or(default_base),
     }))
 }

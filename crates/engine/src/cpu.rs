@@ -413,7 +413,8 @@ impl Backend for CpuBackend {
                 let first = spec.first_visible(pos);
                 if spec.order == AttentionOrder::Flash {
                     let value = |p: usize| &widened[s].v[at(p)..at(p) + head_dim];
-                    quant::flash_attend(qh, first, pos + 1, key, value, spec.scale, out_head);
+                    let (scale, cap) = (spec.scale, spec.softcap);
+                    quant::flash_attend(qh, first, pos + 1, key, value, scale, cap, out_head);
                     return;
                 }
                 quant::attention_scores(
@@ -424,6 +425,9 @@ impl Backend for CpuBackend {
                     spec.scale,
                     scores,
                 );
+                if let Some(cap) = spec.softcap {
+                    quant::softcap(scores, cap);
+                }
                 scores.splice(0..0, std::iter::repeat_n(f32::NEG_INFINITY, first));
                 quant::softmax(scores);
                 let value = |p: usize| match p < first {

@@ -385,6 +385,7 @@ impl Backend for CudaBackend {
                 head_dim,
                 spec.scale,
                 spec.window,
+                spec.softcap,
                 &mut out.data,
             )
         })();

@@ -395,6 +395,7 @@ impl<B: Backend> Llama<B> {
                     .as_ref()
                     .filter(|_| windowed)
                     .map(|w| w.size),
+                softcap: c.attention_softcap,
                 order: self.attention_order,
             };
             b.kv_store(pool, l, &k, &v, &slots);
@@ -433,7 +434,10 @@ impl<B: Backend> Llama<B> {
         };
         let mut out = b.alloc(logit_rows.len(), c.vocab_size)?;
         b.matmul(&self.output, &h, &mut out);
-        let logits = b.to_host(&out, 0..logit_rows.len());
+        let mut logits = b.to_host(&out, 0..logit_rows.len());
+        if let Some(cap) = c.final_softcap {
+            quant::softcap(&mut logits, cap);
+        }
         b.finish()?;
         Ok(logits)
     }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 #[derive(Clone, Debug)]
 pub struct SyntheticModel {
     /// `llama`, `qwen2` (Q/K/V biases), `qwen3` (QK-norm), `gemma3` (QK-norm,
-    /// post-norms, and a sliding window on every layer but each `window_period`-th) or
+    /// post-norms, and a sliding window on every layer but each `window_period`-th),
+    /// `gemma2` (gemma3 without QK-norm, with soft-capped scores and logits) or
     /// `phi3` (fused QKV and gate/up, LongRoPE factors and attention factor, RoPE on
     /// half of each head).
     pub architecture: &'static str,
@@ -257,7 +258,12 @@ impl SyntheticModel {
                 u32v(self.context_length),
             ));
         }
-        if arch == "gemma3" {
+        if arch == "gemma2" {
+            // A cap small enough to bend random weights' scores (Gemma 2 uses 50).
+            family.push(("attn_logit_softcapping", Value::F32(2.0)));
+            family.push(("final_logit_softcapping", Value::F32(30.0)));
+        }
+        if arch == "gemma2" || arch == "gemma3" {
             family.push(("attention.sliding_window", u32v(self.window)));
             family.push(("attention.sliding_window_pattern", u32v(self.window_period)));
         }
@@ -355,7 +361,7 @@ impl SyntheticModel {
                 tensor(&n("attn_q_norm.weight"), head_dim, 1, 0.1)?;
                 tensor(&n("attn_k_norm.weight"), head_dim, 1, 0.1)?;
             }
-            if arch == "gemma3" {
+            if arch == "gemma2" || arch == "gemma3" {
                 tensor(&n("post_attention_norm.weight"), self.dim, 1, 0.1)?;
                 tensor(&n("post_ffw_norm.weight"), self.dim, 1, 0.1)?;
             }

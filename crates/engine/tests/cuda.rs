@@ -335,11 +335,13 @@ fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
         n_kv_heads,
         scale: 1.0 / (head_dim as f32).sqrt(),
         window: None,
+        softcap: None,
         order: AttentionOrder::Matmul,
     };
     let windowed = AttentionSpec {
         scale: 0.1,
         window: Some(13),
+        softcap: Some(2.0),
         order: AttentionOrder::Flash,
         ..plain
     };

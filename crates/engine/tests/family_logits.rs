@@ -1,5 +1,5 @@
-//! Model families against llama.cpp: the logits of small random-weight qwen3, gemma3 and
-//! phi3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
+//! Model families against llama.cpp: the logits of small random-weight qwen3, gemma3,
+//! gemma2 (soft-capped scores and logits) and phi3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
 //! size other than dim / heads, and a sliding window narrower than the prompt; phi3's
 //! fused tensors, LongRoPE's short and long factors and attention factor, and RoPE on
 //! half of each head) at every position of one prompt, against the logits llama.cpp's CPU build computes for the same
@@ -53,6 +53,15 @@ fn phi3() -> SyntheticModel {
     }
 }
 
+/// Layer 0 windowed, layer 1 global, as gemma3's; scores capped at 2, logits at 30.
+fn gemma2() -> SyntheticModel {
+    SyntheticModel {
+        architecture: "gemma2",
+        seed: 8,
+        ..gemma3()
+    }
+}
+
 /// (reference name, model file, model, attention order and context llama.cpp ran with)
 fn cases() -> [(
     &'static str,
@@ -60,7 +69,7 @@ fn cases() -> [(
     SyntheticModel,
     AttentionOrder,
     usize,
-); 5] {
+); 7] {
     [
         ("qwen3", "qwen3", qwen3(), AttentionOrder::Matmul, 32),
         ("gemma3", "gemma3", gemma3(), AttentionOrder::Matmul, 32),
@@ -73,6 +82,14 @@ fn cases() -> [(
         ),
         ("phi3", "phi3", phi3(), AttentionOrder::Matmul, 32),
         ("phi3-long", "phi3", phi3(), AttentionOrder::Matmul, 512),
+        ("gemma2", "gemma2", gemma2(), AttentionOrder::Matmul, 32),
+        (
+            "gemma2-flash",
+            "gemma2",
+            gemma2(),
+            AttentionOrder::Flash,
+            32,
+        ),
     ]
 }
 

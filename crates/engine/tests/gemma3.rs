@@ -104,3 +104,71 @@ fn greedy_continuations_follow_llama_cpp_to_the_first_near_tie() {
         }
     }
 }
+
+/// A prompt three times longer than the 512-position window gives the same logits whole,
+/// in chunks that start mid-window, and batched with another sequence whose KV blocks
+/// interleave with its own; so does the token generated after it.
+#[test]
+fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
+    use engine::model::SeqBatch;
+    let (model, tokenizer) = model();
+    let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
+    let ids = tokenizer.encode_prompt(&text, false).unwrap()[..1500].to_vec();
+    let vocab = model.config.vocab_size;
+
+    let mut cache = model.new_kv_cache(1504).unwrap();
+    let whole = model.forward(&ids, 0, &mut cache, Logits::Last).unwrap();
+    let next = argmax(&whole);
+    let after_whole = model.decode(next, ids.len(), &mut cache).unwrap();
+
+    let mut cache = model.new_kv_cache(1504).unwrap();
+    let mut chunked = Vec::new();
+    for (c, part) in ids.chunks(333).enumerate() {
+        chunked = model
+            .forward(part, c * 333, &mut cache, Logits::Last)
+            .unwrap();
+    }
+    assert!(chunked == whole, "chunks of 333 differ from one call");
+
+    // Blocks of 16 positions: 95 for the long prompt, reversed; 2 for a short one, between.
+    let other: Vec<u32> = ids[700..720].to_vec();
+    let mut pool = model.new_kv_pool(97).unwrap();
+    let long_blocks: Vec<u32> = (0..95)
+        .rev()
+        .map(|b| if b == 40 { 95 } else { b })
+        .collect();
+    let other_blocks = [40u32, 96];
+    let batch = [
+        SeqBatch {
+            tokens: &other,
+            start: 0,
+            blocks: &other_blocks,
+            logits: Logits::Last,
+            generated_from: other.len(),
+        },
+        SeqBatch {
+            tokens: &ids,
+            start: 0,
+            blocks: &long_blocks,
+            logits: Logits::Last,
+            generated_from: ids.len(),
+        },
+    ];
+    let out = model.forward_batch(&batch, &mut pool).unwrap();
+    assert!(
+        out[vocab..] == whole[..],
+        "the long prompt's logits changed in a batch"
+    );
+    let step = [SeqBatch {
+        tokens: &[next],
+        start: ids.len(),
+        blocks: &long_blocks,
+        logits: Logits::Last,
+        generated_from: ids.len(),
+    }];
+    let after_batched = model.forward_batch(&step, &mut pool).unwrap();
+    assert!(
+        after_batched == after_whole,
+        "the next token's logits differ"
+    );
+}

@@ -324,8 +324,10 @@ fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
 /// One query's attention in the order of llama.cpp's CPU flash attention (its
 /// `one_chunk` kernel, f16 cache): positions one at a time with a running maximum, the
 /// weighted values summed into an accumulator kept in f16 (each update rounded to f16),
-/// the scores by `dot_f16`'s one-token order, the exponentials by the C library's `expf`.
+/// the scores by `dot_f16`'s one-token order (soft-capped when `softcap` is set:
+/// cap·tanh(score · (scale / cap))), the exponentials by the C library's `expf`.
 /// `q` holds f16 values (the query rounded); positions `first..keys` are visible.
+#[allow(clippy::too_many_arguments)]
 pub fn flash_attend<'a>(
     q: &[f32],
     first: usize,
@@ -333,12 +335,17 @@ pub fn flash_attend<'a>(
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
+    softcap: Option<f32>,
     out: &mut [f32],
 ) {
     let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
+    let scale = softcap.map_or(scale, |cap| scale / cap);
     out.fill(0.0);
     for p in first..keys {
-        let s = dot_f16(F16Order::OneToken, key(p), q) * scale;
+        let mut s = dot_f16(F16Order::OneToken, key(p), q) * scale;
+        if let Some(cap) = softcap {
+            s = cap * s.tanh();
+        }
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > max {
             ms = (max - s).exp();
@@ -399,7 +406,7 @@ mod tests {
         let scale = 0.125;
         for first in [0, 5, 36] {
             let mut out = vec![0.0; dim];
-            flash_attend(&q, first, keys, |p| &k[p], |p| &v[p], scale, &mut out);
+            flash_attend(&q, first, keys, |p| &k[p], |p| &v[p], scale, None, &mut out);
             // Exact softmax attention over the visible positions, in f64.
             let scores: Vec<f64> = (first..keys)
                 .map(|p| {

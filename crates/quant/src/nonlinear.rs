@@ -87,6 +87,15 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// Soft-capping: v = cap · tanh(v · (1/cap)), as GGML's scale, tanh, scale (the C
+/// library's `tanhf`).
+pub fn softcap(values: &mut [f32], cap: f32) {
+    let inverse = 1.0 / cap;
+    for v in values {
+        *v = (*v * inverse).tanh() * cap;
+    }
+}
+
 /// GELU with its tanh approximation, as GGML writes it.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;

@@ -54,6 +54,8 @@ struct Model {
     /// Layers that attend through the window.
     windowed_layers: Vec<usize>,
     sliding_window_rope_base: Option<f32>,
+    attention_softcap: Option<f32>,
+    final_softcap: Option<f32>,
 }
 
 impl Model {
@@ -73,6 +75,8 @@ impl Model {
             sliding_window: window.map(|w| w.size),
             windowed_layers: (0..c.n_layers).filter(|&l| c.is_windowed(l)).collect(),
             sliding_window_rope_base: window.map(|w| w.rope_base),
+            attention_softcap: c.attention_softcap,
+            final_softcap: c.final_softcap,
         }
     }
 }
@@ -207,6 +211,8 @@ fn print_text(r: &Report) {
         rules.extend(m.post_norms.then(|| "post-norms".to_string()));
         rules.extend(m.embedding_scale.map(|s| format!("embeddings x{s:.3}")));
         rules.extend(m.query_scale.map(|s| format!("queries x{s:.4}")));
+        rules.extend(m.attention_softcap.map(|c| format!("scores capped at {c}")));
+        rules.extend(m.final_softcap.map(|c| format!("logits capped at {c}")));
         println!("family        {}", rules.join(", "));
         if let (Some(size), Some(base)) = (m.sliding_window, m.sliding_window_rope_base) {
             println!(

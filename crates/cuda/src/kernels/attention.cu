@@ -37,12 +37,13 @@ extern "C" __global__ void kv_copy_block(u16* __restrict__ k_pool, u16* __restri
 // depends only on its own position and the cache, never on the other rows.
 // row_pos[r]: the row's position; row_table[r]: offset of its block table in `tables`.
 // window > 0: a row sees only its last `window` positions (sliding-window layers).
+// softcap > 0: scores become softcap * tanh(score / softcap) (gemma2).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention(const float* __restrict__ q, const u16* __restrict__ k_pool,
               const u16* __restrict__ v_pool, long long layer_offset,
               const u32* __restrict__ row_pos, const u32* __restrict__ row_table,
               const u32* __restrict__ tables, int n_heads, int n_kv_heads, int head_dim,
-              float scale, int window, float* __restrict__ out) {
+              float scale, int window, float softcap, float* __restrict__ out) {
     __shared__ float s_max[ATT_WARPS], s_sum[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][MAX_HEAD_DIM];
     const int row = blockIdx.x / n_heads, head = blockIdx.x % n_heads;
@@ -72,6 +73,7 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
         for (int j = 0; j < MAX_HEAD_DIM / 32; j++)
             if (j < per_lane) dot += qv[j] * f16_to_f32(kr[j * 32 + lane]);
         dot = warp_sum(dot) * scale;
+        if (softcap > 0.f) dot = softcap * tanhf(dot / softcap);
         float m_new = fmaxf(m, dot);
         float correction = expf(m - m_new), weight = expf(dot - m_new);
         s = s * correction + weight;
