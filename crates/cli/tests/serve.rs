@@ -650,3 +650,36 @@ fn bench_serve_measures_our_server_renders_a_report_and_keeps_results_on_ctrl_c(
     );
     assert!(requests.iter().all(|r| r["error"].is_null()));
 }
+
+/// Gemma 3 behind the server: a completion whose prompt is longer than the model's
+/// 512-position window, and a short one, give the same greedy text alone, together, and
+/// again with the long prompt's blocks in the prefix cache.
+#[test]
+fn gemma3_completions_beyond_the_window_are_the_same_alone_together_and_cached() {
+    let s = Server::start(&["-m", "gemma3-270m", "--parallel", "4"]);
+    let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
+    let long: String = text.chars().take(3000).collect();
+    let body = |prompt: &str| json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+    let complete = |prompt: &str| -> (String, u64) {
+        let (status, r) = s.post("/v1/completions", body(prompt));
+        assert_eq!(status, 200, "{r}");
+        (
+            r["choices"][0]["text"].as_str().unwrap().to_string(),
+            r["usage"]["prompt_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (long_alone, long_tokens) = complete(&long);
+    assert!(
+        long_tokens > 600,
+        "the prompt must outrun the window: {long_tokens} tokens"
+    );
+    let (short_alone, _) = complete("The capital of France is");
+    let (long_together, short_together) = std::thread::scope(|scope| {
+        let l = scope.spawn(|| complete(&long).0);
+        let r = scope.spawn(|| complete("The capital of France is").0);
+        (l.join().unwrap(), r.join().unwrap())
+    });
+    assert_eq!(long_together, long_alone);
+    assert_eq!(short_together, short_alone);
+    assert!(!long_alone.is_empty() && !short_alone.is_empty());
+}
