@@ -486,7 +486,7 @@ fn rope_table(c: &Config, file: &GgufFile, long: bool) -> Result<Rope> {
     })
 }
 
-/// The parts of a fused tensor, by name.
+/// A fused tensor's parts as an array (`parts` in `Llama::load` makes one per size).
 fn vec_to_array<W, const N: usize>(parts: Vec<W>) -> [W; N] {
     match parts.try_into() {
         Ok(array) => array,
