@@ -200,23 +200,13 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CudaWeight> {
-        let view = match read_tensor(file, name)? {
-            HostTensor::Vector(values) => {
-                return Ok(CudaWeight::Vector(self.gpu.upload(&values, name)?))
+        match read_tensor(file, name)? {
+            HostTensor::Vector(values) => Ok(CudaWeight::Vector(self.gpu.upload(&values, name)?)),
+            HostTensor::Matrix(view) => {
+                let rows = view.info.n_rows() as usize;
+                self.upload_weight_rows(file, name, 0..rows)
             }
-            HostTensor::Matrix(view) => view,
-        };
-        let info = view.info;
-        if !cuda::format_supported(info.ty) {
-            return Err(EngineError::UnsupportedTensor {
-                name: name.into(),
-                reason: format!("type {} has no CUDA kernel", info.ty.name()),
-            });
         }
-        let (rows, cols) = (info.n_rows() as usize, info.row_len() as usize);
-        Ok(CudaWeight::Matrix(
-            self.gpu.upload_weight(info.ty, view.data, rows, cols)?,
-        ))
     }
 
     fn upload_weight_rows(

@@ -15,14 +15,6 @@ fn model() -> (Llama<CpuBackend>, Tokenizer) {
     (model, tokenizer)
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn argmax(x: &[f32]) -> u32 {
     x.iter()
         .enumerate()
@@ -48,7 +40,11 @@ fn tokenizer_gives_llama_cpp_ids_for_every_reference_string() {
         let text = case["text"].as_str().unwrap();
         let special = case["parse_special"].as_bool().unwrap();
         let got = tokenizer.encode_prompt(text, special).unwrap();
-        assert_eq!(got, ids(&case["ids"]), "{text:?} (parse_special {special})");
+        assert_eq!(
+            got,
+            common::ids(&case["ids"]),
+            "{text:?} (parse_special {special})"
+        );
     }
 }
 
@@ -82,8 +78,8 @@ fn final_logits_equal_llama_cpp() {
 fn greedy_continuations_follow_llama_cpp_to_the_first_near_tie() {
     let (model, _) = model();
     for case in common::jsonl("gemma3/greedy_gen.jsonl") {
-        let prompt = ids(&case["prompt_ids"]);
-        let reference = ids(&case["gen_ids"]);
+        let prompt = common::ids(&case["prompt_ids"]);
+        let reference = common::ids(&case["gen_ids"]);
         let margins: Vec<f64> = case["top1_minus_top2"]
             .as_array()
             .unwrap()

@@ -13,19 +13,12 @@ fn greedy_tokens_match_llama_cpp() {
     let file = Arc::new(gguf::GgufFile::open(common::default_model()).unwrap());
     let tok = Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
     let model = Llama::load(CpuBackend::new(), file).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     let mut diverged: Vec<String> = Vec::new();
     for case in common::jsonl("greedy_gen.jsonl") {
         let prompt = case["prompt"].as_str().unwrap();
-        let prompt_ids = ids(&case["prompt_ids"]);
+        let prompt_ids = common::ids(&case["prompt_ids"]);
         assert_eq!(tok.encode(prompt, true).unwrap(), prompt_ids, "{prompt:?}");
-        let want = ids(&case["gen_ids"]);
+        let want = common::ids(&case["gen_ids"]);
         let margins: Vec<f64> = case["top1_minus_top2"]
             .as_array()
             .unwrap()

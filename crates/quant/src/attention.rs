@@ -351,9 +351,8 @@ pub fn flash_attend<'a>(
             ms = (max - s).exp();
             max = s;
             // `ggml_vec_scale_f16`: each value times ms, rounded to f16.
-            for o in out.iter_mut() {
-                *o = crate::round_f16(*o * ms);
-            }
+            out.iter_mut().for_each(|o| *o *= ms);
+            crate::round_to_f16(out);
         } else {
             vs = (s - max).exp();
         }

@@ -57,6 +57,15 @@ pub fn jsonl(name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("a JSON array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
+}
+
 pub fn f32_file(name: &str) -> Vec<f32> {
     std::fs::read(refs(name))
         .expect("reference logits")
