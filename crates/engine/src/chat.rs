@@ -26,6 +26,8 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The template's source and its BOS/EOS texts: all the text it can write itself.
+    own_text: String,
 }
 
 fn template_error(e: minijinja::Error) -> EngineError {
@@ -55,6 +57,7 @@ impl ChatTemplate {
             .map_err(template_error)?;
         Ok(ChatTemplate {
             env,
+            own_text: format!("{source}{bos_token}{eos_token}"),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
@@ -75,6 +78,15 @@ impl ChatTemplate {
             &text("tokenizer.ggml.bos_token_id"),
             &text("tokenizer.ggml.eos_token_id"),
         )
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// Whether the template's own text holds a code point of `range`.
+    pub(crate) fn uses_code_points(&self, range: &std::ops::Range<u32>) -> bool {
+        self.own_text.chars().any(|c| range.contains(&(c as u32)))
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {

@@ -7,6 +7,7 @@
 
 use crate::error::{EngineError, Result};
 use gguf::Metadata;
+use std::ops::Range;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -225,6 +226,48 @@ impl Tokenizer {
         }
         ids.extend(self.encode(text, parse_special)?);
         Ok(ids)
+    }
+
+    /// Like `encode_prompt` with control tokens parsed, except that a control token's
+    /// spelling overlapping one of the `literal` byte ranges of `text` stays plain text.
+    /// The text between the control tokens that count is encoded piece by piece, as
+    /// `encode` with parsing does, so with no literal ranges the ids equal
+    /// `encode_prompt(text, true)`.
+    pub fn encode_prompt_with_literals(
+        &self,
+        text: &str,
+        literal: &[Range<usize>],
+    ) -> Result<Vec<u32>> {
+        let mut ids = self.encode_prompt("", false)?;
+        let mut piece_start = 0;
+        for (id, span) in self.control_matches(text)? {
+            if literal
+                .iter()
+                .any(|l| l.start < span.end && span.start < l.end)
+            {
+                continue;
+            }
+            ids.extend(self.encode(&text[piece_start..span.start], false)?);
+            ids.push(id);
+            piece_start = span.end;
+        }
+        ids.extend(self.encode(&text[piece_start..], false)?);
+        Ok(ids)
+    }
+
+    /// The control tokens that parsing finds in `text`, with their byte ranges.
+    pub fn control_matches(&self, text: &str) -> Result<Vec<(u32, Range<usize>)>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoding = self.parsing_special.encode(text, false).map_err(tok_err)?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .filter(|(&id, _)| self.is_control(id))
+            .map(|(&id, &(start, end))| (id, start..end))
+            .collect())
     }
 
     /// The bytes token `id` stands for (control tokens: their text).

@@ -6,14 +6,14 @@ use crate::error::ApiError;
 use crate::limits::Client;
 use crate::params::{self, Generation, Prompt};
 use crate::routes::{model_and_body, unknown_model};
-use crate::{unix_now, AppState, RequestId};
+use crate::{unix_now, AppState, Model, RequestId};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use engine::{Event, FinishReason, Request, Tokenizer};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -40,12 +40,28 @@ pub async fn chat(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (model, body) = model_and_body(&state, body).await?;
-    let messages = params::messages(&body)?;
-    let kwargs = params::chat_template_kwargs(&body)?;
+    let prompt = chat_prompt(&state, model, &body, true)?;
     let g = generation(&state, &body, Endpoint::Chat)?;
-    let text = model.template.render_with(&messages, true, &kwargs)?;
-    let prompt = model.engine.tokenizer().encode_prompt(&text, true)?;
     run(state, client, id, Endpoint::Chat, g, vec![prompt]).await
+}
+
+/// The token ids of a chat request's `messages` through the model's template, with
+/// message text kept as text unless the server says otherwise.
+pub fn chat_prompt(
+    state: &AppState,
+    model: &Model,
+    body: &Map<String, Value>,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ApiError> {
+    let messages = params::messages(body)?;
+    let kwargs = params::chat_template_kwargs(body)?;
+    Ok(model.template.encode(
+        model.engine.tokenizer(),
+        &messages,
+        add_generation_prompt,
+        &kwargs,
+        state.config.content_tokens,
+    )?)
 }
 
 pub async fn completions(
@@ -61,7 +77,7 @@ pub async fn completions(
     let prompts = prompts
         .into_iter()
         .map(|p| match p {
-            Prompt::Text(t) => tokenizer.encode_prompt(&t, false),
+            Prompt::Text(t) => tokenizer.encode_prompt(&t, true),
             Prompt::Tokens(t) => Ok(t),
         })
         .collect::<Result<Vec<_>, _>>()?;

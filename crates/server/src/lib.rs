@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use engine::{ChatTemplate, Engine};
+use engine::{ChatTemplate, ContentTokens, Engine};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub request_timeout: Option<Duration>,
     /// Origins allowed by CORS; empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Whether control-token spellings in chat message text become control tokens.
+    pub content_tokens: ContentTokens,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             request_timeout: None,
             cors_origins: Vec::new(),
+            content_tokens: ContentTokens::Text,
         }
     }
 }

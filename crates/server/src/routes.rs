@@ -1,6 +1,7 @@
 //! The small routes: models, tokenize/detokenize, health, metrics, and 404/405 answers.
 
 use crate::error::ApiError;
+use crate::generate::chat_prompt;
 use crate::params::{parse_body, Fields};
 use crate::{AppState, Model};
 use axum::body::Body;
@@ -8,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engine::ContentTokens;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -86,23 +88,59 @@ pub fn unknown_model(state: &AppState, id: &str) -> ApiError {
     }
 }
 
-/// `{"content": TEXT, "add_special": bool}` → `{"tokens": [...]}`.
+/// `{"content"|"prompt": TEXT, "add_special"|"add_special_tokens": bool, "parse_special":
+/// bool}` or `{"messages": [...], "add_generation_prompt": bool}` → `{"tokens": [...]}`,
+/// with `special_tokens` saying how control-token spellings in the input were read:
+/// `parsed`, `text`, or `template_only` (chat messages: only the template's own text).
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let (model, body) = model_and_body(&state, body).await?;
     let f = Fields(&body);
-    let content = f
-        .string("content")?
-        .ok_or_else(|| ApiError::param("content", "this field is required"))?;
-    let tokenizer = model.engine.tokenizer();
-    let tokens = if f.boolean("add_special")?.unwrap_or(false) {
-        tokenizer.encode_prompt(content, true)
+    let (tokens, rule) = if body.contains_key("messages") {
+        let add_generation_prompt = f.boolean("add_generation_prompt")?.unwrap_or(true);
+        let tokens = chat_prompt(&state, model, &body, add_generation_prompt)?;
+        let rule = match state.config.content_tokens {
+            ContentTokens::Text => "template_only",
+            ContentTokens::Special => "parsed",
+        };
+        (tokens, rule)
     } else {
-        tokenizer.encode(content, true)
-    }?;
-    Ok(Json(json!({ "tokens": tokens })))
+        let text = match (f.string("content")?, f.string("prompt")?) {
+            (Some(text), None) | (None, Some(text)) => text,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::param(
+                    "prompt",
+                    "give one of content, prompt and messages",
+                ))
+            }
+            (None, None) => {
+                return Err(ApiError::param(
+                    "content",
+                    "one of content, prompt and messages is required",
+                ))
+            }
+        };
+        let add_special = match (f.boolean("add_special")?, f.boolean("add_special_tokens")?) {
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => body.contains_key("prompt"),
+        };
+        let parse_special = f.boolean("parse_special")?.unwrap_or(true);
+        let tokenizer = model.engine.tokenizer();
+        let tokens = if add_special {
+            tokenizer.encode_prompt(text, parse_special)
+        } else {
+            tokenizer.encode(text, parse_special)
+        }?;
+        (tokens, if parse_special { "parsed" } else { "text" })
+    };
+    Ok(Json(json!({
+        "tokens": tokens,
+        "count": tokens.len(),
+        "max_model_len": model.engine.config().context,
+        "special_tokens": rule,
+    })))
 }
 
 /// `{"tokens": [...]}` → `{"content": TEXT}`.

@@ -2,7 +2,7 @@
 //! `/system TEXT` sets the system message, `/quit` (or Ctrl-D) leaves; Ctrl-C stops the
 //! reply being written without quitting.
 
-use super::{load, ModelArgs, SamplingArgs, ThreadsArg};
+use super::{load, ContentTokensArg, ModelArgs, SamplingArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{GenerateOptions, Message, Sampler, Session};
 use std::io::{BufRead, Write};
@@ -23,6 +23,8 @@ pub struct Args {
     threads: ThreadsArg,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    content_tokens: ContentTokensArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -76,8 +78,13 @@ pub fn run(args: Args) -> Result<()> {
         history.push(Message::new("user", line));
         let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
         messages.extend(history.iter().cloned());
-        let prompt = loaded.template.render(&messages, true)?;
-        let ids = loaded.tokenizer.encode_prompt(&prompt, true)?;
+        let ids = loaded.template.encode(
+            &loaded.tokenizer,
+            &messages,
+            true,
+            &Default::default(),
+            args.content_tokens.rule(),
+        )?;
         interrupted.store(false, Ordering::SeqCst);
         let result = session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
             print!("{piece}");

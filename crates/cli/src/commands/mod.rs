@@ -17,7 +17,8 @@ pub mod tokenize;
 
 use anyhow::{Context, Result};
 use engine::{
-    AttentionOrder, ChatTemplate, Device, DeviceChoice, Llama, SamplingParams, Tokenizer,
+    AttentionOrder, ChatTemplate, ContentTokens, Device, DeviceChoice, Llama, SamplingParams,
+    Tokenizer,
 };
 use gguf::GgufFile;
 use std::path::PathBuf;
@@ -125,6 +126,26 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         template,
     })
+}
+
+/// How chat message text is tokenized (`run`, `chat`, `serve`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ContentTokensArg {
+    /// Read control-token spellings in message text (such as `<|im_end|>`) as control
+    /// tokens, as llama.cpp and vLLM do. Off by default: message text is text, so it
+    /// cannot end its turn or fake another role. For trusted input only.
+    #[arg(long)]
+    special_tokens_in_content: bool,
+}
+
+impl ContentTokensArg {
+    pub fn rule(self) -> ContentTokens {
+        if self.special_tokens_in_content {
+            ContentTokens::Special
+        } else {
+            ContentTokens::Text
+        }
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]

@@ -1,6 +1,6 @@
 //! `llama-gpu run`: one generation, streamed to stdout.
 
-use super::{load, usage, ModelArgs, SamplingArgs, ThreadsArg};
+use super::{load, usage, ContentTokensArg, ModelArgs, SamplingArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{EngineError, GenerateOptions, Message, Sampler, Session};
 use serde::Serialize;
@@ -25,8 +25,8 @@ pub struct Args {
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Treat control tokens such as <|im_start|> in the prompt as plain text.
-    #[arg(long)]
+    /// With --raw, treat control tokens such as <|im_start|> in the prompt as plain text.
+    #[arg(long, requires = "raw")]
     no_parse_special: bool,
     /// Keep only the last tokens of a prompt longer than the context.
     #[arg(long)]
@@ -40,6 +40,8 @@ pub struct Args {
     threads: ThreadsArg,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    content_tokens: ContentTokensArg,
 }
 
 #[derive(Serialize)]
@@ -96,19 +98,24 @@ pub fn run(args: Args) -> Result<()> {
     }
     args.threads.apply()?;
     let loaded = load(&args.model)?;
-    let text = if args.raw {
-        prompt
+    let mut ids = if args.raw {
+        loaded
+            .tokenizer
+            .encode_prompt(&prompt, !args.no_parse_special)?
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::new("system", system));
         }
         messages.push(Message::new("user", &prompt));
-        loaded.template.render(&messages, true)?
+        loaded.template.encode(
+            &loaded.tokenizer,
+            &messages,
+            true,
+            &Default::default(),
+            args.content_tokens.rule(),
+        )?
     };
-    let mut ids = loaded
-        .tokenizer
-        .encode_prompt(&text, !args.no_parse_special)?;
     let context = args.model.ctx_size;
     if ids.len() >= context {
         if !args.truncate {

@@ -2,7 +2,7 @@
 //! answers 503 while the model loads), then serves until SIGINT or SIGTERM, letting
 //! requests in flight finish for up to `--shutdown-timeout`.
 
-use super::{load, usage, ModelArgs};
+use super::{load, usage, ContentTokensArg, ModelArgs};
 use anyhow::{Context, Result};
 use engine::{Engine, EngineConfig, KvBudget};
 use server::{AppState, Model, ServerConfig};
@@ -66,6 +66,8 @@ pub struct Args {
     /// Allow browsers on this origin (repeatable).
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    #[command(flatten)]
+    content_tokens: ContentTokensArg,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -122,6 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
         cors_origins: args.cors_origins.clone(),
+        content_tokens: args.content_tokens.rule(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
