@@ -42,6 +42,8 @@ pub enum EngineError {
     Cuda(#[from] cuda::CudaError),
     #[error("tensor {name:?}: {reason}")]
     UnsupportedTensor { name: String, reason: String },
+    #[error("constraint: {0}")]
+    Constraint(String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
 }

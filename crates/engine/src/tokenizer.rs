@@ -42,6 +42,8 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
+    /// SentencePiece's leading space: `encode` of a piece of text starts a new word.
+    space_prefix: bool,
     /// Tokens that end a generation (EOS, EOT, `<|im_end|>`, ...).
     end_of_generation: Vec<u32>,
 }
@@ -95,6 +97,7 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.to_string(), i as u32))
             .collect();
+        let mut space_prefix = false;
         let mut base = match kind {
             Kind::BytePairs => {
                 let merges = m
@@ -134,6 +137,7 @@ impl Tokenizer {
                     .get_bool("tokenizer.ggml.add_space_prefix")
                     .unwrap_or(true);
                 let mut normalizers = vec![];
+                space_prefix = add_space;
                 if add_space {
                     normalizers.push(Prepend::new("▁".into()).into());
                 }
@@ -195,6 +199,7 @@ impl Tokenizer {
             add_bos: m
                 .get_bool("tokenizer.ggml.add_bos_token")
                 .unwrap_or(kind == Kind::SentencePiece),
+            space_prefix,
             end_of_generation,
         })
     }
@@ -294,6 +299,12 @@ impl Tokenizer {
             .flat_map(|&id| self.token_bytes(id).to_vec())
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Whether `encode(text)` is the model's own tokenization of `text` wherever it
+    /// stands (not so when SentencePiece prefixes a space).
+    pub fn encodes_canonically(&self) -> bool {
+        !self.space_prefix
     }
 
     pub fn is_sentencepiece(&self) -> bool {

@@ -121,6 +121,7 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidRequest(_)
             | EngineError::Sampling(_)
             | EngineError::Template(_)
+            | EngineError::Constraint(_)
             | EngineError::Tokenizer(_) => ApiError::bad_request(e.to_string()),
             EngineError::Overloaded { .. } | EngineError::Stopped => {
                 ApiError::unavailable(e.to_string())

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use engine::{Event, FinishReason, Request, Tokenizer};
+use engine::{Constraint, Event, FinishReason, GrammarState, Request, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,6 +102,23 @@ fn generation(
     }
 }
 
+/// A request's constraint compiled against the model's vocabulary, off the async
+/// threads (the first use builds the vocabulary's trie; a large schema takes a while).
+async fn compile(
+    state: &Arc<AppState>,
+    param: &str,
+    c: Constraint,
+) -> Result<GrammarState, ApiError> {
+    let state = state.clone();
+    let compiled = tokio::task::spawn_blocking(move || {
+        let engine = &state.model()?.engine;
+        Ok::<_, ApiError>(engine.grammars()?.compile(&c))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("compiling the constraint failed: {e}")))??;
+    compiled.map_err(|e| ApiError::param(param, e.to_string()))
+}
+
 /// One output choice as it accumulates.
 #[derive(Default, Clone)]
 struct Choice {
@@ -143,9 +160,14 @@ async fn run(
     prompts: Vec<Vec<u32>>,
 ) -> Result<Response, ApiError> {
     let engine = &state.model()?.engine;
+    let grammar = match &g.constraint {
+        Some((param, c)) => Some(compile(&state, param, c.clone()).await?),
+        None => None,
+    };
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
         let request = Request {
+            constraint: grammar.clone(),
             prompt: prompt.clone(),
             sampling: g.sampling.clone(),
             max_tokens: g.max_tokens.unwrap_or(engine.config().context),

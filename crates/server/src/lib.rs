@@ -8,6 +8,7 @@ mod limits;
 mod metrics;
 mod params;
 mod routes;
+mod structured;
 
 pub use error::ApiError;
 

@@ -3,7 +3,7 @@
 //! fields that other servers add.
 
 use crate::error::ApiError;
-use engine::{Message, SamplingParams};
+use engine::{Constraint, Message, SamplingParams};
 use serde_json::{Map, Value};
 
 /// What both endpoints ask of the engine, before the prompt is tokenized.
@@ -19,6 +19,8 @@ pub struct Generation {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// What the output must match, and the field that asked (`response_format`...).
+    pub constraint: Option<(&'static str, Constraint)>,
 }
 
 /// The prompts of a completions request: text or token ids.
@@ -236,6 +238,7 @@ pub fn generation(
         stream: f.boolean("stream")?.unwrap_or(false),
         include_usage,
         ignore_eos: f.boolean("ignore_eos")?.unwrap_or(false),
+        constraint: crate::structured::constraint(body)?,
     })
 }
 

@@ -14,6 +14,7 @@ pub use request::{Event, Request, Usage};
 
 use crate::backend::{Backend, KV_BLOCK_SIZE};
 use crate::config::Config;
+use crate::constraint::Grammars;
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::session::FinishReason;
@@ -21,7 +22,7 @@ use crate::tokenizer::Tokenizer;
 use scheduler::Scheduler;
 use sequence::Sequence;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -80,6 +81,7 @@ pub struct Engine {
     config: EngineConfig,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Mutex<Metrics>>,
+    grammars: OnceLock<std::result::Result<Arc<Grammars>, String>>,
 }
 
 impl Engine {
@@ -143,7 +145,24 @@ impl Engine {
             config,
             queued,
             metrics,
+            grammars: OnceLock::new(),
         })
+    }
+
+    /// The constraint compiler for this model's vocabulary, built on first use.
+    pub fn grammars(&self) -> Result<Arc<Grammars>> {
+        self.grammars
+            .get_or_init(|| {
+                let started = std::time::Instant::now();
+                let g = Grammars::new(self.tokenizer.clone(), self.model_config.vocab_size);
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "grammar vocabulary ready"
+                );
+                g.map(Arc::new).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(EngineError::Constraint)
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {

@@ -1,5 +1,6 @@
 //! What a client submits to the engine and the events it gets back.
 
+use crate::constraint::GrammarState;
 use crate::sampler::SamplingParams;
 use crate::session::FinishReason;
 
@@ -18,6 +19,8 @@ pub struct Request {
     pub n: usize,
     /// Report each token's log-probability and this many alternatives (`None`: neither).
     pub logprobs: Option<usize>,
+    /// What the output must match (`Engine::grammars().compile(...)`).
+    pub constraint: Option<GrammarState>,
 }
 
 impl Request {
@@ -31,6 +34,7 @@ impl Request {
             ignore_eos: false,
             n: 1,
             logprobs: None,
+            constraint: None,
         }
     }
 }

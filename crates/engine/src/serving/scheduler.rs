@@ -7,6 +7,7 @@ use super::metrics::Metrics;
 use super::sequence::Sequence;
 use super::EngineConfig;
 use crate::backend::{Backend, KV_BLOCK_SIZE};
+use crate::constraint::GrammarState;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
 use crate::tokenizer::Tokenizer;
@@ -82,7 +83,7 @@ impl<B: Backend> Scheduler<B> {
         let takes = self.plan();
         if takes.iter().any(|&t| t > 0) {
             let started = Instant::now();
-            match self.run(&takes) {
+            match self.run_and_mask(&takes) {
                 Ok(logits) => self.advance(&takes, logits),
                 Err(e) => {
                     tracing::error!("model step failed: {e}");
@@ -267,6 +268,40 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
+    /// Runs the model step and, at the same time on the engine's pool, computes the
+    /// grammar masks of the sequences that sample after it.
+    fn run_and_mask(&mut self, takes: &[usize]) -> crate::Result<Vec<f32>> {
+        let mut grammars: Vec<(usize, GrammarState)> = Vec::new();
+        for (i, s) in self.running.iter_mut().enumerate() {
+            let samples = takes[i] > 0 && s.computed + takes[i] == s.tokens.len();
+            if let (true, Some(g)) = (samples, s.grammar.take()) {
+                grammars.push((i, g));
+            }
+        }
+        if grammars.is_empty() {
+            return self.run(takes);
+        }
+        let (logits, masks) = rayon::join(
+            || self.run(takes),
+            || {
+                grammars
+                    .iter_mut()
+                    .map(|(_, g)| g.mask())
+                    .collect::<Vec<_>>()
+            },
+        );
+        for ((i, g), mask) in grammars.into_iter().zip(masks) {
+            let s = &mut self.running[i];
+            s.grammar = Some(g);
+            match mask {
+                Ok(mask) => s.mask = Some(mask),
+                // `accept` computes it again and ends the sample with the error.
+                Err(e) => tracing::debug!("grammar mask failed: {e}"),
+            }
+        }
+        logits
+    }
+
     fn run(&mut self, takes: &[usize]) -> crate::Result<Vec<f32>> {
         let batch: Vec<SeqBatch> = self
             .running
@@ -342,7 +377,8 @@ impl<B: Backend> Scheduler<B> {
         self.running = kept;
         for (mut s, reason) in finished {
             self.retire(&mut s);
-            s.finish(reason, None);
+            let failure = s.failure.take();
+            s.finish(reason, failure);
             self.lock_metrics().requests_finished += 1;
         }
     }

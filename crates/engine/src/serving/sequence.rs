@@ -3,6 +3,7 @@
 
 use super::request::{Event, Request, Usage};
 use crate::backend::KV_BLOCK_SIZE;
+use crate::constraint::{GrammarState, TokenMask};
 use crate::sampler::Sampler;
 use crate::session::FinishReason;
 use crate::text::TextStream;
@@ -38,6 +39,12 @@ pub(super) struct Sequence {
     max_tokens: usize,
     ignore_eos: bool,
     logprobs: Option<usize>,
+    /// Where the sample is in its request's grammar, if it has one.
+    pub grammar: Option<GrammarState>,
+    /// The grammar's mask for the next token, computed while the model ran.
+    pub mask: Option<TokenMask>,
+    /// Why the sample ended with `FinishReason::Error`.
+    pub failure: Option<String>,
     events: UnboundedSender<Event>,
 }
 
@@ -61,6 +68,9 @@ impl Sequence {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             logprobs: request.logprobs,
+            grammar: request.constraint,
+            mask: None,
+            failure: None,
             events,
         })
     }
@@ -95,8 +105,9 @@ impl Sequence {
         tokens.div_ceil(KV_BLOCK_SIZE)
     }
 
-    /// Chooses the next token from the logits of the last one, reports it, and says
-    /// whether the sample is finished.
+    /// Chooses the next token from the logits of the last one (masked by the grammar),
+    /// reports it and any tokens the grammar then forces, and says whether the sample
+    /// is finished.
     pub fn accept(
         &mut self,
         logits: &mut [f32],
@@ -104,23 +115,65 @@ impl Sequence {
         max_context: usize,
     ) -> Option<FinishReason> {
         let probabilities = self.logprobs.map(|k| log_softmax_top(logits, k));
+        if let Some(grammar) = &mut self.grammar {
+            match self.mask.take().map_or_else(|| grammar.mask(), Ok) {
+                Ok(mask) => mask.apply(logits),
+                Err(e) => return self.fail(e.to_string()),
+            }
+        }
         let id = self.sampler.sample(logits, &self.tokens);
+        let (logprob, top_logprobs) = match probabilities {
+            Some((table, top)) => (Some(table.at(id)), top),
+            None => (None, Vec::new()),
+        };
+        if let Some(finish) = self.push(id, logprob, top_logprobs, tokenizer, max_context) {
+            return Some(finish);
+        }
+        // Tokens the grammar forces skip sampling, unless their log-probabilities
+        // were asked for (only the model can give those).
+        let forced = match (&mut self.grammar, self.logprobs) {
+            (Some(grammar), None) => grammar.forced(),
+            _ => Vec::new(),
+        };
+        for id in forced {
+            if let Some(finish) = self.push(id, None, Vec::new(), tokenizer, max_context) {
+                return Some(finish);
+            }
+        }
+        None
+    }
+
+    /// Appends a chosen token, follows it in the grammar and reports it.
+    fn push(
+        &mut self,
+        id: u32,
+        logprob: Option<f32>,
+        top_logprobs: Vec<(u32, f32)>,
+        tokenizer: &Tokenizer,
+        max_context: usize,
+    ) -> Option<FinishReason> {
         self.tokens.push(id);
         if !self.ignore_eos && tokenizer.is_end_of_generation(id) {
             return Some(FinishReason::Stop);
         }
+        let mut grammar_done = false;
+        if let Some(grammar) = &mut self.grammar {
+            if let Err(e) = grammar.consume(id) {
+                return self.fail(e.to_string());
+            }
+            grammar_done = grammar.is_finished();
+        }
         let mut text = self.text.push(tokenizer.token_bytes(id));
         let finish = if self.text.stopped() {
+            Some(FinishReason::Stop)
+        } else if grammar_done {
+            text.push_str(&self.text.finish());
             Some(FinishReason::Stop)
         } else if self.generated() >= self.max_tokens || self.tokens.len() >= max_context {
             text.push_str(&self.text.finish());
             Some(FinishReason::Length)
         } else {
             None
-        };
-        let (logprob, top_logprobs) = match probabilities {
-            Some((table, top)) => (Some(table.at(id)), top),
-            None => (None, Vec::new()),
         };
         self.send(Event::Token {
             index: self.index,
@@ -130,6 +183,11 @@ impl Sequence {
             top_logprobs,
         });
         finish
+    }
+
+    fn fail(&mut self, why: String) -> Option<FinishReason> {
+        self.failure = Some(why);
+        Some(FinishReason::Error)
     }
 
     pub fn finish(&mut self, reason: FinishReason, error: Option<String>) {

@@ -1,0 +1,207 @@
+//! Constrained decoding on the default model: the grammar's vocabulary is ours, output
+//! always matches, and a constrained request gives the same tokens alone and batched.
+
+mod common;
+use engine::{
+    ChatTemplate, Constraint, ContentTokens, Engine, EngineConfig, Event, FinishReason, Message,
+    Request, Tokenizer,
+};
+use serde_json::{json, Value};
+
+fn engine(parallel: usize) -> (Engine, ChatTemplate) {
+    let (m, tok) = common::model_and_tokenizer();
+    let file = gguf::GgufFile::open(common::default_model()).unwrap();
+    let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
+    (
+        Engine::start(m, tok, EngineConfig::new(2048, parallel)).unwrap(),
+        template,
+    )
+}
+
+fn chat_prompt(engine: &Engine, template: &ChatTemplate, text: &str) -> Vec<u32> {
+    let msgs = [Message::new("user", text)];
+    let extra = serde_json::Map::new();
+    template
+        .encode(engine.tokenizer(), &msgs, true, &extra, ContentTokens::Text)
+        .unwrap()
+}
+
+/// The text and finish reason of one constrained greedy request.
+fn generate(engine: &Engine, prompt: Vec<u32>, c: &Constraint, max: usize) -> Output {
+    let mut request = Request::greedy(prompt, max);
+    request.constraint = Some(engine.grammars().unwrap().compile(c).unwrap());
+    collect(engine.submit(request).unwrap())
+}
+
+#[derive(Debug, PartialEq)]
+struct Output {
+    ids: Vec<u32>,
+    text: String,
+    finish: FinishReason,
+}
+
+fn collect(stream: engine::RequestStream) -> Output {
+    let mut out = Output {
+        ids: Vec::new(),
+        text: String::new(),
+        finish: FinishReason::Error,
+    };
+    for e in stream {
+        match e {
+            Event::Token { id, text, .. } => {
+                out.ids.push(id);
+                out.text.push_str(&text);
+            }
+            Event::Finished { reason, error, .. } => {
+                assert_eq!(error, None);
+                out.finish = reason;
+            }
+        }
+    }
+    out
+}
+
+/// A sample cut by `max_tokens` is a prefix the grammar accepts.
+fn assert_valid_prefix(engine: &Engine, c: &Constraint, out: &Output) {
+    assert_eq!(out.finish, FinishReason::Length);
+    let mut state = engine.grammars().unwrap().compile(c).unwrap();
+    for &id in &out.ids {
+        state.consume(id).unwrap();
+    }
+}
+
+#[test]
+fn the_grammar_vocabulary_is_our_detokenizer_s() {
+    let (m, tok) = common::model_and_tokenizer();
+    let vocab = m.config.vocab_size;
+    let grammars = engine::Grammars::new(std::sync::Arc::new(tok), vocab).unwrap();
+    let trie = grammars.trie();
+    let (_, tok): (_, Tokenizer) = common::model_and_tokenizer();
+    assert_eq!(trie.vocab_size(), 49152);
+    let mut controls = 0;
+    for id in 0..vocab as u32 {
+        if tok.is_control(id) {
+            controls += 1;
+            assert!(trie.is_special_token(id), "{id}");
+            assert_eq!(&trie.token(id)[1..], tok.token_bytes(id));
+        } else {
+            assert_eq!(trie.token(id), tok.token_bytes(id), "{id}");
+        }
+    }
+    assert!(controls > 0);
+    let mut eos = trie.eos_tokens().to_vec();
+    eos.sort_unstable();
+    assert_eq!(eos, tok.end_of_generation_tokens());
+}
+
+#[test]
+fn json_object_regex_choice_and_lark_outputs_match() {
+    let (engine, template) = engine(4);
+    let prompt = chat_prompt(&engine, &template, "Describe a cat as JSON.");
+    let out = generate(&engine, prompt.clone(), &Constraint::JsonObject, 256);
+    if out.finish == FinishReason::Stop {
+        let v: Value = serde_json::from_str(&out.text).unwrap();
+        assert!(v.is_object());
+    } else {
+        assert_valid_prefix(&engine, &Constraint::JsonObject, &out);
+    }
+    let short = generate(&engine, prompt.clone(), &Constraint::JsonObject, 5);
+    assert_eq!(short.finish, FinishReason::Length);
+    assert_eq!(short.ids.len(), 5);
+    assert!(out.text.starts_with(&short.text));
+
+    let out = generate(
+        &engine,
+        prompt.clone(),
+        &Constraint::Regex(r"[A-Z][a-z]+ is (\d{1,2}) years old\.".into()),
+        64,
+    );
+    let re = regex::Regex::new(r"^[A-Z][a-z]+ is (\d{1,2}) years old\.$").unwrap();
+    assert!(re.is_match(&out.text), "{out:?}");
+    assert_eq!(out.finish, FinishReason::Stop);
+
+    let choices = vec!["yes".to_string(), "no".into(), "it depends".into()];
+    let out = generate(
+        &engine,
+        prompt.clone(),
+        &Constraint::Choice(choices.clone()),
+        16,
+    );
+    assert!(choices.contains(&out.text), "{out:?}");
+
+    let lark = r#"start: "The answer is " NUMBER "."
+NUMBER: /[0-9]+/"#;
+    let out = generate(&engine, prompt, &Constraint::Lark(lark.into()), 32);
+    assert!(
+        out.text.starts_with("The answer is ") && out.text.ends_with('.'),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_constrained_request_gives_the_same_tokens_alone_and_among_eight_others() {
+    let (engine, template) = engine(9);
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 24},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 3}
+        },
+        "required": ["name", "age", "hobbies"],
+        "additionalProperties": false
+    });
+    let c = Constraint::JsonSchema {
+        schema,
+        strict: true,
+    };
+    let prompt = chat_prompt(&engine, &template, "Invent a person.");
+    let alone = generate(&engine, prompt.clone(), &c, 200);
+    assert_eq!(alone.finish, FinishReason::Stop, "{alone:?}");
+    let v: Value = serde_json::from_str(&alone.text).unwrap();
+    assert!(v["age"].is_u64() && v["name"].is_string(), "{alone:?}");
+
+    let grammars = engine.grammars().unwrap();
+    let mut streams = Vec::new();
+    for i in 0..9 {
+        let p = if i == 4 {
+            prompt.clone()
+        } else {
+            chat_prompt(&engine, &template, &format!("Invent person number {i}."))
+        };
+        let mut r = Request::greedy(p, 200);
+        if i % 2 == 0 {
+            r.constraint = Some(grammars.compile(&c).unwrap());
+        }
+        streams.push(engine.submit(r).unwrap());
+    }
+    let outputs: Vec<Output> = streams.into_iter().map(collect).collect();
+    assert_eq!(outputs[4], alone);
+    for o in outputs.iter().step_by(2) {
+        serde_json::from_str::<Value>(&o.text).unwrap();
+    }
+}
+
+#[test]
+fn bad_constraints_are_refused_with_the_reason() {
+    let (engine, _) = engine(1);
+    let grammars = engine.grammars().unwrap();
+    for (c, says) in [
+        (Constraint::Regex("(unclosed".into()), "regex"),
+        (
+            Constraint::Lark("start: missing_rule".into()),
+            "missing_rule",
+        ),
+        (
+            Constraint::JsonSchema {
+                schema: json!({"type": "object", "properties": {"a": {"$ref": "#/defs/none"}}}),
+                strict: true,
+            },
+            "defs",
+        ),
+        (Constraint::Choice(vec![]), "empty"),
+    ] {
+        let e = grammars.compile(&c).unwrap_err().to_string();
+        assert!(e.to_lowercase().contains(says), "{c:?}: {e}");
+    }
+}
