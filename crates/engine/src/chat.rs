@@ -11,6 +11,10 @@ pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + messag
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// Other fields templates read: `tool_calls` (arguments as JSON objects, as
+    /// templates expect), `tool_call_id`, `name`.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
@@ -18,6 +22,7 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -26,8 +31,7 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
-    /// The template's source and its BOS/EOS texts: all the text it can write itself.
-    own_text: String,
+    source: String,
 }
 
 fn template_error(e: minijinja::Error) -> EngineError {
@@ -57,7 +61,7 @@ impl ChatTemplate {
             .map_err(template_error)?;
         Ok(ChatTemplate {
             env,
-            own_text: format!("{source}{bos_token}{eos_token}"),
+            source: source.to_owned(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
@@ -80,21 +84,31 @@ impl ChatTemplate {
         )
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
 
-    /// Whether the template's own text holds a code point of `range`.
+    /// Whether the text the template can write itself (its source, BOS and EOS) holds
+    /// a code point of `range`.
     pub(crate) fn uses_code_points(&self, range: &std::ops::Range<u32>) -> bool {
-        self.own_text.chars().any(|c| range.contains(&(c as u32)))
+        [&self.source, &self.bos_token, &self.eos_token]
+            .iter()
+            .flat_map(|s| s.chars())
+            .any(|c| range.contains(&(c as u32)))
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
     }
 
-    /// `render` with extra template variables (the server's `chat_template_kwargs`, such
-    /// as Qwen3's `enable_thinking`); they cannot replace the ones set here.
+    /// `render` with extra template variables (`tools`, and the server's
+    /// `chat_template_kwargs` such as Qwen3's `enable_thinking`); they cannot replace the
+    /// ones set here. `tools` is none unless given.
     pub fn render_with(
         &self,
         messages: &[Message],
@@ -108,7 +122,6 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
-                tools => minijinja::Value::from(()),
                 ..minijinja::Value::from(minijinja::value::Serde(extra))
             })
             .map_err(template_error)

@@ -19,6 +19,7 @@ pub mod session;
 pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
+pub mod tools;
 
 pub use backend::{AttentionOrder, Backend};
 pub use chat::{ChatTemplate, Message};

@@ -155,6 +155,7 @@ impl ChatTemplate {
                 Ok(Message {
                     role: m.role.clone(),
                     content: sheltered.shelter(&m.content, tokenizer)?,
+                    extra: sheltered.shelter_map(&m.extra, tokenizer)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -6,12 +6,14 @@ use crate::error::ApiError;
 use crate::limits::Client;
 use crate::params::{self, Generation, Prompt};
 use crate::routes::{model_and_body, unknown_model};
+use crate::tools::{self, tool_call_json};
 use crate::{unix_now, AppState, Model, RequestId};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use engine::tools::{CallStream, ToolChoice, ToolFormat};
 use engine::{Constraint, Event, FinishReason, GrammarState, Request, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -41,20 +43,51 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let (model, body) = model_and_body(&state, body).await?;
     let prompt = chat_prompt(&state, model, &body, true)?;
-    let g = generation(&state, &body, Endpoint::Chat)?;
+    let mut g = generation(&state, &body, Endpoint::Chat)?;
+    if let Some(t) = tools::tool_request(&body)? {
+        if let Some((param, _)) = g.constraint {
+            return Err(ApiError::param(
+                param,
+                "a constraint cannot be combined with tools",
+            ));
+        }
+        let format = ToolFormat::detect(model.template.source());
+        let tokenizer = model.engine.tokenizer();
+        match format.reply_constraint(&t.tools, &t.choice, t.parallel, tokenizer) {
+            Some(c) => g.constraint = Some(("tools", c)),
+            None => {
+                if let Some(trigger) = format.trigger_token(tokenizer) {
+                    let c = format.call_grammar(&t.tools, t.parallel, tokenizer);
+                    g.constraint = Some(("tools", c));
+                    g.constraint_from = Some(trigger);
+                }
+            }
+        }
+        g.tool_format = Some(format);
+    }
     run(state, client, id, Endpoint::Chat, g, vec![prompt]).await
 }
 
-/// The token ids of a chat request's `messages` through the model's template, with
-/// message text kept as text unless the server says otherwise.
+/// The token ids of a chat request's `messages` (with its `tools`) through the
+/// model's template, with message text kept as text unless the server says otherwise.
 pub fn chat_prompt(
     state: &AppState,
     model: &Model,
     body: &Map<String, Value>,
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ApiError> {
-    let messages = params::messages(body)?;
-    let kwargs = params::chat_template_kwargs(body)?;
+    let mut messages = params::messages(body)?;
+    let mut kwargs = params::chat_template_kwargs(body)?;
+    let format = ToolFormat::detect(model.template.source());
+    let request = tools::tool_request(body)?;
+    let (tools, choice) = match &request {
+        Some(t) => (t.tools.as_slice(), t.choice.clone()),
+        None => (&[][..], ToolChoice::None),
+    };
+    messages = format.prepare_messages(&messages, tools, &choice);
+    if request.is_some() && format != ToolFormat::Generic {
+        kwargs.insert("tools".into(), tools::template_tools(tools));
+    }
     Ok(model.template.encode(
         model.engine.tokenizer(),
         &messages,
@@ -168,6 +201,7 @@ async fn run(
     for prompt in &prompts {
         let request = Request {
             constraint: grammar.clone(),
+            constraint_from: g.constraint_from,
             prompt: prompt.clone(),
             sampling: g.sampling.clone(),
             max_tokens: g.max_tokens.unwrap_or(engine.config().context),
@@ -397,12 +431,25 @@ async fn collect_response(
                 Value::Null
             };
             match job.endpoint {
-                Endpoint::Chat => json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": logprobs,
-                    "finish_reason": c.finish,
-                }),
+                Endpoint::Chat => {
+                    let mut message = json!({"role": "assistant", "content": c.text});
+                    let mut finish = c.finish;
+                    if let Some(format) = job.g.tool_format {
+                        let (content, calls) = format.parse(&c.text);
+                        message["content"] = json!(content);
+                        if !calls.is_empty() {
+                            message["tool_calls"] =
+                                calls.iter().map(|c| tool_call_json(c, None)).collect();
+                            finish = finish.map(|f| if f == "stop" { "tool_calls" } else { f });
+                        }
+                    }
+                    json!({
+                        "index": i,
+                        "message": message,
+                        "logprobs": logprobs,
+                        "finish_reason": finish,
+                    })
+                }
                 Endpoint::Completions => json!({
                     "index": i,
                     "text": c.text,
@@ -440,6 +487,9 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
             }
         }
         let mut text_offsets = vec![0usize; job.choices()];
+        let mut calls: Vec<Option<CallStream>> = (0..job.choices())
+            .map(|_| job.g.tool_format.map(CallStream::new))
+            .collect();
         let (mut completion, mut cached) = (0, 0);
         loop {
             let next = match deadline {
@@ -467,10 +517,14 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
                     logprob,
                     top_logprobs,
                 } => {
+                    let i = p * job.g.n + index;
+                    let text = match &mut calls[i] {
+                        Some(stream) => stream.push(&text),
+                        None => text,
+                    };
                     if text.is_empty() && logprob.is_none() {
                         continue;
                     }
-                    let i = p * job.g.n + index;
                     let logprobs = match logprob {
                         Some(lp) => job.logprobs(
                             &[TokenInfo {
@@ -512,12 +566,36 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
                         cached += usage.cached_prompt_tokens;
                     }
                     let i = p * job.g.n + index;
+                    let mut finish = finish_name(reason);
+                    if let Some(stream) = calls[i].take() {
+                        let (rest, found) = stream.finish();
+                        let mut deltas = Vec::new();
+                        if !rest.is_empty() {
+                            deltas.push(json!({"content": rest}));
+                        }
+                        for (k, call) in found.iter().enumerate() {
+                            deltas.push(json!({"tool_calls": [tool_call_json(call, Some(k))]}));
+                        }
+                        if !found.is_empty() && finish == "stop" {
+                            finish = "tool_calls";
+                        }
+                        for delta in deltas {
+                            let choice = json!({"index": i, "delta": delta, "logprobs": null, "finish_reason": null});
+                            if tx
+                                .send(Ok(send(job.envelope(true, vec![choice]))))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
                     let choice = match job.endpoint {
                         Endpoint::Chat => {
-                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish_name(reason)})
+                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish})
                         }
                         Endpoint::Completions => {
-                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish_name(reason)})
+                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish})
                         }
                     };
                     job.envelope(true, vec![choice])

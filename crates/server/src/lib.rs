@@ -9,6 +9,7 @@ mod metrics;
 mod params;
 mod routes;
 mod structured;
+mod tools;
 
 pub use error::ApiError;
 

@@ -3,6 +3,7 @@
 //! fields that other servers add.
 
 use crate::error::ApiError;
+use engine::tools::ToolFormat;
 use engine::{Constraint, Message, SamplingParams};
 use serde_json::{Map, Value};
 
@@ -21,6 +22,10 @@ pub struct Generation {
     pub ignore_eos: bool,
     /// What the output must match, and the field that asked (`response_format`...).
     pub constraint: Option<(&'static str, Constraint)>,
+    /// The constraint waits for this token (a tool call's first, under `auto`).
+    pub constraint_from: Option<u32>,
+    /// Chat with tools: how calls are read out of the reply.
+    pub tool_format: Option<ToolFormat>,
 }
 
 /// The prompts of a completions request: text or token ids.
@@ -239,6 +244,8 @@ pub fn generation(
         include_usage,
         ignore_eos: f.boolean("ignore_eos")?.unwrap_or(false),
         constraint: crate::structured::constraint(body)?,
+        constraint_from: None,
+        tool_format: None,
     })
 }
 
@@ -341,7 +348,36 @@ pub fn messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
                         ))
                     }
                 };
-            Ok(Message::new(&role, &content))
+            let mut message = Message::new(&role, &content);
+            for (key, ok) in [
+                (
+                    "tool_calls",
+                    m.get("tool_calls")
+                        .is_some_and(|c| c.is_array() && role == "assistant"),
+                ),
+                (
+                    "tool_call_id",
+                    m.get("tool_call_id").is_some_and(Value::is_string),
+                ),
+                ("name", m.get("name").is_some_and(Value::is_string)),
+            ] {
+                match m.get(key) {
+                    None | Some(Value::Null) => {}
+                    Some(v) if ok => {
+                        message.extra.insert(key.into(), v.clone());
+                    }
+                    Some(_) => {
+                        return Err(ApiError::param(
+                            &format!("{at}.{key}"),
+                            match key {
+                                "tool_calls" => "expected a list of calls on an assistant message",
+                                _ => "expected a string",
+                            },
+                        ))
+                    }
+                }
+            }
+            Ok(message)
         })
         .collect()
 }

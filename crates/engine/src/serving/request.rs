@@ -21,6 +21,9 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// What the output must match (`Engine::grammars().compile(...)`).
     pub constraint: Option<GrammarState>,
+    /// With a constraint: it applies only from this token on (included), once the
+    /// model samples it (a tool call's first token, under `tool_choice: auto`).
+    pub constraint_from: Option<u32>,
 }
 
 impl Request {
@@ -35,6 +38,7 @@ impl Request {
             n: 1,
             logprobs: None,
             constraint: None,
+            constraint_from: None,
         }
     }
 }

@@ -274,8 +274,10 @@ impl<B: Backend> Scheduler<B> {
         let mut grammars: Vec<(usize, GrammarState)> = Vec::new();
         for (i, s) in self.running.iter_mut().enumerate() {
             let samples = takes[i] > 0 && s.computed + takes[i] == s.tokens.len();
-            if let (true, Some(g)) = (samples, s.grammar.take()) {
-                grammars.push((i, g));
+            if samples && s.is_constrained() {
+                if let Some(g) = s.grammar.take() {
+                    grammars.push((i, g));
+                }
             }
         }
         if grammars.is_empty() {

@@ -41,6 +41,8 @@ pub(super) struct Sequence {
     logprobs: Option<usize>,
     /// Where the sample is in its request's grammar, if it has one.
     pub grammar: Option<GrammarState>,
+    /// The grammar waits for this token before it applies.
+    pub grammar_from: Option<u32>,
     /// The grammar's mask for the next token, computed while the model ran.
     pub mask: Option<TokenMask>,
     /// Why the sample ended with `FinishReason::Error`.
@@ -69,6 +71,7 @@ impl Sequence {
             ignore_eos: request.ignore_eos,
             logprobs: request.logprobs,
             grammar: request.constraint,
+            grammar_from: request.constraint_from,
             mask: None,
             failure: None,
             events,
@@ -108,6 +111,11 @@ impl Sequence {
     /// Chooses the next token from the logits of the last one (masked by the grammar),
     /// reports it and any tokens the grammar then forces, and says whether the sample
     /// is finished.
+    /// Whether the next token is sampled under a grammar.
+    pub fn is_constrained(&self) -> bool {
+        self.grammar.is_some() && self.grammar_from.is_none()
+    }
+
     pub fn accept(
         &mut self,
         logits: &mut [f32],
@@ -115,7 +123,7 @@ impl Sequence {
         max_context: usize,
     ) -> Option<FinishReason> {
         let probabilities = self.logprobs.map(|k| log_softmax_top(logits, k));
-        if let Some(grammar) = &mut self.grammar {
+        if let (Some(grammar), None) = (&mut self.grammar, self.grammar_from) {
             match self.mask.take().map_or_else(|| grammar.mask(), Ok) {
                 Ok(mask) => mask.apply(logits),
                 Err(e) => return self.fail(e.to_string()),
@@ -131,8 +139,8 @@ impl Sequence {
         }
         // Tokens the grammar forces skip sampling, unless their log-probabilities
         // were asked for (only the model can give those).
-        let forced = match (&mut self.grammar, self.logprobs) {
-            (Some(grammar), None) => grammar.forced(),
+        let forced = match (&mut self.grammar, self.grammar_from, self.logprobs) {
+            (Some(grammar), None, None) => grammar.forced(),
             _ => Vec::new(),
         };
         for id in forced {
@@ -156,8 +164,11 @@ impl Sequence {
         if !self.ignore_eos && tokenizer.is_end_of_generation(id) {
             return Some(FinishReason::Stop);
         }
+        if self.grammar_from == Some(id) {
+            self.grammar_from = None;
+        }
         let mut grammar_done = false;
-        if let Some(grammar) = &mut self.grammar {
+        if let (Some(grammar), None) = (&mut self.grammar, self.grammar_from) {
             if let Err(e) = grammar.consume(id) {
                 return self.fail(e.to_string());
             }
