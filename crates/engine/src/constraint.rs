@@ -62,7 +62,7 @@ impl Constraint {
 /// JSON written as people write it on one line (`{"a": 1, "b": [2, 3]}`), with no
 /// free whitespace, which small models can otherwise emit forever. A schema that sets
 /// llguidance's own `x-guidance` options keeps them.
-fn with_json_style(mut schema: Value, lenient: bool) -> Value {
+pub(crate) fn with_json_style(mut schema: Value, lenient: bool) -> Value {
     if let Value::Object(fields) = &mut schema {
         fields.entry("x-guidance").or_insert(json!({
             "whitespace_flexible": false,
@@ -203,6 +203,11 @@ impl TokenMask {
 
     pub fn count(&self) -> usize {
         self.0.num_set()
+    }
+
+    /// The allowed ids, in order.
+    pub fn allowed(&self) -> Vec<u32> {
+        self.0.to_list()
     }
 }
 

@@ -9,7 +9,7 @@
 //! `{"response": ...}`) described to the model in a system message, as llama.cpp does.
 
 use crate::chat::Message;
-use crate::constraint::Constraint;
+use crate::constraint::{with_json_style, Constraint};
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
@@ -202,12 +202,20 @@ impl ToolFormat {
                     })
                 })
                 .collect();
-            json!({"anyOf": any}).to_string()
+            with_json_style(json!({"anyOf": any}), true).to_string()
         };
-        let repeat = if parallel { "*" } else { "" };
+        // More calls after the first, when allowed.
+        let more = |separator: &str, item: &str| {
+            if parallel {
+                format!(" ({separator} {item})*")
+            } else {
+                String::new()
+            }
+        };
         let lark = match self {
             ToolFormat::Hermes => format!(
-                "start: call (\"\\n\" call){repeat}\ncall: {} \"\\n\" body \"\\n\" {}\nbody: %json {}\n",
+                "start: call{}\ncall: {} \"\\n\" body \"\\n\" {}\nbody: %json {}\n",
+                more("\"\\n\"", "call"),
                 literal("<tool_call>"),
                 literal("</tool_call>"),
                 schema("arguments")
@@ -216,8 +224,9 @@ impl ToolFormat {
                 format!("start: body\nbody: %json {}\n", schema("parameters"))
             }
             ToolFormat::MistralList => format!(
-                "start: {} \"[\" body (\", \" body){repeat} \"]\"\nbody: %json {}\n",
+                "start: {} \"[\" body{} \"]\"\nbody: %json {}\n",
                 literal("[TOOL_CALLS]"),
+                more("\", \"", "body"),
                 schema("arguments")
             ),
             ToolFormat::MistralArgs => {
@@ -228,7 +237,7 @@ impl ToolFormat {
                             "{} {} %json {}",
                             serde_json::to_string(&t.name).unwrap_or_default(),
                             literal("[ARGS]"),
-                            t.parameters
+                            with_json_style(t.parameters.clone(), true)
                         )
                     })
                     .collect();

@@ -131,11 +131,17 @@ fn json_object_regex_choice_and_lark_outputs_match() {
 
     let lark = r#"start: "The answer is " NUMBER "."
 NUMBER: /[0-9]+/"#;
-    let out = generate(&engine, prompt, &Constraint::Lark(lark.into()), 32);
+    let out = generate(&engine, prompt.clone(), &Constraint::Lark(lark.into()), 32);
     assert!(
         out.text.starts_with("The answer is ") && out.text.ends_with('.'),
         "{out:?}"
     );
+
+    let gbnf = "root ::= \"Colors: \" color (\", \" color){2} \".\"\ncolor ::= \"red\" | \"green\" | \"blue\"\n";
+    let out = generate(&engine, prompt, &Constraint::Gbnf(gbnf.into()), 32);
+    let re = regex::Regex::new(r"^Colors: (red|green|blue)(, (red|green|blue)){2}\.$").unwrap();
+    assert!(re.is_match(&out.text), "{out:?}");
+    assert_eq!(out.finish, FinishReason::Stop);
 }
 
 #[test]
@@ -200,8 +206,71 @@ fn bad_constraints_are_refused_with_the_reason() {
             "defs",
         ),
         (Constraint::Choice(vec![]), "empty"),
+        (
+            Constraint::JsonSchema {
+                schema: json!({"type": "array", "uniqueItems": true}),
+                strict: true,
+            },
+            "uniqueitems",
+        ),
     ] {
         let e = grammars.compile(&c).unwrap_err().to_string();
         assert!(e.to_lowercase().contains(says), "{c:?}: {e}");
     }
+    // Without `strict`, a keyword llguidance cannot enforce is ignored.
+    let lenient = Constraint::JsonSchema {
+        schema: json!({"type": "array", "uniqueItems": true}),
+        strict: false,
+    };
+    assert!(grammars.compile(&lenient).is_ok());
+}
+
+#[test]
+fn fifty_schemas_give_valid_json_or_a_valid_prefix() {
+    let (engine, template) = engine(8);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/structured/schemas.jsonl"
+    );
+    let cases: Vec<Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(cases.len() >= 50);
+    let grammars = engine.grammars().unwrap();
+    let mut streams = Vec::new();
+    for case in &cases {
+        let c = Constraint::JsonSchema {
+            schema: case["schema"].clone(),
+            strict: true,
+        };
+        let text = format!("{} Answer in JSON.", case["prompt"].as_str().unwrap());
+        let mut r = Request::greedy(chat_prompt(&engine, &template, &text), 512);
+        r.constraint = Some(
+            grammars
+                .compile(&c)
+                .unwrap_or_else(|e| panic!("{case}: {e}")),
+        );
+        streams.push((c, engine.submit(r).unwrap()));
+    }
+    let mut stopped = 0;
+    for ((c, stream), case) in streams.into_iter().zip(&cases) {
+        let out = collect(stream);
+        if out.finish == FinishReason::Length {
+            assert_valid_prefix(&engine, &c, &out);
+            continue;
+        }
+        assert_eq!(out.finish, FinishReason::Stop);
+        let value: Value =
+            serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        let validator = jsonschema::validator_for(&case["schema"]).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{case}\n{}\n{errors:?}", out.text);
+        stopped += 1;
+    }
+    assert!(stopped >= 45, "only {stopped} of {} finished", cases.len());
 }
