@@ -18,13 +18,15 @@ const PARIS: &str = r#"{"city":"Paris"}"#;
 const ROME: &str = r#"{"city":"Rome","days":2}"#;
 
 /// (format, reply, content, calls, whether the call grammar produces this reply)
-fn recorded() -> Vec<(
+type Recorded = (
     ToolFormat,
     &'static str,
     Option<&'static str>,
     Vec<ToolCall>,
     bool,
-)> {
+);
+
+fn recorded() -> Vec<Recorded> {
     use ToolFormat::*;
     let one = || vec![call("get_weather", PARIS)];
     let two = || vec![call("get_weather", PARIS), call("get_forecast", ROME)];
