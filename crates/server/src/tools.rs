@@ -63,8 +63,10 @@ pub fn tool_request(body: &Map<String, Value>) -> Result<Option<ToolRequest>, Ap
             ))
         }
     };
+    // Off unless asked, as in llama.cpp: small models asked for a list of calls tend
+    // to repeat them.
     let parallel = match body.get("parallel_tool_calls") {
-        None | Some(Value::Null) => true,
+        None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::param("parallel_tool_calls", "expected a boolean")),
     };
@@ -177,11 +179,11 @@ mod tests {
             None
         );
         let r = parse(json!({"tools": tools})).unwrap().unwrap();
-        assert_eq!((r.choice, r.parallel), (ToolChoice::Auto, true));
-        let r = parse(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": false})).unwrap().unwrap();
+        assert_eq!((r.choice, r.parallel), (ToolChoice::Auto, false));
+        let r = parse(json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": true})).unwrap().unwrap();
         assert_eq!(
             (r.choice, r.parallel),
-            (ToolChoice::Named("get_weather".into()), false)
+            (ToolChoice::Named("get_weather".into()), true)
         );
         for (body, param) in [
             (json!({"tools": "x"}), "tools"),

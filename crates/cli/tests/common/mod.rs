@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+pub mod server;
+
 #[path = "../../../../tests/refs.rs"]
 mod refs_dir;
 #[allow(unused_imports)] // not every test binary reads reference data
