@@ -333,3 +333,42 @@ fn bench_sweep_writes_the_ablation_of_several_files() {
     assert!(stdout(&out).contains("| Q4_0.gguf | Q4_0 |"));
     assert!(out_dir.join("ppl_vs_speed.svg").exists());
 }
+
+#[test]
+fn run_follows_a_json_schema_or_a_grammar_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("city.json");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}}, "required": ["city", "sunny"], "additionalProperties": false}"#).unwrap();
+    let out = llama_gpu(&[
+        "run",
+        "--temp",
+        "0",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "Tell me about Paris.",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["city"].is_string() && v["sunny"].is_boolean(), "{v}");
+
+    let grammar = dir.path().join("answer.gbnf");
+    std::fs::write(&grammar, "root ::= \"Answer: \" (\"yes\" | \"no\")\n").unwrap();
+    let out = llama_gpu(&[
+        "run",
+        "--temp",
+        "0",
+        "--grammar",
+        grammar.to_str().unwrap(),
+        "Is the sky blue?",
+    ]);
+    assert!(
+        ["Answer: yes", "Answer: no"].contains(&stdout(&out).trim()),
+        "{}",
+        stdout(&out)
+    );
+
+    std::fs::write(&grammar, "root ::= (\"x\"\n").unwrap();
+    let out = llama_gpu(&["run", "--grammar", grammar.to_str().unwrap(), "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unclosed"), "{}", stderr(&out));
+}

@@ -3,6 +3,7 @@
 //! reused for the longest common prefix of consecutive prompts, as a chat needs.
 
 use crate::backend::Backend;
+use crate::constraint::GrammarState;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
@@ -19,6 +20,8 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// What the output must match; generation stops where the grammar ends.
+    pub grammar: Option<GrammarState>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -126,7 +129,11 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut stream = TextStream::new(&options.stop);
         let mut text = String::new();
         let mut finish = FinishReason::Length;
+        let mut grammar = options.grammar.clone();
         while tokens.len() < options.max_tokens {
+            if let Some(g) = &mut grammar {
+                g.mask()?.apply(&mut logits);
+            }
             let id = sampler.sample(&mut logits, &history);
             tokens.push(id);
             history.push(id);
@@ -134,13 +141,18 @@ impl<'m, B: Backend> Session<'m, B> {
                 finish = FinishReason::Stop;
                 break;
             }
+            let mut grammar_done = false;
+            if let Some(g) = &mut grammar {
+                g.consume(id)?;
+                grammar_done = g.is_finished();
+            }
             let piece = stream.push(tokenizer.token_bytes(id));
             text.push_str(&piece);
             if !piece.is_empty() && !on_text(&piece) {
                 finish = FinishReason::Cancelled;
                 break;
             }
-            if stream.stopped() {
+            if stream.stopped() || grammar_done {
                 finish = FinishReason::Stop;
                 break;
             }

@@ -60,7 +60,7 @@ pub struct ModelArgs {
 
 pub struct Loaded {
     pub model: Llama<Device>,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
 }
 
@@ -123,7 +123,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     }
     Ok(Loaded {
         model,
-        tokenizer,
+        tokenizer: Arc::new(tokenizer),
         template,
     })
 }

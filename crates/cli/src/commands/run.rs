@@ -2,7 +2,7 @@
 
 use super::{load, usage, ContentTokensArg, ModelArgs, SamplingArgs, ThreadsArg};
 use anyhow::{Context, Result};
-use engine::{EngineError, GenerateOptions, Message, Sampler, Session};
+use engine::{Constraint, EngineError, GenerateOptions, Grammars, Message, Sampler, Session};
 use serde::Serialize;
 use std::io::{Read, Write};
 
@@ -34,6 +34,13 @@ pub struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Constrain the output to this JSON Schema (a file).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<std::path::PathBuf>,
+    /// Constrain the output to this grammar (a file: GBNF, or llguidance's Lark when it
+    /// has no `::=` rules).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -79,6 +86,28 @@ fn read_prompt(arg: Option<String>) -> Result<String> {
     })
 }
 
+/// The constraint `--json-schema` or `--grammar` names, read from its file.
+fn constraint(args: &Args) -> Result<Option<Constraint>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    if let Some(path) = &args.json_schema {
+        let schema = serde_json::from_str(&read(path)?)
+            .map_err(|e| usage(format!("{} is not JSON: {e}", path.display())))?;
+        return Ok(Some(Constraint::JsonSchema {
+            schema,
+            strict: false,
+        }));
+    }
+    Ok(args.grammar.as_deref().map(read).transpose()?.map(|g| {
+        if g.contains("::=") {
+            Constraint::Gbnf(g)
+        } else {
+            Constraint::Lark(g)
+        }
+    }))
+}
+
 fn rate(tokens: usize, seconds: f64) -> f64 {
     if seconds > 0.0 {
         tokens as f64 / seconds
@@ -92,6 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         return Err(usage("-n must be at least 1"));
     }
     let params = args.sampling.params()?;
+    let constraint = constraint(&args)?;
     let prompt = read_prompt(args.prompt)?;
     if prompt.is_empty() {
         return Err(usage("the prompt is empty"));
@@ -131,10 +161,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut session = Session::new(&loaded.model, context)?;
     let mut sampler = Sampler::new(params)?;
+    let grammar = match constraint {
+        Some(c) => {
+            let grammars = Grammars::new(loaded.tokenizer.clone(), loaded.model.config.vocab_size)?;
+            Some(grammars.compile(&c).map_err(|e| usage(e.to_string()))?)
+        }
+        None => None,
+    };
     let options = GenerateOptions {
         max_tokens: args.n_predict,
         stop: args.stop,
         ignore_eos: args.ignore_eos,
+        grammar,
     };
     let mut stdout = std::io::stdout().lock();
     let json = args.json;

@@ -88,7 +88,7 @@ impl Engine {
     /// Allocates the KV pool and starts the engine thread.
     pub fn start<B: Backend + 'static>(
         model: Llama<B>,
-        tokenizer: Tokenizer,
+        tokenizer: impl Into<Arc<Tokenizer>>,
         mut config: EngineConfig,
     ) -> Result<Engine> {
         if config.max_seqs == 0 || config.max_batch_tokens == 0 || config.context == 0 {
@@ -113,7 +113,7 @@ impl Engine {
             mib = (config.kv_blocks * model.kv_block_bytes()) >> 20,
             "KV cache"
         );
-        let tokenizer = Arc::new(tokenizer);
+        let tokenizer = tokenizer.into();
         let queued = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Mutex::new(Metrics::default()));
         let model_config = model.config.clone();
