@@ -52,6 +52,11 @@ pub struct Args {
     /// Serving mode: tokens per engine step (decodes plus prompt chunks).
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
+    /// Serving mode: every output constrained to JSON (an array of `{"id", "name"}`
+    /// records, long enough to last `-n` tokens), to measure what structured output
+    /// costs; the grammar mask's cost per token is measured after.
+    #[arg(long, requires = "concurrency")]
+    json_records: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -299,6 +304,7 @@ fn concurrency(args: &Args) -> Result<()> {
         threads,
         repetitions: args.repetitions,
         max_batch_tokens: args.max_batch_tokens,
+        json_records: args.json_records,
         model: &args.model,
     })?;
     match args.output {
