@@ -274,3 +274,64 @@ fn fifty_schemas_give_valid_json_or_a_valid_prefix() {
     }
     assert!(stopped >= 45, "only {stopped} of {} finished", cases.len());
 }
+
+#[test]
+fn constraints_survive_preemption_the_prefix_cache_and_n_samples() {
+    let (roomy, template) = engine(4);
+    let c = Constraint::JsonSchema {
+        schema: json!({"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}, "count": {"type": "integer", "minimum": 1, "maximum": 9}, "note": {"type": "string", "maxLength": 30}}, "required": ["color", "count", "note"], "additionalProperties": false}),
+        strict: true,
+    };
+    let prompts: Vec<Vec<u32>> = ["a fruit", "the sky", "a frog", "a rose"]
+        .iter()
+        .map(|t| chat_prompt(&roomy, &template, &format!("Describe {t} as JSON.")))
+        .collect();
+    let alone: Vec<Output> = prompts
+        .iter()
+        .map(|p| generate(&roomy, p.clone(), &c, 60))
+        .collect();
+    // Again: the prompts now come from the prefix cache.
+    for (p, want) in prompts.iter().zip(&alone) {
+        assert_eq!(&generate(&roomy, p.clone(), &c, 60), want);
+    }
+
+    let (m, tok) = common::model_and_tokenizer();
+    let mut tiny = EngineConfig::new(256, 4);
+    tiny.kv_budget = engine::KvBudget::Tokens(7 * 16);
+    // Shared system-prompt blocks would leave room for everyone.
+    tiny.prefix_caching = false;
+    let small = Engine::start(m, tok, tiny).unwrap();
+    let grammars = small.grammars().unwrap();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut r = Request::greedy(p.clone(), 60);
+            r.constraint = Some(grammars.compile(&c).unwrap());
+            small.submit(r).unwrap()
+        })
+        .collect();
+    for (s, want) in streams.into_iter().zip(&alone) {
+        assert_eq!(&collect(s), want);
+    }
+    assert!(
+        small.metrics().preemptions > 0,
+        "the budget was meant to preempt"
+    );
+
+    // Two sampled answers of one request each follow their own matcher.
+    let mut r = Request::greedy(prompts[0].clone(), 60);
+    r.n = 2;
+    r.sampling.temperature = 1.0;
+    r.sampling.seed = 7;
+    r.constraint = Some(roomy.grammars().unwrap().compile(&c).unwrap());
+    let mut texts = vec![String::new(); 2];
+    for e in roomy.submit(r).unwrap() {
+        if let Event::Token { index, text, .. } = e {
+            texts[index].push_str(&text);
+        }
+    }
+    for t in &texts {
+        let v: Value = serde_json::from_str(t).unwrap_or_else(|e| panic!("{e}: {t}"));
+        assert!(v["count"].is_u64(), "{v}");
+    }
+}
