@@ -130,7 +130,7 @@ fn generation(
         model.engine.config().max_seqs,
     )?;
     match &g.model {
-        Some(m) if *m != state.config.model_id => Err(unknown_model(state, m)),
+        Some(m) if !state.config.serves(m) => Err(unknown_model(state, m)),
         _ => Ok(g),
     }
 }
@@ -432,7 +432,8 @@ async fn collect_response(
             };
             match job.endpoint {
                 Endpoint::Chat => {
-                    let mut message = json!({"role": "assistant", "content": c.text});
+                    let mut message =
+                        json!({"role": "assistant", "content": c.text, "refusal": null});
                     let mut finish = c.finish;
                     if let Some(format) = job.g.tool_format {
                         let (content, calls) = format.parse(&c.text);

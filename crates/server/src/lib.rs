@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 pub struct ServerConfig {
     /// The id clients name the model by (`/v1/models`).
     pub model_id: String,
+    /// Other names requests may use for it.
+    pub model_aliases: Vec<String>,
     pub api_keys: Vec<String>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
@@ -39,10 +41,18 @@ pub struct ServerConfig {
     pub content_tokens: ContentTokens,
 }
 
+impl ServerConfig {
+    /// Whether a request naming `model` is for the model served here.
+    pub fn serves(&self, model: &str) -> bool {
+        model == self.model_id || self.model_aliases.iter().any(|a| a == model)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             model_id: "default".into(),
+            model_aliases: Vec::new(),
             api_keys: Vec::new(),
             requests_per_minute: None,
             tokens_per_minute: None,
@@ -123,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(routes::model))
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
+        .route("/tokenizer_info", get(routes::tokenizer_info))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

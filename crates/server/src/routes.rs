@@ -69,7 +69,7 @@ pub async fn model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if id != state.config.model_id {
+    if !state.config.serves(&id) {
         return Err(unknown_model(&state, &id));
     }
     Ok(Json(model_object(&state)))
@@ -143,7 +143,28 @@ pub async fn tokenize(
     })))
 }
 
-/// `{"tokens": [...]}` → `{"content": TEXT}`.
+/// vLLM's `GET /tokenizer_info`, which evaluation harnesses look for: the special
+/// tokens' texts, the chat template and the context length.
+pub async fn tokenizer_info(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let model = state.model()?;
+    let tokenizer = model.engine.tokenizer();
+    let text = |id: Option<u32>| {
+        id.map(|id| String::from_utf8_lossy(tokenizer.token_bytes(id)).into_owned())
+    };
+    Ok(Json(json!({
+        "tokenizer_class": if tokenizer.is_sentencepiece() { "LlamaTokenizer" } else { "GPT2Tokenizer" },
+        "bos_token": text(tokenizer.bos),
+        "eos_token": text(tokenizer.eos),
+        "pad_token": null,
+        "add_bos_token": tokenizer.add_bos,
+        "chat_template": model.template.source(),
+        "model_max_length": model.engine.config().context,
+        "vocab_size": model.engine.model_config().vocab_size,
+    })))
+}
+
+/// `{"tokens": [...]}` → `{"content": TEXT, "prompt": TEXT}` (llama.cpp's and vLLM's
+/// names).
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -167,9 +188,8 @@ pub async fn detokenize(
             })?,
         _ => return Err(ApiError::param("tokens", "expected a list of token ids")),
     };
-    Ok(Json(
-        json!({ "content": model.engine.tokenizer().decode(&tokens) }),
-    ))
+    let text = model.engine.tokenizer().decode(&tokens);
+    Ok(Json(json!({ "content": text, "prompt": text })))
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -42,9 +42,11 @@ pub struct Args {
     /// Worker threads for the model (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// The model id clients use (default: the -m value, or the file's name).
-    #[arg(long)]
-    alias: Option<String>,
+    /// The model name clients use (repeatable: the first is the id `/v1/models` lists,
+    /// the others are aliases; default: the -m value, or the file's name). `--alias` is
+    /// llama.cpp's name for it.
+    #[arg(long = "served-model-name", alias = "alias", value_name = "NAME")]
+    served_model_names: Vec<String>,
     /// Accept only requests bearing this key (repeatable).
     #[arg(long = "api-key", env = "LLAMA_GPU_API_KEY")]
     api_keys: Vec<String>,
@@ -74,8 +76,8 @@ pub struct Args {
 }
 
 fn model_id(args: &Args) -> String {
-    if let Some(a) = &args.alias {
-        return a.clone();
+    if let Some(name) = args.served_model_names.first() {
+        return name.clone();
     }
     let m = &args.model.model;
     let path = std::path::Path::new(m);
@@ -118,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let config = ServerConfig {
         model_id: model_id(&args),
+        model_aliases: args.served_model_names.iter().skip(1).cloned().collect(),
         api_keys,
         requests_per_minute: args.rate_limit_rpm,
         tokens_per_minute: args.rate_limit_tpm,
