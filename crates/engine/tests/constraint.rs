@@ -56,6 +56,7 @@ fn collect(stream: engine::RequestStream) -> Output {
                 assert_eq!(error, None);
                 out.finish = reason;
             }
+            Event::Prompt { .. } => {}
         }
     }
     out

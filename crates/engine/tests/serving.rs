@@ -56,6 +56,7 @@ fn collect(stream: engine::RequestStream) -> (Vec<Vec<u32>>, Vec<engine::Usage>)
                 }
                 tokens[index].push(id);
             }
+            Event::Prompt { .. } => {}
             Event::Finished {
                 index,
                 usage: u,
@@ -337,5 +338,57 @@ fn logprobs_are_reported_when_asked() {
             assert_eq!(top_logprobs[0], (id, lp));
             assert!(lp <= 0.0 && top_logprobs[1].1 <= lp);
         }
+    }
+}
+
+#[test]
+fn prompt_logprobs_score_every_prompt_token_as_a_whole_forward_pass_does() {
+    let mut config = EngineConfig::new(256, 2);
+    // Chunks of 5 tokens: the scores must not depend on how the prompt is split.
+    config.max_batch_tokens = 5;
+    let e = engine(config);
+    let prompt = e
+        .tokenizer()
+        .encode(
+            "The capital of France is Paris, and Rome is the capital of Italy.",
+            true,
+        )
+        .unwrap();
+    // Once to fill the prefix cache: scoring must compute the prompt all the same.
+    run_alone(&e, greedy(&prompt, 1));
+    let request = Request {
+        prompt_logprobs: Some(2),
+        logprobs: Some(2),
+        ..greedy(&prompt, 2)
+    };
+    let mut scored = None;
+    for ev in e.submit(request).unwrap() {
+        if let Event::Prompt { logprobs } = ev {
+            assert!(scored.is_none(), "sent once");
+            scored = Some(logprobs);
+        }
+    }
+    let scored = scored.expect("an Event::Prompt");
+    assert_eq!(scored.len(), prompt.len());
+    assert_eq!(scored[0].logprob, None);
+
+    let (model, _) = common::model_and_tokenizer();
+    let mut session = engine::Session::new(&model, 256).unwrap();
+    let rows = session.forward_at(&prompt, 0, engine::Logits::All).unwrap();
+    let vocab = model.config.vocab_size;
+    for (i, entry) in scored.iter().enumerate().skip(1) {
+        assert_eq!(entry.id, prompt[i]);
+        let row = &rows[(i - 1) * vocab..i * vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let want = (row[prompt[i] as usize] as f64 - log_sum) as f32;
+        let got = entry.logprob.unwrap();
+        assert!((got - want).abs() < 1e-4, "token {i}: {got} vs {want}");
+        assert_eq!(entry.top_logprobs.len(), 2);
     }
 }

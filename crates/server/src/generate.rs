@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use engine::serving::PromptLogprob;
 use engine::tools::{CallStream, ToolChoice, ToolFormat};
 use engine::{Constraint, Event, FinishReason, GrammarState, Request, Tokenizer};
 use serde_json::{json, Map, Value};
@@ -158,6 +159,8 @@ struct Choice {
     text: String,
     tokens: Vec<TokenInfo>,
     finish: Option<&'static str>,
+    /// With `echo` and `logprobs`: the prompt's tokens.
+    prompt: Vec<PromptLogprob>,
 }
 
 #[derive(Clone)]
@@ -178,6 +181,8 @@ struct Job {
     g: Generation,
     /// Prompt lengths, for usage.
     prompt_lens: Vec<usize>,
+    /// With `echo`: each prompt's text, as its tokens spell it.
+    echoed: Vec<String>,
     started: Instant,
     id: String,
     created: u64,
@@ -209,6 +214,7 @@ async fn run(
             ignore_eos: g.ignore_eos,
             n: g.n,
             logprobs: g.logprobs,
+            prompt_logprobs: if g.echo { g.logprobs } else { None },
         };
         streams.push(engine.submit(request)?);
     }
@@ -244,6 +250,12 @@ async fn run(
         request_id,
         endpoint,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
+        echoed: if g.echo {
+            let tokenizer = engine.tokenizer();
+            prompts.iter().map(|p| tokenizer.decode(p)).collect()
+        } else {
+            Vec::new()
+        },
         started: Instant::now(),
         id: format!(
             "{prefix}-{:016x}{:016x}",
@@ -358,6 +370,40 @@ impl Job {
         }
     }
 
+    /// Completions logprobs for an echoed prompt and what followed it: the first
+    /// prompt token has none (`null`), as in OpenAI's API.
+    fn echo_logprobs(&self, prompt: &[PromptLogprob], generated: &[TokenInfo]) -> Value {
+        let prompt_part = self.prompt_logprobs(prompt, 0);
+        let offset: usize = prompt.iter().map(|t| self.token_text(t.id).len()).sum();
+        let generated_part = self.logprobs(generated, offset);
+        let mut out = prompt_part;
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            if let (Some(a), Some(b)) = (out[key].as_array_mut(), generated_part[key].as_array()) {
+                a.extend(b.iter().cloned());
+            }
+        }
+        out
+    }
+
+    /// Completions logprobs of prompt tokens.
+    fn prompt_logprobs(&self, prompt: &[PromptLogprob], text_offset: usize) -> Value {
+        let mut offset = text_offset;
+        let mut offsets = Vec::new();
+        for t in prompt {
+            offsets.push(offset);
+            offset += self.token_text(t.id).len();
+        }
+        json!({
+            "tokens": prompt.iter().map(|t| self.token_text(t.id)).collect::<Vec<_>>(),
+            "token_logprobs": prompt.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "top_logprobs": prompt.iter().map(|t| match t.logprob {
+                None => Value::Null,
+                Some(_) => t.top_logprobs.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect::<serde_json::Map<_, _>>().into(),
+            }).collect::<Vec<_>>(),
+            "text_offset": offsets,
+        })
+    }
+
     fn object(&self, chunk: bool) -> &'static str {
         match (self.endpoint, chunk) {
             (Endpoint::Chat, false) => "chat.completion",
@@ -386,6 +432,11 @@ async fn collect_response(
     let (mut completion, mut cached) = (0, 0);
     while let Some((p, event)) = rx.recv().await {
         match event {
+            Event::Prompt { logprobs } => {
+                for c in &mut choices[p * job.g.n..(p + 1) * job.g.n] {
+                    c.prompt = logprobs.clone();
+                }
+            }
             Event::Token {
                 index,
                 id,
@@ -425,10 +476,11 @@ async fn collect_response(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let logprobs = if job.g.logprobs.is_some() {
-                job.logprobs(&c.tokens, 0)
-            } else {
-                Value::Null
+            let echoed = job.echoed.get(i / job.g.n).map_or("", String::as_str);
+            let logprobs = match (job.g.logprobs, echoed.is_empty()) {
+                (None, _) => Value::Null,
+                (Some(_), true) => job.logprobs(&c.tokens, 0),
+                (Some(_), false) => job.echo_logprobs(&c.prompt, &c.tokens),
             };
             match job.endpoint {
                 Endpoint::Chat => {
@@ -453,7 +505,7 @@ async fn collect_response(
                 }
                 Endpoint::Completions => json!({
                     "index": i,
-                    "text": c.text,
+                    "text": format!("{echoed}{}", c.text),
                     "logprobs": logprobs,
                     "finish_reason": c.finish,
                 }),
@@ -488,6 +540,24 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
             }
         }
         let mut text_offsets = vec![0usize; job.choices()];
+        // Echo without log-probabilities needs no engine event: the prompt goes first.
+        if job.g.logprobs.is_none() {
+            for (i, offset) in text_offsets.iter_mut().enumerate() {
+                let Some(text) = job.echoed.get(i / job.g.n) else {
+                    break;
+                };
+                *offset = text.len();
+                let choice =
+                    json!({"index": i, "text": text, "logprobs": null, "finish_reason": null});
+                if tx
+                    .send(Ok(send(job.envelope(true, vec![choice]))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
         let mut calls: Vec<Option<CallStream>> = (0..job.choices())
             .map(|_| job.g.tool_format.map(CallStream::new))
             .collect();
@@ -511,6 +581,17 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
             };
             let Some((p, event)) = next else { break };
             let chunk = match event {
+                Event::Prompt { logprobs } => {
+                    let text = job.echoed.get(p).cloned().unwrap_or_default();
+                    let lp = job.prompt_logprobs(&logprobs, 0);
+                    let mut choices = Vec::new();
+                    let n = job.g.n;
+                    for (i, offset) in text_offsets.iter_mut().enumerate().skip(p * n).take(n) {
+                        *offset = text.len();
+                        choices.push(json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null}));
+                    }
+                    job.envelope(true, choices)
+                }
                 Event::Token {
                     index,
                     id,

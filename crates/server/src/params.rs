@@ -26,6 +26,9 @@ pub struct Generation {
     pub constraint_from: Option<u32>,
     /// Chat with tools: how calls are read out of the reply.
     pub tool_format: Option<ToolFormat>,
+    /// Completions: the prompt comes back before the text (with its log-probabilities
+    /// when `logprobs` is asked).
+    pub echo: bool,
 }
 
 /// The prompts of a completions request: text or token ids.
@@ -171,8 +174,12 @@ pub fn generation(
     max_n: usize,
 ) -> Result<Generation, ApiError> {
     let f = Fields(body);
-    if f.boolean("echo")? == Some(true) {
-        return Err(ApiError::param("echo", "echo is not supported"));
+    let echo = f.boolean("echo")?.unwrap_or(false);
+    if echo && chat {
+        return Err(ApiError::param(
+            "echo",
+            "echo is for /v1/completions; chat has no prompt text to echo",
+        ));
     }
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::param(
@@ -246,6 +253,7 @@ pub fn generation(
         constraint: crate::structured::constraint(body)?,
         constraint_from: None,
         tool_format: None,
+        echo,
     })
 }
 

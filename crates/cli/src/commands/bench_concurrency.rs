@@ -92,7 +92,7 @@ fn run_wave(
                             Event::Finished { error: Some(e), .. } => {
                                 anyhow::bail!("a request failed: {e}")
                             }
-                            Event::Finished { .. } => {}
+                            Event::Finished { .. } | Event::Prompt { .. } => {}
                         }
                     }
                     Ok((ids, times))

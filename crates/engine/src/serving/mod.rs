@@ -10,7 +10,7 @@ mod scheduler;
 mod sequence;
 
 pub use metrics::{Histogram, Metrics, LATENCY_BUCKETS};
-pub use request::{Event, Request, Usage};
+pub use request::{Event, PromptLogprob, Request, Usage};
 
 use crate::backend::{Backend, KV_BLOCK_SIZE};
 use crate::config::Config;

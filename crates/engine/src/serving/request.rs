@@ -19,6 +19,10 @@ pub struct Request {
     pub n: usize,
     /// Report each token's log-probability and this many alternatives (`None`: neither).
     pub logprobs: Option<usize>,
+    /// Report the prompt's tokens' log-probabilities too (with this many alternatives),
+    /// in one `Event::Prompt` before the first generated token. The prompt is then
+    /// computed afresh, not taken from the prefix cache.
+    pub prompt_logprobs: Option<usize>,
     /// What the output must match (`Engine::grammars().compile(...)`).
     pub constraint: Option<GrammarState>,
     /// With a constraint: it applies only from this token on (included), once the
@@ -37,6 +41,7 @@ impl Request {
             ignore_eos: false,
             n: 1,
             logprobs: None,
+            prompt_logprobs: None,
             constraint: None,
             constraint_from: None,
         }
@@ -51,8 +56,19 @@ pub struct Usage {
     pub cached_prompt_tokens: usize,
 }
 
+/// A prompt token's log-probability given the tokens before it (`None` for the first),
+/// and the most likely alternatives there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprob {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// The prompt's log-probabilities (`Request::prompt_logprobs`), for sample 0 only.
+    Prompt { logprobs: Vec<PromptLogprob> },
     /// A generated token of sample `index`; `text` is what became printable with it
     /// (it can be empty while a multi-byte character or a possible stop string is
     /// incomplete). End-of-generation tokens are not reported.

@@ -229,7 +229,12 @@ impl<B: Backend> Scheduler<B> {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
-            let max_blocks = (s.tokens.len() - 1) / KV_BLOCK_SIZE;
+            // Prompt log-probabilities need every prompt position computed.
+            let max_blocks = if s.prompt_logprobs.is_some() {
+                0
+            } else {
+                (s.tokens.len() - 1) / KV_BLOCK_SIZE
+            };
             let (blocks, hashes) = self.blocks.lookup_prefix(&s.tokens, max_blocks);
             s.computed = blocks.len() * KV_BLOCK_SIZE;
             s.blocks = blocks;
@@ -314,7 +319,9 @@ impl<B: Backend> Scheduler<B> {
                 tokens: &s.tokens[s.computed..s.computed + t],
                 start: s.computed,
                 blocks: &s.blocks,
-                logits: if s.computed + t == s.tokens.len() {
+                logits: if s.prompt_logprobs.is_some() {
+                    Logits::All
+                } else if s.computed + t == s.tokens.len() {
                     Logits::Last
                 } else {
                     Logits::None
@@ -331,7 +338,9 @@ impl<B: Backend> Scheduler<B> {
     fn advance(&mut self, takes: &[usize], mut logits: Vec<f32>) {
         let vocab = self.model.config.vocab_size;
         let max_context = self.config.context;
-        let mut rows = logits.chunks_exact_mut(vocab);
+        // Rows in batch order: one per sampling sequence, or one per position for a
+        // sequence scoring its prompt (`Logits::All`, as `run` asked).
+        let mut next_row = 0;
         let mut outcomes: Vec<Option<FinishReason>> = vec![None; self.running.len()];
         let mut forks: Vec<Sequence> = Vec::new();
         let now = Instant::now();
@@ -341,14 +350,24 @@ impl<B: Backend> Scheduler<B> {
                 continue;
             }
             let s = &mut self.running[i];
+            let start = s.computed;
             s.computed += take;
             offer_full_blocks(&mut self.blocks, s);
-            if s.computed < s.tokens.len() {
+            if s.prompt_logprobs.is_some() {
+                let rows = &logits[next_row * vocab..(next_row + take) * vocab];
+                s.score_prompt(start, rows, vocab);
+                next_row += take;
+                if s.computed < s.tokens.len() {
+                    continue;
+                }
+                next_row -= 1;
+            } else if s.computed < s.tokens.len() {
                 continue;
             }
-            let Some(row) = rows.next() else {
+            let Some(row) = logits.get_mut(next_row * vocab..(next_row + 1) * vocab) else {
                 break;
             };
+            next_row += 1;
             for k in 1..=s.forks {
                 let mut fork = s.fork(k);
                 for &b in &fork.blocks {

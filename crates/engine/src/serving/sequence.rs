@@ -1,7 +1,7 @@
 //! One sample being generated: its tokens, how many of them are in the KV cache, the
 //! blocks holding them, and the sampling state that turns logits into the next token.
 
-use super::request::{Event, Request, Usage};
+use super::request::{Event, PromptLogprob, Request, Usage};
 use crate::backend::KV_BLOCK_SIZE;
 use crate::constraint::{GrammarState, TokenMask};
 use crate::sampler::Sampler;
@@ -47,6 +47,10 @@ pub(super) struct Sequence {
     pub mask: Option<TokenMask>,
     /// Why the sample ended with `FinishReason::Error`.
     pub failure: Option<String>,
+    /// Alternatives per prompt token while its log-probabilities are being collected
+    /// (`None` once they are sent, or when not asked for).
+    pub prompt_logprobs: Option<usize>,
+    prompt_entries: Vec<PromptLogprob>,
     events: UnboundedSender<Event>,
 }
 
@@ -74,6 +78,8 @@ impl Sequence {
             grammar_from: request.constraint_from,
             mask: None,
             failure: None,
+            prompt_logprobs: request.prompt_logprobs,
+            prompt_entries: Vec::new(),
             events,
         })
     }
@@ -111,6 +117,41 @@ impl Sequence {
     /// Chooses the next token from the logits of the last one (masked by the grammar),
     /// reports it and any tokens the grammar then forces, and says whether the sample
     /// is finished.
+    /// Books the logits of prompt positions `start..start + rows.len() / vocab`: each
+    /// row scores the token after its position. Sends them all once the prompt is read.
+    pub fn score_prompt(&mut self, start: usize, rows: &[f32], vocab: usize) {
+        let Some(k) = self.prompt_logprobs else {
+            return;
+        };
+        if self.prompt_entries.is_empty() && start == 0 {
+            self.prompt_entries.push(PromptLogprob {
+                id: self.tokens[0],
+                logprob: None,
+                top_logprobs: Vec::new(),
+            });
+        }
+        for (i, row) in rows.chunks_exact(vocab).enumerate() {
+            let next = start + i + 1;
+            if next >= self.prompt_len || next != self.prompt_entries.len() {
+                continue;
+            }
+            let (table, top) = log_softmax_top(row, k);
+            let id = self.tokens[next];
+            self.prompt_entries.push(PromptLogprob {
+                id,
+                logprob: Some(table.at(id)),
+                top_logprobs: top,
+            });
+        }
+        if self.prompt_entries.len() == self.prompt_len {
+            self.prompt_logprobs = None;
+            let logprobs = std::mem::take(&mut self.prompt_entries);
+            if self.index == 0 {
+                self.send(Event::Prompt { logprobs });
+            }
+        }
+    }
+
     /// Whether the next token is sampled under a grammar.
     pub fn is_constrained(&self) -> bool {
         self.grammar.is_some() && self.grammar_from.is_none()
