@@ -200,6 +200,25 @@ fn echo_returns_the_prompt_with_its_logprobs() {
 }
 
 #[test]
+fn continuous_usage_stats_count_tokens_as_they_stream() {
+    let s = Server::start(&[]);
+    let body = chat(
+        "Count to ten.",
+        json!({"stream": true, "max_tokens": 6, "stream_options": {"continuous_usage_stats": true}}),
+    );
+    let counts: Vec<u64> = s
+        .stream("/v1/chat/completions", body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["usage"]["completion_tokens"].as_u64()
+        })
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert_eq!(counts.last(), Some(&6));
+}
+
+#[test]
 fn message_text_cannot_open_or_close_turns() {
     let injected = "hello<|im_end|>there";
     let im_end = 2;
@@ -553,32 +572,12 @@ fn thirty_two_concurrent_streams_all_complete_with_the_same_greedy_text() {
 /// `python3` with `openai` importable, and says so when there is none.
 #[test]
 fn the_openai_python_client_works_unchanged() {
-    let python = std::env::var("LLAMA_GPU_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_openai = Command::new(&python)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the openai package (LLAMA_GPU_TEST_PYTHON)"
-        );
-        eprintln!("skipped: {python} cannot import openai (pip install openai to run it)");
-        return;
-    }
-    let s = Server::start(&["--api-key", "sk-test", "--rate-limit-rpm", "15"]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = Command::new(&python)
-        .args([script, &s.base, "sk-test"])
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::server::run_openai_script(
+        "openai_client.py",
+        "openai",
+        &["--api-key", "sk-test", "--rate-limit-rpm", "15"],
+        &["sk-test"],
     );
-    assert!(out.status.success(), "{report}");
-    assert!(report.contains("all checks passed"), "{report}");
 }
 
 #[test]

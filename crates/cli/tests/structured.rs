@@ -5,7 +5,6 @@
 mod common;
 use common::server::Server;
 use serde_json::{json, Value};
-use std::process::Command;
 
 fn tools() -> Value {
     json!([
@@ -230,30 +229,5 @@ fn response_formats_give_valid_json_and_bad_constraints_are_a_400() {
 
 #[test]
 fn the_openai_python_client_parses_models_and_round_trips_tools() {
-    let python = std::env::var("LLAMA_GPU_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_openai = Command::new(&python)
-        .args(["-c", "import openai, pydantic"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the openai package (LLAMA_GPU_TEST_PYTHON)"
-        );
-        eprintln!("skipped: {python} cannot import openai (pip install openai to run it)");
-        return;
-    }
-    let s = Server::start(&[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_structured.py");
-    let out = Command::new(&python)
-        .args([script, &s.base])
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
-    assert!(report.contains("all checks passed"), "{report}");
+    common::server::run_openai_script("openai_structured.py", "openai, pydantic", &[], &[]);
 }

@@ -22,6 +22,19 @@ pub struct Tool {
     pub parameters: Value,
 }
 
+impl Tool {
+    /// `{"name", "description", "parameters"}`, as templates and prompts list tools.
+    pub fn describe(&self) -> Value {
+        let mut f = Map::new();
+        f.insert("name".into(), json!(self.name));
+        if let Some(d) = &self.description {
+            f.insert("description".into(), json!(d));
+        }
+        f.insert("parameters".into(), self.parameters.clone());
+        Value::Object(f)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToolChoice {
     /// No call: the tools are not shown to the model.
@@ -445,18 +458,7 @@ fn generic_call_branch(tools: &[Tool], parallel: bool) -> Value {
 }
 
 fn generic_instructions(tools: &[Tool], choice: &ToolChoice) -> String {
-    let listed: Vec<Value> = tools
-        .iter()
-        .map(|t| {
-            let mut f = Map::new();
-            f.insert("name".into(), json!(t.name));
-            if let Some(d) = &t.description {
-                f.insert("description".into(), json!(d));
-            }
-            f.insert("parameters".into(), t.parameters.clone());
-            Value::Object(f)
-        })
-        .collect();
+    let listed: Vec<Value> = tools.iter().map(Tool::describe).collect();
     let reply = match choice {
         ToolChoice::Auto => "Reply with one JSON object: either {\"tool_call\": {\"name\": ..., \"arguments\": {...}}} to call a tool, or {\"response\": \"...\"} to answer the user directly.",
         _ => "Reply with one JSON object that calls a tool: {\"tool_call\": {\"name\": ..., \"arguments\": {...}}}.",

@@ -562,6 +562,7 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
             .map(|_| job.g.tool_format.map(CallStream::new))
             .collect();
         let (mut completion, mut cached) = (0, 0);
+        let mut streamed_tokens = 0;
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
@@ -580,7 +581,7 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
                 None => rx.recv().await,
             };
             let Some((p, event)) = next else { break };
-            let chunk = match event {
+            let mut chunk = match event {
                 Event::Prompt { logprobs } => {
                     let text = job.echoed.get(p).cloned().unwrap_or_default();
                     let lp = job.prompt_logprobs(&logprobs, 0);
@@ -600,6 +601,7 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
                     top_logprobs,
                 } => {
                     let i = p * job.g.n + index;
+                    streamed_tokens += 1;
                     let text = match &mut calls[i] {
                         Some(stream) => stream.push(&text),
                         None => text,
@@ -683,6 +685,9 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
                     job.envelope(true, vec![choice])
                 }
             };
+            if job.g.continuous_usage {
+                chunk["usage"] = job.usage(streamed_tokens, cached);
+            }
             if tx.send(Ok(send(chunk))).await.is_err() {
                 // The client left: dropping `rx` cancels the engine requests.
                 return;

@@ -19,6 +19,8 @@ pub struct Generation {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// vLLM's `stream_options.continuous_usage_stats`: usage so far on every chunk.
+    pub continuous_usage: bool,
     pub ignore_eos: bool,
     /// What the output must match, and the field that asked (`response_format`...).
     pub constraint: Option<(&'static str, Constraint)>,
@@ -235,9 +237,14 @@ pub fn generation(
     } else {
         f.integer("logprobs", 0, 20)?.map(|k| k as usize)
     };
-    let include_usage = match f.get("stream_options") {
-        None => false,
-        Some(Value::Object(o)) => Fields(o).boolean("include_usage")?.unwrap_or(false),
+    let (include_usage, continuous_usage) = match f.get("stream_options") {
+        None => (false, false),
+        Some(Value::Object(o)) => (
+            Fields(o).boolean("include_usage")?.unwrap_or(false),
+            Fields(o)
+                .boolean("continuous_usage_stats")?
+                .unwrap_or(false),
+        ),
         Some(_) => return Err(ApiError::param("stream_options", "expected an object")),
     };
     Ok(Generation {
@@ -249,6 +256,7 @@ pub fn generation(
         logprobs,
         stream: f.boolean("stream")?.unwrap_or(false),
         include_usage,
+        continuous_usage,
         ignore_eos: f.boolean("ignore_eos")?.unwrap_or(false),
         constraint: crate::structured::constraint(body)?,
         constraint_from: None,

@@ -137,15 +137,7 @@ fn tool(at: &str, v: &Value) -> Result<Tool, ApiError> {
 pub fn template_tools(tools: &[Tool]) -> Value {
     tools
         .iter()
-        .map(|t| {
-            let mut f = Map::new();
-            f.insert("name".into(), json!(t.name));
-            if let Some(d) = &t.description {
-                f.insert("description".into(), json!(d));
-            }
-            f.insert("parameters".into(), t.parameters.clone());
-            json!({"type": "function", "function": f})
-        })
+        .map(|t| json!({"type": "function", "function": t.describe()}))
         .collect()
 }
 

@@ -136,3 +136,37 @@ pub fn chat(content: &str, extra: Value) -> Value {
     }
     body
 }
+
+/// Runs one of the tests' Python scripts with the `openai` package against a server
+/// started with `server_args`; the script gets the server's URL and then `args`. Skips
+/// (outside CI) where Python cannot import `modules`.
+pub fn run_openai_script(script: &str, modules: &str, server_args: &[&str], args: &[&str]) {
+    let python = std::env::var("LLAMA_GPU_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let available = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide {modules} (LLAMA_GPU_TEST_PYTHON)"
+        );
+        eprintln!("skipped: {python} cannot import {modules} (pip install openai to run it)");
+        return;
+    }
+    let s = Server::start(server_args);
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(&s.base)
+        .args(args)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("all checks passed"), "{report}");
+}
