@@ -201,10 +201,6 @@ impl TokenMask {
         (id as usize) < self.0.len() && self.0.is_allowed(id)
     }
 
-    pub fn count(&self) -> usize {
-        self.0.num_set()
-    }
-
     /// The allowed ids, in order.
     pub fn allowed(&self) -> Vec<u32> {
         self.0.to_list()

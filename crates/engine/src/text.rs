@@ -88,16 +88,24 @@ impl TextStream {
 
     /// Length of the longest end of `held` that is the start of some stop string.
     fn longest_stop_prefix_suffix(&self) -> usize {
-        let mut best = 0;
-        for stop in &self.stops {
-            for (i, _) in stop.char_indices().skip(1) {
-                if i > best && self.held.ends_with(&stop[..i]) {
-                    best = i;
-                }
-            }
-        }
-        best
+        self.stops
+            .iter()
+            .map(|stop| partial_suffix_len(&self.held, stop))
+            .max()
+            .unwrap_or(0)
     }
+}
+
+/// The length of the longest end of `text` that is a proper beginning of `pattern`:
+/// text that must wait, as `pattern` may be completing.
+pub(crate) fn partial_suffix_len(text: &str, pattern: &str) -> usize {
+    pattern
+        .char_indices()
+        .skip(1)
+        .map(|(i, _)| i)
+        .filter(|&i| text.ends_with(&pattern[..i]))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

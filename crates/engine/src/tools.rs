@@ -204,18 +204,7 @@ impl ToolFormat {
             _ => serde_json::to_string(text).unwrap_or_default(),
         };
         let schema = |arguments_key: &str| {
-            let any: Vec<Value> = tools
-                .iter()
-                .map(|t| {
-                    json!({
-                        "type": "object",
-                        "properties": {"name": {"const": t.name}, arguments_key: t.parameters},
-                        "required": ["name", arguments_key],
-                        "additionalProperties": false
-                    })
-                })
-                .collect();
-            with_json_style(json!({"anyOf": any}), true).to_string()
+            with_json_style(call_schema(tools, arguments_key), true).to_string()
         };
         // More calls after the first, when allowed.
         let more = |separator: &str, item: &str| {
@@ -382,7 +371,7 @@ impl CallStream {
                         self.in_call = true;
                         at
                     }
-                    None => self.text.len() - longest_suffix_prefix(&self.text, marker),
+                    None => self.text.len() - crate::text::partial_suffix_len(&self.text, marker),
                 }
             }
         };
@@ -409,16 +398,6 @@ impl CallStream {
     }
 }
 
-/// The length of the longest end of `text` that begins `marker`.
-fn longest_suffix_prefix(text: &str, marker: &str) -> usize {
-    (1..marker.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
-}
-
 fn chosen(tools: &[Tool], choice: &ToolChoice) -> Vec<Tool> {
     match choice {
         ToolChoice::Named(name) => tools.iter().filter(|t| t.name == *name).cloned().collect(),
@@ -434,14 +413,15 @@ fn json_constraint(schema: Value) -> Constraint {
     }
 }
 
-fn generic_call(tools: &[Tool]) -> Value {
+/// A call of one of `tools`: `{"name": ..., arguments_key: {...}}`.
+fn call_schema(tools: &[Tool], arguments_key: &str) -> Value {
     let any: Vec<Value> = tools
         .iter()
         .map(|t| {
             json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": t.name}, arguments_key: t.parameters},
+                "required": ["name", arguments_key],
                 "additionalProperties": false
             })
         })
@@ -451,9 +431,9 @@ fn generic_call(tools: &[Tool]) -> Value {
 
 fn generic_call_branch(tools: &[Tool], parallel: bool) -> Value {
     if parallel {
-        json!({"type": "object", "properties": {"tool_calls": {"type": "array", "items": generic_call(tools), "minItems": 1}}, "required": ["tool_calls"], "additionalProperties": false})
+        json!({"type": "object", "properties": {"tool_calls": {"type": "array", "items": call_schema(tools, "arguments"), "minItems": 1}}, "required": ["tool_calls"], "additionalProperties": false})
     } else {
-        json!({"type": "object", "properties": {"tool_call": generic_call(tools)}, "required": ["tool_call"], "additionalProperties": false})
+        json!({"type": "object", "properties": {"tool_call": call_schema(tools, "arguments")}, "required": ["tool_call"], "additionalProperties": false})
     }
 }
 

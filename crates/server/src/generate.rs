@@ -45,14 +45,14 @@ pub async fn chat(
     let (model, body) = model_and_body(&state, body).await?;
     let prompt = chat_prompt(&state, model, &body, true)?;
     let mut g = generation(&state, &body, Endpoint::Chat)?;
-    if let Some(t) = tools::tool_request(&body)? {
+    if let Some(t) = &prompt.tools {
         if let Some((param, _)) = g.constraint {
             return Err(ApiError::param(
                 param,
                 "a constraint cannot be combined with tools",
             ));
         }
-        let format = ToolFormat::detect(model.template.source());
+        let format = prompt.format;
         let tokenizer = model.engine.tokenizer();
         match format.reply_constraint(&t.tools, &t.choice, t.parallel, tokenizer) {
             Some(c) => g.constraint = Some(("tools", c)),
@@ -66,7 +66,16 @@ pub async fn chat(
         }
         g.tool_format = Some(format);
     }
-    run(state, client, id, Endpoint::Chat, g, vec![prompt]).await
+    run(state, client, id, Endpoint::Chat, g, vec![prompt.ids]).await
+}
+
+/// A chat request's prompt and what it asks of tools.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// `None` without tools (or with `tool_choice: none`).
+    pub tools: Option<tools::ToolRequest>,
+    /// How the template writes calls.
+    pub format: ToolFormat,
 }
 
 /// The token ids of a chat request's `messages` (with its `tools`) through the
@@ -76,7 +85,7 @@ pub fn chat_prompt(
     model: &Model,
     body: &Map<String, Value>,
     add_generation_prompt: bool,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<ChatPrompt, ApiError> {
     let mut messages = params::messages(body)?;
     let mut kwargs = params::chat_template_kwargs(body)?;
     let format = ToolFormat::detect(model.template.source());
@@ -89,13 +98,18 @@ pub fn chat_prompt(
     if request.is_some() && format != ToolFormat::Generic {
         kwargs.insert("tools".into(), tools::template_tools(tools));
     }
-    Ok(model.template.encode(
+    let ids = model.template.encode(
         model.engine.tokenizer(),
         &messages,
         add_generation_prompt,
         &kwargs,
         state.config.content_tokens,
-    )?)
+    )?;
+    Ok(ChatPrompt {
+        ids,
+        tools: request,
+        format,
+    })
 }
 
 pub async fn completions(
@@ -351,55 +365,64 @@ impl Job {
                     .collect();
                 json!({ "content": content })
             }
-            Endpoint::Completions => {
-                let mut offset = text_offset;
-                let mut offsets = Vec::new();
-                for t in tokens {
-                    offsets.push(offset);
-                    offset += self.token_text(t.id).len();
-                }
-                json!({
-                    "tokens": tokens.iter().map(|t| self.token_text(t.id)).collect::<Vec<_>>(),
-                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": tokens.iter().map(|t| {
-                        t.top.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect::<serde_json::Map<_, _>>()
-                    }).collect::<Vec<_>>(),
-                    "text_offset": offsets,
-                })
-            }
+            Endpoint::Completions => self.completion_table(
+                tokens
+                    .iter()
+                    .map(|t| (t.id, Some(t.logprob), t.top.as_slice())),
+                text_offset,
+            ),
         }
     }
 
     /// Completions logprobs for an echoed prompt and what followed it: the first
     /// prompt token has none (`null`), as in OpenAI's API.
     fn echo_logprobs(&self, prompt: &[PromptLogprob], generated: &[TokenInfo]) -> Value {
-        let prompt_part = self.prompt_logprobs(prompt, 0);
-        let offset: usize = prompt.iter().map(|t| self.token_text(t.id).len()).sum();
-        let generated_part = self.logprobs(generated, offset);
-        let mut out = prompt_part;
-        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
-            if let (Some(a), Some(b)) = (out[key].as_array_mut(), generated_part[key].as_array()) {
-                a.extend(b.iter().cloned());
-            }
-        }
-        out
+        let prompt = prompt
+            .iter()
+            .map(|t| (t.id, t.logprob, t.top_logprobs.as_slice()));
+        let generated = generated
+            .iter()
+            .map(|t| (t.id, Some(t.logprob), t.top.as_slice()));
+        self.completion_table(prompt.chain(generated), 0)
     }
 
     /// Completions logprobs of prompt tokens.
-    fn prompt_logprobs(&self, prompt: &[PromptLogprob], text_offset: usize) -> Value {
+    fn prompt_logprobs(&self, prompt: &[PromptLogprob]) -> Value {
+        let entries = prompt
+            .iter()
+            .map(|t| (t.id, t.logprob, t.top_logprobs.as_slice()));
+        self.completion_table(entries, 0)
+    }
+
+    /// The completions shape of (token, logprob, alternatives) entries whose text starts
+    /// at `text_offset`; a token without a logprob has `null` alternatives too.
+    fn completion_table<'a>(
+        &self,
+        entries: impl Iterator<Item = (u32, Option<f32>, &'a [(u32, f32)])>,
+        text_offset: usize,
+    ) -> Value {
+        let (mut tokens, mut logprobs, mut tops, mut offsets) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut offset = text_offset;
-        let mut offsets = Vec::new();
-        for t in prompt {
+        for (id, logprob, top) in entries {
+            let text = self.token_text(id);
             offsets.push(offset);
-            offset += self.token_text(t.id).len();
+            offset += text.len();
+            tokens.push(text);
+            logprobs.push(logprob);
+            tops.push(match logprob {
+                None => Value::Null,
+                Some(_) => top
+                    .iter()
+                    .map(|&(id, lp)| (self.token_text(id), json!(lp)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            });
         }
         json!({
-            "tokens": prompt.iter().map(|t| self.token_text(t.id)).collect::<Vec<_>>(),
-            "token_logprobs": prompt.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-            "top_logprobs": prompt.iter().map(|t| match t.logprob {
-                None => Value::Null,
-                Some(_) => t.top_logprobs.iter().map(|&(id, lp)| (self.token_text(id), json!(lp))).collect::<serde_json::Map<_, _>>().into(),
-            }).collect::<Vec<_>>(),
+            "tokens": tokens,
+            "token_logprobs": logprobs,
+            "top_logprobs": tops,
             "text_offset": offsets,
         })
     }
@@ -584,7 +607,7 @@ fn stream_response(job: Job, rx: mpsc::UnboundedReceiver<Tagged>) -> Response {
             let mut chunk = match event {
                 Event::Prompt { logprobs } => {
                     let text = job.echoed.get(p).cloned().unwrap_or_default();
-                    let lp = job.prompt_logprobs(&logprobs, 0);
+                    let lp = job.prompt_logprobs(&logprobs);
                     let mut choices = Vec::new();
                     let n = job.g.n;
                     for (i, offset) in text_offsets.iter_mut().enumerate().skip(p * n).take(n) {

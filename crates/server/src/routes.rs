@@ -100,7 +100,7 @@ pub async fn tokenize(
     let f = Fields(&body);
     let (tokens, rule) = if body.contains_key("messages") {
         let add_generation_prompt = f.boolean("add_generation_prompt")?.unwrap_or(true);
-        let tokens = chat_prompt(&state, model, &body, add_generation_prompt)?;
+        let tokens = chat_prompt(&state, model, &body, add_generation_prompt)?.ids;
         let rule = match state.config.content_tokens {
             ContentTokens::Text => "template_only",
             ContentTokens::Special => "parsed",
