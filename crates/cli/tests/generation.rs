@@ -136,6 +136,64 @@ fn perplexity_of_the_first_windows_is_close_to_llama_cpp() {
     }
 }
 
+#[test]
+fn perplexity_score_gives_continuation_log_likelihoods() {
+    let greedy = llama_gpu(&[
+        "run",
+        "--raw",
+        "--temp",
+        "0",
+        "-n",
+        "3",
+        "--json",
+        "The capital of France is",
+    ]);
+    assert!(greedy.status.success(), "{}", stderr(&greedy));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&greedy)).unwrap();
+    let (prompt, generated) = (&run["prompt_ids"], &run["gen_ids"]);
+    let first: Vec<_> = generated.as_array().unwrap()[..1].to_vec();
+    let rest: Vec<_> = generated.as_array().unwrap()[1..].to_vec();
+    let longer: Vec<_> = prompt
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(&first)
+        .cloned()
+        .collect();
+    let lines = [
+        serde_json::json!({"context_tokens": prompt, "continuation_tokens": generated}),
+        serde_json::json!({"context_tokens": prompt, "continuation_tokens": first}),
+        serde_json::json!({"context_tokens": longer, "continuation_tokens": rest}),
+        serde_json::json!({"context": "The capital of France is", "continuation": run["text"]}),
+        serde_json::json!({"context": "The capital of France is", "continuation": " Rome"}),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&pairs, text).unwrap();
+    let out = llama_gpu(&["perplexity", "--score", pairs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let logprob = |i: usize| scores[i]["logprob"].as_f64().unwrap();
+    assert_eq!(scores.len(), 5);
+    // What greedy decoding picked is greedy; the chain rule holds across the split;
+    // text is split into the same tokens.
+    assert_eq!(scores[0]["is_greedy"], true);
+    assert_eq!(scores[0]["tokens"], 3);
+    assert!((logprob(0) - (logprob(1) + logprob(2))).abs() < 1e-9);
+    assert_eq!(scores[3], scores[0]);
+    assert!(logprob(0) < 0.0 && logprob(4) < logprob(1), "{scores:?}");
+    assert_eq!(scores[4]["is_greedy"], false);
+
+    std::fs::write(&pairs, "{\"context\": \"only a context\"}\n").unwrap();
+    let out = llama_gpu(&["perplexity", "--score", pairs.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+}
+
 fn usage_error(args: &[&str], needle: &str) {
     let out = llama_gpu(args);
     let err = stderr(&out);

@@ -32,11 +32,12 @@ pub enum Constraint {
 impl Constraint {
     fn grammar(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
-            Constraint::JsonObject => {
-                TopLevelGrammar::from_json_schema(with_json_style(json!({"type": "object"}), true))
-            }
+            Constraint::JsonObject => TopLevelGrammar::from_json_schema(generation_schema(
+                json!({"type": "object"}),
+                true,
+            )),
             Constraint::JsonSchema { schema, strict } => {
-                TopLevelGrammar::from_json_schema(with_json_style(schema.clone(), !strict))
+                TopLevelGrammar::from_json_schema(generation_schema(schema.clone(), !strict))
             }
             Constraint::Regex(regex) => TopLevelGrammar::from_regex(regex),
             Constraint::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),
@@ -59,10 +60,12 @@ impl Constraint {
     }
 }
 
-/// JSON written as people write it on one line (`{"a": 1, "b": [2, 3]}`), with no
+/// The schema the output is generated under: `schema` with its objects closed (below)
+/// and JSON written as people write it on one line (`{"a": 1, "b": [2, 3]}`), with no
 /// free whitespace, which small models can otherwise emit forever. A schema that sets
 /// llguidance's own `x-guidance` options keeps them.
-pub(crate) fn with_json_style(mut schema: Value, lenient: bool) -> Value {
+pub(crate) fn generation_schema(mut schema: Value, lenient: bool) -> Value {
+    close_objects(&mut schema, false);
     if let Value::Object(fields) = &mut schema {
         fields.entry("x-guidance").or_insert(json!({
             "whitespace_flexible": false,
@@ -73,6 +76,49 @@ pub(crate) fn with_json_style(mut schema: Value, lenient: bool) -> Value {
         }));
     }
     schema
+}
+
+/// An object schema that lists its `properties` and says nothing of others gets only
+/// those, as in llama.cpp's grammars and OpenAI's strict mode: JSON Schema would allow
+/// any extra key, and small models fill that freedom with keys nobody asked for. A
+/// member of `allOf` stays open, or two members that each list some properties would
+/// contradict each other; so does a member of `anyOf`/`oneOf` under an object that lists
+/// properties itself (it refines that object rather than being an alternative to it).
+fn close_objects(schema: &mut Value, refines_parent: bool) {
+    let Value::Object(fields) = schema else {
+        return;
+    };
+    let open_by_word = [
+        "additionalProperties",
+        "patternProperties",
+        "unevaluatedProperties",
+    ]
+    .iter()
+    .any(|k| fields.contains_key(*k));
+    let lists_properties = fields.contains_key("properties");
+    if !refines_parent && lists_properties && !open_by_word {
+        fields.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (keyword, value) in fields.iter_mut() {
+        match keyword.as_str() {
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                if let Value::Object(named) = value {
+                    named.values_mut().for_each(|s| close_objects(s, false));
+                }
+            }
+            "anyOf" | "oneOf" | "prefixItems" | "allOf" => {
+                if let Value::Array(members) = value {
+                    let refines =
+                        keyword == "allOf" || (keyword != "prefixItems" && lists_properties);
+                    members.iter_mut().for_each(|s| close_objects(s, refines));
+                }
+            }
+            "items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains" => {
+                close_objects(value, false)
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Compiles constraints for one model's vocabulary (built once; cheap to share).
@@ -230,5 +276,41 @@ impl TokenizerEnv for Vocabulary {
 
     fn tokenize_is_canonical(&self) -> bool {
         self.tokenizer.encodes_canonically()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_that_list_properties_are_closed_unless_the_schema_says_otherwise() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "tags": {"type": "array", "items": {"properties": {"k": {}}}},
+                "properties": {"type": "object", "properties": {"x": {}}},
+                "extra": {"type": "object", "properties": {"y": {}}, "additionalProperties": true},
+                "both": {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+            },
+            "$defs": {"point": {"properties": {"x": {}}}},
+            "anyOf": [{"properties": {"name": {}}}]
+        });
+        let nullable =
+            json!({"anyOf": [{"type": "object", "properties": {"a": {}}}, {"type": "null"}]});
+        let closed = generation_schema(schema, true);
+        let p = &closed["properties"];
+        assert_eq!(closed["additionalProperties"], false);
+        assert_eq!(p["tags"]["items"]["additionalProperties"], false);
+        assert_eq!(p["properties"]["additionalProperties"], false);
+        assert_eq!(p["extra"]["additionalProperties"], true);
+        assert!(p["both"]["allOf"][0].get("additionalProperties").is_none());
+        assert!(p["name"].get("additionalProperties").is_none());
+        assert_eq!(closed["$defs"]["point"]["additionalProperties"], false);
+        assert!(closed["anyOf"][0].get("additionalProperties").is_none());
+        let nullable = generation_schema(nullable, true);
+        assert_eq!(nullable["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(closed["x-guidance"]["whitespace_flexible"], false);
     }
 }

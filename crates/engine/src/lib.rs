@@ -33,6 +33,6 @@ pub use model::{Llama, Logits};
 pub use prompt::ContentTokens;
 pub use sampler::{Sampler, SamplingParams};
 pub use serving::{Engine, EngineConfig, Event, KvBudget, Request, RequestStream, Usage};
-pub use session::{FinishReason, GenerateOptions, Generated, Session};
+pub use session::{FinishReason, GenerateOptions, Generated, Session, TokenScore};
 pub use text::TextStream;
 pub use tokenizer::Tokenizer;

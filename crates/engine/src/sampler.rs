@@ -15,11 +15,15 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 disables.
     pub typical_p: f32,
-    /// 1 disables; divides positive logits (multiplies negative ones) of recent tokens.
+    /// 1 disables; divides positive logits (multiplies negative ones) of recent tokens,
+    /// the prompt's included (llama.cpp's `--repeat-penalty`).
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalties look at (0: none).
+    /// How many recent tokens the repeat penalty looks at (0: none).
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token already generated (OpenAI's meaning:
+    /// the generated text only, all of it).
     pub presence_penalty: f32,
+    /// Subtracted from a generated token's logit once for each time it was generated.
     pub frequency_penalty: f32,
     /// Added to the logits of the given tokens (-inf bans a token).
     pub logit_bias: Vec<(u32, f32)>,
@@ -160,40 +164,46 @@ impl Sampler {
         self.rng = Rng(seed);
     }
 
-    /// Applies logit bias and repetition/presence/frequency penalties in place.
-    pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+    /// Applies logit bias and the penalties in place. `history` is the prompt and then
+    /// the tokens generated, from `history[prompt_len]` on.
+    pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32], prompt_len: usize) {
         let p = &self.params;
         for &(id, bias) in &p.logit_bias {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l += bias;
             }
         }
-        let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-        if recent.is_empty()
-            || (p.repeat_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0)
-        {
-            return;
-        }
-        let mut counts: std::collections::HashMap<u32, u32> = Default::default();
-        for &t in recent {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &n) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else {
-                continue;
-            };
-            if *l > 0.0 {
-                *l /= p.repeat_penalty;
-            } else {
-                *l *= p.repeat_penalty;
+        if p.repeat_penalty != 1.0 {
+            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &t in recent {
+                if let (true, Some(l)) = (seen.insert(t), logits.get_mut(t as usize)) {
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
+                }
             }
-            *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let generated = &history[prompt_len.min(history.len())..];
+            let mut counts: std::collections::HashMap<u32, u32> = Default::default();
+            for &t in generated {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (&t, &n) in &counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+                }
+            }
         }
     }
 
-    /// Picks the next token given the logits and the tokens so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        self.apply_penalties(logits, history);
+    /// Picks the next token given the logits and the tokens so far (the prompt's
+    /// `prompt_len` first).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt_len: usize) -> u32 {
+        self.apply_penalties(logits, history, prompt_len);
         let p = self.params.clone();
         if p.temperature <= 0.0 {
             return argmax(logits);
@@ -304,7 +314,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_largest_logit() {
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]), 1);
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[], 0), 1);
     }
 
     #[test]
@@ -352,9 +362,13 @@ mod tests {
             ..SamplingParams::greedy()
         })
         .unwrap();
-        let mut l = [4.0, -1.0, 1.0, 9.0];
-        s.apply_penalties(&mut l, &[0, 0, 1]);
-        assert_eq!(l, [4.0 / 2.0 - 0.5 - 0.5, -2.0 - 0.5 - 0.25, 1.0, -91.0]);
+        let mut l = [4.0, -1.0, 1.0, 9.0, 2.0];
+        // Token 4 is in the prompt: the repeat penalty sees it, the others do not.
+        s.apply_penalties(&mut l, &[4, 0, 0, 1], 1);
+        assert_eq!(
+            l,
+            [4.0 / 2.0 - 0.5 - 0.5, -2.0 - 0.5 - 0.25, 1.0, -91.0, 1.0]
+        );
     }
 
     #[test]
@@ -375,7 +389,7 @@ mod tests {
             })
             .unwrap();
             (0..40)
-                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .map(|_| s.sample(&mut logits.clone(), &[], 0))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
@@ -398,7 +412,7 @@ mod tests {
             })
             .unwrap();
             (0..2000)
-                .filter(|_| s.sample(&mut logits.clone(), &[]) == 0)
+                .filter(|_| s.sample(&mut logits.clone(), &[], 0) == 0)
                 .count()
         };
         assert!(count(0.2) > count(1.0) && count(1.0) > count(5.0));

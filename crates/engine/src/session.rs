@@ -134,7 +134,7 @@ impl<'m, B: Backend> Session<'m, B> {
             if let Some(g) = &mut grammar {
                 g.mask()?.apply(&mut logits);
             }
-            let id = sampler.sample(&mut logits, &history);
+            let id = sampler.sample(&mut logits, &history, prompt.len());
             tokens.push(id);
             history.push(id);
             if !options.ignore_eos && tokenizer.is_end_of_generation(id) {
@@ -207,9 +207,10 @@ impl<'m, B: Backend> Session<'m, B> {
         Ok(())
     }
 
-    /// Log-probability of each token of `tokens` given those before it, computed from
-    /// position `first` on (perplexity scores the second half of each window).
-    pub fn score(&mut self, tokens: &[u32], first: usize) -> Result<Vec<f64>> {
+    /// How likely each token of `tokens` is given those before it, for the tokens after
+    /// position `first` (perplexity scores the second half of each window; a harness
+    /// scores a continuation after its context).
+    pub fn score(&mut self, tokens: &[u32], first: usize) -> Result<Vec<TokenScore>> {
         if tokens.len() > self.context {
             return Err(EngineError::ContextOverflow {
                 tokens: tokens.len(),
@@ -229,7 +230,7 @@ impl<'m, B: Backend> Session<'m, B> {
             for (i, row) in logits.chunks_exact(vocab).enumerate() {
                 let next = pos + from + i + 1;
                 if next < tokens.len() {
-                    out.push(log_softmax_at(row, tokens[next] as usize));
+                    out.push(TokenScore::of(row, tokens[next] as usize));
                 }
             }
         }
@@ -237,6 +238,19 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 }
 
-fn log_softmax_at(logits: &[f32], index: usize) -> f64 {
-    logits[index] as f64 - crate::sampler::log_sum_exp(logits)
+/// One scored token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenScore {
+    /// Its log-probability.
+    pub logprob: f64,
+    /// It is the most likely token there (what greedy decoding would pick).
+    pub is_greedy: bool,
+}
+
+impl TokenScore {
+    fn of(logits: &[f32], index: usize) -> TokenScore {
+        let logprob = logits[index] as f64 - crate::sampler::log_sum_exp(logits);
+        let is_greedy = logits.iter().all(|&l| l <= logits[index]);
+        TokenScore { logprob, is_greedy }
+    }
 }

@@ -9,7 +9,7 @@
 //! `{"response": ...}`) described to the model in a system message, as llama.cpp does.
 
 use crate::chat::Message;
-use crate::constraint::{with_json_style, Constraint};
+use crate::constraint::{generation_schema, Constraint};
 use crate::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
@@ -204,7 +204,7 @@ impl ToolFormat {
             _ => serde_json::to_string(text).unwrap_or_default(),
         };
         let schema = |arguments_key: &str| {
-            with_json_style(call_schema(tools, arguments_key), true).to_string()
+            generation_schema(call_schema(tools, arguments_key), true).to_string()
         };
         // More calls after the first, when allowed.
         let more = |separator: &str, item: &str| {
@@ -239,7 +239,7 @@ impl ToolFormat {
                             "{} {} %json {}",
                             serde_json::to_string(&t.name).unwrap_or_default(),
                             literal("[ARGS]"),
-                            with_json_style(t.parameters.clone(), true)
+                            generation_schema(t.parameters.clone(), true)
                         )
                     })
                     .collect();

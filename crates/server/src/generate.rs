@@ -223,7 +223,7 @@ async fn run(
             constraint_from: g.constraint_from,
             prompt: prompt.clone(),
             sampling: g.sampling.clone(),
-            max_tokens: g.max_tokens.unwrap_or(engine.config().context),
+            max_tokens: g.max_tokens.unwrap_or(state.config.max_tokens_default),
             stop: g.stop.clone(),
             ignore_eos: g.ignore_eos,
             n: g.n,
@@ -311,7 +311,15 @@ impl Job {
             "prompt_tokens": prompt,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            // The shape OpenAI's API answers: no audio, no predicted outputs, and
+            // reasoning text is not told apart from the reply.
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         })
     }
 
@@ -363,7 +371,7 @@ impl Job {
                         e
                     })
                     .collect();
-                json!({ "content": content })
+                json!({ "content": content, "refusal": null })
             }
             Endpoint::Completions => self.completion_table(
                 tokens
@@ -436,14 +444,19 @@ impl Job {
     }
 
     fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
-        json!({
+        let mut envelope = json!({
             "id": self.id,
             "object": self.object(chunk),
             "created": self.created,
             "model": self.model,
             "system_fingerprint": concat!("llama-gpu-", env!("CARGO_PKG_VERSION")),
             "choices": choices,
-        })
+        });
+        // OpenAI's chat objects say which processing tier served them; there is one here.
+        if self.endpoint == Endpoint::Chat {
+            envelope["service_tier"] = json!("default");
+        }
+        envelope
     }
 }
 

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Whether control-token spellings in chat message text become control tokens.
     pub content_tokens: ContentTokens,
+    /// Tokens generated for a request that does not set `max_tokens`: a forgotten limit
+    /// must not hold a sequence until the context is full.
+    pub max_tokens_default: usize,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             request_timeout: None,
             cors_origins: Vec::new(),
             content_tokens: ContentTokens::Text,
+            max_tokens_default: 4096,
         }
     }
 }

@@ -1,17 +1,29 @@
 //! `llama-gpu perplexity`: llama-perplexity's method. The text is cut into windows of
-//! `-c` tokens; in each, the second half is scored given everything before it.
+//! `-c` tokens; in each, the second half is scored given everything before it. With
+//! `--score`, continuations are scored after their contexts instead, as evaluation
+//! harnesses do (log-likelihood and multiple-choice tasks).
 
 use super::{load, usage, ModelArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::Session;
-use serde::Serialize;
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["file", "score"])))]
 pub struct Args {
+    /// The text to measure.
     #[arg(short = 'f', long = "file")]
-    file: PathBuf,
+    file: Option<PathBuf>,
+    /// Score continuations instead: each line of this JSON Lines file is
+    /// `{"context": TEXT, "continuation": TEXT}` or `{"context_tokens": [IDS],
+    /// "continuation_tokens": [IDS]}`; each answer line gives the continuation's summed
+    /// `logprob`, whether every token of it is the greedy choice (`is_greedy`), and its
+    /// `tokens`. Text is split as lm-evaluation-harness splits it: the continuation is
+    /// what encoding the whole adds to the context's tokens.
+    #[arg(long, value_name = "FILE")]
+    score: Option<PathBuf>,
     /// Tokens per window (also the batch: a window is one forward pass).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
@@ -52,10 +64,11 @@ pub fn run(mut args: Args) -> Result<()> {
             args.batch_size
         );
     }
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| usage(format!("{} is not valid UTF-8", args.file.display())))?;
+    if let Some(pairs) = &args.score {
+        return score_continuations(pairs, &args);
+    }
+    let file = args.file.as_ref().expect("clap requires --file or --score");
+    let text = read_text(file)?;
     args.threads.apply()?;
     let loaded = load(&args.model)?;
     let tokens = loaded.tokenizer.encode_prompt(&text, false)?;
@@ -87,7 +100,8 @@ pub fn run(mut args: Args) -> Result<()> {
             window[0] = bos;
         }
         let first = n_ctx / 2;
-        for lp in session.score(&window, first)? {
+        for scored in session.score(&window, first)? {
+            let lp = scored.logprob;
             nll -= lp;
             nll2 += lp * lp;
             count += 1;
@@ -126,5 +140,100 @@ pub fn run(mut args: Args) -> Result<()> {
         println!("Final estimate: PPL = {ppl:.4} +/- {ppl_err:.5}");
         eprintln!("{count} tokens scored in {seconds:.1} s");
     }
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| usage(format!("{} is not valid UTF-8", path.display())))
+}
+
+/// One line of a `--score` file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pair {
+    context: Option<String>,
+    continuation: Option<String>,
+    context_tokens: Option<Vec<u32>>,
+    continuation_tokens: Option<Vec<u32>>,
+}
+
+#[derive(Serialize)]
+struct PairScore {
+    logprob: f64,
+    is_greedy: bool,
+    tokens: usize,
+}
+
+fn score_continuations(path: &Path, args: &Args) -> Result<()> {
+    let text = read_text(path)?;
+    args.threads.apply()?;
+    let loaded = load(&args.model)?;
+    let n_ctx = args.model.ctx_size;
+    let mut session = Session::new(&loaded.model, n_ctx)?;
+    let vocab = loaded.model.config.vocab_size;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let bar = indicatif::ProgressBar::new(lines.len() as u64);
+    for (index, line) in lines {
+        let at = || format!("{} line {}", path.display(), index + 1);
+        let pair: Pair = serde_json::from_str(line).map_err(|e| usage(format!("{}: {e}", at())))?;
+        let (context, continuation) = match pair {
+            Pair {
+                context: Some(context),
+                continuation: Some(continuation),
+                context_tokens: None,
+                continuation_tokens: None,
+            } => {
+                let context_ids = loaded.tokenizer.encode_prompt(&context, false)?;
+                let whole = loaded
+                    .tokenizer
+                    .encode_prompt(&format!("{context}{continuation}"), false)?;
+                let split = context_ids.len().min(whole.len());
+                (whole[..split].to_vec(), whole[split..].to_vec())
+            }
+            Pair {
+                context: None,
+                continuation: None,
+                context_tokens: Some(context),
+                continuation_tokens: Some(continuation),
+            } => (context, continuation),
+            _ => {
+                return Err(usage(format!(
+                    "{}: give context and continuation as text, or context_tokens and continuation_tokens",
+                    at()
+                )))
+            }
+        };
+        if context.is_empty() || continuation.is_empty() {
+            return Err(usage(format!(
+                "{}: the context and the continuation must each have at least one token",
+                at()
+            )));
+        }
+        if let Some(bad) = context
+            .iter()
+            .chain(&continuation)
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(usage(format!(
+                "{}: token {bad} is outside the vocabulary of {vocab}",
+                at()
+            )));
+        }
+        let tokens = [context.as_slice(), continuation.as_slice()].concat();
+        let scored = session.score(&tokens, context.len() - 1).with_context(at)?;
+        let answer = PairScore {
+            logprob: scored.iter().map(|s| s.logprob).sum(),
+            is_greedy: scored.iter().all(|s| s.is_greedy),
+            tokens: scored.len(),
+        };
+        bar.suspend(|| println!("{}", serde_json::to_string(&answer).unwrap_or_default()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
     Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Args {
     /// Seconds a generation may take before it is ended.
     #[arg(long)]
     request_timeout: Option<f64>,
+    /// Tokens generated for a request that sets no `max_tokens` (the context's end comes
+    /// first when it is nearer).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens_default: u32,
     /// Allow browsers on this origin (repeatable).
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
@@ -128,6 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
         cors_origins: args.cors_origins.clone(),
         content_tokens: args.content_tokens.rule(),
+        max_tokens_default: args.max_tokens_default as usize,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -170,7 +170,7 @@ impl Sequence {
                 Err(e) => return self.fail(e.to_string()),
             }
         }
-        let id = self.sampler.sample(logits, &self.tokens);
+        let id = self.sampler.sample(logits, &self.tokens, self.prompt_len);
         let (logprob, top_logprobs) = match probabilities {
             Some((table, top)) => (Some(table.at(id)), top),
             None => (None, Vec::new()),
