@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures llama.cpp (llama-cpp-python from PyPI, built from its sdist into a venv outside
 # the tree) and llama-gpu on the same model, threads and lengths, one after the other.
-# Usage: scripts/compare-llama-cpp.sh [MODEL] [-p 512] [-n 128] [-t 1,2] [-r 5]
+# Usage: scripts/compare-llama-cpp.sh [MODEL] [-p 512] [-n 128] [-d 0,2048] [-t 1,2] [-r 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model_arg=${1:-default}; shift || true

@@ -1,8 +1,9 @@
 """Times llama.cpp (through the llama-cpp-python package) the way `llama-gpu bench` times
 our engine: ppN = one N-token prompt in one pass, tgN = N tokens decoded one at a time from
-an empty context, one warm-up run, then mean ± stddev tokens/s over repetitions.
+an empty context (or after D tokens already in it, `-d D`, filled once and not timed), one
+warm-up run, then mean ± stddev tokens/s over repetitions.
 
-Usage: python llama_cpp_bench.py MODEL.gguf [-p 512] [-n 128] [-t 1,2] [-r 5]
+Usage: python llama_cpp_bench.py MODEL.gguf [-p 512] [-n 128] [-d 0] [-t 1,2] [-r 5]
 """
 import argparse
 import statistics
@@ -11,9 +12,9 @@ import time
 import llama_cpp
 
 
-def run(model, n_prompt, n_gen, threads, reps, flash_attn):
+def run(model, n_prompt, n_gen, depth, threads, reps, flash_attn):
     llm = llama_cpp.Llama(
-        model_path=model, n_ctx=max(n_prompt, n_gen) + 16, n_batch=512, n_ubatch=512,
+        model_path=model, n_ctx=depth + max(n_prompt, n_gen) + 16, n_batch=512, n_ubatch=512,
         n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn, verbose=False,
     )
     vocab = llm.n_vocab()
@@ -21,11 +22,20 @@ def run(model, n_prompt, n_gen, threads, reps, flash_attn):
     for name, n, prompt in ((f"pp{n_prompt}", n_prompt, True), (f"tg{n_gen}", n_gen, False)):
         if n == 0:
             continue
+        if depth:
+            name = f"{name} @ d{depth}"
         tokens = [(i * 7919 + 13) % vocab for i in range(n)]
+        # The same filler tokens as `llama-gpu bench -d`.
+        filler = [(i * 7919 + 14) % vocab for i in range(depth)]
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        if depth:
+            llm.eval(filler)
         samples = []
         for rep in range(reps + 1):
-            llm.reset()
-            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
+            # Back to the filled context: the tokens past it are dropped.
+            llm.n_tokens = depth
+            llm._ctx.kv_cache_seq_rm(-1, depth, -1)
             start = time.perf_counter()
             if prompt:
                 llm.eval(tokens)
@@ -45,14 +55,16 @@ def main():
     ap.add_argument("model")
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-d", default="0", help="tokens already in the context (comma-separated)")
     ap.add_argument("-t", default="2")
     ap.add_argument("-r", type=int, default=5)
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's -fa on")
     a = ap.parse_args()
     print(f"| engine | threads | test | t/s |")
     print(f"| --- | ---: | ---: | ---: |")
-    for t in [int(x) for x in a.t.split(",")]:
-        for threads, name, mean, sd in run(a.model, a.p, a.n, t, a.r, a.flash_attn):
+    runs = [(int(t), int(d)) for t in a.t.split(",") for d in a.d.split(",")]
+    for t, depth in runs:
+        for threads, name, mean, sd in run(a.model, a.p, a.n, depth, t, a.r, a.flash_attn):
             print(f"| llama.cpp (llama-cpp-python {llama_cpp.__version__}) | {threads} | {name} | {mean:.2f} ± {sd:.2f} |")
 
 

@@ -266,6 +266,30 @@ fn bench_reports_llama_bench_tests() {
     }
     assert!(rows[1]["bandwidth_fraction"].as_f64().unwrap() > 0.0);
     usage_error(&["bench", "-r", "0"], "-r");
+
+    // At a depth, as llama-bench's -d: named like its tests, the depth counted in -c.
+    let out = llama_gpu(&[
+        "bench", "-p", "16", "-n", "4", "-d", "0,48", "-r", "1", "-c", "64", "-o", "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let tests: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["n_depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        tests,
+        [
+            ("pp16", 0),
+            ("tg4", 0),
+            ("pp16 @ d48", 48),
+            ("tg4 @ d48", 48)
+        ]
+    );
+    usage_error(
+        &["bench", "-p", "16", "-n", "4", "-d", "60", "-c", "64"],
+        "-c 76",
+    );
 }
 
 #[test]

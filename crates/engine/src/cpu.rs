@@ -138,17 +138,22 @@ struct WidenedKv {
 }
 
 impl WidenedKv {
-    /// Fills `k` and `v` with positions `0..len` of the sequence with block table `blocks`.
-    fn widen(&mut self, pool: &CpuKvPool, layer: usize, blocks: &[u32], len: usize) {
+    /// Fills `k` and `v` with positions `from..len` of the sequence with block table
+    /// `blocks` (whole blocks: from the one holding `from`). Positions before `from`, out
+    /// of a sliding window's sight, are left as they are: nothing reads them.
+    fn widen(&mut self, pool: &CpuKvPool, layer: usize, blocks: &[u32], from: usize, len: usize) {
         let n = len * pool.kv_dim;
         let block = KV_BLOCK_SIZE * pool.kv_dim;
+        let first_block = from / KV_BLOCK_SIZE;
         for (dst, src) in [(&mut self.k, &pool.k), (&mut self.v, &pool.v)] {
             dst.resize(n, 0.0);
             // Whole stretches of blocks per task: a block is too little work to share.
-            dst.par_chunks_mut(block)
+            dst[(first_block * block).min(n)..]
+                .par_chunks_mut(block)
                 .enumerate()
                 .with_min_len(16)
                 .for_each(|(b, dst)| {
+                    let b = first_block + b;
                     let at = pool.offset(layer, blocks[b] as usize * KV_BLOCK_SIZE);
                     src[at..at + dst.len()]
                         .reinterpret_cast::<f16>()
@@ -375,10 +380,11 @@ impl Backend for CpuBackend {
         if widened.len() < seqs.len() {
             widened.resize_with(seqs.len(), Default::default);
         }
-        widened
-            .par_iter_mut()
-            .zip(seqs)
-            .for_each(|(kv, s)| kv.widen(pool, layer, s.blocks, s.start + s.rows.len()));
+        widened.par_iter_mut().zip(seqs).for_each(|(kv, s)| {
+            // Positions a sliding window no longer shows are not widened.
+            let from = spec.first_visible(s.start);
+            kv.widen(pool, layer, s.blocks, from, s.start + s.rows.len())
+        });
         // For each row: its sequence, its position and its summation order.
         let mut row_of: Vec<(usize, usize, F16Order)> = vec![(0, 0, F16Order::Batched); q.rows];
         for (i, s) in seqs.iter().enumerate() {

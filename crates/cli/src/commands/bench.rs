@@ -1,6 +1,7 @@
 //! `llama-gpu bench`: llama-bench's tests on our engine. `ppN` times reading an N-token
-//! prompt in one pass; `tgN` times generating N tokens one at a time from an empty
-//! context. Each test runs once to warm up, then `-r` times; we report mean ± stddev
+//! prompt in one pass; `tgN` times generating N tokens one at a time; both start from an
+//! empty context, or after `-d D` tokens already in it (`pp512 @ d4096`, filled once and
+//! not timed). Each test runs once to warm up, then `-r` times; we report mean ± stddev
 //! tokens/s, peak memory, and for generation the share of the machine's read bandwidth
 //! the weights stream at.
 
@@ -31,6 +32,15 @@ pub struct Args {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
+    /// Tokens already in the context when each test starts (comma-separated), as
+    /// llama-bench's `-d`: how speed holds up in long conversations.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    n_depth: Vec<usize>,
     /// Thread counts to test (comma-separated).
     #[arg(
         short = 't',
@@ -77,6 +87,7 @@ struct Row {
     isa: String,
     threads: usize,
     test: String,
+    n_depth: usize,
     avg_ts: f64,
     stddev_ts: f64,
     samples_ts: Vec<f64>,
@@ -169,6 +180,9 @@ pub fn run(args: Args) -> Result<()> {
         return Err(usage("-r and every -t must be at least 1"));
     }
     if !args.concurrency.is_empty() {
+        if args.n_depth.iter().any(|&d| d > 0) {
+            return Err(usage("-d is for the llama-bench tests, not --concurrency"));
+        }
         return concurrency(&args);
     }
     let loaded = load(&args.model)?;
@@ -204,30 +218,48 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|&n| (format!("tg{n}"), n, false)),
         )
         .collect();
-    let longest = tests.iter().map(|t| t.1).max().unwrap_or(1);
+    let longest = tests.iter().map(|t| t.1).max().unwrap_or(1)
+        + args.n_depth.iter().max().copied().unwrap_or(0);
     if longest > args.model.ctx_size {
         return Err(usage(format!(
-            "a test of {longest} tokens needs -c {longest} or more"
+            "a test of {longest} tokens (depth included) needs -c {longest} or more"
         )));
     }
+    let synthetic = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (i * 7919 + 13 + salt) % vocab)
+            .collect()
+    };
     let mut pools = Vec::new();
     for &threads in &args.threads {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .context("starting the thread pool")?;
-        for (test, n, prompt) in &tests {
-            let tokens: Vec<u32> = (0..*n as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        for (&depth, (test, n, prompt)) in args
+            .n_depth
+            .iter()
+            .flat_map(|d| tests.iter().map(move |t| (d, t)))
+        {
+            let test = match depth {
+                0 => test.clone(),
+                d => format!("{test} @ d{d}"),
+            };
+            let tokens = synthetic(*n, 0);
             let mut session = Session::new(model, args.model.ctx_size)?;
+            if depth > 0 {
+                eprintln!("{test} t={threads}: filling {depth} tokens of context");
+                pool.install(|| session.forward_at(&synthetic(depth, 1), 0, Logits::Last))?;
+            }
             let mut samples = Vec::new();
             for rep in 0..=args.repetitions {
                 let seconds = pool.install(|| -> Result<f64> {
                     let start = Instant::now();
                     if *prompt {
-                        session.forward_at(&tokens, 0, Logits::Last)?;
+                        session.forward_at(&tokens, depth, Logits::Last)?;
                     } else {
-                        for (pos, &t) in tokens.iter().enumerate() {
-                            session.decode_at(t, pos)?;
+                        for (i, &t) in tokens.iter().enumerate() {
+                            session.decode_at(t, depth + i)?;
                         }
                     }
                     Ok(start.elapsed().as_secs_f64())
@@ -251,6 +283,7 @@ pub fn run(args: Args) -> Result<()> {
                 },
                 threads,
                 test: test.clone(),
+                n_depth: depth,
                 avg_ts: avg,
                 stddev_ts: std,
                 samples_ts: samples,
@@ -319,10 +352,10 @@ fn print_rows(rows: &[Row], format: Format) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
         Format::Csv => {
-            println!("model,size_bytes,params,backend,isa,threads,test,avg_ts,stddev_ts,peak_rss_bytes,bandwidth_fraction");
+            println!("model,size_bytes,params,backend,isa,threads,test,n_depth,avg_ts,stddev_ts,peak_rss_bytes,bandwidth_fraction");
             for r in rows {
                 println!(
-                    "{},{},{},{},{},{},{},{:.3},{:.3},{},{}",
+                    "{},{},{},{},{},{},{},{},{:.3},{:.3},{},{}",
                     r.model,
                     r.size_bytes,
                     r.params,
@@ -330,6 +363,7 @@ fn print_rows(rows: &[Row], format: Format) -> Result<()> {
                     r.isa,
                     r.threads,
                     r.test,
+                    r.n_depth,
                     r.avg_ts,
                     r.stddev_ts,
                     r.peak_rss_bytes,
