@@ -150,12 +150,16 @@ fn read_text(path: &Path) -> Result<String> {
 
 /// One line of a `--score` file.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Pair {
-    context: Option<String>,
-    continuation: Option<String>,
-    context_tokens: Option<Vec<u32>>,
-    continuation_tokens: Option<Vec<u32>>,
+#[serde(untagged, deny_unknown_fields)]
+enum Pair {
+    Text {
+        context: String,
+        continuation: String,
+    },
+    Tokens {
+        context_tokens: Vec<u32>,
+        continuation_tokens: Vec<u32>,
+    },
 }
 
 #[derive(Serialize)]
@@ -180,13 +184,17 @@ fn score_continuations(path: &Path, args: &Args) -> Result<()> {
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
     for (index, line) in lines {
         let at = || format!("{} line {}", path.display(), index + 1);
-        let pair: Pair = serde_json::from_str(line).map_err(|e| usage(format!("{}: {e}", at())))?;
+        let pair: Pair = serde_json::from_str(line).map_err(|e| match e.is_data() {
+            true => usage(format!(
+                "{}: give context and continuation as text, or context_tokens and continuation_tokens",
+                at()
+            )),
+            false => usage(format!("{}: {e}", at())),
+        })?;
         let (context, continuation) = match pair {
-            Pair {
-                context: Some(context),
-                continuation: Some(continuation),
-                context_tokens: None,
-                continuation_tokens: None,
+            Pair::Text {
+                context,
+                continuation,
             } => {
                 let context_ids = loaded.tokenizer.encode_prompt(&context, false)?;
                 let whole = loaded
@@ -195,18 +203,10 @@ fn score_continuations(path: &Path, args: &Args) -> Result<()> {
                 let split = context_ids.len().min(whole.len());
                 (whole[..split].to_vec(), whole[split..].to_vec())
             }
-            Pair {
-                context: None,
-                continuation: None,
-                context_tokens: Some(context),
-                continuation_tokens: Some(continuation),
-            } => (context, continuation),
-            _ => {
-                return Err(usage(format!(
-                    "{}: give context and continuation as text, or context_tokens and continuation_tokens",
-                    at()
-                )))
-            }
+            Pair::Tokens {
+                context_tokens,
+                continuation_tokens,
+            } => (context_tokens, continuation_tokens),
         };
         if context.is_empty() || continuation.is_empty() {
             return Err(usage(format!(
