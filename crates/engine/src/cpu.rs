@@ -1,17 +1,15 @@
 //! The CPU backend: weights stay quantized in the memory-mapped file, or, for the AVX-512
 //! kernels, are repacked once into row groups (`quant::pack`); activations are f32
-//! (quantized to 8 bits inside the matmul kernels); the KV cache is f16, widened to f32
-//! once per layer for attention. Work is split across threads by rows or heads.
+//! (quantized to 8 bits inside the matmul kernels); the KV cache is f16 (`cpu_kv`). Work
+//! is split across threads by rows or heads.
 
 use crate::backend::{
-    read_matrix_rows, read_tensor, AttentionOrder, AttentionSpec, Backend, HostTensor, Rope,
-    SeqRows, KV_BLOCK_SIZE,
+    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows,
 };
+pub use crate::cpu_kv::CpuKvPool;
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
-use half::f16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use quant::{AttendScratch, F16Order, Isa, Layout, QMatrix};
+use quant::{Isa, Layout, QMatrix};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -103,20 +101,6 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-pub struct CpuKvPool {
-    slots: usize,
-    kv_dim: usize,
-    /// [layer][slot][kv_dim], f16 bits
-    k: Vec<u16>,
-    v: Vec<u16>,
-}
-
-impl CpuKvPool {
-    fn offset(&self, layer: usize, slot: usize) -> usize {
-        (layer * self.slots + slot) * self.kv_dim
-    }
-}
-
 /// A tensor's identity: its file's address and its offset in the file.
 type TensorKey = (usize, u64);
 
@@ -125,42 +109,6 @@ pub struct CpuBackend {
     /// Repacked matrices by (file, tensor offset): a tensor used twice (a tied
     /// embedding and output) is packed once.
     packed: Mutex<HashMap<TensorKey, Arc<Vec<u8>>>>,
-    /// `attention`'s per-sequence f32 keys and values, kept so that no step reallocates
-    /// (they grow to the largest batch's contexts: 8 bytes per position and KV value).
-    widened: Mutex<Vec<WidenedKv>>,
-}
-
-/// One sequence's keys and values of one layer as f32, [position][kv_dim].
-#[derive(Default)]
-struct WidenedKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl WidenedKv {
-    /// Fills `k` and `v` with positions `from..len` of the sequence with block table
-    /// `blocks` (whole blocks: from the one holding `from`). Positions before `from`, out
-    /// of a sliding window's sight, are left as they are: nothing reads them.
-    fn widen(&mut self, pool: &CpuKvPool, layer: usize, blocks: &[u32], from: usize, len: usize) {
-        let n = len * pool.kv_dim;
-        let block = KV_BLOCK_SIZE * pool.kv_dim;
-        let first_block = from / KV_BLOCK_SIZE;
-        for (dst, src) in [(&mut self.k, &pool.k), (&mut self.v, &pool.v)] {
-            dst.resize(n, 0.0);
-            // Whole stretches of blocks per task: a block is too little work to share.
-            dst[(first_block * block).min(n)..]
-                .par_chunks_mut(block)
-                .enumerate()
-                .with_min_len(16)
-                .for_each(|(b, dst)| {
-                    let b = first_block + b;
-                    let at = pool.offset(layer, blocks[b] as usize * KV_BLOCK_SIZE);
-                    src[at..at + dst.len()]
-                        .reinterpret_cast::<f16>()
-                        .convert_to_f32_slice(dst);
-                });
-        }
-    }
 }
 
 impl CpuBackend {
@@ -236,32 +184,11 @@ impl Backend for CpuBackend {
     }
 
     fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<CpuKvPool> {
-        let slots = blocks * KV_BLOCK_SIZE;
-        let n = layers
-            .checked_mul(slots)
-            .and_then(|n| n.checked_mul(kv_dim))
-            .ok_or(EngineError::OutOfMemory {
-                what: "KV cache",
-                bytes: usize::MAX,
-            })?;
-        // `vec!` of zeros maps fresh pages lazily: memory is only taken as positions
-        // are written, so a large budget costs what is used.
-        Ok(CpuKvPool {
-            slots,
-            kv_dim,
-            k: vec![0; n],
-            v: vec![0; n],
-        })
+        CpuKvPool::new(layers, blocks, kv_dim)
     }
 
     fn kv_copy_block(&self, pool: &mut CpuKvPool, src: u32, dst: u32) {
-        let n = KV_BLOCK_SIZE * pool.kv_dim;
-        for layer in 0..pool.k.len() / (pool.slots * pool.kv_dim) {
-            let from = pool.offset(layer, src as usize * KV_BLOCK_SIZE);
-            let to = pool.offset(layer, dst as usize * KV_BLOCK_SIZE);
-            pool.k.copy_within(from..from + n, to);
-            pool.v.copy_within(from..from + n, to);
-        }
+        pool.copy_block(src, dst);
     }
 
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuBuffer) -> Result<()> {
@@ -350,15 +277,7 @@ impl Backend for CpuBackend {
         v: &CpuBuffer,
         slots: &[usize],
     ) {
-        for (t, &slot) in slots.iter().enumerate() {
-            let at = pool.offset(layer, slot);
-            let n = pool.kv_dim;
-            for (dst, src) in [(&mut pool.k, k), (&mut pool.v, v)] {
-                dst[at..at + n]
-                    .reinterpret_cast_mut::<f16>()
-                    .convert_from_f32_slice(src.row(t));
-            }
-        }
+        pool.store(layer, k, v, slots);
     }
 
     fn attention(
@@ -370,79 +289,7 @@ impl Backend for CpuBackend {
         spec: &AttentionSpec,
         out: &mut CpuBuffer,
     ) {
-        let head_dim = pool.kv_dim / spec.n_kv_heads;
-        let n_heads = q.cols / head_dim;
-        let group = n_heads / spec.n_kv_heads;
-        let cols = q.cols;
-        // Each sequence's keys and values, widened to f32 once here rather than once per
-        // query head and row inside the kernels.
-        let mut widened = self.widened.lock().unwrap_or_else(|e| e.into_inner());
-        if widened.len() < seqs.len() {
-            widened.resize_with(seqs.len(), Default::default);
-        }
-        widened.par_iter_mut().zip(seqs).for_each(|(kv, s)| {
-            // Positions a sliding window no longer shows are not widened.
-            let from = spec.first_visible(s.start);
-            kv.widen(pool, layer, s.blocks, from, s.start + s.rows.len())
-        });
-        // For each row: its sequence, its position and its summation order.
-        let mut row_of: Vec<(usize, usize, F16Order)> = vec![(0, 0, F16Order::Batched); q.rows];
-        for (i, s) in seqs.iter().enumerate() {
-            for r in s.rows.clone() {
-                let pos = s.start + r - s.rows.start;
-                let order = if pos >= s.generated_from {
-                    F16Order::OneToken
-                } else {
-                    F16Order::Batched
-                };
-                row_of[r] = (i, pos, order);
-            }
-        }
-        let kv_dim = pool.kv_dim;
-        let widened = &widened;
-        let zeros = vec![0.0f32; head_dim];
-        out.data.par_chunks_mut(head_dim).enumerate().for_each_init(
-            || (Vec::new(), Vec::new(), AttendScratch::default()),
-            |(qh, scores, scratch), (i, out_head)| {
-                let (t, h) = (i / n_heads, i % n_heads);
-                let (s, pos, order) = row_of[t];
-                // With an f16 cache GGML multiplies in f16: the query is rounded to f16
-                // too (and `attend` rounds the weights).
-                qh.clear();
-                qh.extend_from_slice(&q.data[t * cols + h * head_dim..][..head_dim]);
-                quant::round_to_f16(qh);
-                let at = |p: usize| p * kv_dim + (h / group) * head_dim;
-                let key = |p: usize| &widened[s].k[at(p)..at(p) + head_dim];
-                // Positions before the window keep their places as zero weights (and zero
-                // values): llama.cpp masks them rather than leaving them out, and a term's
-                // place decides its accumulator.
-                let first = spec.first_visible(pos);
-                if spec.order == AttentionOrder::Flash {
-                    let value = |p: usize| &widened[s].v[at(p)..at(p) + head_dim];
-                    let (scale, cap) = (spec.scale, spec.softcap);
-                    quant::flash_attend(qh, first, pos + 1, key, value, scale, cap, out_head);
-                    return;
-                }
-                quant::attention_scores(
-                    order,
-                    qh,
-                    pos + 1 - first,
-                    |p| key(first + p),
-                    spec.scale,
-                    scores,
-                );
-                if let Some(cap) = spec.softcap {
-                    quant::softcap(scores, cap);
-                }
-                scores.splice(0..0, std::iter::repeat_n(f32::NEG_INFINITY, first));
-                quant::softmax(scores);
-                let value = |p: usize| match p < first {
-                    true => &zeros[..],
-                    false => &widened[s].v[at(p)..at(p) + head_dim],
-                };
-                quant::attend(order, out_head, scores, value, scratch);
-            },
-        );
+        crate::cpu_kv::attention(q, pool, layer, seqs, spec, out);
     }
 
     fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {

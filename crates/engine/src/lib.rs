@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod constraint;
 pub mod cpu;
+mod cpu_kv;
 pub mod cuda;
 pub mod device;
 pub mod error;

@@ -1,12 +1,12 @@
-//! The two products of attention over an f16 KV cache — a query against each cached key,
-//! and the weighted sum of cached values — summed in the orders llama.cpp's CPU backend
-//! uses, so that our logits match its logits bit for bit.
+//! Attention over the CPU backend's f16 KV cache — a query against each cached key, and
+//! the weighted sum of cached values — summed in the orders llama.cpp's CPU backend uses,
+//! so that our logits match its logits bit for bit.
 //!
-//! Keys and values arrive widened to f32 (the caller widens each once per layer, not once
-//! per query head and row); the query and the attention weights are f16 values too (GGML
-//! rounds them to f16; the caller rounds the query, `attend` the weights). So every product
-//! is exact in f32 and the summation order alone decides the rounding. llama.cpp has two
-//! orders, picked by the size of the batch:
+//! The cache stays f16: kernels widen a block of 16 positions at a time as they read it.
+//! The query and the attention weights are f16 values too (GGML rounds them to f16; the
+//! caller rounds the query, `attend` the weights), so every product is exact in f32 and
+//! the summation order alone decides the rounding. llama.cpp has two orders, picked by
+//! the size of the batch:
 //! - `Batched` (its tinyBLAS kernel, used when a batch has several tokens — every prompt):
 //!   term i goes into accumulator i % 16, each accumulator adds its terms in order, and
 //!   the 16 are summed as a halving tree (+8, +4, +2, +1).
@@ -14,9 +14,16 @@
 //!   build): the terms before the last multiple of 64 go into 64 accumulators (term i into
 //!   i % 64), summed as a halving tree (+32 … +1); the rest are added one by one in f64.
 //!   For the values, the terms are the keys padded with zero weights to a multiple of 32.
+//!
+//! For the values a term is a position, so a block's 16 positions are the 16 accumulators
+//! of the batched order (or one quarter of the one-token order's 64): that is why the
+//! cache stores each block's values transposed, a column's 16 positions side by side.
+//! Every query of a KV head's group reads a block while it is in the L1 cache.
 
-use crate::dot::{dot_lanes, LANES};
+use crate::dot::{dot_lanes, tree_sum, LANES};
 use crate::isa::isa_dispatch;
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// Which of llama.cpp's summation orders to reproduce (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,31 +54,86 @@ impl F16Order {
 /// Accumulators of `ggml_vec_dot_f16`'s vector part.
 const SLOTS: usize = 64;
 
-/// Adds `src` into `dst` elementwise.
-#[inline(always)]
-fn add_into(dst: &mut [f32], src: &[f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += s;
+/// Positions per block of the CPU KV cache: one vector of 16 f32 lanes.
+pub const KV_BLOCK: usize = 16;
+
+/// One KV head of one layer of a sequence's cache: f16 bits in the CPU backend's pool,
+/// in blocks of `KV_BLOCK` positions listed by `blocks` (position p is in pool block
+/// `blocks[p / 16]`). Keys are stored position by position, `kv_dim` values each; a
+/// block's values are stored column by column, each column's 16 positions together.
+#[derive(Clone, Copy)]
+pub struct KvHead<'a> {
+    /// The layer's keys: pool slot s at `s · kv_dim`.
+    pub keys: &'a [u16],
+    /// The layer's values: pool block B's column c (of all `kv_dim`) at `(B · kv_dim + c) · 16`.
+    pub values: &'a [u16],
+    pub blocks: &'a [u32],
+    pub kv_dim: usize,
+    /// This head's first column among the `kv_dim`.
+    pub offset: usize,
+    pub head_dim: usize,
+}
+
+impl<'a> KvHead<'a> {
+    /// Position p's key.
+    #[inline(always)]
+    pub fn key(&self, p: usize) -> &'a [u16] {
+        let slot = self.blocks[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
+        let at = slot * self.kv_dim + self.offset;
+        &self.keys[at..at + self.head_dim]
+    }
+
+    /// Block b's values of this head: column c's 16 positions at `c · 16`.
+    #[inline(always)]
+    pub fn value_block(&self, b: usize) -> &'a [u16] {
+        let at = (self.blocks[b] as usize * self.kv_dim + self.offset) * KV_BLOCK;
+        &self.values[at..at + self.head_dim * KV_BLOCK]
+    }
+
+    /// Position p's key, widened into `dst`.
+    pub(crate) fn widen_key(&self, p: usize, dst: &mut [f32]) {
+        widen(self.key(p), dst);
+    }
+
+    /// Position p's value in column c.
+    #[inline(always)]
+    pub(crate) fn value(&self, p: usize, c: usize) -> f32 {
+        f16::from_bits(self.value_block(p / KV_BLOCK)[c * KV_BLOCK + p % KV_BLOCK]).to_f32()
     }
 }
 
-/// Sums `count` accumulators of `width` values each (accumulator i at `acc[i·width..]`)
-/// as a halving tree over `slots` accumulators, the missing ones being zero; the result
-/// is left in the first.
-#[inline(always)]
-fn halving_tree(acc: &mut [f32], width: usize, slots: usize, count: usize) {
-    let mut live = count;
-    let mut stride = slots / 2;
-    while stride > 0 {
-        for i in 0..stride.min(live.saturating_sub(stride)) {
-            let (low, high) = acc.split_at_mut((i + stride) * width);
-            add_into(&mut low[i * width..(i + 1) * width], &high[..width]);
-        }
-        live = live.min(stride);
-        stride /= 2;
+/// One row of one query head: it attends positions `first..end` of its sequence in
+/// `order`. `q` holds f16 values (GGML rounds the query to f16 for an f16 cache).
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'a> {
+    pub q: &'a [f32],
+    pub first: usize,
+    pub end: usize,
+    pub order: F16Order,
+}
+
+impl Query<'_> {
+    /// The position a query's scores and weights start at: the start of the block holding
+    /// `first`, so that their groups of 16 are aligned with the blocks (and with the
+    /// softmax's groups, which count from position 0).
+    pub fn base(&self) -> usize {
+        self.first / KV_BLOCK * KV_BLOCK
+    }
+
+    /// The end of the positions the weighted values sum in vectors; the rest (one-token
+    /// order only) are added in f64. Positions before `first` count as terms with a zero
+    /// weight: llama.cpp masks them rather than leaving them out, and a term's place
+    /// decides its accumulator.
+    pub(crate) fn vector_end(&self) -> usize {
+        self.order.vector_part(self.end, true).1
     }
 }
 
+/// `dst = src` widened from f16 bits.
+#[inline(always)]
+fn widen(src: &[u16], dst: &mut [f32]) {
+    src.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
+}
 #[inline(always)]
 fn dot_with(order: F16Order, k: &[f32], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
@@ -104,334 +166,264 @@ fn dot_with(order: F16Order, k: &[f32], q: &[f32]) -> f32 {
     }
 }
 
-#[inline(always)]
-fn scores_with<'a>(
-    order: F16Order,
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
-    // A plain loop, not an iterator adaptor: its closure would be compiled outside the
-    // caller's target features.
-    scores.clear();
-    for p in 0..keys {
-        scores.push(dot_with(order, key(p), q) * scale);
-    }
-}
-
-/// Scratch space of `attend`, kept between calls so that no call allocates.
-#[derive(Default)]
-pub struct AttendScratch {
-    acc: Vec<f32>,
-    weights: Vec<f32>,
-    wide: Vec<f64>,
-}
-
-/// Columns `c..c + N` of accumulators `j..j + K` (`out` holds their `width` columns each):
-/// accumulator j sums `weights[p] · value(p)` over p = j, j + slots, … below `end` (at
-/// least one term), in that order, the first product stored rather than added to 0. Two
-/// accumulators at once give eight independent chains of adds.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn column_sums<'a, const N: usize, const K: usize>(
-    out: &mut [f32],
-    width: usize,
-    c: usize,
-    j: usize,
-    slots: usize,
-    end: usize,
-    weights: &[f32],
-    value: &impl Fn(usize) -> &'a [f32],
-) {
-    let counts: [usize; K] = std::array::from_fn(|k| (end - j - k).div_ceil(slots));
-    let mut sums = [[0.0f32; N]; K];
-    for (k, sum) in sums.iter_mut().enumerate() {
-        let (w, v) = (weights[j + k], &value(j + k)[c..c + N]);
-        for i in 0..N {
-            sum[i] = w * v[i];
-        }
-    }
-    for t in 1..counts[0] {
-        for (k, sum) in sums.iter_mut().enumerate() {
-            if t < counts[k] {
-                let p = j + k + t * slots;
-                let (w, v) = (weights[p], &value(p)[c..c + N]);
-                for i in 0..N {
-                    // Fused: the product of two f16 values is exact, so this is the add.
-                    sum[i] = w.mul_add(v[i], sum[i]);
-                }
-            }
-        }
-    }
-    for (k, sum) in sums.iter().enumerate() {
-        out[k * width + c..][..N].copy_from_slice(sum);
-    }
-}
-
-/// `column_sums` of accumulators `j..j + K` over their columns in multiples of 16.
-#[inline(always)]
-fn vector_columns<'a, const K: usize>(
-    out: &mut [f32],
-    width: usize,
-    j: usize,
-    slots: usize,
-    end: usize,
-    weights: &[f32],
-    value: &impl Fn(usize) -> &'a [f32],
-) {
-    let whole = width / 16 * 16;
-    let mut c = 0;
-    while c + 64 <= whole {
-        column_sums::<64, K>(out, width, c, j, slots, end, weights, value);
-        c += 64;
-    }
-    for c in (c..whole).step_by(16) {
-        column_sums::<16, K>(out, width, c, j, slots, end, weights, value);
-    }
-}
-
-#[inline(always)]
-fn attend_with<'a>(
-    order: F16Order,
-    out: &mut [f32],
-    weights: &[f32],
-    value: impl Fn(usize) -> &'a [f32],
-    scratch: &mut AttendScratch,
-) {
-    let width = out.len();
-    let (slots, vector_terms) = order.vector_part(weights.len(), true);
-    let rounded = &mut scratch.weights;
-    rounded.clear();
-    rounded.extend_from_slice(weights);
-    crate::round_to_f16(rounded);
-    // Accumulator j holds the terms j, j + slots, j + 2·slots, … in that order; pairs of
-    // accumulators are built up to 64 columns at a time in registers, each starting from
-    // its first term.
-    let used = vector_terms.min(slots);
-    let acc = &mut scratch.acc;
-    acc.resize(used * width, 0.0);
-    let whole = width / 16 * 16;
-    for j in (0..used).step_by(2) {
-        let out = &mut acc[j * width..];
-        if j + 1 < used {
-            vector_columns::<2>(out, width, j, slots, vector_terms, rounded, &value);
-        } else {
-            vector_columns::<1>(out, width, j, slots, vector_terms, rounded, &value);
-        }
-        for k in j..(j + 2).min(used) {
-            for c in whole..width {
-                let mut sum = rounded[k] * value(k)[c];
-                for p in (k + slots..vector_terms).step_by(slots) {
-                    sum += rounded[p] * value(p)[c];
-                }
-                acc[k * width + c] = sum;
-            }
-        }
-    }
-    halving_tree(acc, width, slots, used);
-    if vector_terms == weights.len() {
-        match used {
-            0 => out.fill(0.0),
-            _ => out.copy_from_slice(&acc[..width]),
-        }
-        return;
-    }
-    let wide = &mut scratch.wide;
-    wide.clear();
-    match used {
-        0 => wide.resize(width, 0.0),
-        _ => wide.extend(acc[..width].iter().map(|&a| a as f64)),
-    }
-    for (p, &w) in rounded.iter().enumerate().skip(vector_terms) {
-        for (s, &x) in wide.iter_mut().zip(value(p)) {
-            *s += (w * x) as f64;
-        }
-    }
-    for (o, &s) in out.iter_mut().zip(wide.iter()) {
-        *o = s as f32;
-    }
-}
-
 isa_dispatch! {
     /// Σ k[i]·q[i] in `order`'s summation order: `k` a cached key (f16 values widened),
     /// `q` holding f16-representable values (the query rounded to f16).
     pub fn dot_f16(order: F16Order, k: &[f32], q: &[f32]) -> f32 => dot_with
 }
 
-isa_dispatch! {
-    /// `attention_scores` for any order and width, compiled for the selected ISA.
-    fn scores_any<'a>(
-        order: F16Order,
-        q: &[f32],
-        keys: usize,
-        key: impl Fn(usize) -> &'a [f32],
-        scale: f32,
-        scores: &mut Vec<f32>,
-    ) => scores_with
+fn scores_portable(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) {
+    let mut key = vec![0.0f32; kv.head_dim];
+    for (query, scores) in queries.iter().zip(scores) {
+        scores.clear();
+        scores.resize(query.first - query.base(), f32::NEG_INFINITY);
+        // A plain loop, not an iterator adaptor: its closure would be compiled outside the
+        // caller's target features.
+        for p in query.first..query.end {
+            kv.widen_key(p, &mut key);
+            scores.push(dot_with(query.order, &key, query.q) * scale);
+        }
+    }
 }
 
-/// One query's attention scores: `scores[p] = dot_f16(order, key(p), q) · scale` for the
-/// `keys` positions (one call for all of them keeps dispatch out of the loop).
-pub fn attention_scores<'a>(
-    order: F16Order,
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
+isa_dispatch! {
+    fn scores_any(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>])
+        => scores_portable
+}
+
+/// Each query's attention scores: `scores[i][p - base] = dot_f16(order, key(p), q) · scale`
+/// for its positions p in `first..end`, and -∞ for the positions of `base..first` (see
+/// `Query::base`). One call serves all the queries that share `kv` (a GQA group's heads,
+/// several rows): each block of keys is read once for all of them.
+pub fn attention_scores(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) {
+    assert_eq!(queries.len(), scores.len(), "one score list per query");
     #[cfg(target_arch = "x86_64")]
     if crate::selected_isa() == crate::Isa::Avx512
-        && crate::attention_avx512::scores_avx512(order, q, keys, &key, scale, scores)
+        && crate::attention_avx512::scores_avx512(queries, kv, scale, scores)
     {
         return;
     }
-    scores_any(order, q, keys, key, scale, scores)
+    scores_any(queries, kv, scale, scores)
+}
+
+/// Scratch space of `attend`, kept between calls so that no call allocates.
+#[derive(Default)]
+pub struct AttendScratch {
+    /// Per column and slot group, the accumulators of the 16 lanes.
+    pub(crate) lanes: Vec<[f32; LANES]>,
+    pub(crate) block: Vec<f32>,
+}
+
+fn attend_portable(
+    queries: &[Query],
+    weights: &mut [Vec<f32>],
+    kv: &KvHead,
+    out: &mut [f32],
+    scratch: &mut AttendScratch,
+) {
+    let width = kv.head_dim;
+    for ((query, weights), out) in queries.iter().zip(weights).zip(out.chunks_exact_mut(width)) {
+        crate::round_to_f16(weights);
+        let (base, vector_end) = (query.base(), query.vector_end());
+        // Slot groups: accumulator p % 64 of the one-token order is lane p % 16 of group
+        // (p / 16) % 4.
+        let groups = match query.order {
+            F16Order::Batched => 1,
+            F16Order::OneToken => SLOTS / LANES,
+        };
+        let lanes = &mut scratch.lanes;
+        lanes.clear();
+        lanes.resize(width * groups, [0.0; LANES]);
+        scratch.block.resize(width * KV_BLOCK, 0.0);
+        for b in base / KV_BLOCK..vector_end.div_ceil(KV_BLOCK) {
+            let at = b * KV_BLOCK;
+            let visible = (at..at + KV_BLOCK).map(|p| p < vector_end);
+            let w: [f32; LANES] = std::array::from_fn(|l| match at + l < vector_end {
+                true => weights[at + l - base],
+                false => 0.0,
+            });
+            widen(kv.value_block(b), &mut scratch.block);
+            // Positions past the end may hold another sequence's values: zeros instead.
+            for (l, visible) in visible.enumerate() {
+                if !visible {
+                    scratch.block[l..]
+                        .iter_mut()
+                        .step_by(KV_BLOCK)
+                        .for_each(|v| *v = 0.0);
+                }
+            }
+            for (c, v) in scratch.block.chunks_exact(KV_BLOCK).enumerate() {
+                let acc = &mut lanes[c * groups + b % groups];
+                // The product of two f16 values is exact, so this is the add.
+                for l in 0..LANES {
+                    acc[l] += w[l] * v[l];
+                }
+            }
+        }
+        for (c, o) in out.iter_mut().enumerate() {
+            let g = &lanes[c * groups..(c + 1) * groups];
+            // The halving tree: +32 and +16 across groups, then +8 … +1 across lanes.
+            let summed: [f32; LANES] = match groups {
+                1 => g[0],
+                _ => std::array::from_fn(|l| (g[0][l] + g[2][l]) + (g[1][l] + g[3][l])),
+            };
+            *o = tree_sum(summed);
+        }
+        add_tail(query, weights, kv, out);
+    }
+}
+
+/// The one-token order's f64 tail: positions `vector_end..end` added one by one to the
+/// vector part's sums (`out`); those before `base` weigh zero.
+#[inline(always)]
+pub(crate) fn add_tail(query: &Query, weights: &[f32], kv: &KvHead, out: &mut [f32]) {
+    let (base, vector_end) = (query.base(), query.vector_end());
+    if vector_end == query.end {
+        return;
+    }
+    for (c, o) in out.iter_mut().enumerate() {
+        let mut sum = *o as f64;
+        for p in vector_end.max(base)..query.end {
+            sum += (weights[p - base] * kv.value(p, c)) as f64;
+        }
+        *o = sum as f32;
+    }
 }
 
 isa_dispatch! {
-    /// One head's attention output: out = Σₚ f16(weights[p]) · value(p), `value(p)` being
-    /// position p's cached values (f16 values widened). Each column equals `dot_f16` of
-    /// that column of values with the f16-rounded weights.
-    pub fn attend<'a>(
-        order: F16Order,
+    fn attend_any(
+        queries: &[Query],
+        weights: &mut [Vec<f32>],
+        kv: &KvHead,
         out: &mut [f32],
-        weights: &[f32],
-        value: impl Fn(usize) -> &'a [f32],
         scratch: &mut AttendScratch,
-    ) => attend_with
+    ) => attend_portable
 }
 
-/// `acc[i] = f16(fma(v[i], w, acc[i]))`.
-fn mad_f16_portable(acc: &mut [f32], v: &[f32], w: f32) {
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = crate::round_f16(x.mul_add(w, *a));
-    }
-}
-
-/// The flash order's accumulator update: `acc[i] = f16(fma(v[i], w, acc[i]))`, as
-/// `ggml_vec_mad_f16` computes it.
-fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512 {
-        return crate::attention_avx512::mad_f16_avx512(acc, v, w);
-    }
-    mad_f16_portable(acc, v, w)
-}
-
-/// One query's attention in the order of llama.cpp's CPU flash attention (its
-/// `one_chunk` kernel, f16 cache): positions one at a time with a running maximum, the
-/// weighted values summed into an accumulator kept in f16 (each update rounded to f16),
-/// the scores by `dot_f16`'s one-token order (soft-capped when `softcap` is set:
-/// cap·tanh(score · (scale / cap))), the exponentials by the C library's `expf`.
-/// `q` holds f16 values (the query rounded); positions `first..keys` are visible.
-#[allow(clippy::too_many_arguments)]
-pub fn flash_attend<'a>(
-    q: &[f32],
-    first: usize,
-    keys: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    softcap: Option<f32>,
+/// Each query's attention output, `out[i · head_dim..]` = Σₚ f16(weights[i][p - base]) ·
+/// value(p) over its positions (the weights as `attention_scores` laid out the scores;
+/// they are rounded to f16 in place). Each column equals `dot_f16` of that column of
+/// values with the rounded weights, positions before `first` weighing zero.
+pub fn attend(
+    queries: &[Query],
+    weights: &mut [Vec<f32>],
+    kv: &KvHead,
     out: &mut [f32],
+    scratch: &mut AttendScratch,
 ) {
-    let (mut sum, mut max) = (0.0f32, f32::NEG_INFINITY);
-    let scale = softcap.map_or(scale, |cap| scale / cap);
-    out.fill(0.0);
-    for p in first..keys {
-        let mut s = dot_f16(F16Order::OneToken, key(p), q) * scale;
-        if let Some(cap) = softcap {
-            s = cap * s.tanh();
-        }
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > max {
-            ms = (max - s).exp();
-            max = s;
-            // `ggml_vec_scale_f16`: each value times ms, rounded to f16.
-            out.iter_mut().for_each(|o| *o *= ms);
-            crate::round_to_f16(out);
-        } else {
-            vs = (s - max).exp();
-        }
-        mad_f16(out, value(p), vs);
-        // Fused, as GCC contracts GGML's `S = S*ms + vs`.
-        sum = sum.mul_add(ms, vs);
+    assert_eq!(queries.len(), weights.len(), "one weight list per query");
+    assert_eq!(
+        out.len(),
+        queries.len() * kv.head_dim,
+        "one output per query"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::selected_isa() == crate::Isa::Avx512
+        && crate::attention_avx512::attend_avx512(queries, weights, kv, out, scratch)
+    {
+        return;
     }
-    let inverse = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for o in out.iter_mut() {
-        *o *= inverse;
-    }
+    attend_any(queries, weights, kv, out, scratch)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const ORDERS: [F16Order; 2] = [F16Order::Batched, F16Order::OneToken];
 
     /// `n` f16 values, widened.
-    fn f16_values(n: usize, seed: usize) -> Vec<f32> {
+    pub(crate) fn f16_values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
-            .map(|i| half::f16::from_f32(((i * seed) as f32 * 0.37).sin() * 3.0).to_f32())
+            .map(|i| f16::from_f32(((i * seed) as f32 * 0.37).sin() * 3.0).to_f32())
             .collect()
     }
 
-    #[test]
-    fn the_f16_accumulator_update_matches_its_portable_twin() {
-        for n in [1, 15, 16, 100, 256] {
-            let v = f16_values(n, 3);
-            let mut fast = f16_values(n, 5);
-            let mut slow = fast.clone();
-            for w in [0.37f32, 1.0, 1e-3, 0.9999] {
-                mad_f16(&mut fast, &v, w);
-                mad_f16_portable(&mut slow, &v, w);
-                assert!(fast
-                    .iter()
-                    .zip(&slow)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+    /// A pool of `blocks` blocks for `heads` KV heads of `width`, holding one sequence of
+    /// `written` positions in a shuffled block table; every other slot holds NaN, which
+    /// no kernel may let through.
+    pub(crate) struct TestCache {
+        pub keys: Vec<u16>,
+        pub values: Vec<u16>,
+        pub blocks: Vec<u32>,
+        pub kv_dim: usize,
+        pub width: usize,
+    }
+
+    impl TestCache {
+        pub fn new(heads: usize, width: usize, written: usize, seed: usize) -> TestCache {
+            let kv_dim = heads * width;
+            let used = written.div_ceil(KV_BLOCK);
+            let pool = used + 3;
+            // Block b of the sequence is pool block (7b + 2) mod pool (7 ∤ pool).
+            let pool = if pool.is_multiple_of(7) {
+                pool + 1
+            } else {
+                pool
+            };
+            let blocks: Vec<u32> = (0..used).map(|b| ((7 * b + 2) % pool) as u32).collect();
+            let nan = f16::NAN.to_bits();
+            let mut keys = vec![nan; pool * KV_BLOCK * kv_dim];
+            let mut values = vec![nan; pool * KV_BLOCK * kv_dim];
+            for p in 0..written {
+                let k = f16_values(kv_dim, p * 3 + seed);
+                let v = f16_values(kv_dim, p * 5 + seed + 1);
+                let (block, lane) = (blocks[p / KV_BLOCK] as usize, p % KV_BLOCK);
+                for c in 0..kv_dim {
+                    keys[(block * KV_BLOCK + lane) * kv_dim + c] = f16::from_f32(k[c]).to_bits();
+                    values[(block * kv_dim + c) * KV_BLOCK + lane] = f16::from_f32(v[c]).to_bits();
+                }
+            }
+            TestCache {
+                keys,
+                values,
+                blocks,
+                kv_dim,
+                width,
+            }
+        }
+
+        pub fn head(&self, h: usize) -> KvHead<'_> {
+            KvHead {
+                keys: &self.keys,
+                values: &self.values,
+                blocks: &self.blocks,
+                kv_dim: self.kv_dim,
+                offset: h * self.width,
+                head_dim: self.width,
             }
         }
     }
 
-    #[test]
-    fn flash_attention_is_softmax_attention_within_f16_rounding() {
-        let (dim, keys) = (64, 37);
-        let k: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(dim, p + 2)).collect();
-        let v: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(dim, p + 11)).collect();
-        let q = f16_values(dim, 7);
-        let scale = 0.125;
-        for first in [0, 5, 36] {
-            let mut out = vec![0.0; dim];
-            flash_attend(&q, first, keys, |p| &k[p], |p| &v[p], scale, None, &mut out);
-            // Exact softmax attention over the visible positions, in f64.
-            let scores: Vec<f64> = (first..keys)
-                .map(|p| {
-                    k[p].iter()
-                        .zip(&q)
-                        .map(|(a, b)| (a * b) as f64)
-                        .sum::<f64>()
-                        * scale as f64
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
-            for (d, &o) in out.iter().enumerate() {
-                let exact: f64 = weights
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| w * v[first + i][d] as f64)
-                    .sum::<f64>()
-                    / total;
-                assert!(
-                    (o as f64 - exact).abs() < 2e-2 * exact.abs().max(1.0),
-                    "{o} vs {exact}"
-                );
+    /// Queries of every order and several (first, end), including windows that start
+    /// mid-block and ends that do.
+    fn queries(qs: &[Vec<f32>], written: usize) -> Vec<Query<'_>> {
+        let spans = [
+            (0, written),
+            (0, 1),
+            (0, written.min(17)),
+            (written / 3, written),
+            (written.saturating_sub(5), written - 2.min(written - 1)),
+            (written / 2 + 1, written / 2 + 2),
+        ];
+        let mut out = Vec::new();
+        for (i, &(first, end)) in spans.iter().enumerate() {
+            for order in ORDERS {
+                let end = end.max(first + 1).min(written);
+                let first = first.min(end - 1);
+                out.push(Query {
+                    q: &qs[i % qs.len()],
+                    first,
+                    end,
+                    order,
+                });
             }
         }
+        out
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]
@@ -452,21 +444,87 @@ mod tests {
     }
 
     #[test]
-    fn scores_match_their_portable_twin() {
-        for width in [16, 40, 64, 128, 256] {
-            let q = f16_values(width, 5);
-            for keys in [1, 15, 16, 17, 33, 100] {
-                let k: Vec<Vec<f32>> = (0..keys).map(|p| f16_values(width, p + 2)).collect();
-                for order in ORDERS {
-                    let (mut got, mut want) = (Vec::new(), Vec::new());
-                    attention_scores(order, &q, keys, |p| &k[p], 0.125, &mut got);
-                    scores_with(order, &q, keys, |p| &k[p], 0.125, &mut want);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&got),
-                        bits(&want),
-                        "{order:?} width {width} keys {keys}"
-                    );
+    fn scores_are_the_dots_of_the_visible_keys_and_match_their_portable_twin() {
+        for width in [16, 40, 64, 96, 128, 256] {
+            for written in [1, 15, 16, 17, 33, 100, 300] {
+                let cache = TestCache::new(2, width, written, width + written);
+                let kv = cache.head(1);
+                let qs: Vec<Vec<f32>> = (0..3).map(|i| f16_values(width, 5 + i)).collect();
+                let queries = queries(&qs, written);
+                let mut got = vec![Vec::new(); queries.len()];
+                let mut want = vec![Vec::new(); queries.len()];
+                attention_scores(&queries, &kv, 0.125, &mut got);
+                scores_portable(&queries, &kv, 0.125, &mut want);
+                let mut key = vec![0.0; width];
+                for (i, query) in queries.iter().enumerate() {
+                    assert_eq!(bits(&got[i]), bits(&want[i]), "{query:?} width {width}");
+                    assert_eq!(got[i].len(), query.end - query.base());
+                    for (j, &s) in got[i].iter().enumerate() {
+                        let p = query.base() + j;
+                        if p < query.first {
+                            assert_eq!(s, f32::NEG_INFINITY);
+                        } else {
+                            kv.widen_key(p, &mut key);
+                            assert_eq!(s, dot_f16(query.order, &key, query.q) * 0.125);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_output_column_is_the_dot_of_that_column_of_values() {
+        let mut scratch = AttendScratch::default();
+        for width in [16, 40, 64, 256] {
+            for written in [1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 130, 300] {
+                let cache = TestCache::new(2, width, written, 2 * width + written);
+                let kv = cache.head(1);
+                let qs = vec![vec![0.0; width]];
+                let queries = queries(&qs, written);
+                let weights: Vec<Vec<f32>> = queries
+                    .iter()
+                    .map(|q| {
+                        (q.base()..q.end)
+                            .map(|p| match p < q.first {
+                                true => 0.0,
+                                false => ((p * 13 % 7) as f32 + 0.3) / (3.0 * q.end as f32),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let mut out = vec![f32::NAN; queries.len() * width];
+                let mut rounded = weights.clone();
+                attend(&queries, &mut rounded, &kv, &mut out, &mut scratch);
+                let mut twin = vec![f32::NAN; queries.len() * width];
+                attend_portable(&queries, &mut weights.clone(), &kv, &mut twin, &mut scratch);
+                assert_eq!(bits(&out), bits(&twin), "width {width}, {written} written");
+
+                for (i, query) in queries.iter().enumerate() {
+                    // The values' order pads the terms with zero weights to a multiple of 32.
+                    let padded = match query.order {
+                        F16Order::Batched => query.end,
+                        F16Order::OneToken => query.end.next_multiple_of(32),
+                    };
+                    let weight = |p: usize| match p >= query.base() && p < query.end {
+                        true => f16::from_f32(weights[i][p - query.base()]).to_f32(),
+                        false => 0.0,
+                    };
+                    let w: Vec<f32> = (0..padded).map(weight).collect();
+                    for d in 0..width {
+                        let column: Vec<f32> = (0..padded)
+                            .map(|p| match p < query.end {
+                                true => kv.value(p, d),
+                                false => 0.0,
+                            })
+                            .collect();
+                        let want = dot_f16(query.order, &column, &w);
+                        assert_eq!(
+                            out[i * width + d].to_bits(),
+                            want.to_bits(),
+                            "{query:?}, width {width}, column {d}"
+                        );
+                    }
                 }
             }
         }
@@ -504,50 +562,5 @@ mod tests {
             .iter()
             .fold(slots[0] as f64, |s, &t| s + t as f64);
         assert_eq!(dot_f16(F16Order::OneToken, &k, &q), tail as f32);
-    }
-
-    #[test]
-    fn each_output_column_is_the_dot_of_that_column_of_values() {
-        for order in ORDERS {
-            let mut scratch = AttendScratch::default();
-            for width in [5, 16, 37, 64] {
-                for positions in [1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 130, 300] {
-                    let values: Vec<Vec<f32>> =
-                        (0..positions).map(|p| f16_values(width, p + 3)).collect();
-                    let weights: Vec<f32> = (0..positions)
-                        .map(|p| ((p * 13 % 7) as f32 + 0.3) / (3.0 * positions as f32))
-                        .collect();
-                    let mut out = vec![f32::NAN; width];
-                    attend(order, &mut out, &weights, |p| &values[p], &mut scratch);
-                    let mut twin = vec![f32::NAN; width];
-                    attend_with(order, &mut twin, &weights, |p| &values[p], &mut scratch);
-                    assert_eq!(out, twin, "{order:?}, {positions} positions");
-
-                    // The values' order pads the keys with zero weights to a multiple of 32.
-                    let padded = match order {
-                        F16Order::Batched => positions,
-                        F16Order::OneToken => positions.next_multiple_of(32),
-                    };
-                    let rounded: Vec<f32> = (0..padded)
-                        .map(|p| {
-                            weights
-                                .get(p)
-                                .map_or(0.0, |&w| half::f16::from_f32(w).to_f32())
-                        })
-                        .collect();
-                    for (d, &o) in out.iter().enumerate() {
-                        let column: Vec<f32> = (0..padded)
-                            .map(|p| values.get(p).map_or(0.0, |v| v[d]))
-                            .collect();
-                        let want = dot_f16(order, &column, &rounded);
-                        assert_eq!(
-                            o.to_bits(),
-                            want.to_bits(),
-                            "{order:?}, {positions} positions, width {width}, column {d}"
-                        );
-                    }
-                }
-            }
-        }
     }
 }

@@ -1,95 +1,352 @@
-//! AVX-512 attention scores in llama.cpp's orders, sixteen keys at a time: each key's 16
-//! accumulators fill one register (the one-token order's 64 are first added down to 16,
-//! +32 then +16), and the sixteen halving trees (+8, +4, +2, +1) run side by side as
-//! shuffles and adds across registers, so a tree costs one add per key instead of four
-//! adds and four shuffles. Every operation is the portable order's, with the same
-//! operands, so the scores equal `attention::scores_with`'s bit for bit.
+//! AVX-512 attention in llama.cpp's orders, over the f16 cache as `attention::KvHead`
+//! lays it out. Every operation is the portable order's, with the same operands, so the
+//! results equal `attention`'s portable twins bit for bit.
+//!
+//! Scores, sixteen keys at a time: each key's 16 accumulators fill one register (the
+//! one-token order's 64 are first added down to 16, +32 then +16), and the sixteen halving
+//! trees (+8, +4, +2, +1) run side by side as shuffles and adds across registers, so a tree
+//! costs one add per key instead of four adds and four shuffles. A block's keys are
+//! widened once for all the queries of the call.
+//!
+//! Values, one block (16 positions, one register per column) at a time: the block's lanes
+//! are the batched order's 16 accumulators, or one group of the one-token order's 64, so a
+//! tile of queries × columns accumulates in registers with one fused multiply-add per
+//! block; the trees across lanes run at the end, sixteen columns side by side.
 
-use crate::attention::F16Order;
+use crate::attention::{AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
 
 use core::arch::x86_64::*;
 
-/// `scores[p] = dot_f16(order, key(p), q) · scale` for `p < keys`, or false (and nothing
-/// done) for a query length this kernel does not cover: the batched order takes multiples
-/// of 16 up to 128 and 256, the one-token order 64, 128 and 256 (no f64 tail).
-pub fn scores_avx512<'a>(
-    order: F16Order,
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) -> bool {
+fn assert_avx512() {
     assert!(
-        std::is_x86_feature_detected!("avx512f"),
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("f16c"),
         "AVX-512 kernel called without AVX-512"
     );
-    // SAFETY: AVX-512F is available (asserted above).
+}
+
+/// The lanes of the block starting at `at` whose positions are in `from..to`.
+#[inline(always)]
+fn lanes_in(at: usize, from: usize, to: usize) -> __mmask16 {
+    let low = from.saturating_sub(at).min(KV_BLOCK);
+    let high = to.saturating_sub(at).min(KV_BLOCK);
+    (((1u32 << high) - 1) & !((1u32 << low) - 1)) as __mmask16
+}
+
+/// Sixteen f16 values at `p`, widened.
+#[inline(always)]
+unsafe fn load_f16(p: *const u16) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+}
+
+/// `attention::attention_scores`, or false (and nothing done) for a head size this kernel
+/// does not cover: the batched order takes multiples of 16 up to 128 and 256, the
+/// one-token order 64, 128 and 256 (no f64 tail).
+pub fn scores_avx512(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) -> bool {
+    assert_avx512();
+    let width = kv.head_dim;
+    let covered = |q: &Query| {
+        q.q.len() >= width
+            && match q.order {
+                F16Order::Batched => width.is_multiple_of(16) && (width <= 128 || width == 256),
+                F16Order::OneToken => matches!(width, 64 | 128 | 256),
+            }
+    };
+    if !queries.iter().all(covered) {
+        return false;
+    }
+    // SAFETY: AVX-512F and F16C are available (asserted above); every query holds
+    // `width` values (checked above).
     unsafe {
-        match (order, q.len()) {
-            (F16Order::Batched, 16) => scores_chunks::<1, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 32) => scores_chunks::<2, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 48) => scores_chunks::<3, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 64) => scores_chunks::<4, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 80) => scores_chunks::<5, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 96) => scores_chunks::<6, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 112) => scores_chunks::<7, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 128) => scores_chunks::<8, false>(q, keys, key, scale, scores),
-            (F16Order::Batched, 256) => scores_chunks::<16, false>(q, keys, key, scale, scores),
-            (F16Order::OneToken, 64) => scores_chunks::<4, true>(q, keys, key, scale, scores),
-            (F16Order::OneToken, 128) => scores_chunks::<8, true>(q, keys, key, scale, scores),
-            (F16Order::OneToken, 256) => scores_chunks::<16, true>(q, keys, key, scale, scores),
-            _ => return false,
+        match width / 16 {
+            1 => scores_blocks::<1>(queries, kv, scale, scores),
+            2 => scores_blocks::<2>(queries, kv, scale, scores),
+            3 => scores_blocks::<3>(queries, kv, scale, scores),
+            4 => scores_blocks::<4>(queries, kv, scale, scores),
+            5 => scores_blocks::<5>(queries, kv, scale, scores),
+            6 => scores_blocks::<6>(queries, kv, scale, scores),
+            7 => scores_blocks::<7>(queries, kv, scale, scores),
+            8 => scores_blocks::<8>(queries, kv, scale, scores),
+            _ => scores_blocks::<16>(queries, kv, scale, scores),
         }
     }
     true
 }
 
-/// `scores_avx512` for `q.len() == 16 · C`: the query stays in registers and the sixteen
-/// keys' products are written out in full, so their chains of fused multiply-adds
-/// overlap. `ONE_TOKEN`: chunk c goes to slot group c % 4 (of the 64 accumulators).
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_chunks<'a, const C: usize, const ONE_TOKEN: bool>(
-    q: &[f32],
-    keys: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-) {
-    let query: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(16 * c)));
-    scores.clear();
-    scores.reserve(keys.next_multiple_of(16));
-    let scale = _mm512_set1_ps(scale);
-    for p0 in (0..keys).step_by(16) {
-        let count = (keys - p0).min(16);
-        // Past the last key, the last key again (computed, then not stored).
-        let rows: [*const f32; 16] = std::array::from_fn(|j| {
-            let k = key(p0 + j.min(count - 1));
-            assert!(k.len() >= 16 * C, "a key shorter than the query");
-            k.as_ptr()
-        });
-        let lanes: [__m512; 16] = std::array::from_fn(|j| {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (c, &y) in query.iter().enumerate() {
-                let slot = if ONE_TOKEN { c % 4 } else { 0 };
-                acc[slot] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[j].add(16 * c)), y, acc[slot]);
-            }
-            if ONE_TOKEN {
-                let (low, high) = (_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
-                _mm512_add_ps(low, high)
-            } else {
-                acc[0]
-            }
-        });
-        let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
-        _mm512_mask_storeu_ps(
-            scores.as_mut_ptr().add(p0),
-            ((1u32 << count) - 1) as u16,
-            sums,
-        );
-        scores.set_len(p0 + count);
+/// One key's 16 accumulators against the query (`16 · C` values). One-token order: chunk c
+/// goes to slot group c % 4 (of the 64 accumulators), and the groups are added +32, +16.
+#[inline(always)]
+unsafe fn key_lanes<const C: usize>(key: &[__m512; C], q: &[__m512; C], order: F16Order) -> __m512 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for c in 0..C {
+        let slot = match order {
+            F16Order::Batched => 0,
+            F16Order::OneToken => c % 4,
+        };
+        acc[slot] = _mm512_fmadd_ps(key[c], q[c], acc[slot]);
+    }
+    match order {
+        F16Order::Batched => acc[0],
+        F16Order::OneToken => {
+            let (low, high) = (_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+            _mm512_add_ps(low, high)
+        }
     }
 }
+
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn scores_blocks<const C: usize>(
+    queries: &[Query],
+    kv: &KvHead,
+    scale: f32,
+    scores: &mut [Vec<f32>],
+) {
+    for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+        scores.clear();
+        scores.resize(query.end - query.base(), f32::NEG_INFINITY);
+    }
+    let first = queries
+        .iter()
+        .map(|q| q.base() / KV_BLOCK)
+        .min()
+        .unwrap_or(0);
+    let last = queries
+        .iter()
+        .map(|q| q.end.div_ceil(KV_BLOCK))
+        .max()
+        .unwrap_or(0);
+    let scale = _mm512_set1_ps(scale);
+    let mut keys = [[_mm512_setzero_ps(); C]; KV_BLOCK];
+    for b in first..last {
+        let at = b * KV_BLOCK;
+        // Far enough ahead to cover the memory's latency.
+        let ahead = (b + 8) * KV_BLOCK;
+        if ahead < last * KV_BLOCK {
+            for j in 0..KV_BLOCK {
+                prefetch(kv.key(ahead + j).as_ptr(), 32 * C);
+            }
+        }
+        // Slots past the sequence's end hold whatever they hold: computed, not stored.
+        for (j, key) in keys.iter_mut().enumerate() {
+            let k = kv.key(at + j).as_ptr();
+            for (c, chunk) in key.iter_mut().enumerate() {
+                *chunk = load_f16(k.add(16 * c));
+            }
+        }
+        for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+            let base = query.base();
+            if at < base || at >= query.end {
+                continue;
+            }
+            let q: [__m512; C] =
+                std::array::from_fn(|c| _mm512_loadu_ps(query.q.as_ptr().add(16 * c)));
+            let lanes: [__m512; 16] = std::array::from_fn(|j| key_lanes(&keys[j], &q, query.order));
+            let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
+            let visible = lanes_in(at, query.first, query.end);
+            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(at - base), visible, sums);
+        }
+    }
+}
+
+/// `attention::attend`, or false (and nothing done) for a head size that is not a
+/// multiple of 16.
+pub fn attend_avx512(
+    queries: &[Query],
+    weights: &mut [Vec<f32>],
+    kv: &KvHead,
+    out: &mut [f32],
+    scratch: &mut AttendScratch,
+) -> bool {
+    assert_avx512();
+    let width = kv.head_dim;
+    if !width.is_multiple_of(16) {
+        return false;
+    }
+    for w in weights.iter_mut() {
+        crate::round_to_f16(w);
+    }
+    let mut i = 0;
+    while i < queries.len() {
+        let order = queries[i].order;
+        let most = match order {
+            F16Order::Batched => 4,
+            F16Order::OneToken => 3,
+        };
+        let n = queries[i..]
+            .iter()
+            .take(most)
+            .take_while(|q| q.order == order)
+            .count();
+        let (tile, w) = (&queries[i..i + n], &weights[i..i + n]);
+        let groups = match order {
+            F16Order::Batched => 1,
+            F16Order::OneToken => 4,
+        };
+        let lanes = &mut scratch.lanes;
+        // SAFETY: AVX-512F and F16C are available (asserted above); the head size is a
+        // multiple of 16, and so of each tile's column count.
+        unsafe {
+            match n {
+                1 => values_tile::<1, 8>(tile, w, kv, groups, lanes),
+                2 => values_tile::<2, 8>(tile, w, kv, groups, lanes),
+                3 => values_tile::<3, 4>(tile, w, kv, groups, lanes),
+                _ => values_tile::<4, 4>(tile, w, kv, groups, lanes),
+            }
+        }
+        let outs = out[i * width..].chunks_exact_mut(width);
+        for (t, ((query, w), out)) in tile.iter().zip(w).zip(outs).enumerate() {
+            // SAFETY: as above.
+            unsafe { column_trees(&scratch.lanes[t * width * groups..], order, out) };
+            crate::attention::add_tail(query, w, kv, out);
+        }
+        i += n;
+    }
+    true
+}
+
+/// Bytes of values per stretch of `values_tile`: a stretch stays in the L1 cache while
+/// every column of the tile passes over it, and the next one is fetched meanwhile.
+const STRETCH_BYTES: usize = 64 << 10;
+
+/// Asks for the cache lines holding `bytes` at `p` to be brought into the L1 cache.
+#[inline(always)]
+unsafe fn prefetch(p: *const u16, bytes: usize) {
+    let start = p as usize & !63;
+    for line in (start..p as usize + bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+    }
+}
+
+/// Accumulates queries × columns of `tile` into `lanes` (per query, column and slot group,
+/// 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group b % groups), `C`
+/// columns and one slot group at a time in registers.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn values_tile<const Q: usize, const C: usize>(
+    tile: &[Query],
+    weights: &[Vec<f32>],
+    kv: &KvHead,
+    groups: usize,
+    lanes: &mut Vec<[f32; 16]>,
+) {
+    let width = kv.head_dim;
+    lanes.clear();
+    lanes.resize(Q * width * groups, [0.0; 16]);
+    let mut bases = [0; Q];
+    let mut ends = [0; Q];
+    let mut w = [std::ptr::null(); Q];
+    for i in 0..Q {
+        (bases[i], ends[i]) = (tile[i].base(), tile[i].vector_end());
+        w[i] = weights[i].as_ptr();
+    }
+    let first = bases.iter().min().unwrap() / KV_BLOCK;
+    let last = ends.iter().max().unwrap().div_ceil(KV_BLOCK);
+    // Positions past the last one any query weighs may hold another sequence's values.
+    let written = *ends.iter().max().unwrap();
+    // The positions every query weighs: blocks inside need no masks.
+    let inner = (*bases.iter().max().unwrap(), *ends.iter().min().unwrap());
+    let block_bytes = width * KV_BLOCK * 2;
+    let stretch_blocks = (STRETCH_BYTES / block_bytes)
+        .next_multiple_of(groups)
+        .max(groups);
+    // Stretches start at multiples of `groups` blocks, so that a stretch's blocks g,
+    // g + groups, … are slot group g's.
+    let mut stretch = first / groups * groups;
+    while stretch < last {
+        let stretch_end = (stretch + stretch_blocks).min(last);
+        let next = stretch_end..(stretch_end + stretch_blocks).min(last);
+        for c0 in (0..width).step_by(C) {
+            // The next stretch's lines, spread over the passes of this one.
+            for b in next.clone() {
+                prefetch(
+                    kv.value_block(b).as_ptr().add(c0 * KV_BLOCK),
+                    C * KV_BLOCK * 2,
+                );
+            }
+            for g in 0..groups {
+                let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
+                let mut acc = [[_mm512_setzero_ps(); C]; Q];
+                for i in 0..Q {
+                    for c in 0..C {
+                        acc[i][c] = _mm512_loadu_ps(lanes[slot(i, c)].as_ptr());
+                    }
+                }
+                let mut b = stretch + g;
+                while b < stretch_end {
+                    if b < first {
+                        // Before every query's span (`first` mid-round).
+                        b += groups;
+                        continue;
+                    }
+                    let at = b * KV_BLOCK;
+                    let values = kv.value_block(b).as_ptr().add(c0 * KV_BLOCK);
+                    let mut wv = [_mm512_setzero_ps(); Q];
+                    let mut v = [_mm512_setzero_ps(); C];
+                    if at >= inner.0 && at + KV_BLOCK <= inner.1 {
+                        // Every lane weighed by every query (most blocks): no masks.
+                        for i in 0..Q {
+                            wv[i] = _mm512_loadu_ps(w[i].add(at - bases[i]));
+                        }
+                        for (c, v) in v.iter_mut().enumerate() {
+                            *v = load_f16(values.add(c * KV_BLOCK));
+                        }
+                    } else {
+                        for i in 0..Q {
+                            // Blocks are aligned, so a block with live lanes starts at or
+                            // after the query's base.
+                            let live = lanes_in(at, bases[i], ends[i]);
+                            if live != 0 {
+                                wv[i] = _mm512_maskz_loadu_ps(live, w[i].add(at - bases[i]));
+                            }
+                        }
+                        let live = lanes_in(at, 0, written);
+                        for (c, v) in v.iter_mut().enumerate() {
+                            *v = _mm512_maskz_mov_ps(live, load_f16(values.add(c * KV_BLOCK)));
+                        }
+                    }
+                    // Fused: the product of two f16 values is exact, so this is the add.
+                    for i in 0..Q {
+                        for c in 0..C {
+                            acc[i][c] = _mm512_fmadd_ps(wv[i], v[c], acc[i][c]);
+                        }
+                    }
+                    b += groups;
+                }
+                for i in 0..Q {
+                    for c in 0..C {
+                        _mm512_storeu_ps(lanes[slot(i, c)].as_mut_ptr(), acc[i][c]);
+                    }
+                }
+            }
+        }
+        stretch = stretch_end;
+    }
+}
+
+/// One query's outputs from its column accumulators (`values_tile`'s `lanes`, query 0):
+/// the one-token order's slot groups added +32, +16, then every column's halving tree
+/// over its lanes, sixteen columns at a time.
+#[target_feature(enable = "avx512f")]
+unsafe fn column_trees(lanes: &[[f32; 16]], order: F16Order, out: &mut [f32]) {
+    let groups = match order {
+        F16Order::Batched => 1,
+        F16Order::OneToken => 4,
+    };
+    for c0 in (0..out.len()).step_by(16) {
+        let columns: [__m512; 16] = std::array::from_fn(|j| {
+            let g: [__m512; 4] = std::array::from_fn(|g| match g < groups {
+                true => _mm512_loadu_ps(lanes[(c0 + j) * groups + g].as_ptr()),
+                false => _mm512_setzero_ps(),
+            });
+            match order {
+                F16Order::Batched => g[0],
+                F16Order::OneToken => {
+                    _mm512_add_ps(_mm512_add_ps(g[0], g[2]), _mm512_add_ps(g[1], g[3]))
+                }
+            }
+        });
+        _mm512_storeu_ps(out.as_mut_ptr().add(c0), tree_sums(&columns));
+    }
+}
+
 /// Lane j of the result is `dot::tree_sum` of register j.
 #[inline]
 #[target_feature(enable = "avx512f")]

@@ -7,6 +7,7 @@
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
+mod attention_flash;
 mod dot;
 mod isa;
 mod kernels;
@@ -24,7 +25,10 @@ mod nonlinear;
 mod packed;
 mod rope;
 
-pub use attention::{attend, attention_scores, dot_f16, flash_attend, AttendScratch, F16Order};
+pub use attention::{
+    attend, attention_scores, dot_f16, AttendScratch, F16Order, KvHead, Query, KV_BLOCK,
+};
+pub use attention_flash::flash_attend;
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
