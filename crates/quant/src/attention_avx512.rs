@@ -93,6 +93,17 @@ unsafe fn key_lanes<const C: usize>(key: &[__m512; C], q: &[__m512; C], order: F
     }
 }
 
+/// Position p's key (`16 · C` values), widened.
+#[inline(always)]
+unsafe fn load_key<const C: usize>(kv: &KvHead, p: usize) -> [__m512; C] {
+    let k = kv.key(p).as_ptr();
+    let mut key = [_mm512_setzero_ps(); C];
+    for (c, chunk) in key.iter_mut().enumerate() {
+        *chunk = load_f16(k.add(16 * c));
+    }
+    key
+}
+
 #[target_feature(enable = "avx512f,f16c")]
 unsafe fn scores_blocks<const C: usize>(
     queries: &[Query],
@@ -126,10 +137,11 @@ unsafe fn scores_blocks<const C: usize>(
             }
         }
         // Slots past the sequence's end hold whatever they hold: computed, not stored.
-        for (j, key) in keys.iter_mut().enumerate() {
-            let k = kv.key(at + j).as_ptr();
-            for (c, chunk) in key.iter_mut().enumerate() {
-                *chunk = load_f16(k.add(16 * c));
+        // One query reads the keys straight from the cache; several, widened once here.
+        let staged = queries.len() > 1;
+        if staged {
+            for (j, key) in keys.iter_mut().enumerate() {
+                *key = load_key(kv, at + j);
             }
         }
         for (query, scores) in queries.iter().zip(scores.iter_mut()) {
@@ -139,7 +151,10 @@ unsafe fn scores_blocks<const C: usize>(
             }
             let q: [__m512; C] =
                 std::array::from_fn(|c| _mm512_loadu_ps(query.q.as_ptr().add(16 * c)));
-            let lanes: [__m512; 16] = std::array::from_fn(|j| key_lanes(&keys[j], &q, query.order));
+            let lanes: [__m512; 16] = std::array::from_fn(|j| match staged {
+                true => key_lanes(&keys[j], &q, query.order),
+                false => key_lanes(&load_key(kv, at + j), &q, query.order),
+            });
             let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
             let visible = lanes_in(at, query.first, query.end);
             _mm512_mask_storeu_ps(scores.as_mut_ptr().add(at - base), visible, sums);

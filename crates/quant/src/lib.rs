@@ -22,6 +22,8 @@ mod kquants;
 mod legacy;
 mod matmul;
 mod nonlinear;
+#[cfg(target_arch = "x86_64")]
+mod nonlinear_avx512;
 mod packed;
 mod rope;
 

@@ -23,19 +23,25 @@ pub fn rms_norm_scale(x: &[f32], eps: f32) -> f32 {
     1.0 / (mean + eps).sqrt()
 }
 
+/// `exp_poly`'s constants (bits): 1.5·2²³ (adding it rounds to an integer), log₂e, ln 2
+/// in two parts, and the polynomial's five coefficients.
+pub(crate) const EXP_CONSTANTS: [u32; 9] = [
+    0x4b40_0000,
+    0x3fb8_aa3b,
+    0x3f31_7200,
+    0x35bf_be8e,
+    0x3f7f_fff6,
+    0x3eff_fedb,
+    0x3e2a_af33,
+    0x3d2b_9f17,
+    0x3c07_2010,
+];
+
 /// e^x with GGML's polynomial (within about 2 ulp; overflows to ∞ above 88.38 and
 /// flushes to 0 below -103.97, like GGML's).
 #[inline(always)]
 pub fn exp_poly(x: f32) -> f32 {
-    let shift = f32::from_bits(0x4b40_0000); // 1.5·2²³: adding it rounds to an integer
-    let log2_e = f32::from_bits(0x3fb8_aa3b);
-    let ln2_hi = f32::from_bits(0x3f31_7200);
-    let ln2_lo = f32::from_bits(0x35bf_be8e);
-    let c1 = f32::from_bits(0x3f7f_fff6);
-    let c2 = f32::from_bits(0x3eff_fedb);
-    let c3 = f32::from_bits(0x3e2a_af33);
-    let c4 = f32::from_bits(0x3d2b_9f17);
-    let c5 = f32::from_bits(0x3c07_2010);
+    let [shift, log2_e, ln2_hi, ln2_lo, c1, c2, c3, c4, c5] = EXP_CONSTANTS.map(f32::from_bits);
 
     let n = x.mul_add(log2_e, shift) - shift;
     let b = (-n).mul_add(ln2_lo, (-n).mul_add(ln2_hi, x));
@@ -132,10 +138,18 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
 }
 
 isa_dispatch! {
-    /// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
-    /// groups of 16 scores (the last one padded with zeros) added into an f64, and the
-    /// division done as a multiplication by the f32-rounded inverse.
-    pub fn softmax(scores: &mut [f32]) => softmax_portable
+    fn softmax_any(scores: &mut [f32]) => softmax_portable
+}
+
+/// Attention weights from scores, in place: e^(s - max) / Σ, with the sum taken over
+/// groups of 16 scores (the last one padded with zeros) added into an f64, and the
+/// division done as a multiplication by the f32-rounded inverse.
+pub fn softmax(scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::selected_isa() == crate::Isa::Avx512 {
+        return crate::nonlinear_avx512::softmax_avx512(scores);
+    }
+    softmax_any(scores)
 }
 
 isa_dispatch! {
@@ -148,6 +162,25 @@ isa_dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_matches_its_portable_twin() {
+        for n in [1, 5, 16, 17, 100, 1000] {
+            // Scores over a wide range, some masked, some far below the maximum.
+            let scores: Vec<f32> = (0..n)
+                .map(|i| match i % 11 {
+                    3 => f32::NEG_INFINITY,
+                    7 => -150.0 + i as f32,
+                    _ => ((i * 37 % 101) as f32 * 0.173).sin() * 12.0,
+                })
+                .collect();
+            let (mut fast, mut slow) = (scores.clone(), scores.clone());
+            softmax(&mut fast);
+            softmax_portable(&mut slow);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{n} scores");
+        }
+    }
 
     #[test]
     fn gelu_mul_is_the_tabled_gelu_within_f16_rounding() {
