@@ -83,6 +83,13 @@ impl<'a> KvHead<'a> {
         &self.keys[at..at + self.head_dim]
     }
 
+    /// Block b's keys of this head: position 16·b + j's at `j · kv_dim`.
+    #[inline(always)]
+    pub fn key_block(&self, b: usize) -> &'a [u16] {
+        let at = self.blocks[b] as usize * KV_BLOCK * self.kv_dim + self.offset;
+        &self.keys[at..at + (KV_BLOCK - 1) * self.kv_dim + self.head_dim]
+    }
+
     /// Block b's values of this head: column c's 16 positions at `c · 16`.
     #[inline(always)]
     pub fn value_block(&self, b: usize) -> &'a [u16] {

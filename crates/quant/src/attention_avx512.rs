@@ -93,10 +93,9 @@ unsafe fn key_lanes<const C: usize>(key: &[__m512; C], q: &[__m512; C], order: F
     }
 }
 
-/// Position p's key (`16 · C` values), widened.
+/// The key at `k` (`16 · C` values), widened.
 #[inline(always)]
-unsafe fn load_key<const C: usize>(kv: &KvHead, p: usize) -> [__m512; C] {
-    let k = kv.key(p).as_ptr();
+unsafe fn load_key<const C: usize>(k: *const u16) -> [__m512; C] {
     let mut key = [_mm512_setzero_ps(); C];
     for (c, chunk) in key.iter_mut().enumerate() {
         *chunk = load_f16(k.add(16 * c));
@@ -130,18 +129,19 @@ unsafe fn scores_blocks<const C: usize>(
     for b in first..last {
         let at = b * KV_BLOCK;
         // Far enough ahead to cover the memory's latency.
-        let ahead = (b + 8) * KV_BLOCK;
-        if ahead < last * KV_BLOCK {
+        if b + 8 < last {
+            let ahead = kv.key_block(b + 8).as_ptr();
             for j in 0..KV_BLOCK {
-                prefetch(kv.key(ahead + j).as_ptr(), 32 * C);
+                prefetch(ahead.add(j * kv.kv_dim), 32 * C);
             }
         }
+        let block = kv.key_block(b).as_ptr();
         // Slots past the sequence's end hold whatever they hold: computed, not stored.
         // One query reads the keys straight from the cache; several, widened once here.
         let staged = queries.len() > 1;
         if staged {
             for (j, key) in keys.iter_mut().enumerate() {
-                *key = load_key(kv, at + j);
+                *key = load_key(block.add(j * kv.kv_dim));
             }
         }
         for (query, scores) in queries.iter().zip(scores.iter_mut()) {
@@ -153,7 +153,7 @@ unsafe fn scores_blocks<const C: usize>(
                 std::array::from_fn(|c| _mm512_loadu_ps(query.q.as_ptr().add(16 * c)));
             let lanes: [__m512; 16] = std::array::from_fn(|j| match staged {
                 true => key_lanes(&keys[j], &q, query.order),
-                false => key_lanes(&load_key(kv, at + j), &q, query.order),
+                false => key_lanes(&load_key(block.add(j * kv.kv_dim)), &q, query.order),
             });
             let sums = _mm512_mul_ps(tree_sums(&lanes), scale);
             let visible = lanes_in(at, query.first, query.end);
