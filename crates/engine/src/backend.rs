@@ -10,6 +10,76 @@ use std::sync::Arc;
 /// owns a list of them (its block table), so sequences of any length share one budget.
 pub const KV_BLOCK_SIZE: usize = 16;
 
+/// How a KV cache stores keys or values (llama.cpp's `--cache-type-k/v` names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCacheType {
+    #[default]
+    F16,
+    /// GGML's 8-bit blocks of 32 values (34 bytes): 53 % of f16's bytes.
+    Q8_0,
+    /// GGML's 4-bit blocks of 32 values (18 bytes): 28 % of f16's bytes.
+    Q4_0,
+}
+
+impl KvCacheType {
+    pub const NAMES: &'static str = "f16, q8_0, q4_0";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F16 => "f16",
+            KvCacheType::Q8_0 => "q8_0",
+            KvCacheType::Q4_0 => "q4_0",
+        }
+    }
+
+    pub fn ggml(self) -> gguf::GgmlType {
+        match self {
+            KvCacheType::F16 => gguf::GgmlType::F16,
+            KvCacheType::Q8_0 => gguf::GgmlType::Q8_0,
+            KvCacheType::Q4_0 => gguf::GgmlType::Q4_0,
+        }
+    }
+
+    /// Bytes of `n` values (a multiple of 32 for the block types).
+    pub fn bytes(self, n: usize) -> usize {
+        match self {
+            KvCacheType::F16 => 2 * n,
+            KvCacheType::Q8_0 => n / 32 * 34,
+            KvCacheType::Q4_0 => n / 32 * 18,
+        }
+    }
+}
+
+impl std::str::FromStr for KvCacheType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [KvCacheType::F16, KvCacheType::Q8_0, KvCacheType::Q4_0]
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!(
+                    "unknown KV cache type {s:?} (known: {})",
+                    KvCacheType::NAMES
+                )
+            })
+    }
+}
+
+/// The dimensions of a model's KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    pub layers: usize,
+    pub kv_dim: usize,
+    pub head_dim: usize,
+}
+
+/// The storage of a KV cache's keys and of its values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvTypes {
+    pub k: KvCacheType,
+    pub v: KvCacheType,
+}
+
 /// The rows of a batch that belong to one sequence, and where its keys and values live.
 #[derive(Clone, Debug)]
 pub struct SeqRows<'a> {
@@ -163,8 +233,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Weight>;
     /// A zeroed buffer of `rows` × `cols`; an error when the device is full.
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buffer>;
-    /// A pool of `blocks` KV blocks; an error when the device cannot hold it.
-    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<Self::KvPool>;
+    /// A pool of `blocks` KV blocks stored as `types` (`head_dim` values per KV head);
+    /// an error when the device cannot hold it or does not store that type.
+    fn new_kv_pool(&self, shape: KvShape, blocks: usize, types: KvTypes) -> Result<Self::KvPool>;
     /// Copies every layer of block `src` into block `dst` (copy-on-write of a shared block).
     fn kv_copy_block(&self, pool: &mut Self::KvPool, src: u32, dst: u32);
 

@@ -4,7 +4,8 @@
 //! is split across threads by rows or heads.
 
 use crate::backend::{
-    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows,
+    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, KvShape, KvTypes, Rope,
+    SeqRows,
 };
 pub use crate::cpu_kv::CpuKvPool;
 use crate::error::{EngineError, Result};
@@ -183,8 +184,8 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<CpuKvPool> {
-        CpuKvPool::new(layers, blocks, kv_dim)
+    fn new_kv_pool(&self, shape: KvShape, blocks: usize, types: KvTypes) -> Result<CpuKvPool> {
+        CpuKvPool::new(shape, blocks, types)
     }
 
     fn kv_copy_block(&self, pool: &mut CpuKvPool, src: u32, dst: u32) {

@@ -4,7 +4,9 @@
 //! split into tasks of the query heads of one KV head of one sequence, for up to
 //! `ROWS_PER_TASK` of its rows, so that each block read serves all of them.
 
-use crate::backend::{AttentionOrder, AttentionSpec, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{
+    AttentionOrder, AttentionSpec, KvCacheType, KvShape, KvTypes, SeqRows, KV_BLOCK_SIZE,
+};
 use crate::cpu::CpuBuffer;
 use crate::error::{EngineError, Result};
 use half::f16;
@@ -12,6 +14,7 @@ use half::slice::HalfFloatSliceExt;
 use quant::{AttendScratch, F16Order, KvHead, Query};
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::Mutex;
 
 // The kernels read a block's values as one vector of positions.
 const _: () = assert!(KV_BLOCK_SIZE == quant::KV_BLOCK);
@@ -23,52 +26,101 @@ const ROWS_PER_TASK: usize = 16;
 pub struct CpuKvPool {
     slots: usize,
     kv_dim: usize,
-    /// [layer][slot][kv_dim], f16 bits.
-    k: Vec<u16>,
-    /// [layer][block][kv_dim][position in block], f16 bits.
-    v: Vec<u16>,
+    head_dim: usize,
+    layers: usize,
+    k: Side,
+    v: Side,
+    /// A quantized cache's keys and values of one layer widened to f16, per sequence and
+    /// KV head of the current `attention` call (kept so that no call reallocates).
+    staged: Mutex<Vec<Staging>>,
 }
 
-impl CpuKvPool {
-    pub fn new(layers: usize, blocks: usize, kv_dim: usize) -> Result<CpuKvPool> {
-        let slots = blocks * KV_BLOCK_SIZE;
-        let n = layers
+/// The keys or the values of every layer.
+enum Side {
+    /// f16 bits: keys [layer][slot][kv_dim], values [layer][block][kv_dim][position in
+    /// block] (the layout `quant::KvHead` reads).
+    F16(Vec<u16>),
+    /// GGML blocks of 32 values, [layer][slot][row of `kv_dim`]: attention widens the
+    /// blocks it reads to f16 first (`stage`).
+    Quantized {
+        ty: KvCacheType,
+        row: usize,
+        data: Vec<u8>,
+    },
+}
+
+impl Side {
+    fn new(ty: KvCacheType, layers: usize, slots: usize, kv_dim: usize) -> Result<Side> {
+        let bytes = layers
             .checked_mul(slots)
-            .and_then(|n| n.checked_mul(kv_dim))
+            .and_then(|n| n.checked_mul(ty.bytes(kv_dim)))
             .ok_or(EngineError::OutOfMemory {
                 what: "KV cache",
                 bytes: usize::MAX,
             })?;
         // `vec!` of zeros maps fresh pages lazily: memory is only taken as positions
         // are written, so a large budget costs what is used.
-        let (k, v) = (vec![0; n], vec![0; n]);
-        huge_pages(&k);
-        huge_pages(&v);
+        Ok(match ty {
+            KvCacheType::F16 => Side::F16(huge_pages(vec![0; bytes / 2])),
+            _ => Side::Quantized {
+                ty,
+                row: ty.bytes(kv_dim),
+                data: huge_pages(vec![0; bytes]),
+            },
+        })
+    }
+}
+
+impl CpuKvPool {
+    pub fn new(shape: KvShape, blocks: usize, types: KvTypes) -> Result<CpuKvPool> {
+        let quantized = [types.k, types.v]
+            .into_iter()
+            .find(|t| *t != KvCacheType::F16);
+        if let Some(ty) = quantized {
+            if !shape.head_dim.is_multiple_of(32) {
+                return Err(EngineError::Config(format!(
+                    "a {} KV cache needs a head size that is a multiple of 32 (this model's is {})",
+                    ty.name(),
+                    shape.head_dim
+                )));
+            }
+        }
+        let slots = blocks * KV_BLOCK_SIZE;
         Ok(CpuKvPool {
             slots,
-            kv_dim,
-            k,
-            v,
+            kv_dim: shape.kv_dim,
+            head_dim: shape.head_dim,
+            layers: shape.layers,
+            k: Side::new(types.k, shape.layers, slots, shape.kv_dim)?,
+            v: Side::new(types.v, shape.layers, slots, shape.kv_dim)?,
+            staged: Mutex::new(Vec::new()),
         })
     }
 
-    /// Where slot `slot` of `layer` starts (its key; for values, the block's start).
+    /// Where slot `slot` of `layer` starts in an f16 side (its key; for values, the
+    /// block's start).
     fn offset(&self, layer: usize, slot: usize) -> usize {
         (layer * self.slots + slot) * self.kv_dim
     }
 
-    fn layers(&self) -> usize {
-        self.k.len() / (self.slots * self.kv_dim).max(1)
-    }
-
     /// Copies every layer of block `src` into block `dst`.
     pub fn copy_block(&mut self, src: u32, dst: u32) {
-        let n = KV_BLOCK_SIZE * self.kv_dim;
-        for layer in 0..self.layers() {
-            let from = self.offset(layer, src as usize * KV_BLOCK_SIZE);
-            let to = self.offset(layer, dst as usize * KV_BLOCK_SIZE);
-            self.k.copy_within(from..from + n, to);
-            self.v.copy_within(from..from + n, to);
+        let (slots, kv_dim, layers) = (self.slots, self.kv_dim, self.layers);
+        for side in [&mut self.k, &mut self.v] {
+            for layer in 0..layers {
+                let slot = |block: u32| layer * slots + block as usize * KV_BLOCK_SIZE;
+                match side {
+                    Side::F16(data) => {
+                        let n = KV_BLOCK_SIZE * kv_dim;
+                        let from = slot(src) * kv_dim;
+                        data.copy_within(from..from + n, slot(dst) * kv_dim);
+                    }
+                    Side::Quantized { row, data, .. } => {
+                        let from = slot(src) * *row;
+                        data.copy_within(from..from + KV_BLOCK_SIZE * *row, slot(dst) * *row);
+                    }
+                }
+            }
         }
     }
 
@@ -77,32 +129,156 @@ impl CpuKvPool {
         let n = self.kv_dim;
         for (t, &slot) in slots.iter().enumerate() {
             let at = self.offset(layer, slot);
-            let key: &mut [f16] = bytemuck_f16(&mut self.k[at..at + n]);
-            key.convert_from_f32_slice(&v_row(k, t)[..n]);
             let block = self.offset(layer, slot / KV_BLOCK_SIZE * KV_BLOCK_SIZE);
-            let lane = slot % KV_BLOCK_SIZE;
-            for (c, &x) in v_row(v, t)[..n].iter().enumerate() {
-                self.v[block + c * KV_BLOCK_SIZE + lane] = f16::from_f32(x).to_bits();
+            let pool_slot = layer * self.slots + slot;
+            match &mut self.k {
+                Side::F16(keys) => {
+                    let key: &mut [f16] = bytemuck_f16(&mut keys[at..at + n]);
+                    key.convert_from_f32_slice(&v_row(k, t)[..n]);
+                }
+                Side::Quantized { ty, row, data } => {
+                    quantize_into(*ty, v_row(k, t), &mut data[pool_slot * *row..][..*row])
+                }
+            }
+            match &mut self.v {
+                Side::F16(values) => {
+                    let lane = slot % KV_BLOCK_SIZE;
+                    for (c, &x) in v_row(v, t)[..n].iter().enumerate() {
+                        values[block + c * KV_BLOCK_SIZE + lane] = f16::from_f32(x).to_bits();
+                    }
+                }
+                Side::Quantized { ty, row, data } => {
+                    quantize_into(*ty, v_row(v, t), &mut data[pool_slot * *row..][..*row])
+                }
             }
         }
     }
 
-    /// The keys and values of `layer`.
-    fn layer(&self, layer: usize) -> (&[u16], &[u16]) {
+    /// The f16 keys and values of `layer`, if both sides are f16.
+    fn f16_layer(&self, layer: usize) -> Option<(&[u16], &[u16])> {
         let range = self.offset(layer, 0)..self.offset(layer + 1, 0);
-        (&self.k[range.clone()], &self.v[range])
+        match (&self.k, &self.v) {
+            (Side::F16(k), Side::F16(v)) => Some((&k[range.clone()], &v[range])),
+            _ => None,
+        }
+    }
+
+    /// Blocks `range` of one KV head (first column `offset`) of a sequence (table
+    /// `blocks`), widened to f16 into `staging`.
+    fn stage(
+        &self,
+        layer: usize,
+        blocks: &[u32],
+        range: Range<usize>,
+        offset: usize,
+        staging: &mut Staging,
+    ) {
+        let width = self.head_dim;
+        let Staging {
+            keys,
+            values,
+            table,
+            row,
+            width: staged_width,
+        } = staging;
+        *staged_width = width;
+        table.clear();
+        table.extend((0..range.end).map(|b| b.saturating_sub(range.start) as u32));
+        keys.resize(range.len() * KV_BLOCK_SIZE * width, 0);
+        values.resize(range.len() * KV_BLOCK_SIZE * width, 0);
+        row.resize(width, 0.0);
+        for (local, b) in range.enumerate() {
+            for j in 0..KV_BLOCK_SIZE {
+                let slot = blocks[b] as usize * KV_BLOCK_SIZE + j;
+                self.read(&self.k, false, layer, slot, offset, row);
+                let key = &mut keys[(local * KV_BLOCK_SIZE + j) * width..][..width];
+                bytemuck_f16(key).convert_from_f32_slice(row);
+                self.read(&self.v, true, layer, slot, offset, row);
+                for (c, &x) in row.iter().enumerate() {
+                    values[(local * width + c) * KV_BLOCK_SIZE + j] = f16::from_f32(x).to_bits();
+                }
+            }
+        }
+    }
+
+    /// Slot `slot`'s values of one KV head (first column `offset`) from `side` (`transposed`:
+    /// the values' f16 layout), as f32.
+    fn read(
+        &self,
+        side: &Side,
+        transposed: bool,
+        layer: usize,
+        slot: usize,
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        let width = out.len();
+        match side {
+            Side::F16(data) if !transposed => {
+                let at = self.offset(layer, slot) + offset;
+                for (o, &x) in out.iter_mut().zip(&data[at..at + width]) {
+                    *o = f16::from_bits(x).to_f32();
+                }
+            }
+            Side::F16(data) => {
+                let block = self.offset(layer, slot / KV_BLOCK_SIZE * KV_BLOCK_SIZE);
+                let lane = slot % KV_BLOCK_SIZE;
+                for (c, o) in out.iter_mut().enumerate() {
+                    let x = data[block + (offset + c) * KV_BLOCK_SIZE + lane];
+                    *o = f16::from_bits(x).to_f32();
+                }
+            }
+            Side::Quantized { ty, row, data } => {
+                let start = (layer * self.slots + slot) * row + ty.bytes(offset);
+                let bytes = &data[start..start + ty.bytes(width)];
+                // The pool only holds the types `quant` dequantizes.
+                quant::dequantize(ty.ggml(), bytes, out).expect("a KV cache type quant reads");
+            }
+        }
+    }
+}
+
+/// Quantizes `x` into `out` (`ty.bytes(x.len())` bytes).
+fn quantize_into(ty: KvCacheType, x: &[f32], out: &mut [u8]) {
+    // The pool only holds the types `quant` quantizes, in whole blocks.
+    let bytes = quant::quantize(ty.ggml(), x).expect("a KV cache type quant writes");
+    out.copy_from_slice(&bytes);
+}
+
+/// One KV head of a sequence's quantized keys and values widened to f16
+/// (`CpuKvPool::stage`), in the layout `quant::KvHead` reads, with a block table of its
+/// own.
+#[derive(Default)]
+struct Staging {
+    keys: Vec<u16>,
+    values: Vec<u16>,
+    table: Vec<u32>,
+    row: Vec<f32>,
+    width: usize,
+}
+
+impl Staging {
+    fn head(&self) -> KvHead<'_> {
+        KvHead {
+            keys: &self.keys,
+            values: &self.values,
+            blocks: &self.table,
+            kv_dim: self.width,
+            offset: 0,
+            head_dim: self.width,
+        }
     }
 }
 
 /// Asks the kernel to back `memory` with 2 MiB pages where it can (Linux's transparent
 /// huge pages, which default to opt-in): attention reads a long context's blocks all over
 /// the pool, and with 4 KiB pages nearly every block read is a TLB miss.
-fn huge_pages(memory: &[u16]) {
+fn huge_pages<T>(memory: Vec<T>) -> Vec<T> {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
         let start = (memory.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (memory.as_ptr() as usize + std::mem::size_of_val(memory)) / HUGE * HUGE;
+        let end = (memory.as_ptr() as usize + std::mem::size_of_val(&memory[..])) / HUGE * HUGE;
         if end > start {
             // SAFETY: advice only, on whole pages inside `memory`'s allocation.
             unsafe {
@@ -110,6 +286,7 @@ fn huge_pages(memory: &[u16]) {
             }
         }
     }
+    memory
 }
 
 fn v_row(x: &CpuBuffer, t: usize) -> &[f32] {
@@ -140,7 +317,6 @@ pub fn attention(
 ) {
     let width = pool.kv_dim / spec.n_kv_heads;
     let group = q.cols / width / spec.n_kv_heads;
-    let (keys, values) = pool.layer(layer);
     // Tasks: (sequence, query heads of one KV group, rows).
     let row_tiles: Vec<(usize, Range<usize>)> = seqs
         .iter()
@@ -167,30 +343,42 @@ pub fn attention(
                 .map(move |h| (s, h..h + heads_per_task, rows.clone()))
         })
         .collect();
+    // A quantized cache: each sequence's blocks in sight, widened to f16 once per KV head.
+    let mut staged = pool.staged.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.f16_layer(layer).is_none() {
+        let heads = seqs.len() * spec.n_kv_heads;
+        if staged.len() < heads {
+            staged.resize_with(heads, Staging::default);
+        }
+        staged[..heads]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, staging)| {
+                let (seq, g) = (&seqs[i / spec.n_kv_heads], i % spec.n_kv_heads);
+                let first = spec.first_visible(seq.start) / KV_BLOCK_SIZE;
+                let end = (seq.start + seq.rows.len()).div_ceil(KV_BLOCK_SIZE);
+                pool.stage(layer, seq.blocks, first..end, g * width, staging);
+            });
+    }
+    let staged = &staged;
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map_init(Scratch::default, |scratch, (s, heads, rows)| {
             let seq = &seqs[*s];
-            let kv = KvHead {
-                keys,
-                values,
-                blocks: seq.blocks,
-                kv_dim: pool.kv_dim,
-                offset: heads.start / group * width,
-                head_dim: width,
-            };
+            let Scratch {
+                queries: query_values,
+                scores,
+                attend,
+            } = scratch;
             // The rows' query heads, row by row, rounded to f16 as GGML rounds the query
             // for an f16 cache.
             let columns = heads.start * width..heads.end * width;
-            scratch.queries.clear();
+            query_values.clear();
             for r in rows.clone() {
-                scratch
-                    .queries
-                    .extend_from_slice(&v_row(q, r)[columns.clone()]);
+                query_values.extend_from_slice(&v_row(q, r)[columns.clone()]);
             }
-            quant::round_to_f16(&mut scratch.queries);
-            let queries: Vec<Query> = scratch
-                .queries
+            quant::round_to_f16(query_values);
+            let queries: Vec<Query> = query_values
                 .chunks_exact(width)
                 .enumerate()
                 .map(|(i, q)| {
@@ -206,6 +394,18 @@ pub fn attention(
                     }
                 })
                 .collect();
+            let offset = heads.start / group * width;
+            let kv = match pool.f16_layer(layer) {
+                Some((keys, values)) => KvHead {
+                    keys,
+                    values,
+                    blocks: seq.blocks,
+                    kv_dim: pool.kv_dim,
+                    offset,
+                    head_dim: width,
+                },
+                None => staged[s * spec.n_kv_heads + heads.start / group].head(),
+            };
             let mut result = vec![0.0; queries.len() * width];
             if spec.order == AttentionOrder::Flash {
                 for (query, out) in queries.iter().zip(result.chunks_exact_mut(width)) {
@@ -213,7 +413,6 @@ pub fn attention(
                 }
                 return result;
             }
-            let scores = &mut scratch.scores;
             scores.resize_with(queries.len().max(scores.len()), Vec::new);
             let scores = &mut scores[..queries.len()];
             quant::attention_scores(&queries, &kv, spec.scale, scores);
@@ -223,7 +422,7 @@ pub fn attention(
                 }
                 quant::softmax(scores);
             }
-            quant::attend(&queries, scores, &kv, &mut result, &mut scratch.attend);
+            quant::attend(&queries, scores, &kv, &mut result, attend);
             result
         })
         .collect();

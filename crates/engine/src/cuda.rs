@@ -6,7 +6,8 @@
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
 
 use crate::backend::{
-    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, Rope, SeqRows, KV_BLOCK_SIZE,
+    read_matrix_rows, read_tensor, AttentionSpec, Backend, HostTensor, KvShape, KvTypes, Rope,
+    SeqRows, KV_BLOCK_SIZE,
 };
 use crate::error::{EngineError, Result};
 use cuda::{
@@ -236,7 +237,16 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<CudaKvPool> {
+    fn new_kv_pool(&self, shape: KvShape, blocks: usize, types: KvTypes) -> Result<CudaKvPool> {
+        if types != KvTypes::default() {
+            return Err(EngineError::Config(format!(
+                "the CUDA backend keeps its KV cache in f16 (asked for keys {}, values {}); \
+                 quantized caches run on the CPU (--device cpu)",
+                types.k.name(),
+                types.v.name()
+            )));
+        }
+        let (layers, kv_dim) = (shape.layers, shape.kv_dim);
         let slots = blocks * KV_BLOCK_SIZE;
         let n = layers * slots * kv_dim;
         Ok(CudaKvPool {

@@ -1,7 +1,7 @@
 //! The device chosen at run time (`--device auto|cpu|cuda[:N]`): a `Backend` that is the
 //! CPU backend or the CUDA backend, so one binary and one model type serve both.
 
-use crate::backend::{AttentionSpec, Backend, Rope, SeqRows};
+use crate::backend::{AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows};
 use crate::cpu::{CpuBackend, CpuBuffer, CpuKvPool, CpuWeight};
 use crate::cuda::{CudaBackend, CudaBuffer, CudaKvPool, CudaWeight};
 use crate::error::Result;
@@ -174,10 +174,10 @@ impl Backend for Device {
         })
     }
 
-    fn new_kv_pool(&self, layers: usize, blocks: usize, kv_dim: usize) -> Result<DeviceKvPool> {
+    fn new_kv_pool(&self, shape: KvShape, blocks: usize, types: KvTypes) -> Result<DeviceKvPool> {
         Ok(match self {
-            Device::Cpu(b) => DeviceKvPool::Cpu(b.new_kv_pool(layers, blocks, kv_dim)?),
-            Device::Cuda(b) => DeviceKvPool::Cuda(b.new_kv_pool(layers, blocks, kv_dim)?),
+            Device::Cpu(b) => DeviceKvPool::Cpu(b.new_kv_pool(shape, blocks, types)?),
+            Device::Cuda(b) => DeviceKvPool::Cuda(b.new_kv_pool(shape, blocks, types)?),
         })
     }
 

@@ -22,7 +22,7 @@ pub mod text;
 pub mod tokenizer;
 pub mod tools;
 
-pub use backend::{AttentionOrder, Backend};
+pub use backend::{AttentionOrder, Backend, KvCacheType, KvShape, KvTypes};
 pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use constraint::{Constraint, GrammarState, Grammars};

@@ -1,7 +1,7 @@
 //! The LLaMA transformer, written once for every backend.
 
 use crate::backend::{
-    kv_slot, AttentionOrder, AttentionSpec, Backend, Rope, SeqRows, KV_BLOCK_SIZE,
+    kv_slot, AttentionOrder, AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows, KV_BLOCK_SIZE,
 };
 use crate::config::{Activation, Config, RopeScaling};
 use crate::error::{EngineError, Result};
@@ -43,6 +43,8 @@ pub struct Llama<B: Backend> {
     rope_windowed: Rope,
     /// Which of llama.cpp's attention orders the CPU follows (`Matmul` unless set).
     pub attention_order: AttentionOrder,
+    /// How new KV caches store keys and values (f16 unless set).
+    pub kv_types: KvTypes,
 }
 
 /// Which positions of a forward call need logits.
@@ -219,6 +221,7 @@ impl<B: Backend> Llama<B> {
             rope_long,
             rope_windowed,
             attention_order: AttentionOrder::default(),
+            kv_types: KvTypes::default(),
             config: c,
             backend,
         })
@@ -240,13 +243,28 @@ impl<B: Backend> Llama<B> {
 
     /// A pool of `blocks` KV blocks for every layer of this model.
     pub fn new_kv_pool(&self, blocks: usize) -> Result<B::KvPool> {
-        let c = &self.config;
-        self.backend.new_kv_pool(c.n_layers, blocks, c.kv_dim())
+        self.backend
+            .new_kv_pool(self.kv_shape(), blocks, self.kv_types)
     }
 
-    /// Bytes of KV cache one block takes (keys and values, every layer, f16).
+    pub fn kv_shape(&self) -> KvShape {
+        let c = &self.config;
+        KvShape {
+            layers: c.n_layers,
+            kv_dim: c.kv_dim(),
+            head_dim: c.head_dim,
+        }
+    }
+
+    /// Bytes of KV cache one position takes (keys and values, every layer) as `types`.
+    pub fn kv_bytes_per_token(&self, types: KvTypes) -> usize {
+        let (layers, kv_dim) = (self.config.n_layers, self.config.kv_dim());
+        layers * (types.k.bytes(kv_dim) + types.v.bytes(kv_dim))
+    }
+
+    /// Bytes of KV cache one block takes (keys and values, every layer).
     pub fn kv_block_bytes(&self) -> usize {
-        2 * self.config.n_layers * KV_BLOCK_SIZE * self.config.kv_dim() * 2
+        KV_BLOCK_SIZE * self.kv_bytes_per_token(self.kv_types)
     }
 
     /// A cache for one sequence of up to `context` positions.

@@ -4,7 +4,7 @@
 //! is skipped, with the reason printed, where no usable GPU exists.
 
 mod common;
-use engine::backend::{AttentionOrder, AttentionSpec, Backend, Rope, SeqRows};
+use engine::backend::{AttentionOrder, AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows};
 use engine::cpu::CpuBuffer;
 use engine::{CpuBackend, CudaBackend, Llama, Logits};
 use gguf::{GgmlType, GgufFile, GgufWriter};
@@ -279,8 +279,13 @@ fn paged_attention_matches_the_cpu_backend_with_blocks_out_of_order() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(10);
     let (n_heads, n_kv_heads, head_dim, layers) = (8, 2, 64, 2);
     let (q_dim, kv_dim) = (n_heads * head_dim, n_kv_heads * head_dim);
-    let mut pc = cpu.new_kv_pool(layers, 12, kv_dim).unwrap();
-    let mut pg = gpu.new_kv_pool(layers, 12, kv_dim).unwrap();
+    let shape = KvShape {
+        layers,
+        kv_dim,
+        head_dim,
+    };
+    let mut pc = cpu.new_kv_pool(shape, 12, KvTypes::default()).unwrap();
+    let mut pg = gpu.new_kv_pool(shape, 12, KvTypes::default()).unwrap();
     // Sequence a: 40 positions in blocks 7, 2, 9; sequence b: 20 positions in 0, 11.
     let (a_blocks, b_blocks) = ([7u32, 2, 9], [0u32, 11]);
     let seqs = [

@@ -17,8 +17,8 @@ pub mod tokenize;
 
 use anyhow::{Context, Result};
 use engine::{
-    AttentionOrder, ChatTemplate, ContentTokens, Device, DeviceChoice, Llama, SamplingParams,
-    Tokenizer,
+    AttentionOrder, ChatTemplate, ContentTokens, Device, DeviceChoice, KvCacheType, KvTypes, Llama,
+    SamplingParams, Tokenizer,
 };
 use gguf::GgufFile;
 use std::path::PathBuf;
@@ -56,6 +56,12 @@ pub struct ModelArgs {
     /// `-fa on`) instead of its matrix-product order, to reproduce those numbers.
     #[arg(long)]
     pub flash_attn: bool,
+    /// How the KV cache stores keys: f16, q8_0 or q4_0 (CPU; llama.cpp's `-ctk`).
+    #[arg(long = "cache-type-k", alias = "ctk", default_value = "f16")]
+    pub cache_type_k: KvCacheType,
+    /// How the KV cache stores values: f16, q8_0 or q4_0 (CPU; llama.cpp's `-ctv`).
+    #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16")]
+    pub cache_type_v: KvCacheType,
 }
 
 pub struct Loaded {
@@ -111,6 +117,16 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         model.attention_order = AttentionOrder::Flash;
     }
     model.fit_rope_to_context(args.ctx_size);
+    model.kv_types = KvTypes {
+        k: args.cache_type_k,
+        v: args.cache_type_v,
+    };
+    tracing::info!(
+        "KV cache: keys {}, values {}, {:.1} KiB per token",
+        args.cache_type_k.name(),
+        args.cache_type_v.name(),
+        model.kv_bytes_per_token(model.kv_types) as f64 / 1024.0
+    );
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;
