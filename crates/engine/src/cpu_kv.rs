@@ -174,65 +174,72 @@ impl CpuKvPool {
         staging: &mut Staging,
     ) {
         let width = self.head_dim;
-        let Staging {
-            keys,
-            values,
-            table,
-            row,
-            width: staged_width,
-        } = staging;
-        *staged_width = width;
-        table.clear();
-        table.extend((0..range.end).map(|b| b.saturating_sub(range.start) as u32));
-        keys.resize(range.len() * KV_BLOCK_SIZE * width, 0);
-        values.resize(range.len() * KV_BLOCK_SIZE * width, 0);
-        row.resize(width, 0.0);
+        let n = KV_BLOCK_SIZE * width;
+        staging.width = width;
+        staging.table.clear();
+        staging
+            .table
+            .extend((0..range.end).map(|b| b.saturating_sub(range.start) as u32));
+        staging.keys.resize(range.len() * n, 0);
+        staging.values.resize(range.len() * n, 0);
         for (local, b) in range.enumerate() {
-            for j in 0..KV_BLOCK_SIZE {
-                let slot = blocks[b] as usize * KV_BLOCK_SIZE + j;
-                self.read(&self.k, false, layer, slot, offset, row);
-                let key = &mut keys[(local * KV_BLOCK_SIZE + j) * width..][..width];
-                bytemuck_f16(key).convert_from_f32_slice(row);
-                self.read(&self.v, true, layer, slot, offset, row);
-                for (c, &x) in row.iter().enumerate() {
-                    values[(local * width + c) * KV_BLOCK_SIZE + j] = f16::from_f32(x).to_bits();
-                }
-            }
+            let block = blocks[b] as usize;
+            let keys = &mut staging.keys[local * n..][..n];
+            let scratch = (&mut staging.rows, &mut staging.bits);
+            self.read_block(&self.k, false, layer, block, offset, keys, scratch);
+            let values = &mut staging.values[local * n..][..n];
+            let scratch = (&mut staging.rows, &mut staging.bits);
+            self.read_block(&self.v, true, layer, block, offset, values, scratch);
         }
     }
 
-    /// Slot `slot`'s values of one KV head (first column `offset`) from `side` (`transposed`:
-    /// the values' f16 layout), as f32.
-    fn read(
+    /// One KV head's (first column `offset`) 16 positions of pool block `block` from
+    /// `side`, as f16 bits in `quant::KvHead`'s layout: position by position, or
+    /// (`transposed`, the values) column by column. `rows`, `bits`: scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn read_block(
         &self,
         side: &Side,
         transposed: bool,
         layer: usize,
-        slot: usize,
+        block: usize,
         offset: usize,
-        out: &mut [f32],
+        out: &mut [u16],
+        (rows, bits): (&mut Vec<f32>, &mut Vec<u16>),
     ) {
-        let width = out.len();
+        let width = self.head_dim;
+        let first_slot = layer * self.slots + block * KV_BLOCK_SIZE;
         match side {
             Side::F16(data) if !transposed => {
-                let at = self.offset(layer, slot) + offset;
-                for (o, &x) in out.iter_mut().zip(&data[at..at + width]) {
-                    *o = f16::from_bits(x).to_f32();
+                for (j, key) in out.chunks_exact_mut(width).enumerate() {
+                    let at = (first_slot + j) * self.kv_dim + offset;
+                    key.copy_from_slice(&data[at..at + width]);
                 }
             }
             Side::F16(data) => {
-                let block = self.offset(layer, slot / KV_BLOCK_SIZE * KV_BLOCK_SIZE);
-                let lane = slot % KV_BLOCK_SIZE;
-                for (c, o) in out.iter_mut().enumerate() {
-                    let x = data[block + (offset + c) * KV_BLOCK_SIZE + lane];
-                    *o = f16::from_bits(x).to_f32();
-                }
+                let at = first_slot * self.kv_dim + offset * KV_BLOCK_SIZE;
+                out.copy_from_slice(&data[at..at + width * KV_BLOCK_SIZE]);
             }
             Side::Quantized { ty, row, data } => {
-                let start = (layer * self.slots + slot) * row + ty.bytes(offset);
-                let bytes = &data[start..start + ty.bytes(width)];
-                // The pool only holds the types `quant` dequantizes.
-                quant::dequantize(ty.ggml(), bytes, out).expect("a KV cache type quant reads");
+                rows.resize(KV_BLOCK_SIZE * width, 0.0);
+                for (j, values) in rows.chunks_exact_mut(width).enumerate() {
+                    let start = (first_slot + j) * row + ty.bytes(offset);
+                    let bytes = &data[start..start + ty.bytes(width)];
+                    // The pool only holds the types `quant` dequantizes.
+                    quant::dequantize(ty.ggml(), bytes, values)
+                        .expect("a KV cache type quant reads");
+                }
+                if !transposed {
+                    bytemuck_f16(out).convert_from_f32_slice(rows);
+                    return;
+                }
+                bits.resize(rows.len(), 0);
+                bytemuck_f16(bits).convert_from_f32_slice(rows);
+                for (c, column) in out.chunks_exact_mut(KV_BLOCK_SIZE).enumerate() {
+                    for (j, v) in column.iter_mut().enumerate() {
+                        *v = bits[j * width + c];
+                    }
+                }
             }
         }
     }
@@ -253,7 +260,8 @@ struct Staging {
     keys: Vec<u16>,
     values: Vec<u16>,
     table: Vec<u32>,
-    row: Vec<f32>,
+    rows: Vec<f32>,
+    bits: Vec<u16>,
     width: usize,
 }
 

@@ -33,6 +33,12 @@ pub struct Args {
     /// Tokens per engine step (decodes plus prompt chunks).
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
+    /// While requests are generating, size other requests' prompt chunks so that a step
+    /// takes about this long (milliseconds, adapted from measured steps): a long prompt
+    /// then delays the streams' next tokens by about this much. 0: chunks fill
+    /// --max-batch-tokens.
+    #[arg(long, default_value_t = 150)]
+    itl_target_ms: u64,
     /// Requests that may wait for a free sequence; more are refused with 503.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
@@ -169,6 +175,8 @@ pub fn run(args: Args) -> Result<()> {
                     )?);
                 }
                 engine_config.max_batch_tokens = args.max_batch_tokens;
+                engine_config.step_target =
+                    Some(std::time::Duration::from_millis(args.itl_target_ms));
                 engine_config.max_waiting = args.max_queue;
                 engine_config.prefix_caching = !args.no_prefix_cache;
                 engine_config.threads = args.threads;

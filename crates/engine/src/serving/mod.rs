@@ -5,6 +5,7 @@
 
 mod blocks;
 mod metrics;
+mod pacing;
 mod request;
 mod scheduler;
 mod sequence;
@@ -47,6 +48,9 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Worker threads of the engine's own pool (default: all cores).
     pub threads: Option<usize>,
+    /// While sequences decode, prompt chunks are sized so that a step takes about this
+    /// long (adapted from measured steps; `pacing.rs`). None: chunks fill the budget.
+    pub step_target: Option<std::time::Duration>,
     /// Filled in by `Engine::start` from `kv_budget`.
     pub kv_blocks: usize,
 }
@@ -63,6 +67,7 @@ impl EngineConfig {
             context,
             prefix_caching: true,
             threads: None,
+            step_target: Some(std::time::Duration::from_millis(150)),
             kv_blocks: 0,
         }
     }

@@ -4,6 +4,7 @@
 
 use super::blocks::{block_hash, BlockManager, ROOT_HASH};
 use super::metrics::Metrics;
+use super::pacing::PrefillPacing;
 use super::sequence::Sequence;
 use super::EngineConfig;
 use crate::backend::{Backend, KV_BLOCK_SIZE};
@@ -30,6 +31,7 @@ pub(super) struct Scheduler<B: Backend> {
     /// Submitted requests not admitted yet; shared with `Engine::submit`.
     queued: Arc<AtomicUsize>,
     metrics: Arc<Mutex<Metrics>>,
+    pacing: PrefillPacing,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -43,6 +45,7 @@ impl<B: Backend> Scheduler<B> {
     ) -> Self {
         Scheduler {
             blocks: BlockManager::new(config.kv_blocks, config.prefix_caching),
+            pacing: PrefillPacing::new(config.step_target, config.max_batch_tokens),
             model,
             pool,
             tokenizer,
@@ -82,6 +85,12 @@ impl<B: Backend> Scheduler<B> {
         self.drop_cancelled();
         let takes = self.plan();
         if takes.iter().any(|&t| t > 0) {
+            let decoding = self
+                .running
+                .iter()
+                .zip(&takes)
+                .any(|(s, &t)| t == 1 && s.pending() == 1);
+            let prompt_tokens: usize = takes.iter().filter(|&&t| t > 1).sum();
             let started = Instant::now();
             match self.run_and_mask(&takes) {
                 Ok(logits) => self.advance(&takes, logits),
@@ -94,6 +103,8 @@ impl<B: Backend> Scheduler<B> {
                     }
                 }
             }
+            self.pacing
+                .observe(prompt_tokens, decoding, started.elapsed());
             tracing::trace!(
                 rows = takes.iter().sum::<usize>(),
                 ms = started.elapsed().as_secs_f64() * 1e3,
@@ -142,8 +153,13 @@ impl<B: Backend> Scheduler<B> {
         let mut budget = self.config.max_batch_tokens;
         let mut takes = vec![0; self.running.len()];
         let mut preempted = false;
-        // Decoding sequences first, so that a long prompt never stalls a stream.
+        // Decoding sequences first, so that a long prompt never stalls a stream; then
+        // prompt chunks, paced so that the streams' next tokens are not held up.
         for decoding in [true, false] {
+            if !decoding {
+                let streams = takes.iter().any(|&t| t > 0);
+                budget = budget.min(self.pacing.prompt_budget(streams));
+            }
             let mut i = 0;
             while i < self.running.len() {
                 let pending = self.running[i].pending();
