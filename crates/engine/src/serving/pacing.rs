@@ -3,12 +3,17 @@
 //! long context costs far more per token than one near its start, so a fixed budget
 //! cannot bound the decoding streams' inter-token latency. The cap is adapted from the
 //! measured time of each step that mixed prompt and decode rows: shrunk in proportion
-//! when a step overran the target, grown by a quarter when it finished well inside it.
+//! when a step overran the target, grown by a quarter when it finished well inside it,
+//! starting small.
 
 use std::time::Duration;
 
 /// The smallest cap: a step always makes some progress on a waiting prompt.
 const FLOOR: usize = 16;
+
+/// The first cap, before any step was measured: small, since an overrun costs every
+/// stream a slow token, and growing to fit takes only a few steps.
+const START: usize = 64;
 
 #[derive(Clone, Debug)]
 pub(super) struct PrefillPacing {
@@ -22,7 +27,7 @@ impl PrefillPacing {
     pub fn new(target: Option<Duration>, max_batch_tokens: usize) -> PrefillPacing {
         PrefillPacing {
             target: target.filter(|t| !t.is_zero()),
-            cap: max_batch_tokens,
+            cap: START.clamp(FLOOR, max_batch_tokens),
             max: max_batch_tokens,
         }
     }
@@ -71,7 +76,7 @@ mod tests {
     #[test]
     fn an_overrun_shrinks_the_cap_in_proportion_and_headroom_grows_it_back() {
         let mut p = PrefillPacing::new(Some(100 * MS), 512);
-        assert_eq!(p.prompt_budget(true), 512);
+        assert_eq!(p.prompt_budget(true), 64, "cautious before any measurement");
         p.observe(512, true, 400 * MS);
         assert_eq!(p.prompt_budget(true), 115); // 512 · 0.9 / 4
         assert_eq!(
