@@ -185,17 +185,31 @@ impl CpuKvPool {
         for (local, b) in range.enumerate() {
             let block = blocks[b] as usize;
             let keys = &mut staging.keys[local * n..][..n];
-            let scratch = (&mut staging.rows, &mut staging.bits);
-            self.read_block(&self.k, false, layer, block, offset, keys, scratch);
+            self.read_block(
+                &self.k,
+                false,
+                layer,
+                block,
+                offset,
+                keys,
+                &mut staging.bits,
+            );
             let values = &mut staging.values[local * n..][..n];
-            let scratch = (&mut staging.rows, &mut staging.bits);
-            self.read_block(&self.v, true, layer, block, offset, values, scratch);
+            self.read_block(
+                &self.v,
+                true,
+                layer,
+                block,
+                offset,
+                values,
+                &mut staging.bits,
+            );
         }
     }
 
     /// One KV head's (first column `offset`) 16 positions of pool block `block` from
     /// `side`, as f16 bits in `quant::KvHead`'s layout: position by position, or
-    /// (`transposed`, the values) column by column. `rows`, `bits`: scratch.
+    /// (`transposed`, the values) column by column. `bits`: scratch.
     #[allow(clippy::too_many_arguments)]
     fn read_block(
         &self,
@@ -205,7 +219,7 @@ impl CpuKvPool {
         block: usize,
         offset: usize,
         out: &mut [u16],
-        (rows, bits): (&mut Vec<f32>, &mut Vec<u16>),
+        bits: &mut Vec<u16>,
     ) {
         let width = self.head_dim;
         let first_slot = layer * self.slots + block * KV_BLOCK_SIZE;
@@ -221,20 +235,19 @@ impl CpuKvPool {
                 out.copy_from_slice(&data[at..at + width * KV_BLOCK_SIZE]);
             }
             Side::Quantized { ty, row, data } => {
-                rows.resize(KV_BLOCK_SIZE * width, 0.0);
-                for (j, values) in rows.chunks_exact_mut(width).enumerate() {
+                // Position by position; the values are then transposed from `bits`.
+                bits.resize(KV_BLOCK_SIZE * width, 0);
+                let target: &mut [u16] = if transposed { bits } else { out };
+                for (j, position) in target.chunks_exact_mut(width).enumerate() {
                     let start = (first_slot + j) * row + ty.bytes(offset);
                     let bytes = &data[start..start + ty.bytes(width)];
                     // The pool only holds the types `quant` dequantizes.
-                    quant::dequantize(ty.ggml(), bytes, values)
+                    quant::widen_to_f16(ty.ggml(), bytes, position)
                         .expect("a KV cache type quant reads");
                 }
                 if !transposed {
-                    bytemuck_f16(out).convert_from_f32_slice(rows);
                     return;
                 }
-                bits.resize(rows.len(), 0);
-                bytemuck_f16(bits).convert_from_f32_slice(rows);
                 for (c, column) in out.chunks_exact_mut(KV_BLOCK_SIZE).enumerate() {
                     for (j, v) in column.iter_mut().enumerate() {
                         *v = bits[j * width + c];
@@ -260,7 +273,6 @@ struct Staging {
     keys: Vec<u16>,
     values: Vec<u16>,
     table: Vec<u32>,
-    rows: Vec<f32>,
     bits: Vec<u16>,
     width: usize,
 }

@@ -333,6 +333,23 @@ pub fn attend(
     attend_any(queries, weights, kv, out, scratch)
 }
 
+/// Decodes `data` (whole GGML blocks of `ty`, as a quantized KV cache stores them) into
+/// f16 bits: each value as `dequantize` computes it, rounded to f16.
+pub fn widen_to_f16(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> crate::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::selected_isa() == crate::Isa::Avx512
+        && data.len() == out.len() / ty.block_size() * ty.type_size()
+        && crate::attention_avx512::widen_to_f16_avx512(ty, data, out)
+    {
+        return Ok(());
+    }
+    let mut values = vec![0.0f32; out.len()];
+    crate::dequantize(ty, data, &mut values)?;
+    out.reinterpret_cast_mut::<f16>()
+        .convert_from_f32_slice(&values);
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -447,6 +464,22 @@ pub(crate) mod tests {
                     "{order:?} n={n}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn quantized_blocks_widen_to_the_f16_of_their_values() {
+        for ty in [gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0] {
+            let x: Vec<f32> = (0..256)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.37)
+                .collect();
+            let data = crate::quantize(ty, &x).unwrap();
+            let mut got = vec![0u16; 256];
+            widen_to_f16(ty, &data, &mut got).unwrap();
+            let mut values = vec![0.0; 256];
+            crate::dequantize(ty, &data, &mut values).unwrap();
+            let want: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            assert_eq!(got, want, "{ty}");
         }
     }
 

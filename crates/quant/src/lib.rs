@@ -28,7 +28,8 @@ mod packed;
 mod rope;
 
 pub use attention::{
-    attend, attention_scores, dot_f16, AttendScratch, F16Order, KvHead, Query, KV_BLOCK,
+    attend, attention_scores, dot_f16, widen_to_f16, AttendScratch, F16Order, KvHead, Query,
+    KV_BLOCK,
 };
 pub use attention_flash::flash_attend;
 pub use dot::dot_f32;
