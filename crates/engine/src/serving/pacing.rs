@@ -27,7 +27,7 @@ impl PrefillPacing {
     pub fn new(target: Option<Duration>, max_batch_tokens: usize) -> PrefillPacing {
         PrefillPacing {
             target: target.filter(|t| !t.is_zero()),
-            cap: START.clamp(FLOOR, max_batch_tokens),
+            cap: START.min(max_batch_tokens),
             max: max_batch_tokens,
         }
     }
@@ -56,7 +56,7 @@ impl PrefillPacing {
         } else {
             self.cap
         }
-        .clamp(FLOOR, self.max);
+        .clamp(FLOOR.min(self.max), self.max);
     }
 }
 
@@ -99,5 +99,13 @@ mod tests {
             p.observe(cap, true, 10 * MS);
         }
         assert_eq!(p.prompt_budget(true), 512, "never above the step budget");
+    }
+
+    #[test]
+    fn a_step_budget_below_the_floor_is_the_cap() {
+        let mut p = PrefillPacing::new(Some(100 * MS), 5);
+        assert_eq!(p.prompt_budget(true), 5);
+        p.observe(5, true, 1000 * MS);
+        assert_eq!(p.prompt_budget(true), 5);
     }
 }
