@@ -221,10 +221,36 @@ fn bad_input_gives_clear_errors() {
         "context of 8",
     );
     usage_error(&["run", "--device", "tpu", "hi"], "tpu");
+    usage_error(
+        &["run", "-c", "12000", "hi"],
+        "beyond the model's context of 8192",
+    );
+    usage_error(&["run", "--rope-scale=-1", "hi"], "positive");
+    usage_error(&["run", "--rope-scaling", "cubic", "hi"], "cubic");
 
     let out = llama_gpu_with_stdin(&["run", "--raw"], &[0x66, 0xff, 0xfe]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+}
+
+#[test]
+fn rope_scaling_extends_the_context() {
+    let out = llama_gpu(&[
+        "run",
+        "--raw",
+        "--temp",
+        "0",
+        "-n",
+        "2",
+        "-c",
+        "9000",
+        "--rope-scaling",
+        "yarn",
+        "--rope-scale",
+        "2",
+        "hello",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

@@ -282,7 +282,8 @@ impl Gpu {
 
     /// Rotates pair p of every head by freq_scale · θ_p / factors[p], θ_0 = position,
     /// θ_{p+1} = θ_p · theta_scale (one pair per entry of `factors`), with cos and sin
-    /// multiplied by `mscale`.
+    /// multiplied by `mscale`; with `yarn` = (ext_factor, ramp low, ramp high), blended
+    /// with θ_p / factors[p] as `quant::YarnRamp` says.
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
@@ -296,6 +297,7 @@ impl Gpu {
         theta_scale: f32,
         freq_scale: f32,
         mscale: f32,
+        yarn: [f32; 3],
     ) -> Result<()> {
         let pairs = factors.len();
         let n = rows * (cols / head_dim) * pairs;
@@ -320,6 +322,9 @@ impl Gpu {
                 .arg(&theta_scale)
                 .arg(&freq_scale)
                 .arg(&mscale)
+                .arg(&yarn[0])
+                .arg(&yarn[1])
+                .arg(&yarn[2])
                 .launch(elementwise(n))
         }?;
         Ok(())

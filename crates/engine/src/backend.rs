@@ -161,17 +161,21 @@ pub fn read_matrix_rows<'a>(
 
 /// RoPE inputs shared by every layer. Pair i of a head at position p is rotated by
 /// freq_scale · θᵢ / factors[i], where θ₀ = p and θᵢ₊₁ = θᵢ · theta_scale in f32 — GGML's
-/// running product, whose rounding we keep (see `quant::rope_angles`).
+/// running product, whose rounding we keep (see `quant::rope_angles`) — or, with YaRN,
+/// by a blend of that angle and θᵢ / factors[i].
 #[derive(Clone, Debug)]
 pub struct Rope {
     /// freq_base^(-2 / rope_dims).
     pub theta_scale: f32,
-    /// Multiplies cos and sin (`rope.scaling.attn_factor`, phi3's LongRoPE), 1.0 without.
+    /// Multiplies cos and sin (`rope.scaling.attn_factor`, phi3's LongRoPE, YaRN's
+    /// magnitude correction), 1.0 without.
     pub mscale: f32,
     /// Per-pair divisors (Llama 3.1-style scaling), 1.0 without; one per pair.
     pub factors: Vec<f32>,
-    /// 1 / the linear scaling factor.
+    /// 1 / the scaling factor (linear or YaRN).
     pub freq_scale: f32,
+    /// YaRN's blend of interpolated and extrapolated angles, when on.
+    pub yarn: Option<quant::YarnRamp>,
     pub neox: bool,
     pub head_dim: usize,
 }

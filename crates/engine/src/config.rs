@@ -42,6 +42,77 @@ pub enum RopeScaling {
     None,
     /// Positions are divided by the factor.
     Linear(f32),
+    /// YaRN with this factor: slow-turning pairs interpolated as by `Linear`, fast ones
+    /// left alone, a ramp between (`quant::YarnRamp`), and a magnitude correction.
+    Yarn(f32),
+}
+
+impl RopeScaling {
+    /// How much longer a context it is meant for than the original one (1 without).
+    pub fn factor(self) -> f32 {
+        match self {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear(f) | RopeScaling::Yarn(f) => f,
+        }
+    }
+}
+
+/// YaRN's knobs, llama.cpp's defaults unless overridden.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YarnSettings {
+    /// How much of the ramp applies: 1 with YaRN scaling, 0 without, unless set.
+    pub ext_factor: Option<f32>,
+    /// Pairs turning at least this often over the original context keep their angles.
+    pub beta_fast: f32,
+    /// Pairs turning at most this often over the original context are interpolated.
+    pub beta_slow: f32,
+}
+
+impl Default for YarnSettings {
+    fn default() -> Self {
+        YarnSettings {
+            ext_factor: None,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        }
+    }
+}
+
+/// RoPE settings a user asks for over the file's (llama.cpp's `--rope-scaling`,
+/// `--rope-scale`, `--rope-freq-base`, `--yarn-*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RopeOverrides {
+    /// `none`, `linear` or `yarn`.
+    pub scaling: Option<RopeScalingKind>,
+    /// The scaling factor (the file's, or 1, when not given).
+    pub factor: Option<f32>,
+    pub freq_base: Option<f32>,
+    pub original_context: Option<usize>,
+    pub yarn_ext_factor: Option<f32>,
+    pub yarn_beta_fast: Option<f32>,
+    pub yarn_beta_slow: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeScalingKind {
+    None,
+    Linear,
+    Yarn,
+}
+
+impl std::str::FromStr for RopeScalingKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(RopeScalingKind::None),
+            "linear" => Ok(RopeScalingKind::Linear),
+            "yarn" => Ok(RopeScalingKind::Yarn),
+            other => Err(format!(
+                "unknown RoPE scaling {other:?} (expected none, linear or yarn)"
+            )),
+        }
+    }
 }
 
 /// The gate of the feed-forward block: `act(gate) · up`.
@@ -84,8 +155,10 @@ pub struct Config {
     /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`; phi3's LongRoPE).
     pub rope_mscale: f32,
     /// The context the model was trained at before RoPE scaling; beyond it, phi3 uses
-    /// its long RoPE factors (`rope_factors_long`) instead of the short ones.
+    /// its long RoPE factors (`rope_factors_long`) instead of the short ones. YaRN's
+    /// ramp is placed for it (the trained context when not given).
     pub rope_original_context: Option<usize>,
+    pub yarn: YarnSettings,
 
     // What families change (all off for Llama).
     /// RMSNorm over each head of Q and K before RoPE (qwen3, gemma3).
@@ -131,9 +204,10 @@ impl Config {
             // LongRoPE's factors are tensors (`rope_factors_short/long`), read at load.
             Ok("none") | Ok("longrope") => RopeScaling::None,
             Ok("linear") => RopeScaling::Linear(m.get_f32(&key("rope.scaling.factor"))?),
+            Ok("yarn") => RopeScaling::Yarn(m.get_f32(&key("rope.scaling.factor"))?),
             Ok(other) => {
                 return Err(EngineError::Config(format!(
-                    "RoPE scaling {other:?} is not supported (supported: none, linear, longrope, llama3 via rope_freqs)"
+                    "RoPE scaling {other:?} is not supported (supported: none, linear, yarn, longrope, llama3 via rope_freqs)"
                 )))
             }
         };
@@ -154,6 +228,7 @@ impl Config {
             rope_scaling,
             rope_mscale: m.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
             rope_original_context: get("rope.scaling.original_context_length").ok(),
+            yarn: YarnSettings::default(),
             qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
             post_norms: gemma,
             activation: match gemma {
@@ -184,6 +259,89 @@ impl Config {
             )));
         }
         Ok(config)
+    }
+
+    /// The longest context the model is meant to see: its trained context, or the
+    /// original one times the RoPE scaling factor when that is longer. (A file's own
+    /// scaling without an original context already counts in its trained context.)
+    pub fn usable_context(&self) -> usize {
+        let scaled = self.rope_original_context.map_or(0, |original| {
+            (original as f64 * self.rope_scaling.factor() as f64) as usize
+        });
+        self.context_length.max(scaled)
+    }
+
+    /// 1 / the RoPE scaling factor.
+    pub fn rope_freq_scale(&self) -> f32 {
+        1.0 / self.rope_scaling.factor()
+    }
+
+    /// How much of YaRN's ramp applies (0: YaRN is off).
+    pub fn yarn_ext_factor(&self) -> f32 {
+        let yarn = matches!(self.rope_scaling, RopeScaling::Yarn(_));
+        self.yarn.ext_factor.unwrap_or(if yarn { 1.0 } else { 0.0 })
+    }
+
+    /// What multiplies RoPE's cos and sin besides YaRN's per-layer magnitude correction,
+    /// as llama.cpp computes it: with YaRN, that correction for the model's factor and its
+    /// inverse (llama.cpp cancels its kernel's correction this way, rounding included),
+    /// then `rope.scaling.attn_factor`.
+    pub fn rope_attention_factor(&self) -> f32 {
+        let mut factor = 1.0;
+        if self.yarn_ext_factor() != 0.0 {
+            let scale = 1.0 / self.rope_freq_scale();
+            if scale > 1.0 {
+                factor = crate::model::yarn_magnitude(scale);
+            }
+            factor *= 1.0 / crate::model::yarn_magnitude(scale);
+        }
+        factor * self.rope_mscale
+    }
+
+    /// Applies a user's RoPE settings (see `RopeOverrides`) over the file's.
+    pub fn override_rope(&mut self, o: &RopeOverrides) -> Result<()> {
+        let positive = |name: &str, v: Option<f32>| match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(EngineError::Config(format!(
+                "{name} must be a positive number, not {x}"
+            ))),
+            _ => Ok(()),
+        };
+        positive("the RoPE scaling factor", o.factor)?;
+        positive("the RoPE frequency base", o.freq_base)?;
+        positive("YaRN's beta_fast", o.yarn_beta_fast)?;
+        positive("YaRN's beta_slow", o.yarn_beta_slow)?;
+        if let Some(base) = o.freq_base {
+            self.rope_base = base;
+        }
+        let factor = o.factor.unwrap_or(self.rope_scaling.factor());
+        self.rope_scaling = match o.scaling {
+            Some(RopeScalingKind::None) => RopeScaling::None,
+            Some(RopeScalingKind::Linear) => RopeScaling::Linear(factor),
+            Some(RopeScalingKind::Yarn) => RopeScaling::Yarn(factor),
+            // A factor alone rescales the file's kind, linear when it has none.
+            None => match (o.factor, self.rope_scaling) {
+                (None, kept) => kept,
+                (Some(f), RopeScaling::Yarn(_)) => RopeScaling::Yarn(f),
+                (Some(f), _) => RopeScaling::Linear(f),
+            },
+        };
+        if o.original_context == Some(0) {
+            return Err(EngineError::Config(
+                "the original context of YaRN must be at least 1".into(),
+            ));
+        }
+        // Scaling asked for here extends the context the file states.
+        let rescaled = o.scaling.is_some() || o.factor.is_some();
+        self.rope_original_context = o
+            .original_context
+            .or(self.rope_original_context)
+            .or(rescaled.then_some(self.context_length));
+        self.yarn = YarnSettings {
+            ext_factor: o.yarn_ext_factor.or(self.yarn.ext_factor),
+            beta_fast: o.yarn_beta_fast.unwrap_or(self.yarn.beta_fast),
+            beta_slow: o.yarn_beta_slow.unwrap_or(self.yarn.beta_slow),
+        };
+        Ok(())
     }
 
     /// Whether layer `l` attends through a sliding window.

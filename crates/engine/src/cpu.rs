@@ -25,7 +25,7 @@ pub struct CpuBuffer {
 }
 
 impl CpuBuffer {
-    fn row(&self, r: usize) -> &[f32] {
+    pub(crate) fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
 }
@@ -256,6 +256,7 @@ impl Backend for CpuBackend {
                 rope.theta_scale,
                 &rope.factors,
                 rope.freq_scale,
+                rope.yarn.as_ref(),
                 &mut cos,
                 &mut sin,
             );
@@ -290,7 +291,7 @@ impl Backend for CpuBackend {
         spec: &AttentionSpec,
         out: &mut CpuBuffer,
     ) {
-        crate::cpu_kv::attention(q, pool, layer, seqs, spec, out);
+        crate::cpu_attention::attention(q, pool, layer, seqs, spec, out);
     }
 
     fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {

@@ -1,27 +1,20 @@
-//! The CPU backend's KV cache and the attention over it. The cache is f16, in blocks of
-//! `KV_BLOCK_SIZE` positions: keys position by position, each block's values transposed
-//! (a column's 16 positions side by side), the layout `quant::KvHead` reads. Attention is
-//! split into tasks of the query heads of one KV head of one sequence, for up to
-//! `ROWS_PER_TASK` of its rows, so that each block read serves all of them.
+//! The CPU backend's KV cache. It is f16 (or a quantized type, widened to f16 for each
+//! attention call), in blocks of `KV_BLOCK_SIZE` positions: keys position by position,
+//! each block's values transposed (a column's 16 positions side by side), the layout
+//! `quant::KvHead` reads (`cpu_attention`).
 
-use crate::backend::{
-    AttentionOrder, AttentionSpec, KvCacheType, KvShape, KvTypes, SeqRows, KV_BLOCK_SIZE,
-};
+use crate::backend::{AttentionSpec, KvCacheType, KvShape, KvTypes, SeqRows, KV_BLOCK_SIZE};
 use crate::cpu::CpuBuffer;
 use crate::error::{EngineError, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use quant::{AttendScratch, F16Order, KvHead, Query};
+use quant::KvHead;
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 // The kernels read a block's values as one vector of positions.
 const _: () = assert!(KV_BLOCK_SIZE == quant::KV_BLOCK);
-
-/// Query rows per attention task: enough to share each block of keys and values among
-/// many queries, few enough that a prompt splits into tasks for every thread.
-const ROWS_PER_TASK: usize = 16;
 
 pub struct CpuKvPool {
     slots: usize,
@@ -134,28 +127,62 @@ impl CpuKvPool {
             match &mut self.k {
                 Side::F16(keys) => {
                     let key: &mut [f16] = bytemuck_f16(&mut keys[at..at + n]);
-                    key.convert_from_f32_slice(&v_row(k, t)[..n]);
+                    key.convert_from_f32_slice(&k.row(t)[..n]);
                 }
                 Side::Quantized { ty, row, data } => {
-                    quantize_into(*ty, v_row(k, t), &mut data[pool_slot * *row..][..*row])
+                    quantize_into(*ty, k.row(t), &mut data[pool_slot * *row..][..*row])
                 }
             }
             match &mut self.v {
                 Side::F16(values) => {
                     let lane = slot % KV_BLOCK_SIZE;
-                    for (c, &x) in v_row(v, t)[..n].iter().enumerate() {
+                    for (c, &x) in v.row(t)[..n].iter().enumerate() {
                         values[block + c * KV_BLOCK_SIZE + lane] = f16::from_f32(x).to_bits();
                     }
                 }
                 Side::Quantized { ty, row, data } => {
-                    quantize_into(*ty, v_row(v, t), &mut data[pool_slot * *row..][..*row])
+                    quantize_into(*ty, v.row(t), &mut data[pool_slot * *row..][..*row])
                 }
             }
         }
     }
 
+    /// Values per position and layer: every KV head's keys (or values).
+    pub(crate) fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// For a quantized cache, each sequence's blocks that `layer`'s attention sees, widened
+    /// to f16 per KV head (sequence s's KV head g at `s · n_kv_heads + g`); nothing for an
+    /// f16 cache, which the kernels read as it is.
+    pub(crate) fn stage_layer(
+        &self,
+        layer: usize,
+        seqs: &[SeqRows],
+        spec: &AttentionSpec,
+    ) -> MutexGuard<'_, Vec<Staging>> {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        if self.f16_layer(layer).is_some() {
+            staged.clear();
+            return staged;
+        }
+        let heads = seqs.len() * spec.n_kv_heads;
+        let kept = heads.max(staged.len());
+        staged.resize_with(kept, Staging::default);
+        staged[..heads]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, staging)| {
+                let (seq, g) = (&seqs[i / spec.n_kv_heads], i % spec.n_kv_heads);
+                let first = spec.first_visible(seq.start) / KV_BLOCK_SIZE;
+                let end = (seq.start + seq.rows.len()).div_ceil(KV_BLOCK_SIZE);
+                self.stage(layer, seq.blocks, first..end, g * self.head_dim, staging);
+            });
+        staged
+    }
+
     /// The f16 keys and values of `layer`, if both sides are f16.
-    fn f16_layer(&self, layer: usize) -> Option<(&[u16], &[u16])> {
+    pub(crate) fn f16_layer(&self, layer: usize) -> Option<(&[u16], &[u16])> {
         let range = self.offset(layer, 0)..self.offset(layer + 1, 0);
         match (&self.k, &self.v) {
             (Side::F16(k), Side::F16(v)) => Some((&k[range.clone()], &v[range])),
@@ -269,7 +296,7 @@ fn quantize_into(ty: KvCacheType, x: &[f32], out: &mut [u8]) {
 /// (`CpuKvPool::stage`), in the layout `quant::KvHead` reads, with a block table of its
 /// own.
 #[derive(Default)]
-struct Staging {
+pub(crate) struct Staging {
     keys: Vec<u16>,
     values: Vec<u16>,
     table: Vec<u32>,
@@ -278,7 +305,7 @@ struct Staging {
 }
 
 impl Staging {
-    fn head(&self) -> KvHead<'_> {
+    pub(crate) fn head(&self) -> KvHead<'_> {
         KvHead {
             keys: &self.keys,
             values: &self.values,
@@ -309,147 +336,7 @@ fn huge_pages<T>(memory: Vec<T>) -> Vec<T> {
     memory
 }
 
-fn v_row(x: &CpuBuffer, t: usize) -> &[f32] {
-    &x.data[t * x.cols..(t + 1) * x.cols]
-}
-
 fn bytemuck_f16(bits: &mut [u16]) -> &mut [f16] {
     use half::slice::HalfBitsSliceExt;
     bits.reinterpret_cast_mut::<f16>()
-}
-
-/// One task's reusable buffers.
-#[derive(Default)]
-struct Scratch {
-    queries: Vec<f32>,
-    scores: Vec<Vec<f32>>,
-    attend: AttendScratch,
-}
-
-/// Causal grouped-query attention of `q` over the pool (see `Backend::attention`).
-pub fn attention(
-    q: &CpuBuffer,
-    pool: &CpuKvPool,
-    layer: usize,
-    seqs: &[SeqRows],
-    spec: &AttentionSpec,
-    out: &mut CpuBuffer,
-) {
-    let width = pool.kv_dim / spec.n_kv_heads;
-    let group = q.cols / width / spec.n_kv_heads;
-    // Tasks: (sequence, query heads of one KV group, rows).
-    let row_tiles: Vec<(usize, Range<usize>)> = seqs
-        .iter()
-        .enumerate()
-        .flat_map(|(s, seq)| {
-            seq.rows
-                .clone()
-                .step_by(ROWS_PER_TASK)
-                .map(move |start| (s, start..(start + ROWS_PER_TASK).min(seq.rows.end)))
-        })
-        .collect();
-    // A group's heads share one task, unless that leaves threads idle (decoding few
-    // sequences): then each head is a task, and the group's blocks are read once per head.
-    let heads_per_task = match row_tiles.len() * spec.n_kv_heads < 2 * rayon::current_num_threads()
-    {
-        true => 1,
-        false => group,
-    };
-    let tasks: Vec<(usize, Range<usize>, Range<usize>)> = row_tiles
-        .into_iter()
-        .flat_map(|(s, rows)| {
-            (0..group * spec.n_kv_heads)
-                .step_by(heads_per_task)
-                .map(move |h| (s, h..h + heads_per_task, rows.clone()))
-        })
-        .collect();
-    // A quantized cache: each sequence's blocks in sight, widened to f16 once per KV head.
-    let mut staged = pool.staged.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.f16_layer(layer).is_none() {
-        let heads = seqs.len() * spec.n_kv_heads;
-        if staged.len() < heads {
-            staged.resize_with(heads, Staging::default);
-        }
-        staged[..heads]
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, staging)| {
-                let (seq, g) = (&seqs[i / spec.n_kv_heads], i % spec.n_kv_heads);
-                let first = spec.first_visible(seq.start) / KV_BLOCK_SIZE;
-                let end = (seq.start + seq.rows.len()).div_ceil(KV_BLOCK_SIZE);
-                pool.stage(layer, seq.blocks, first..end, g * width, staging);
-            });
-    }
-    let staged = &staged;
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map_init(Scratch::default, |scratch, (s, heads, rows)| {
-            let seq = &seqs[*s];
-            let Scratch {
-                queries: query_values,
-                scores,
-                attend,
-            } = scratch;
-            // The rows' query heads, row by row, rounded to f16 as GGML rounds the query
-            // for an f16 cache.
-            let columns = heads.start * width..heads.end * width;
-            query_values.clear();
-            for r in rows.clone() {
-                query_values.extend_from_slice(&v_row(q, r)[columns.clone()]);
-            }
-            quant::round_to_f16(query_values);
-            let queries: Vec<Query> = query_values
-                .chunks_exact(width)
-                .enumerate()
-                .map(|(i, q)| {
-                    let pos = seq.start + rows.start + i / heads.len() - seq.rows.start;
-                    Query {
-                        q,
-                        first: spec.first_visible(pos),
-                        end: pos + 1,
-                        order: match pos >= seq.generated_from {
-                            true => F16Order::OneToken,
-                            false => F16Order::Batched,
-                        },
-                    }
-                })
-                .collect();
-            let offset = heads.start / group * width;
-            let kv = match pool.f16_layer(layer) {
-                Some((keys, values)) => KvHead {
-                    keys,
-                    values,
-                    blocks: seq.blocks,
-                    kv_dim: pool.kv_dim,
-                    offset,
-                    head_dim: width,
-                },
-                None => staged[s * spec.n_kv_heads + heads.start / group].head(),
-            };
-            let mut result = vec![0.0; queries.len() * width];
-            if spec.order == AttentionOrder::Flash {
-                for (query, out) in queries.iter().zip(result.chunks_exact_mut(width)) {
-                    quant::flash_attend(query, &kv, spec.scale, spec.softcap, out);
-                }
-                return result;
-            }
-            scores.resize_with(queries.len().max(scores.len()), Vec::new);
-            let scores = &mut scores[..queries.len()];
-            quant::attention_scores(&queries, &kv, spec.scale, scores);
-            for (query, scores) in queries.iter().zip(scores.iter_mut()) {
-                if let Some(cap) = spec.softcap {
-                    quant::softcap(&mut scores[query.first - query.base()..], cap);
-                }
-                quant::softmax(scores);
-            }
-            quant::attend(&queries, scores, &kv, &mut result, attend);
-            result
-        })
-        .collect();
-    for ((_, heads, rows), result) in tasks.iter().zip(results) {
-        let n = heads.len() * width;
-        for (r, values) in rows.clone().zip(result.chunks_exact(n)) {
-            out.data[r * q.cols + heads.start * width..][..n].copy_from_slice(values);
-        }
-    }
 }

@@ -329,6 +329,8 @@ impl Backend for CudaBackend {
                 rope.theta_scale,
                 rope.freq_scale,
                 rope.mscale,
+                rope.yarn
+                    .map_or([0.0; 3], |r| [r.ext_factor, r.low, r.high]),
             )
         })();
         self.check(result);

@@ -3,7 +3,7 @@
 use crate::backend::{
     kv_slot, AttentionOrder, AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows, KV_BLOCK_SIZE,
 };
-use crate::config::{Activation, Config, RopeScaling};
+use crate::config::{Activation, Config, RopeOverrides};
 use crate::error::{EngineError, Result};
 use gguf::GgufFile;
 use std::sync::Arc;
@@ -198,20 +198,12 @@ impl<B: Backend> Llama<B> {
             Some(_) => weight("output.weight", &vocab)?,
             None => weight("token_embd.weight", &vocab)?,
         };
-        let rope = rope_table(&c, &file, false)?;
         let rope_long = match has("rope_factors_long.weight") {
-            true => Some(rope_table(&c, &file, true)?),
+            true => Some(rope(&c, rope_factors(&c, &file, true)?)),
             false => None,
         };
-        let rope_windowed = match &c.sliding_window {
-            // llama.cpp gives windowed layers no frequency scaling of their own.
-            Some(w) => Rope {
-                theta_scale: quant::rope_theta_scale(w.rope_base, c.rope_dims),
-                freq_scale: 1.0,
-                ..rope.clone()
-            },
-            None => rope.clone(),
-        };
+        let rope = rope(&c, rope_factors(&c, &file, false)?);
+        let rope_windowed = windowed_rope(&c, &rope);
         Ok(Llama {
             token_embedding: weight("token_embd.weight", &vocab)?,
             output_norm: weight("output_norm.weight", &[d])?,
@@ -225,6 +217,18 @@ impl<B: Backend> Llama<B> {
             config: c,
             backend,
         })
+    }
+
+    /// Applies a user's RoPE settings over the file's (see `Config::override_rope`).
+    pub fn override_rope(&mut self, overrides: &RopeOverrides) -> Result<()> {
+        self.config.override_rope(overrides)?;
+        let c = &self.config;
+        self.rope = rope(c, std::mem::take(&mut self.rope.factors));
+        if let Some(long) = &mut self.rope_long {
+            *long = rope(c, std::mem::take(&mut long.factors));
+        }
+        self.rope_windowed = windowed_rope(c, &self.rope);
+        Ok(())
     }
 
     /// Picks the RoPE factors for sequences of up to `context` positions, as llama.cpp
@@ -293,7 +297,15 @@ impl<B: Backend> Llama<B> {
         self.forward_sequence(&[token], position, cache, Logits::Last, position)
     }
 
-    /// `forward` and `decode`: one sequence's tokens, through `forward_batch`.
+    /// Runs generated `tokens` at `start..` in one pass (speculative decoding checks
+    /// proposed tokens this way) and returns every row's logits: each the logits `decode`
+    /// would give that token, because each row is summed in the one-token order of its
+    /// role, not in the batched order of a prompt.
+    pub fn verify(&self, tokens: &[u32], start: usize, cache: &mut KvCache<B>) -> Result<Vec<f32>> {
+        self.forward_sequence(tokens, start, cache, Logits::All, start)
+    }
+
+    /// `forward`, `decode` and `verify`: one sequence's tokens, through `forward_batch`.
     fn forward_sequence(
         &self,
         tokens: &[u32],
@@ -461,10 +473,10 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// RoPE parameters, with the per-pair divisors of a `rope_freqs.weight` tensor when the
-/// model ships one (Llama 3.1-style long-context scaling), or of LongRoPE's
-/// `rope_factors_short/long.weight` (phi3; `long` picks which).
-fn rope_table(c: &Config, file: &GgufFile, long: bool) -> Result<Rope> {
+/// The per-pair divisors of a `rope_freqs.weight` tensor when the model ships one (Llama
+/// 3.1-style long-context scaling), or of LongRoPE's `rope_factors_short/long.weight`
+/// (phi3; `long` picks which); ones otherwise.
+fn rope_factors(c: &Config, file: &GgufFile, long: bool) -> Result<Vec<f32>> {
     let pairs = c.rope_dims / 2;
     let name = [
         "rope_freqs.weight",
@@ -476,7 +488,7 @@ fn rope_table(c: &Config, file: &GgufFile, long: bool) -> Result<Rope> {
     ]
     .into_iter()
     .find(|n| file.gguf.tensor_info(n).is_some());
-    let factors = match name.map(|n| (n, file.tensor(n))) {
+    match name.map(|n| (n, file.tensor(n))) {
         Some((name, Ok(view))) => {
             let mut f = vec![0.0; view.info.n_elements() as usize];
             quant::dequantize(view.info.ty, view.data, &mut f)?;
@@ -487,21 +499,55 @@ fn rope_table(c: &Config, file: &GgufFile, long: bool) -> Result<Rope> {
                     actual: view.info.dims.clone(),
                 });
             }
-            f
+            Ok(f)
         }
-        _ => vec![1.0; pairs],
+        _ => Ok(vec![1.0; pairs]),
+    }
+}
+
+/// The RoPE of the model's global layers, with per-pair divisors `factors`.
+fn rope(c: &Config, factors: Vec<f32>) -> Rope {
+    rope_at(c, c.rope_base, c.rope_freq_scale(), factors)
+}
+
+/// The RoPE of sliding-window layers: their own base, and no frequency scaling of their
+/// own (as llama.cpp gives them).
+fn windowed_rope(c: &Config, global: &Rope) -> Rope {
+    match &c.sliding_window {
+        Some(w) => rope_at(c, w.rope_base, 1.0, global.factors.clone()),
+        None => global.clone(),
+    }
+}
+
+/// RoPE with frequency base `base` and scale `freq_scale`, and `c`'s YaRN settings, with
+/// cos and sin scaled as llama.cpp scales them: its attention factor (YaRN's magnitude
+/// correction cancelled, then `rope.scaling.attn_factor`), times YaRN's correction for
+/// this `freq_scale` where YaRN is on.
+fn rope_at(c: &Config, base: f32, freq_scale: f32, factors: Vec<f32>) -> Rope {
+    let ext_factor = c.yarn_ext_factor();
+    let yarn = (ext_factor != 0.0).then(|| {
+        let original = c.rope_original_context.unwrap_or(c.context_length);
+        let betas = [c.yarn.beta_fast, c.yarn.beta_slow];
+        quant::YarnRamp::new(c.rope_dims, original, base, betas, ext_factor)
+    });
+    let magnitude = match yarn {
+        Some(_) => yarn_magnitude(1.0 / freq_scale),
+        None => 1.0,
     };
-    Ok(Rope {
-        theta_scale: quant::rope_theta_scale(c.rope_base, c.rope_dims),
-        mscale: c.rope_mscale,
+    Rope {
+        theta_scale: quant::rope_theta_scale(base, c.rope_dims),
+        mscale: c.rope_attention_factor() * magnitude,
         factors,
-        freq_scale: match c.rope_scaling {
-            RopeScaling::None => 1.0,
-            RopeScaling::Linear(f) => 1.0 / f,
-        },
+        freq_scale,
+        yarn,
         neox: c.rope_neox,
         head_dim: c.head_dim,
-    })
+    }
+}
+
+/// YaRN's magnitude correction for a context `factor` times longer: 1 + 0.1 · ln factor.
+pub(crate) fn yarn_magnitude(factor: f32) -> f32 {
+    1.0 + 0.1 * factor.ln()
 }
 
 /// A fused tensor's parts as an array (`parts` in `Llama::load` makes one per size).

@@ -7,8 +7,10 @@ use crate::constraint::GrammarState;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
+use crate::speculate::{DraftTuner, NgramSpeculation, SpeculationStats};
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Tokens per forward call while reading a prompt.
@@ -22,6 +24,8 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// What the output must match; generation stops where the grammar ends.
     pub grammar: Option<GrammarState>,
+    /// Propose tokens by n-gram lookup and check them in one pass (same output, sooner).
+    pub speculation: Option<NgramSpeculation>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +50,7 @@ pub struct Generated {
     pub prompt_computed: usize,
     pub prompt_seconds: f64,
     pub generation_seconds: f64,
+    pub speculation: SpeculationStats,
 }
 
 pub struct Session<'m, B: Backend> {
@@ -67,6 +72,11 @@ impl<'m, B: Backend> Session<'m, B> {
 
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// The tokens whose keys and values the cache holds, in order.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
     }
 
     /// Forgets the cached tokens (the memory is kept).
@@ -130,6 +140,12 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut text = String::new();
         let mut finish = FinishReason::Length;
         let mut grammar = options.grammar.clone();
+        // Proposed tokens already in the cache, each with the logits after it.
+        let mut ahead: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
+        let mut speculation = SpeculationStats::default();
+        let mut tuner = DraftTuner::default();
+        // Proposals checked by the last pass (kept ones leave `ahead` one by one).
+        let mut checked = 0;
         while tokens.len() < options.max_tokens {
             if let Some(g) = &mut grammar {
                 g.mask()?.apply(&mut logits);
@@ -156,13 +172,58 @@ impl<'m, B: Backend> Session<'m, B> {
                 finish = FinishReason::Stop;
                 break;
             }
-            if tokens.len() >= options.max_tokens || self.cached.len() >= self.context {
+            if tokens.len() >= options.max_tokens || self.cached.len() - ahead.len() >= self.context
+            {
                 break;
             }
+            match ahead.pop_front() {
+                Some((proposed, next)) if proposed == id => {
+                    speculation.accepted += 1;
+                    logits = next;
+                    if ahead.is_empty() {
+                        tuner.outcome(checked, checked);
+                    }
+                    continue;
+                }
+                // The token differs from the proposal: the proposals from there on go.
+                Some(_) => {
+                    tuner.outcome(checked, checked - ahead.len() - 1);
+                    let kept = self.cached.len() - ahead.len() - 1;
+                    self.cached.truncate(kept);
+                    ahead.clear();
+                }
+                None => {}
+            }
             let pos = self.cached.len();
-            logits = self.model.decode(id, pos, &mut self.cache)?;
-            self.cached.push(id);
+            let room = (self.context - pos - 1).min(options.max_tokens - tokens.len() - 1);
+            let mut proposed = match &options.speculation {
+                Some(spec) => spec.propose(&history, room),
+                None => Vec::new(),
+            };
+            proposed.truncate(tuner.choose(proposed.len()));
+            let started = Instant::now();
+            if proposed.is_empty() {
+                logits = self.model.decode(id, pos, &mut self.cache)?;
+                self.cached.push(id);
+                tuner.timed(1, started.elapsed().as_secs_f64());
+                continue;
+            }
+            let mut batch = vec![id];
+            batch.extend_from_slice(&proposed);
+            let all = self.model.verify(&batch, pos, &mut self.cache)?;
+            tuner.timed(batch.len(), started.elapsed().as_secs_f64());
+            self.cached.extend_from_slice(&batch);
+            speculation.drafted += proposed.len();
+            checked = proposed.len();
+            let mut rows = all
+                .chunks_exact(all.len() / batch.len())
+                .map(<[f32]>::to_vec);
+            logits = rows.next().expect("one row per token");
+            ahead.extend(proposed.into_iter().zip(rows));
         }
+        // Proposals never reached leave the cache.
+        let kept = self.cached.len() - ahead.len();
+        self.cached.truncate(kept);
         let tail = stream.finish();
         if !tail.is_empty() {
             on_text(&tail);
@@ -175,6 +236,7 @@ impl<'m, B: Backend> Session<'m, B> {
             prompt_computed,
             prompt_seconds,
             generation_seconds: t1.elapsed().as_secs_f64(),
+            speculation,
         })
     }
 

@@ -29,6 +29,9 @@ pub struct SyntheticModel {
     /// At least the 259 byte-level and control tokens; the rest are filler tokens.
     pub vocab_size: usize,
     pub rope_base: f32,
+    /// `rope.scaling.type` and `rope.scaling.factor`, with the original context
+    /// `context_length` (e.g. `("yarn", 4.0)`).
+    pub rope_scaling: Option<(&'static str, f32)>,
     /// An `output.weight` of its own instead of the tied token embedding.
     pub separate_output: bool,
     /// Types of the 2-D weight matrices (norms stay F32).
@@ -51,6 +54,7 @@ impl Default for SyntheticModel {
             context_length: 256,
             vocab_size: BYTE_VOCAB,
             rope_base: 10000.0,
+            rope_scaling: None,
             separate_output: false,
             weights: WeightMix::Uniform(GgmlType::Q8_0),
             seed: 1,
@@ -253,6 +257,14 @@ impl SyntheticModel {
         };
         if arch == "phi3" {
             family.push(("rope.scaling.attn_factor", Value::F32(1.1902381)));
+            family.push((
+                "rope.scaling.original_context_length",
+                u32v(self.context_length),
+            ));
+        }
+        if let Some((kind, factor)) = self.rope_scaling {
+            family.push(("rope.scaling.type", Value::String(kind.into())));
+            family.push(("rope.scaling.factor", Value::F32(factor)));
             family.push((
                 "rope.scaling.original_context_length",
                 u32v(self.context_length),

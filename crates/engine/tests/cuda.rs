@@ -230,12 +230,23 @@ fn element_and_row_operations_match_the_cpu_backend() {
         1e-5,
     );
 
-    for neox in [false, true] {
+    let ramp = quant::YarnRamp {
+        low: 2.0,
+        high: 13.0,
+        ext_factor: 1.0,
+    };
+    for (neox, yarn) in [
+        (false, None),
+        (true, None),
+        (false, Some(ramp)),
+        (true, Some(ramp)),
+    ] {
         let rope = Rope {
             theta_scale: quant::rope_theta_scale(10000.0, 48),
             mscale: 1.19,
             factors: (0..24).map(|i| 1.0 + (i % 3) as f32).collect(),
             freq_scale: 0.5,
+            yarn,
             neox,
             head_dim: 64,
         };

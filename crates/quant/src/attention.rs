@@ -223,14 +223,13 @@ pub struct AttendScratch {
 
 fn attend_portable(
     queries: &[Query],
-    weights: &mut [Vec<f32>],
+    weights: &[Vec<f32>],
     kv: &KvHead,
     out: &mut [f32],
     scratch: &mut AttendScratch,
 ) {
     let width = kv.head_dim;
     for ((query, weights), out) in queries.iter().zip(weights).zip(out.chunks_exact_mut(width)) {
-        crate::round_to_f16(weights);
         let (base, vector_end) = (query.base(), query.vector_end());
         // Slot groups: accumulator p % 64 of the one-token order is lane p % 16 of group
         // (p / 16) % 4.
@@ -300,20 +299,22 @@ pub(crate) fn add_tail(query: &Query, weights: &[f32], kv: &KvHead, out: &mut [f
 isa_dispatch! {
     fn attend_any(
         queries: &[Query],
-        weights: &mut [Vec<f32>],
+        weights: &[Vec<f32>],
         kv: &KvHead,
         out: &mut [f32],
         scratch: &mut AttendScratch,
     ) => attend_portable
 }
 
-/// Each query's attention output, `out[i · head_dim..]` = Σₚ f16(weights[i][p - base]) ·
-/// value(p) over its positions (the weights as `attention_scores` laid out the scores;
-/// they are rounded to f16 in place). Each column equals `dot_f16` of that column of
-/// values with the rounded weights, positions before `first` weighing zero.
+/// Each query's attention output, `out[i · head_dim..]` = Σₚ weights[i][p - base] ·
+/// value(p) over its positions (the weights as `attention_scores` laid out the scores,
+/// holding f16 values: GGML rounds them, and `round_to_f16` does). Each column equals
+/// `dot_f16` of that column of values with the weights, positions before `first` weighing
+/// zero. A `kv` narrowed to some of a head's columns (its `offset` and `head_dim`) gives
+/// those columns' outputs, the same bits as the whole head's.
 pub fn attend(
     queries: &[Query],
-    weights: &mut [Vec<f32>],
+    weights: &[Vec<f32>],
     kv: &KvHead,
     out: &mut [f32],
     scratch: &mut AttendScratch,
@@ -533,12 +534,28 @@ pub(crate) mod tests {
                             .collect()
                     })
                     .collect();
-                let mut out = vec![f32::NAN; queries.len() * width];
                 let mut rounded = weights.clone();
-                attend(&queries, &mut rounded, &kv, &mut out, &mut scratch);
+                rounded.iter_mut().for_each(|w| crate::round_to_f16(w));
+                let mut out = vec![f32::NAN; queries.len() * width];
+                attend(&queries, &rounded, &kv, &mut out, &mut scratch);
                 let mut twin = vec![f32::NAN; queries.len() * width];
-                attend_portable(&queries, &mut weights.clone(), &kv, &mut twin, &mut scratch);
+                attend_portable(&queries, &rounded, &kv, &mut twin, &mut scratch);
                 assert_eq!(bits(&out), bits(&twin), "width {width}, {written} written");
+                // Columns 16.. of the head on their own: the same bits as in the whole.
+                if width > 16 {
+                    let narrow = KvHead {
+                        offset: kv.offset + 16,
+                        head_dim: width - 16,
+                        ..kv
+                    };
+                    let mut part = vec![f32::NAN; queries.len() * (width - 16)];
+                    attend(&queries, &rounded, &narrow, &mut part, &mut scratch);
+                    let whole: Vec<f32> = out
+                        .chunks_exact(width)
+                        .flat_map(|o| o[16..].to_vec())
+                        .collect();
+                    assert_eq!(bits(&part), bits(&whole), "width {width}, columns 16..");
+                }
 
                 for (i, query) in queries.iter().enumerate() {
                     // The values' order pads the terms with zero weights to a multiple of 32.

@@ -166,7 +166,7 @@ unsafe fn scores_blocks<const C: usize>(
 /// multiple of 16.
 pub fn attend_avx512(
     queries: &[Query],
-    weights: &mut [Vec<f32>],
+    weights: &[Vec<f32>],
     kv: &KvHead,
     out: &mut [f32],
     scratch: &mut AttendScratch,
@@ -175,9 +175,6 @@ pub fn attend_avx512(
     let width = kv.head_dim;
     if !width.is_multiple_of(16) {
         return false;
-    }
-    for w in weights.iter_mut() {
-        crate::round_to_f16(w);
     }
     let mut i = 0;
     while i < queries.len() {

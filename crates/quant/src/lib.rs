@@ -38,7 +38,7 @@ pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix};
 pub use nonlinear::{exp_poly, gelu_mul, gelu_tanh, rms_norm_scale, silu_mul, softcap, softmax};
 pub use packed::{pack, packable, packed_len};
-pub use rope::{rope_angles, rope_rotate, rope_theta_scale};
+pub use rope::{rope_angles, rope_rotate, rope_theta_scale, YarnRamp};
 
 use gguf::GgmlType;
 

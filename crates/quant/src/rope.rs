@@ -14,19 +14,73 @@ pub fn rope_theta_scale(freq_base: f32, dims: usize) -> f32 {
     freq_base.powf(-2.0 / dims as f32)
 }
 
+/// YaRN's blend of each pair's interpolated angle (scaled by `freq_scale`) with its
+/// extrapolated one (unscaled): pair i takes `ext_factor · ramp(i)` of the extrapolated
+/// angle, where ramp falls from 1 at pair `low` to 0 at pair `high` — the fast-turning
+/// pairs keep their angles, the slow ones are interpolated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YarnRamp {
+    pub low: f32,
+    pub high: f32,
+    pub ext_factor: f32,
+}
+
+impl YarnRamp {
+    /// GGML's correction range for `dims` rotated dimensions: the pairs that turn
+    /// `beta_fast` times and `beta_slow` times over `original_context` positions.
+    pub fn new(
+        dims: usize,
+        original_context: usize,
+        freq_base: f32,
+        [beta_fast, beta_slow]: [f32; 2],
+        ext_factor: f32,
+    ) -> YarnRamp {
+        let pair_turning = |turns: f32| {
+            let wavelengths = original_context as f32 / (turns * 2.0 * std::f32::consts::PI);
+            dims as f32 * wavelengths.ln() / (2.0 * freq_base.ln())
+        };
+        YarnRamp {
+            low: pair_turning(beta_fast).floor().max(0.0),
+            high: pair_turning(beta_slow).ceil().min(dims as f32 - 1.0),
+            ext_factor,
+        }
+    }
+
+    /// The share of pair i's angle that is extrapolated.
+    fn mix(&self, pair: usize) -> f32 {
+        let y = (pair as f32 - self.low) / (self.high - self.low).max(0.001);
+        (1.0 - y.clamp(0.0, 1.0)) * self.ext_factor
+    }
+}
+
 /// The cosine and sine of every pair's angle at `position`: angle i is
-/// freq_scale · θᵢ / factors[i], with θ₀ = position and θᵢ₊₁ = θᵢ · theta_scale.
+/// freq_scale · θᵢ / factors[i], with θ₀ = position and θᵢ₊₁ = θᵢ · theta_scale, blended
+/// with θᵢ / factors[i] by `yarn` when given.
 pub fn rope_angles(
     position: usize,
     theta_scale: f32,
     factors: &[f32],
     freq_scale: f32,
+    yarn: Option<&YarnRamp>,
     cos: &mut [f32],
     sin: &mut [f32],
 ) {
     let mut theta = position as f32;
-    for ((&factor, c), s) in factors.iter().zip(cos.iter_mut()).zip(sin.iter_mut()) {
-        let angle = freq_scale * (theta / factor);
+    for (i, ((&factor, c), s)) in factors
+        .iter()
+        .zip(cos.iter_mut())
+        .zip(sin.iter_mut())
+        .enumerate()
+    {
+        let extrapolated = theta / factor;
+        let interpolated = freq_scale * extrapolated;
+        let angle = match yarn {
+            Some(ramp) => {
+                let mix = ramp.mix(i);
+                interpolated * (1.0 - mix) + extrapolated * mix
+            }
+            None => interpolated,
+        };
         *c = angle.cos();
         *s = angle.sin();
         theta *= theta_scale;
@@ -59,12 +113,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn yarn_extrapolates_fast_pairs_and_interpolates_slow_ones() {
+        // 64 dimensions over 4,096 positions at base 10,000: the pair turning 32 times
+        // is 64·ln(4096 / 64π) / (2 ln 10⁴) = 10.5, the one turning once 22.5.
+        let ramp = YarnRamp::new(64, 4096, 10_000.0, [32.0, 1.0], 1.0);
+        assert_eq!((ramp.low, ramp.high), (10.0, 23.0));
+        let factors = [1.0; 32];
+        let (mut cos, mut sin) = ([0.0; 32], [0.0; 32]);
+        let (mut plain_cos, mut plain_sin) = ([0.0; 32], [0.0; 32]);
+        let (mut scaled_cos, mut scaled_sin) = ([0.0; 32], [0.0; 32]);
+        let scale = rope_theta_scale(10_000.0, 64);
+        rope_angles(1000, scale, &factors, 0.25, Some(&ramp), &mut cos, &mut sin);
+        rope_angles(
+            1000,
+            scale,
+            &factors,
+            1.0,
+            None,
+            &mut plain_cos,
+            &mut plain_sin,
+        );
+        rope_angles(
+            1000,
+            scale,
+            &factors,
+            0.25,
+            None,
+            &mut scaled_cos,
+            &mut scaled_sin,
+        );
+        assert_eq!(
+            cos[..11],
+            plain_cos[..11],
+            "pairs up to low keep their angles"
+        );
+        assert_eq!(
+            cos[23..],
+            scaled_cos[23..],
+            "pairs from high on are interpolated"
+        );
+        for i in 11..23 {
+            assert!(
+                cos[i] != plain_cos[i] && cos[i] != scaled_cos[i],
+                "pair {i} blends"
+            );
+        }
+        // A ramp that does not apply changes nothing.
+        let off = YarnRamp {
+            ext_factor: 0.0,
+            ..ramp
+        };
+        rope_angles(1000, scale, &factors, 0.25, Some(&off), &mut cos, &mut sin);
+        assert_eq!((cos, sin), (scaled_cos, scaled_sin));
+    }
+
+    #[test]
     fn angles_follow_the_running_product() {
         let factors = [1.0, 1.0, 2.0, 1.0];
         let (mut cos, mut sin) = ([0.0; 4], [0.0; 4]);
         let scale = rope_theta_scale(10_000.0, 8);
         assert_eq!(scale, 10_000f32.powf(-0.25));
-        rope_angles(3, scale, &factors, 0.5, &mut cos, &mut sin);
+        rope_angles(3, scale, &factors, 0.5, None, &mut cos, &mut sin);
         let mut theta = 3.0f32;
         for i in 0..4 {
             let angle = 0.5 * (theta / factors[i]);

@@ -220,7 +220,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let longest = tests.iter().map(|t| t.1).max().unwrap_or(1)
         + args.n_depth.iter().max().copied().unwrap_or(0);
-    if longest > args.model.ctx_size {
+    if longest > loaded.context {
         return Err(usage(format!(
             "a test of {longest} tokens (depth included) needs -c {longest} or more"
         )));
@@ -246,7 +246,7 @@ pub fn run(args: Args) -> Result<()> {
                 d => format!("{test} @ d{d}"),
             };
             let tokens = synthetic(*n, 0);
-            let mut session = Session::new(model, args.model.ctx_size)?;
+            let mut session = Session::new(model, loaded.context)?;
             if depth > 0 {
                 eprintln!("{test} t={threads}: filling {depth} tokens of context");
                 pool.install(|| session.forward_at(&synthetic(depth, 1), 0, Logits::Last))?;

@@ -2,7 +2,7 @@
 //! `/system TEXT` sets the system message, `/quit` (or Ctrl-D) leaves; Ctrl-C stops the
 //! reply being written without quitting.
 
-use super::{load, ContentTokensArg, ModelArgs, SamplingArgs, ThreadsArg};
+use super::{load, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{GenerateOptions, Message, Sampler, Session};
 use std::io::{BufRead, Write};
@@ -25,6 +25,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     content_tokens: ContentTokensArg,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -36,12 +38,13 @@ pub fn run(args: Args) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
-    let mut session = Session::new(&loaded.model, args.model.ctx_size)?;
+    let mut session = Session::new(&loaded.model, loaded.context)?;
     let mut sampler = Sampler::new(params)?;
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();
     let options = GenerateOptions {
         max_tokens: args.n_predict,
+        speculation: args.speculation.speculation()?,
         ..Default::default()
     };
     eprintln!("chat: /reset clears the history, /system TEXT sets the system message, /quit leaves; Ctrl-C stops a reply.");

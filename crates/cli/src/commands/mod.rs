@@ -18,7 +18,7 @@ pub mod tokenize;
 use anyhow::{Context, Result};
 use engine::{
     AttentionOrder, ChatTemplate, ContentTokens, Device, DeviceChoice, KvCacheType, KvTypes, Llama,
-    SamplingParams, Tokenizer,
+    NgramSpeculation, RopeOverrides, RopeScalingKind, SamplingParams, Tokenizer,
 };
 use gguf::GgufFile;
 use std::path::PathBuf;
@@ -46,9 +46,16 @@ pub struct ModelArgs {
     /// Model: a GGUF path, a store name (`default`), or a SHA-256 prefix.
     #[arg(short, long, env = "LLAMA_GPU_MODEL", default_value = "default")]
     pub model: String,
-    /// Context size in tokens (the KV cache is sized to it).
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
-    pub ctx_size: usize,
+    /// Context size in tokens (the KV cache is sized to it). Default: 4096 (512 for
+    /// perplexity), or the
+    /// model's context if shorter; 0: the model's context. Beyond the model's context
+    /// only with RoPE scaling (`--rope-scaling`).
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+    /// `-c` when not given, if the model's context is at least that long (perplexity
+    /// sets llama-perplexity's 512).
+    #[arg(skip = 4096usize)]
+    pub default_ctx_size: usize,
     /// Device: auto, cpu or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -62,10 +69,79 @@ pub struct ModelArgs {
     /// How the KV cache stores values: f16, q8_0 or q4_0 (CPU; llama.cpp's `-ctv`).
     #[arg(long = "cache-type-v", alias = "ctv", default_value = "f16")]
     pub cache_type_v: KvCacheType,
+    #[command(flatten)]
+    pub rope: RopeArgs,
+}
+
+/// RoPE settings over the file's, with llama.cpp's names, to run a model beyond the
+/// context it was trained at.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RopeArgs {
+    /// RoPE scaling: none, linear or yarn (default: the file's).
+    #[arg(long = "rope-scaling")]
+    pub scaling: Option<RopeScalingKind>,
+    /// The RoPE scaling factor: the context grows this many times (default: the file's).
+    #[arg(long = "rope-scale")]
+    pub scale: Option<f32>,
+    /// RoPE's frequency base (default: the file's).
+    #[arg(long = "rope-freq-base")]
+    pub freq_base: Option<f32>,
+    /// RoPE's frequency scale, 1 / --rope-scale.
+    #[arg(long = "rope-freq-scale", conflicts_with = "scale")]
+    pub freq_scale: Option<f32>,
+    /// YaRN: the context the model was trained at (default: the file's).
+    #[arg(long = "yarn-orig-ctx")]
+    pub original_context: Option<usize>,
+    /// YaRN: how much of the extrapolation ramp applies (default 1 with YaRN).
+    #[arg(long = "yarn-ext-factor")]
+    pub ext_factor: Option<f32>,
+    /// YaRN: the low correction dimension (default 32).
+    #[arg(long = "yarn-beta-fast")]
+    pub beta_fast: Option<f32>,
+    /// YaRN: the high correction dimension (default 1).
+    #[arg(long = "yarn-beta-slow")]
+    pub beta_slow: Option<f32>,
+}
+
+impl RopeArgs {
+    fn overrides(&self) -> Result<RopeOverrides> {
+        let factor = match self.freq_scale {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(usage(format!(
+                    "--rope-freq-scale must be a positive number, not {s}"
+                )))
+            }
+            Some(s) => Some(1.0 / s),
+            None => self.scale,
+        };
+        Ok(RopeOverrides {
+            scaling: self.scaling,
+            factor,
+            freq_base: self.freq_base,
+            original_context: self.original_context,
+            yarn_ext_factor: self.ext_factor,
+            yarn_beta_fast: self.beta_fast,
+            yarn_beta_slow: self.beta_slow,
+        })
+    }
+
+    /// Whether any setting was given.
+    fn any(&self) -> bool {
+        self.scaling.is_some()
+            || self.scale.is_some()
+            || self.freq_base.is_some()
+            || self.freq_scale.is_some()
+            || self.original_context.is_some()
+            || self.ext_factor.is_some()
+            || self.beta_fast.is_some()
+            || self.beta_slow.is_some()
+    }
 }
 
 pub struct Loaded {
     pub model: Llama<Device>,
+    /// The context size: `-c`, or its default for this model.
+    pub context: usize,
     pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
 }
@@ -104,19 +180,22 @@ impl ThreadsArg {
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    if args.ctx_size == 0 {
-        return Err(usage("--ctx-size must be at least 1"));
-    }
     let device = open_device(&args.device)?;
     let path = resolve_model(&args.model)?;
     let file =
         Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
     let mut model =
         Llama::load(device, file.clone()).with_context(|| format!("loading {}", path.display()))?;
+    if args.rope.any() {
+        model
+            .override_rope(&args.rope.overrides()?)
+            .map_err(|e| usage(e.to_string()))?;
+    }
+    let context = context_size(args, &model.config)?;
     if args.flash_attn {
         model.attention_order = AttentionOrder::Flash;
     }
-    model.fit_rope_to_context(args.ctx_size);
+    model.fit_rope_to_context(context);
     model.kv_types = KvTypes {
         k: args.cache_type_k,
         v: args.cache_type_v,
@@ -130,18 +209,75 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
     let template = ChatTemplate::from_metadata(metadata).context("reading the chat template")?;
-    if args.ctx_size > model.config.context_length {
-        tracing::warn!(
-            "--ctx-size {} is beyond the model's trained context of {}",
-            args.ctx_size,
-            model.config.context_length
-        );
-    }
     Ok(Loaded {
         model,
+        context,
         tokenizer: Arc::new(tokenizer),
         template,
     })
+}
+
+/// `-c`, or its default: `default_ctx_size` or the model's context if shorter; 0 means
+/// the model's context. Past the model's context is refused: its positions would rotate by angles
+/// it never saw, and the output would be garbage without an error.
+fn context_size(args: &ModelArgs, config: &engine::Config) -> Result<usize> {
+    let usable = config.usable_context();
+    let context = match args.ctx_size {
+        None => usable.min(args.default_ctx_size),
+        Some(0) => usable,
+        Some(c) => c,
+    };
+    if context > usable {
+        return Err(usage(format!(
+            "-c {context} is beyond the model's context of {usable} tokens \
+             (trained at {}{}); raise it with RoPE scaling, e.g. --rope-scaling yarn \
+             --rope-scale {}, or ask for a smaller -c",
+            config.context_length,
+            match config.rope_scaling.factor() {
+                f if f != 1.0 => format!(", RoPE scaling ×{f}"),
+                _ => String::new(),
+            },
+            context.div_ceil(config.context_length).next_power_of_two(),
+        )));
+    }
+    Ok(context)
+}
+
+/// Speculative decoding (`run`, `chat`): the output is the same, token for token.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SpeculationArgs {
+    /// Propose tokens and check them in one pass: `ngram` looks the last tokens up in
+    /// the prompt and the output so far (pays off when the output repeats the input:
+    /// rewriting, extending, quoting code or text).
+    #[arg(long = "spec", value_name = "KIND", value_parser = ["ngram"])]
+    kind: Option<String>,
+    /// Most tokens proposed at once.
+    #[arg(long = "spec-k", default_value_t = 8, requires = "kind")]
+    max_draft: usize,
+    /// The longest run of last tokens looked up.
+    #[arg(long = "spec-ngram-max", default_value_t = 3, requires = "kind")]
+    max_ngram: usize,
+    /// The shortest run of last tokens looked up.
+    #[arg(long = "spec-ngram-min", default_value_t = 2, requires = "kind")]
+    min_ngram: usize,
+}
+
+impl SpeculationArgs {
+    pub fn speculation(&self) -> Result<Option<NgramSpeculation>> {
+        if self.kind.is_none() {
+            return Ok(None);
+        }
+        if self.max_draft == 0 || self.min_ngram == 0 || self.min_ngram > self.max_ngram {
+            return Err(usage(
+                "--spec-k and --spec-ngram-min must be at least 1, and --spec-ngram-min at most --spec-ngram-max",
+            ));
+        }
+        Ok(Some(NgramSpeculation {
+            max_draft: self.max_draft,
+            max_ngram: self.max_ngram,
+            min_ngram: self.min_ngram,
+        }))
+    }
 }
 
 /// How chat message text is tokenized (`run`, `chat`, `serve`).

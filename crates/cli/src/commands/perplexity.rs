@@ -51,18 +51,9 @@ struct Report {
 
 pub fn run(mut args: Args) -> Result<()> {
     // The default -c for perplexity is llama-perplexity's 512, not the 4096 of generation.
-    if !std::env::args().any(|a| a == "-c" || a.starts_with("--ctx-size")) {
-        args.model.ctx_size = 512;
-    }
-    let n_ctx = args.model.ctx_size;
-    if n_ctx < 4 {
+    args.model.default_ctx_size = 512;
+    if args.model.ctx_size.is_some_and(|c| (1..4).contains(&c)) {
         return Err(usage("-c must be at least 4 for perplexity"));
-    }
-    if args.batch_size < n_ctx {
-        tracing::info!(
-            "-b {} is below -c {n_ctx}: each window still runs in one pass",
-            args.batch_size
-        );
     }
     if let Some(pairs) = &args.score {
         return score_continuations(pairs, &args);
@@ -71,6 +62,13 @@ pub fn run(mut args: Args) -> Result<()> {
     let text = read_text(file)?;
     args.threads.apply()?;
     let loaded = load(&args.model)?;
+    let n_ctx = loaded.context;
+    if args.batch_size < n_ctx {
+        tracing::info!(
+            "-b {} is below -c {n_ctx}: each window still runs in one pass",
+            args.batch_size
+        );
+    }
     let tokens = loaded.tokenizer.encode_prompt(&text, false)?;
     let available = tokens.len() / n_ctx;
     let n_chunks = args.chunks.map_or(available, |c| c.min(available));
@@ -173,7 +171,7 @@ fn score_continuations(path: &Path, args: &Args) -> Result<()> {
     let text = read_text(path)?;
     args.threads.apply()?;
     let loaded = load(&args.model)?;
-    let n_ctx = args.model.ctx_size;
+    let n_ctx = loaded.context;
     let mut session = Session::new(&loaded.model, n_ctx)?;
     let vocab = loaded.model.config.vocab_size;
     let lines: Vec<(usize, &str)> = text

@@ -1,6 +1,6 @@
 //! `llama-gpu run`: one generation, streamed to stdout.
 
-use super::{load, usage, ContentTokensArg, ModelArgs, SamplingArgs, ThreadsArg};
+use super::{load, usage, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use engine::{Constraint, EngineError, GenerateOptions, Grammars, Message, Sampler, Session};
 use serde::Serialize;
@@ -49,6 +49,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     content_tokens: ContentTokensArg,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
 }
 
 #[derive(Serialize)]
@@ -59,6 +61,9 @@ struct Timings {
     generated_tokens: usize,
     generation_seconds: f64,
     generation_tokens_per_second: f64,
+    /// With `--spec`: tokens proposed and kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speculation: Option<engine::SpeculationStats>,
 }
 
 #[derive(Serialize)]
@@ -146,7 +151,7 @@ pub fn run(args: Args) -> Result<()> {
             args.content_tokens.rule(),
         )?
     };
-    let context = args.model.ctx_size;
+    let context = loaded.context;
     if ids.len() >= context {
         if !args.truncate {
             return Err(usage(format!(
@@ -173,6 +178,7 @@ pub fn run(args: Args) -> Result<()> {
         stop: args.stop,
         ignore_eos: args.ignore_eos,
         grammar,
+        speculation: args.speculation.speculation()?,
     };
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
@@ -190,6 +196,7 @@ pub fn run(args: Args) -> Result<()> {
         generated_tokens: generated.tokens.len(),
         generation_seconds: generated.generation_seconds,
         generation_tokens_per_second: rate(generated.tokens.len(), generated.generation_seconds),
+        speculation: options.speculation.map(|_| generated.speculation),
     };
     if json {
         let out = Output {
@@ -209,6 +216,14 @@ pub fn run(args: Args) -> Result<()> {
             timings.generated_tokens,
             timings.generation_tokens_per_second
         );
+        if let Some(s) = timings.speculation {
+            eprintln!(
+                "speculation: {} of {} proposed tokens kept ({:.0} %)",
+                s.accepted,
+                s.drafted,
+                100.0 * s.acceptance()
+            );
+        }
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
             let state = state.clone();
             std::thread::spawn(move || -> Result<()> {
                 let loaded = load(&args.model)?;
-                let mut engine_config = EngineConfig::new(args.model.ctx_size, args.parallel);
+                let mut engine_config = EngineConfig::new(loaded.context, args.parallel);
                 if let Some(bytes) = args.kv_cache_bytes {
                     engine_config.kv_budget = KvBudget::Bytes(bytes);
                 }

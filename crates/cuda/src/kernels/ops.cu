@@ -90,11 +90,13 @@ extern "C" __global__ void to_f16_q8(const float* __restrict__ x, long long n, i
 // freq_scale * theta_p / factors[p], where theta_0 = position and each next pair's theta
 // is the previous one times theta_scale, rounded in f32; each rotated value is one fused
 // multiply-add over the other rounded product. Pairs are (2p, 2p+1), or (p, p + pairs)
-// in NeoX order.
+// in NeoX order. With YaRN (ext_factor != 0), the angle is blended with the unscaled
+// theta_p / factors[p] by a ramp from pair ramp_low to ramp_high.
 extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ positions,
                                 const float* __restrict__ factors, int rows, int cols,
                                 int head_dim, int pairs, int neox, float theta_scale,
-                                float freq_scale, float mscale) {
+                                float freq_scale, float mscale, float ext_factor,
+                                float ramp_low, float ramp_high) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     int heads = cols / head_dim;
     if (i >= (long long)rows * heads * pairs) return;
@@ -104,7 +106,13 @@ extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ p
     float* h = x + (long long)row * cols + head * head_dim;
     float theta = (float)positions[row];
     for (int k = 0; k < p; ++k) theta = __fmul_rn(theta, theta_scale);
-    float angle = __fmul_rn(freq_scale, __fdiv_rn(theta, factors[p]));
+    float extrapolated = __fdiv_rn(theta, factors[p]);
+    float angle = __fmul_rn(freq_scale, extrapolated);
+    if (ext_factor != 0.f) {
+        float y = __fdiv_rn(__fsub_rn((float)p, ramp_low), fmaxf(0.001f, __fsub_rn(ramp_high, ramp_low)));
+        float mix = __fmul_rn(__fsub_rn(1.f, fminf(1.f, fmaxf(0.f, y))), ext_factor);
+        angle = __fadd_rn(__fmul_rn(angle, __fsub_rn(1.f, mix)), __fmul_rn(extrapolated, mix));
+    }
     float s, c;
     sincosf(angle, &s, &c);
     c = __fmul_rn(c, mscale);
