@@ -179,16 +179,25 @@ isa_dispatch! {
     pub fn dot_f16(order: F16Order, k: &[f32], q: &[f32]) -> f32 => dot_with
 }
 
+// Inlined into `scores_any`'s ISA variants, so that it is compiled with their features.
+#[inline(always)]
 fn scores_portable(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) {
     let mut key = vec![0.0f32; kv.head_dim];
-    for (query, scores) in queries.iter().zip(scores) {
+    for (query, scores) in queries.iter().zip(scores.iter_mut()) {
         scores.clear();
         scores.resize(query.first - query.base(), f32::NEG_INFINITY);
-        // A plain loop, not an iterator adaptor: its closure would be compiled outside the
-        // caller's target features.
-        for p in query.first..query.end {
-            kv.widen_key(p, &mut key);
-            scores.push(dot_with(query.order, &key, query.q) * scale);
+    }
+    let first = queries.iter().map(|q| q.first).min().unwrap_or(0);
+    let end = queries.iter().map(|q| q.end).max().unwrap_or(0);
+    // Each key is widened once for all the queries that see it. Plain loops, not
+    // iterator adaptors: their closures would be compiled outside the caller's target
+    // features.
+    for p in first..end {
+        kv.widen_key(p, &mut key);
+        for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+            if (query.first..query.end).contains(&p) {
+                scores.push(dot_with(query.order, &key, query.q) * scale);
+            }
         }
     }
 }
@@ -221,6 +230,8 @@ pub struct AttendScratch {
     pub(crate) block: Vec<f32>,
 }
 
+// Inlined into `attend_any`'s ISA variants, as `scores_portable`.
+#[inline(always)]
 fn attend_portable(
     queries: &[Query],
     weights: &[Vec<f32>],
@@ -229,47 +240,74 @@ fn attend_portable(
     scratch: &mut AttendScratch,
 ) {
     let width = kv.head_dim;
-    for ((query, weights), out) in queries.iter().zip(weights).zip(out.chunks_exact_mut(width)) {
-        let (base, vector_end) = (query.base(), query.vector_end());
-        // Slot groups: accumulator p % 64 of the one-token order is lane p % 16 of group
-        // (p / 16) % 4.
-        let groups = match query.order {
-            F16Order::Batched => 1,
-            F16Order::OneToken => SLOTS / LANES,
-        };
-        let lanes = &mut scratch.lanes;
-        lanes.clear();
-        lanes.resize(width * groups, [0.0; LANES]);
-        scratch.block.resize(width * KV_BLOCK, 0.0);
-        for b in base / KV_BLOCK..vector_end.div_ceil(KV_BLOCK) {
-            let at = b * KV_BLOCK;
-            let visible = (at..at + KV_BLOCK).map(|p| p < vector_end);
+    // Slot groups: accumulator p % 64 of the one-token order is lane p % 16 of group
+    // (p / 16) % 4. Query i's column c, group g at `lanes[(i · width + c) · 4 + g]`.
+    let groups = |query: &Query| match query.order {
+        F16Order::Batched => 1,
+        F16Order::OneToken => SLOTS / LANES,
+    };
+    let lanes = &mut scratch.lanes;
+    lanes.clear();
+    lanes.resize(queries.len() * width * SLOTS / LANES, [0.0; LANES]);
+    scratch.block.resize(2 * width * KV_BLOCK, 0.0);
+    let (block, partial) = scratch.block.split_at_mut(width * KV_BLOCK);
+    let first = queries
+        .iter()
+        .map(|q| q.base() / KV_BLOCK)
+        .min()
+        .unwrap_or(0);
+    let end = queries
+        .iter()
+        .map(|q| q.vector_end().div_ceil(KV_BLOCK))
+        .max();
+    // Each block of values is widened once for all the queries that see it.
+    for b in first..end.unwrap_or(0) {
+        let at = b * KV_BLOCK;
+        widen(kv.value_block(b), block);
+        for (i, (query, weights)) in queries.iter().zip(weights).enumerate() {
+            let (base, vector_end) = (query.base(), query.vector_end());
+            if at < base || at >= vector_end {
+                continue;
+            }
             let w: [f32; LANES] = std::array::from_fn(|l| match at + l < vector_end {
                 true => weights[at + l - base],
                 false => 0.0,
             });
-            widen(kv.value_block(b), &mut scratch.block);
             // Positions past the end may hold another sequence's values: zeros instead.
-            for (l, visible) in visible.enumerate() {
-                if !visible {
-                    scratch.block[l..]
-                        .iter_mut()
-                        .step_by(KV_BLOCK)
-                        .for_each(|v| *v = 0.0);
+            let values: &[f32] = match at + KV_BLOCK <= vector_end {
+                true => block,
+                false => {
+                    partial.copy_from_slice(block);
+                    for l in vector_end - at..KV_BLOCK {
+                        partial[l..]
+                            .iter_mut()
+                            .step_by(KV_BLOCK)
+                            .for_each(|v| *v = 0.0);
+                    }
+                    partial
                 }
-            }
-            for (c, v) in scratch.block.chunks_exact(KV_BLOCK).enumerate() {
-                let acc = &mut lanes[c * groups + b % groups];
+            };
+            let g = groups(query);
+            for (c, v) in values.chunks_exact(KV_BLOCK).enumerate() {
+                let acc = &mut lanes[(i * width + c) * (SLOTS / LANES) + b % g];
                 // The product of two f16 values is exact, so this is the add.
                 for l in 0..LANES {
                     acc[l] += w[l] * v[l];
                 }
             }
         }
+    }
+    for (i, ((query, weights), out)) in queries
+        .iter()
+        .zip(weights)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
         for (c, o) in out.iter_mut().enumerate() {
-            let g = &lanes[c * groups..(c + 1) * groups];
+            let at = (i * width + c) * (SLOTS / LANES);
+            let g = &lanes[at..at + SLOTS / LANES];
             // The halving tree: +32 and +16 across groups, then +8 … +1 across lanes.
-            let summed: [f32; LANES] = match groups {
+            let summed: [f32; LANES] = match groups(query) {
                 1 => g[0],
                 _ => std::array::from_fn(|l| (g[0][l] + g[2][l]) + (g[1][l] + g[3][l])),
             };
