@@ -57,6 +57,11 @@ impl RopeScaling {
     }
 }
 
+/// YaRN's magnitude correction for a context `factor` times longer: 1 + 0.1 · ln factor.
+pub(crate) fn yarn_magnitude(factor: f32) -> f32 {
+    1.0 + 0.1 * factor.ln()
+}
+
 /// YaRN's knobs, llama.cpp's defaults unless overridden.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct YarnSettings {
@@ -291,9 +296,9 @@ impl Config {
         if self.yarn_ext_factor() != 0.0 {
             let scale = 1.0 / self.rope_freq_scale();
             if scale > 1.0 {
-                factor = crate::model::yarn_magnitude(scale);
+                factor = yarn_magnitude(scale);
             }
-            factor *= 1.0 / crate::model::yarn_magnitude(scale);
+            factor *= 1.0 / yarn_magnitude(scale);
         }
         factor * self.rope_mscale
     }

@@ -3,7 +3,7 @@
 use crate::backend::{
     kv_slot, AttentionOrder, AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows, KV_BLOCK_SIZE,
 };
-use crate::config::{Activation, Config, RopeOverrides};
+use crate::config::{yarn_magnitude, Activation, Config, RopeOverrides};
 use crate::error::{EngineError, Result};
 use gguf::GgufFile;
 use std::sync::Arc;
@@ -543,11 +543,6 @@ fn rope_at(c: &Config, base: f32, freq_scale: f32, factors: Vec<f32>) -> Rope {
         neox: c.rope_neox,
         head_dim: c.head_dim,
     }
-}
-
-/// YaRN's magnitude correction for a context `factor` times longer: 1 + 0.1 · ln factor.
-pub(crate) fn yarn_magnitude(factor: f32) -> f32 {
-    1.0 + 0.1 * factor.ln()
 }
 
 /// A fused tensor's parts as an array (`parts` in `Llama::load` makes one per size).

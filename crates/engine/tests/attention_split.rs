@@ -4,6 +4,8 @@
 //! prompt chunk at depth must give the same logits on 1 thread as on 4, for an f16 and a
 //! q8_0 cache, with and without a sliding window and score soft-capping (gemma2).
 
+mod common;
+
 use engine::synthetic::SyntheticModel;
 use engine::{CpuBackend, KvCacheType, KvTypes, Llama, Logits};
 use std::sync::Arc;
@@ -35,8 +37,7 @@ fn run(model: &Llama<CpuBackend>, threads: usize) -> Vec<f32> {
 
 #[test]
 fn split_attention_gives_the_bits_of_one_thread() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::test_models_dir();
     let llama = SyntheticModel {
         context_length: 1024,
         seed: 11,

@@ -95,8 +95,7 @@ fn cases() -> [(
 
 #[test]
 fn family_logits_equal_llama_cpp_at_every_position() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::test_models_dir();
     for (_, file, spec, _, _) in cases() {
         spec.write(&dir.join(format!("family-{file}.gguf")))
             .unwrap();
@@ -110,15 +109,6 @@ fn family_logits_equal_llama_cpp_at_every_position() {
         let mut cache = model.new_kv_cache(context).unwrap();
         let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
         let reference = common::f32_file(&format!("families/{name}.f32"));
-        assert_eq!(ours.len(), reference.len(), "{name}: logits count");
-        let max_diff = ours
-            .iter()
-            .zip(&reference)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        println!("{name}: max |Δ| {max_diff}");
-        assert!(
-            ours == reference,
-            "{name}: not bit-identical (max |Δ| {max_diff})"
-        );
+        common::assert_bit_identical(name, &ours, &reference);
     }
 }

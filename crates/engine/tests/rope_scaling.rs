@@ -68,8 +68,7 @@ fn cases() -> [(&'static str, &'static str, SyntheticModel, RopeOverrides); 3] {
 
 #[test]
 fn scaled_rope_logits_equal_llama_cpp_at_every_position() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::test_models_dir();
     for (_, file, spec, _) in cases() {
         spec.write(&dir.join(format!("rope-{file}.gguf"))).unwrap();
     }
@@ -80,23 +79,13 @@ fn scaled_rope_logits_equal_llama_cpp_at_every_position() {
         let mut cache = model.new_kv_cache(32).unwrap();
         let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
         let reference = common::f32_file(&format!("rope/{name}.f32"));
-        assert_eq!(ours.len(), reference.len(), "{name}: logits count");
-        let max_diff = ours
-            .iter()
-            .zip(&reference)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        println!("{name}: max |Δ| {max_diff}");
-        assert!(
-            ours == reference,
-            "{name}: not bit-identical (max |Δ| {max_diff})"
-        );
+        common::assert_bit_identical(name, &ours, &reference);
     }
 }
 
 #[test]
 fn scaling_extends_the_usable_context_and_nothing_else_does() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::test_models_dir();
     let load = |name: &str, spec: SyntheticModel| {
         let path = dir.join(format!("rope-context-{name}.gguf"));
         spec.write(&path).unwrap();

@@ -124,18 +124,6 @@ impl RopeArgs {
             yarn_beta_slow: self.beta_slow,
         })
     }
-
-    /// Whether any setting was given.
-    fn any(&self) -> bool {
-        self.scaling.is_some()
-            || self.scale.is_some()
-            || self.freq_base.is_some()
-            || self.freq_scale.is_some()
-            || self.original_context.is_some()
-            || self.ext_factor.is_some()
-            || self.beta_fast.is_some()
-            || self.beta_slow.is_some()
-    }
 }
 
 pub struct Loaded {
@@ -186,11 +174,9 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         Arc::new(GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?);
     let mut model =
         Llama::load(device, file.clone()).with_context(|| format!("loading {}", path.display()))?;
-    if args.rope.any() {
-        model
-            .override_rope(&args.rope.overrides()?)
-            .map_err(|e| usage(e.to_string()))?;
-    }
+    model
+        .override_rope(&args.rope.overrides()?)
+        .map_err(|e| usage(e.to_string()))?;
     let context = context_size(args, &model.config)?;
     if args.flash_attn {
         model.attention_order = AttentionOrder::Flash;

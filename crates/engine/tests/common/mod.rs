@@ -73,3 +73,25 @@ pub fn f32_file(name: &str) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// Where tests write their synthetic models (`target/test-models/`), created if need be.
+pub fn test_models_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts `ours` equals llama.cpp's `reference` logits bit for bit, printing the
+/// largest difference either way.
+pub fn assert_bit_identical(name: &str, ours: &[f32], reference: &[f32]) {
+    assert_eq!(ours.len(), reference.len(), "{name}: logits count");
+    let max_diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("{name}: max |Δ| {max_diff}");
+    assert!(
+        ours == reference,
+        "{name}: not bit-identical (max |Δ| {max_diff})"
+    );
+}
