@@ -214,10 +214,16 @@ isa_dispatch! {
 pub fn attention_scores(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) {
     assert_eq!(queries.len(), scores.len(), "one score list per query");
     #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512
-        && crate::attention_avx512::scores_avx512(queries, kv, scale, scores)
-    {
-        return;
+    match crate::selected_isa() {
+        crate::Isa::Avx512
+            if crate::attention_avx512::scores_avx512(queries, kv, scale, scores) =>
+        {
+            return
+        }
+        crate::Isa::Avx2 if crate::attention_avx2::scores_avx2(queries, kv, scale, scores) => {
+            return
+        }
+        _ => {}
     }
     scores_any(queries, kv, scale, scores)
 }
@@ -364,10 +370,18 @@ pub fn attend(
         "one output per query"
     );
     #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512
-        && crate::attention_avx512::attend_avx512(queries, weights, kv, out, scratch)
-    {
-        return;
+    match crate::selected_isa() {
+        crate::Isa::Avx512
+            if crate::attention_avx512::attend_avx512(queries, weights, kv, out, scratch) =>
+        {
+            return
+        }
+        crate::Isa::Avx2
+            if crate::attention_avx2::attend_avx2(queries, weights, kv, out, scratch) =>
+        {
+            return
+        }
+        _ => {}
     }
     attend_any(queries, weights, kv, out, scratch)
 }
@@ -376,9 +390,12 @@ pub fn attend(
 /// f16 bits: each value as `dequantize` computes it, rounded to f16.
 pub fn widen_to_f16(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> crate::Result<()> {
     #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512
-        && data.len() == out.len() / ty.block_size() * ty.type_size()
-        && crate::attention_avx512::widen_to_f16_avx512(ty, data, out)
+    if data.len() == out.len() / ty.block_size() * ty.type_size()
+        && match crate::selected_isa() {
+            crate::Isa::Avx512 => crate::attention_avx512::widen_to_f16_avx512(ty, data, out),
+            crate::Isa::Avx2 => crate::attention_avx2::widen_to_f16_avx2(ty, data, out),
+            crate::Isa::Scalar => false,
+        }
     {
         return Ok(());
     }
@@ -485,6 +502,40 @@ pub(crate) mod tests {
         out
     }
 
+    type ScoreKernel = fn(&[Query], &KvHead, f32, &mut [Vec<f32>]) -> bool;
+    type AttendKernel = fn(&[Query], &[Vec<f32>], &KvHead, &mut [f32], &mut AttendScratch) -> bool;
+
+    /// The vector score kernels this CPU can run, called directly (whatever ISA the
+    /// dispatch selected).
+    fn score_kernels() -> Vec<(crate::Isa, ScoreKernel)> {
+        let mut kernels: Vec<(crate::Isa, ScoreKernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::Isa::Avx2.is_available() {
+                kernels.push((crate::Isa::Avx2, crate::attention_avx2::scores_avx2));
+            }
+            if crate::Isa::Avx512.is_available() {
+                kernels.push((crate::Isa::Avx512, crate::attention_avx512::scores_avx512));
+            }
+        }
+        kernels
+    }
+
+    /// The vector value kernels this CPU can run, as `score_kernels`.
+    fn attend_kernels() -> Vec<(crate::Isa, AttendKernel)> {
+        let mut kernels: Vec<(crate::Isa, AttendKernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::Isa::Avx2.is_available() {
+                kernels.push((crate::Isa::Avx2, crate::attention_avx2::attend_avx2));
+            }
+            if crate::Isa::Avx512.is_available() {
+                kernels.push((crate::Isa::Avx512, crate::attention_avx512::attend_avx512));
+            }
+        }
+        kernels
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -519,6 +570,22 @@ pub(crate) mod tests {
             crate::dequantize(ty, &data, &mut values).unwrap();
             let want: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
             assert_eq!(got, want, "{ty}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                type Widen = fn(gguf::GgmlType, &[u8], &mut [u16]) -> bool;
+                let kernels: [(crate::Isa, Widen); 2] = [
+                    (crate::Isa::Avx2, crate::attention_avx2::widen_to_f16_avx2),
+                    (
+                        crate::Isa::Avx512,
+                        crate::attention_avx512::widen_to_f16_avx512,
+                    ),
+                ];
+                for (isa, kernel) in kernels.into_iter().filter(|(i, _)| i.is_available()) {
+                    let mut direct = vec![0u16; 256];
+                    assert!(kernel(ty, &data, &mut direct));
+                    assert_eq!(direct, want, "{ty} {isa:?}");
+                }
+            }
         }
     }
 
@@ -534,6 +601,14 @@ pub(crate) mod tests {
                 let mut want = vec![Vec::new(); queries.len()];
                 attention_scores(&queries, &kv, 0.125, &mut got);
                 scores_portable(&queries, &kv, 0.125, &mut want);
+                for (isa, kernel) in score_kernels() {
+                    let mut direct = vec![Vec::new(); queries.len()];
+                    if kernel(&queries, &kv, 0.125, &mut direct) {
+                        for (i, query) in queries.iter().enumerate() {
+                            assert_eq!(bits(&direct[i]), bits(&want[i]), "{isa:?} {query:?}");
+                        }
+                    }
+                }
                 let mut key = vec![0.0; width];
                 for (i, query) in queries.iter().enumerate() {
                     assert_eq!(bits(&got[i]), bits(&want[i]), "{query:?} width {width}");
@@ -579,6 +654,32 @@ pub(crate) mod tests {
                 let mut twin = vec![f32::NAN; queries.len() * width];
                 attend_portable(&queries, &rounded, &kv, &mut twin, &mut scratch);
                 assert_eq!(bits(&out), bits(&twin), "width {width}, {written} written");
+                // Each vector kernel, with the queries also grouped by order (so that they
+                // share its tiles).
+                let mut grouped: Vec<usize> = (0..queries.len()).collect();
+                grouped.sort_by_key(|&i| queries[i].order == F16Order::OneToken);
+                let grouped_queries: Vec<Query> = grouped.iter().map(|&i| queries[i]).collect();
+                let grouped_weights: Vec<Vec<f32>> =
+                    grouped.iter().map(|&i| rounded[i].clone()).collect();
+                for (isa, kernel) in attend_kernels() {
+                    let mut direct = vec![f32::NAN; queries.len() * width];
+                    if kernel(&queries, &rounded, &kv, &mut direct, &mut scratch) {
+                        assert_eq!(bits(&direct), bits(&twin), "{isa:?} width {width}");
+                    }
+                    if kernel(
+                        &grouped_queries,
+                        &grouped_weights,
+                        &kv,
+                        &mut direct,
+                        &mut scratch,
+                    ) {
+                        for (j, &i) in grouped.iter().enumerate() {
+                            let (got, want) =
+                                (&direct[j * width..][..width], &twin[i * width..][..width]);
+                            assert_eq!(bits(got), bits(want), "{isa:?} grouped, width {width}");
+                        }
+                    }
+                }
                 // Columns 16.. of the head on their own: the same bits as in the whole.
                 if width > 16 {
                     let narrow = KvHead {

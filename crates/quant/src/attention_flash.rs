@@ -15,8 +15,10 @@ fn mad_f16_portable(acc: &mut [f32], v: &[f32], w: f32) {
 /// `ggml_vec_mad_f16` computes it.
 fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
     #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512 {
-        return crate::attention_avx512::mad_f16_avx512(acc, v, w);
+    match crate::selected_isa() {
+        crate::Isa::Avx512 => return crate::attention_avx512::mad_f16_avx512(acc, v, w),
+        crate::Isa::Avx2 => return crate::attention_avx2::mad_f16_avx2(acc, v, w),
+        crate::Isa::Scalar => {}
     }
     mad_f16_portable(acc, v, w)
 }
@@ -73,12 +75,18 @@ mod tests {
             let mut fast = f16_values(n, 5);
             let mut slow = fast.clone();
             for w in [0.37f32, 1.0, 1e-3, 0.9999] {
+                let start = fast.clone();
                 mad_f16(&mut fast, &v, w);
                 mad_f16_portable(&mut slow, &v, w);
-                assert!(fast
-                    .iter()
-                    .zip(&slow)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same(&fast, &slow));
+                #[cfg(target_arch = "x86_64")]
+                if crate::Isa::Avx2.is_available() {
+                    let mut direct = start;
+                    crate::attention_avx2::mad_f16_avx2(&mut direct, &v, w);
+                    assert!(same(&direct, &slow), "AVX2, n = {n}");
+                }
             }
         }
     }

@@ -1,0 +1,555 @@
+//! AVX2 attention in llama.cpp's orders, over the f16 cache as `attention::KvHead` lays it
+//! out: `attention_avx512`'s kernels with 8-lane registers. The 16 accumulators of the
+//! batched order (and each slot group of the one-token order's 64) are a pair of
+//! registers, low lanes 0–7 and high lanes 8–15, so every operation is still the portable
+//! order's, with the same operands, and the results equal `attention`'s portable twins
+//! bit for bit.
+//!
+//! Scores, eight keys at a time: a key's pair is added (+8) into one register, and the
+//! eight remaining halving trees (+4, +2, +1) run side by side as shuffles and adds across
+//! registers. Values, one block (16 positions, a pair per column) at a time: a tile of
+//! queries × columns accumulates in registers with one fused multiply-add per register,
+//! and the trees across lanes run at the end, eight columns side by side.
+
+use crate::attention::{AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
+
+use core::arch::x86_64::*;
+
+fn assert_avx2() {
+    assert!(
+        crate::Isa::Avx2.is_available() && std::is_x86_feature_detected!("f16c"),
+        "AVX2 kernel called without AVX2, FMA and F16C"
+    );
+}
+
+/// Sixteen lanes: positions (or terms) 0–7 and 8–15.
+type Pair = [__m256; 2];
+
+/// The lanes of the block starting at `at` whose positions are in `from..to`, as masks
+/// (all ones where live).
+#[inline(always)]
+unsafe fn lanes_in(at: usize, from: usize, to: usize) -> [__m256i; 2] {
+    let low = _mm256_set1_epi32(from.saturating_sub(at).min(KV_BLOCK) as i32);
+    let high = _mm256_set1_epi32(to.saturating_sub(at).min(KV_BLOCK) as i32);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let live = |lane: __m256i| {
+        _mm256_andnot_si256(
+            _mm256_cmpgt_epi32(low, lane),
+            _mm256_cmpgt_epi32(high, lane),
+        )
+    };
+    [
+        live(lane),
+        live(_mm256_add_epi32(lane, _mm256_set1_epi32(8))),
+    ]
+}
+
+#[inline(always)]
+unsafe fn any_live(mask: &[__m256i; 2]) -> bool {
+    _mm256_testz_si256(_mm256_or_si256(mask[0], mask[1]), _mm256_set1_epi32(-1)) == 0
+}
+
+/// Eight f16 values at `p`, widened.
+#[inline(always)]
+unsafe fn load_f16(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Sixteen f16 values at `p`, widened.
+#[inline(always)]
+unsafe fn load_pair_f16(p: *const u16) -> Pair {
+    [load_f16(p), load_f16(p.add(8))]
+}
+
+/// `attention::attention_scores`, or false (and nothing done) for a head size this kernel
+/// does not cover: the batched order takes multiples of 16 up to 128 and 256, the
+/// one-token order 64, 128 and 256 (no f64 tail).
+pub fn scores_avx2(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) -> bool {
+    assert_avx2();
+    let width = kv.head_dim;
+    let covered = |q: &Query| {
+        q.q.len() >= width
+            && match q.order {
+                F16Order::Batched => width.is_multiple_of(16) && (width <= 128 || width == 256),
+                F16Order::OneToken => matches!(width, 64 | 128 | 256),
+            }
+    };
+    if !queries.iter().all(covered) {
+        return false;
+    }
+    // SAFETY: AVX2, FMA and F16C are available (asserted above); every query holds
+    // `width` values (checked above).
+    unsafe {
+        match width / 16 {
+            1 => scores_blocks::<1>(queries, kv, scale, scores),
+            2 => scores_blocks::<2>(queries, kv, scale, scores),
+            3 => scores_blocks::<3>(queries, kv, scale, scores),
+            4 => scores_blocks::<4>(queries, kv, scale, scores),
+            5 => scores_blocks::<5>(queries, kv, scale, scores),
+            6 => scores_blocks::<6>(queries, kv, scale, scores),
+            7 => scores_blocks::<7>(queries, kv, scale, scores),
+            8 => scores_blocks::<8>(queries, kv, scale, scores),
+            _ => scores_blocks::<16>(queries, kv, scale, scores),
+        }
+    }
+    true
+}
+
+/// One key's 16 accumulators against the query (`16 · C` values), added +8 into one
+/// register. One-token order: chunk c goes to slot group c % 4 (of the 64 accumulators),
+/// and the groups are added +32, +16 first. `ONE_TOKEN` is a constant so that every
+/// accumulator is a register.
+#[inline(always)]
+unsafe fn key_lanes<const C: usize, const ONE_TOKEN: bool>(
+    key: &[Pair; C],
+    q: &[Pair; C],
+) -> __m256 {
+    _mm256_add_ps(
+        half_lanes::<C, ONE_TOKEN>(key, q, 0),
+        half_lanes::<C, ONE_TOKEN>(key, q, 1),
+    )
+}
+
+/// `key_lanes`' accumulators of half `h` (lanes 8h..8h + 8), the groups added.
+#[inline(always)]
+unsafe fn half_lanes<const C: usize, const ONE_TOKEN: bool>(
+    key: &[Pair; C],
+    q: &[Pair; C],
+    h: usize,
+) -> __m256 {
+    match ONE_TOKEN {
+        false => group_lanes::<C, 1>(key, q, 0, h),
+        true => _mm256_add_ps(
+            _mm256_add_ps(
+                group_lanes::<C, 4>(key, q, 0, h),
+                group_lanes::<C, 4>(key, q, 2, h),
+            ),
+            _mm256_add_ps(
+                group_lanes::<C, 4>(key, q, 1, h),
+                group_lanes::<C, 4>(key, q, 3, h),
+            ),
+        ),
+    }
+}
+
+/// The accumulators of slot group `g` of `GROUPS`, half `h`: chunks g, g + GROUPS, ….
+#[inline(always)]
+unsafe fn group_lanes<const C: usize, const GROUPS: usize>(
+    key: &[Pair; C],
+    q: &[Pair; C],
+    g: usize,
+    h: usize,
+) -> __m256 {
+    let mut acc = _mm256_setzero_ps();
+    let mut c = g;
+    while c < C {
+        acc = _mm256_fmadd_ps(key[c][h], q[c][h], acc);
+        c += GROUPS;
+    }
+    acc
+}
+
+/// One query's scores of the eight keys `j0..j0 + 8` of a block: from `keys` when staged,
+/// else widened from the cache at `block`.
+#[inline(always)]
+unsafe fn eight_scores<const C: usize, const ONE_TOKEN: bool>(
+    keys: Option<&[[Pair; C]; KV_BLOCK]>,
+    block: *const u16,
+    kv_dim: usize,
+    j0: usize,
+    q: &[Pair; C],
+) -> __m256 {
+    let lanes: [__m256; 8] = std::array::from_fn(|j| match keys {
+        Some(keys) => key_lanes::<C, ONE_TOKEN>(&keys[j0 + j], q),
+        None => key_lanes::<C, ONE_TOKEN>(&load_key(block.add((j0 + j) * kv_dim)), q),
+    });
+    tree_sums(&lanes)
+}
+
+/// The key at `k` (`16 · C` values), widened.
+#[inline(always)]
+unsafe fn load_key<const C: usize>(k: *const u16) -> [Pair; C] {
+    std::array::from_fn(|c| load_pair_f16(k.add(16 * c)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_blocks<const C: usize>(
+    queries: &[Query],
+    kv: &KvHead,
+    scale: f32,
+    scores: &mut [Vec<f32>],
+) {
+    for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+        scores.clear();
+        scores.resize(query.end - query.base(), f32::NEG_INFINITY);
+    }
+    let first = queries
+        .iter()
+        .map(|q| q.base() / KV_BLOCK)
+        .min()
+        .unwrap_or(0);
+    let last = queries
+        .iter()
+        .map(|q| q.end.div_ceil(KV_BLOCK))
+        .max()
+        .unwrap_or(0);
+    let scale = _mm256_set1_ps(scale);
+    let mut keys = [[[_mm256_setzero_ps(); 2]; C]; KV_BLOCK];
+    // One query reads the keys straight from the cache; several, widened once per block.
+    let staged = queries.len() > 1;
+    for b in first..last {
+        let at = b * KV_BLOCK;
+        if b + 8 < last {
+            let ahead = kv.key_block(b + 8).as_ptr();
+            for j in 0..KV_BLOCK {
+                prefetch(ahead.add(j * kv.kv_dim), 32 * C);
+            }
+        }
+        // Slots past the sequence's end hold whatever they hold: computed, not stored.
+        let block = kv.key_block(b).as_ptr();
+        if staged {
+            for (j, key) in keys.iter_mut().enumerate() {
+                *key = load_key(block.add(j * kv.kv_dim));
+            }
+        }
+        for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+            let base = query.base();
+            if at < base || at >= query.end {
+                continue;
+            }
+            let q: [Pair; C] = std::array::from_fn(|c| {
+                let p = query.q.as_ptr().add(16 * c);
+                [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+            });
+            let visible = lanes_in(at, query.first, query.end);
+            let staged_keys = staged.then_some(&keys);
+            for (half, mask) in visible.iter().enumerate() {
+                let j0 = 8 * half;
+                let sums = match query.order {
+                    F16Order::Batched => {
+                        eight_scores::<C, false>(staged_keys, block, kv.kv_dim, j0, &q)
+                    }
+                    F16Order::OneToken => {
+                        eight_scores::<C, true>(staged_keys, block, kv.kv_dim, j0, &q)
+                    }
+                };
+                let sums = _mm256_mul_ps(sums, scale);
+                let to = scores.as_mut_ptr().add(at - base + 8 * half);
+                _mm256_maskstore_ps(to, *mask, sums);
+            }
+        }
+    }
+}
+
+/// `attention::attend`, or false (and nothing done) for a head size that is not a
+/// multiple of 16.
+pub fn attend_avx2(
+    queries: &[Query],
+    weights: &[Vec<f32>],
+    kv: &KvHead,
+    out: &mut [f32],
+    scratch: &mut AttendScratch,
+) -> bool {
+    assert_avx2();
+    let width = kv.head_dim;
+    if !width.is_multiple_of(16) {
+        return false;
+    }
+    let mut i = 0;
+    while i < queries.len() {
+        let order = queries[i].order;
+        let n = queries[i..]
+            .iter()
+            .take(3)
+            .take_while(|q| q.order == order)
+            .count();
+        let (tile, w) = (&queries[i..i + n], &weights[i..i + n]);
+        let groups = match order {
+            F16Order::Batched => 1,
+            F16Order::OneToken => 4,
+        };
+        let lanes = &mut scratch.lanes;
+        // SAFETY: AVX2, FMA and F16C are available (asserted above); the head size is a
+        // multiple of 16, and so of each tile's column count.
+        unsafe {
+            match n {
+                1 => values_tile::<1, 4>(tile, w, kv, groups, lanes),
+                2 => values_tile::<2, 2>(tile, w, kv, groups, lanes),
+                _ => values_tile::<3, 1>(tile, w, kv, groups, lanes),
+            }
+        }
+        let outs = out[i * width..].chunks_exact_mut(width);
+        for (t, ((query, w), out)) in tile.iter().zip(w).zip(outs).enumerate() {
+            // SAFETY: as above.
+            unsafe { column_trees(&scratch.lanes[t * width * groups..], order, out) };
+            crate::attention::add_tail(query, w, kv, out);
+        }
+        i += n;
+    }
+    true
+}
+
+/// Bytes of values per stretch of `values_tile`: a stretch stays in the L1 cache while
+/// every column of the tile passes over it, and the next one is fetched meanwhile.
+const STRETCH_BYTES: usize = 32 << 10;
+
+/// Asks for the cache lines holding `bytes` at `p` to be brought into the L1 cache.
+#[inline(always)]
+unsafe fn prefetch(p: *const u16, bytes: usize) {
+    let start = p as usize & !63;
+    for line in (start..p as usize + bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+    }
+}
+
+/// Accumulates queries × columns of `tile` into `lanes` (per query, column and slot group,
+/// 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group b % groups), `16 · C`
+/// columns and one slot group at a time in registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values_tile<const Q: usize, const C: usize>(
+    tile: &[Query],
+    weights: &[Vec<f32>],
+    kv: &KvHead,
+    groups: usize,
+    lanes: &mut Vec<[f32; 16]>,
+) {
+    let width = kv.head_dim;
+    lanes.clear();
+    lanes.resize(Q * width * groups, [0.0; 16]);
+    let mut bases = [0; Q];
+    let mut ends = [0; Q];
+    let mut w = [std::ptr::null(); Q];
+    for i in 0..Q {
+        (bases[i], ends[i]) = (tile[i].base(), tile[i].vector_end());
+        w[i] = weights[i].as_ptr();
+    }
+    let first = bases.iter().min().unwrap() / KV_BLOCK;
+    let last = ends.iter().max().unwrap().div_ceil(KV_BLOCK);
+    // Positions past the last one any query weighs may hold another sequence's values.
+    let written = *ends.iter().max().unwrap();
+    // The positions every query weighs: blocks inside need no masks.
+    let inner = (*bases.iter().max().unwrap(), *ends.iter().min().unwrap());
+    let block_bytes = width * KV_BLOCK * 2;
+    let stretch_blocks = (STRETCH_BYTES / block_bytes)
+        .next_multiple_of(groups)
+        .max(groups);
+    // Stretches start at multiples of `groups` blocks, so that a stretch's blocks g,
+    // g + groups, … are slot group g's.
+    let mut stretch = first / groups * groups;
+    while stretch < last {
+        let stretch_end = (stretch + stretch_blocks).min(last);
+        let next = stretch_end..(stretch_end + stretch_blocks).min(last);
+        for c0 in (0..width).step_by(C) {
+            for b in next.clone() {
+                prefetch(
+                    kv.value_block(b).as_ptr().add(c0 * KV_BLOCK),
+                    C * KV_BLOCK * 2,
+                );
+            }
+            for g in 0..groups {
+                let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
+                let mut acc = [[[_mm256_setzero_ps(); 2]; C]; Q];
+                for i in 0..Q {
+                    for c in 0..C {
+                        let at = lanes[slot(i, c)].as_ptr();
+                        acc[i][c] = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
+                    }
+                }
+                let mut b = stretch + g;
+                while b < stretch_end {
+                    if b < first {
+                        // Before every query's span (`first` mid-round).
+                        b += groups;
+                        continue;
+                    }
+                    let at = b * KV_BLOCK;
+                    let values = kv.value_block(b).as_ptr().add(c0 * KV_BLOCK);
+                    let mut wv = [[_mm256_setzero_ps(); 2]; Q];
+                    let mut v = [[_mm256_setzero_ps(); 2]; C];
+                    if at >= inner.0 && at + KV_BLOCK <= inner.1 {
+                        // Every lane weighed by every query (most blocks): no masks.
+                        for i in 0..Q {
+                            let p = w[i].add(at - bases[i]);
+                            wv[i] = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                        }
+                        for (c, v) in v.iter_mut().enumerate() {
+                            *v = load_pair_f16(values.add(c * KV_BLOCK));
+                        }
+                    } else {
+                        for i in 0..Q {
+                            // Blocks are aligned, so a block with live lanes starts at or
+                            // after the query's base.
+                            let live = lanes_in(at, bases[i], ends[i]);
+                            if any_live(&live) {
+                                let p = w[i].add(at - bases[i]);
+                                wv[i] = [
+                                    _mm256_maskload_ps(p, live[0]),
+                                    _mm256_maskload_ps(p.add(8), live[1]),
+                                ];
+                            }
+                        }
+                        let live = lanes_in(at, 0, written);
+                        for (c, v) in v.iter_mut().enumerate() {
+                            let loaded = load_pair_f16(values.add(c * KV_BLOCK));
+                            *v = std::array::from_fn(|h| {
+                                _mm256_and_ps(loaded[h], _mm256_castsi256_ps(live[h]))
+                            });
+                        }
+                    }
+                    // Fused: the product of two f16 values is exact, so this is the add.
+                    for i in 0..Q {
+                        for c in 0..C {
+                            for h in 0..2 {
+                                acc[i][c][h] = _mm256_fmadd_ps(wv[i][h], v[c][h], acc[i][c][h]);
+                            }
+                        }
+                    }
+                    b += groups;
+                }
+                for i in 0..Q {
+                    for c in 0..C {
+                        let at = lanes[slot(i, c)].as_mut_ptr();
+                        _mm256_storeu_ps(at, acc[i][c][0]);
+                        _mm256_storeu_ps(at.add(8), acc[i][c][1]);
+                    }
+                }
+            }
+        }
+        stretch = stretch_end;
+    }
+}
+
+/// One query's outputs from its column accumulators (`values_tile`'s `lanes`, query 0):
+/// the one-token order's slot groups added +32, +16, then every column's halving tree
+/// over its lanes, eight columns at a time.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_trees(lanes: &[[f32; 16]], order: F16Order, out: &mut [f32]) {
+    let groups = match order {
+        F16Order::Batched => 1,
+        F16Order::OneToken => 4,
+    };
+    for c0 in (0..out.len()).step_by(8) {
+        let columns: [__m256; 8] = std::array::from_fn(|j| {
+            let load = |g: usize, h: usize| match g < groups {
+                true => _mm256_loadu_ps(lanes[(c0 + j) * groups + g].as_ptr().add(8 * h)),
+                false => _mm256_setzero_ps(),
+            };
+            let half = |h: usize| match order {
+                F16Order::Batched => load(0, h),
+                F16Order::OneToken => _mm256_add_ps(
+                    _mm256_add_ps(load(0, h), load(2, h)),
+                    _mm256_add_ps(load(1, h), load(3, h)),
+                ),
+            };
+            _mm256_add_ps(half(0), half(1))
+        });
+        _mm256_storeu_ps(out.as_mut_ptr().add(c0), tree_sums(&columns));
+    }
+}
+
+/// Lane j of the result is the halving tree (+4, +2, +1) of register j's 8 lanes: with
+/// the +8 of a pair done before, `dot::tree_sum` of its 16.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tree_sums(v: &[__m256; 8]) -> __m256 {
+    // +4: registers 2m and 2m+1, four sums each, share a register (one per 128-bit half).
+    let halves: [__m256; 4] = std::array::from_fn(|m| {
+        let (a, b) = (v[2 * m], v[2 * m + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    });
+    // +2: the low half holds registers 4m and 4m+2, the high half 4m+1 and 4m+3.
+    let pairs: [__m256; 2] = std::array::from_fn(|m| {
+        let (a, b) = (halves[2 * m], halves[2 * m + 1]);
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0x44>(a, b),
+            _mm256_shuffle_ps::<0xEE>(a, b),
+        )
+    });
+    // +1: lanes hold registers 0, 2, 4, 6, 1, 3, 5, 7.
+    let (a, b) = (pairs[0], pairs[1]);
+    let sums = _mm256_add_ps(
+        _mm256_shuffle_ps::<0x88>(a, b),
+        _mm256_shuffle_ps::<0xDD>(a, b),
+    );
+    _mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `acc[i] = f16(fma(v[i], w, acc[i]))`: the flash order's f16 accumulator update, eight
+/// values at a time (F16C conversions round to nearest even, as GGML's do).
+pub fn mad_f16_avx2(acc: &mut [f32], v: &[f32], w: f32) {
+    assert_avx2();
+    // SAFETY: AVX2, FMA and F16C are available (asserted above).
+    unsafe { mad_f16(acc, v, w) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
+    let n = acc.len().min(v.len());
+    let whole = n / 8 * 8;
+    let weight = _mm256_set1_ps(w);
+    for i in (0..whole).step_by(8) {
+        let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+        let x = _mm256_loadu_ps(v.as_ptr().add(i));
+        let sum = _mm256_fmadd_ps(x, weight, a);
+        let rounded = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sum));
+        _mm256_storeu_ps(acc.as_mut_ptr().add(i), rounded);
+    }
+    for i in whole..n {
+        acc[i] = crate::round_f16(v[i].mul_add(w, acc[i]));
+    }
+}
+
+/// `attention::widen_to_f16` for Q8_0 and Q4_0 blocks, eight values at a time (the same
+/// products, rounded to f16 to nearest even), or false (nothing done) for another type.
+pub fn widen_to_f16_avx2(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> bool {
+    assert_avx2();
+    let (size, q4) = match ty {
+        gguf::GgmlType::Q8_0 => (34, false),
+        gguf::GgmlType::Q4_0 => (18, true),
+        _ => return false,
+    };
+    assert_eq!(
+        data.len() / size * 32,
+        out.len(),
+        "whole blocks of 32 values"
+    );
+    for (block, out) in data.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+        // SAFETY: AVX2, FMA and F16C are available (asserted above); `block` holds `size`
+        // bytes and `out` 32 values.
+        unsafe { widen_block(block, out, q4) }
+    }
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_block(block: &[u8], out: &mut [u16], q4: bool) {
+    let d = _mm256_set1_ps(crate::f16_bits_to_f32(u16::from_le_bytes([
+        block[0], block[1],
+    ])));
+    let q = block.as_ptr().add(2);
+    // The 32 values as bytes, in order.
+    let bytes: [__m128i; 2] = if q4 {
+        let packed = _mm_loadu_si128(q as *const __m128i);
+        let nibbles = _mm_set1_epi8(0x0f);
+        let eight = _mm_set1_epi8(8);
+        [
+            _mm_sub_epi8(_mm_and_si128(packed, nibbles), eight),
+            _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(packed), nibbles), eight),
+        ]
+    } else {
+        [
+            _mm_loadu_si128(q as *const __m128i),
+            _mm_loadu_si128(q.add(16) as *const __m128i),
+        ]
+    };
+    for (h, bytes) in bytes.iter().enumerate() {
+        for (e, eight) in [*bytes, _mm_srli_si128::<8>(*bytes)].iter().enumerate() {
+            let values = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(*eight)), d);
+            let bits = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(values);
+            _mm_storeu_si128(out.as_mut_ptr().add(16 * h + 8 * e) as *mut __m128i, bits);
+        }
+    }
+}
