@@ -234,6 +234,8 @@ pub struct AttendScratch {
     /// Per column and slot group, the accumulators of the 16 lanes.
     pub(crate) lanes: Vec<[f32; LANES]>,
     pub(crate) block: Vec<f32>,
+    /// A stretch of blocks' values (f16 bits), copied side by side.
+    pub(crate) stretch: Vec<u16>,
 }
 
 // Inlined into `attend_any`'s ISA variants, as `scores_portable`.

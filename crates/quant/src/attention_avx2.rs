@@ -235,7 +235,17 @@ unsafe fn scores_blocks<const C: usize>(
                 };
                 let sums = _mm256_mul_ps(sums, scale);
                 let to = scores.as_mut_ptr().add(at - base + 8 * half);
-                _mm256_maskstore_ps(to, *mask, sums);
+                // Masked stores are microcoded and slow on AMD's cores: a plain store
+                // where all eight are visible (every block but the first and last).
+                if _mm256_movemask_ps(_mm256_castsi256_ps(*mask)) == 0xff {
+                    _mm256_storeu_ps(to, sums);
+                } else {
+                    let (sums, live): ([f32; 8], [i32; 8]) =
+                        (std::mem::transmute(sums), std::mem::transmute(*mask));
+                    for l in (0..8).filter(|&l| live[l] != 0) {
+                        *to.add(l) = sums[l];
+                    }
+                }
             }
         }
     }
@@ -268,14 +278,13 @@ pub fn attend_avx2(
             F16Order::Batched => 1,
             F16Order::OneToken => 4,
         };
-        let lanes = &mut scratch.lanes;
         // SAFETY: AVX2, FMA and F16C are available (asserted above); the head size is a
         // multiple of 16, and so of each tile's column count.
         unsafe {
             match n {
-                1 => values_tile::<1, 4>(tile, w, kv, groups, lanes),
-                2 => values_tile::<2, 2>(tile, w, kv, groups, lanes),
-                _ => values_tile::<3, 1>(tile, w, kv, groups, lanes),
+                1 => values_tile::<1, 4>(tile, w, kv, groups, scratch),
+                2 => values_tile::<2, 2>(tile, w, kv, groups, scratch),
+                _ => values_tile::<3, 1>(tile, w, kv, groups, scratch),
             }
         }
         let outs = out[i * width..].chunks_exact_mut(width);
@@ -289,9 +298,10 @@ pub fn attend_avx2(
     true
 }
 
-/// Bytes of values per stretch of `values_tile`: a stretch stays in the L1 cache while
-/// every column of the tile passes over it, and the next one is fetched meanwhile.
-const STRETCH_BYTES: usize = 32 << 10;
+/// Bytes of values per stretch of `values_tile`. Each stretch is copied side by side
+/// before the column passes read it: in the pool, a head's part of consecutive blocks lies
+/// `kv_dim · 32` bytes apart, a stride that maps every block to the same few L1 sets.
+const STRETCH_BYTES: usize = 16 << 10;
 
 /// Asks for the cache lines holding `bytes` at `p` to be brought into the L1 cache.
 #[inline(always)]
@@ -302,18 +312,23 @@ unsafe fn prefetch(p: *const u16, bytes: usize) {
     }
 }
 
-/// Accumulates queries × columns of `tile` into `lanes` (per query, column and slot group,
-/// 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group b % groups), `16 · C`
-/// columns and one slot group at a time in registers.
+/// Accumulates queries × columns of `tile` into `scratch.lanes` (per query, column and
+/// slot group, 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group
+/// b % groups), `C` columns and one slot group at a time in registers.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn values_tile<const Q: usize, const C: usize>(
     tile: &[Query],
     weights: &[Vec<f32>],
     kv: &KvHead,
     groups: usize,
-    lanes: &mut Vec<[f32; 16]>,
+    scratch: &mut AttendScratch,
 ) {
     let width = kv.head_dim;
+    let AttendScratch {
+        lanes,
+        stretch: staged,
+        ..
+    } = scratch;
     lanes.clear();
     lanes.resize(Q * width * groups, [0.0; 16]);
     let mut bases = [0; Q];
@@ -329,23 +344,28 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
     let written = *ends.iter().max().unwrap();
     // The positions every query weighs: blocks inside need no masks.
     let inner = (*bases.iter().max().unwrap(), *ends.iter().min().unwrap());
-    let block_bytes = width * KV_BLOCK * 2;
-    let stretch_blocks = (STRETCH_BYTES / block_bytes)
+    let block_values = width * KV_BLOCK;
+    let stretch_blocks = (STRETCH_BYTES / (2 * block_values))
         .next_multiple_of(groups)
         .max(groups);
+    staged.resize(stretch_blocks * block_values, 0);
     // Stretches start at multiples of `groups` blocks, so that a stretch's blocks g,
     // g + groups, … are slot group g's.
     let mut stretch = first / groups * groups;
     while stretch < last {
         let stretch_end = (stretch + stretch_blocks).min(last);
-        let next = stretch_end..(stretch_end + stretch_blocks).min(last);
-        for c0 in (0..width).step_by(C) {
-            for b in next.clone() {
+        for b in stretch.max(first)..stretch_end {
+            let from = kv.value_block(b);
+            staged[(b - stretch) * block_values..][..block_values].copy_from_slice(from);
+            // The next stretch's block in the same place, on its way meanwhile.
+            if b + stretch_blocks < last {
                 prefetch(
-                    kv.value_block(b).as_ptr().add(c0 * KV_BLOCK),
-                    C * KV_BLOCK * 2,
+                    kv.value_block(b + stretch_blocks).as_ptr(),
+                    2 * block_values,
                 );
             }
+        }
+        for c0 in (0..width).step_by(C) {
             for g in 0..groups {
                 let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
                 let mut acc = [[[_mm256_setzero_ps(); 2]; C]; Q];
@@ -363,7 +383,9 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
                         continue;
                     }
                     let at = b * KV_BLOCK;
-                    let values = kv.value_block(b).as_ptr().add(c0 * KV_BLOCK);
+                    let values = staged
+                        .as_ptr()
+                        .add((b - stretch) * block_values + c0 * KV_BLOCK);
                     let mut wv = [[_mm256_setzero_ps(); 2]; Q];
                     let mut v = [[_mm256_setzero_ps(); 2]; C];
                     if at >= inner.0 && at + KV_BLOCK <= inner.1 {
@@ -391,9 +413,10 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
                         let live = lanes_in(at, 0, written);
                         for (c, v) in v.iter_mut().enumerate() {
                             let loaded = load_pair_f16(values.add(c * KV_BLOCK));
-                            *v = std::array::from_fn(|h| {
-                                _mm256_and_ps(loaded[h], _mm256_castsi256_ps(live[h]))
-                            });
+                            *v = [
+                                _mm256_and_ps(loaded[0], _mm256_castsi256_ps(live[0])),
+                                _mm256_and_ps(loaded[1], _mm256_castsi256_ps(live[1])),
+                            ];
                         }
                     }
                     // Fused: the product of two f16 values is exact, so this is the add.

@@ -25,6 +25,8 @@ mod legacy;
 mod matmul;
 mod nonlinear;
 #[cfg(target_arch = "x86_64")]
+mod nonlinear_avx2;
+#[cfg(target_arch = "x86_64")]
 mod nonlinear_avx512;
 mod packed;
 mod rope;

@@ -146,9 +146,12 @@ isa_dispatch! {
 /// division done as a multiplication by the f32-rounded inverse.
 pub fn softmax(scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::selected_isa() == crate::Isa::Avx512 {
-        return crate::nonlinear_avx512::softmax_avx512(scores);
+    match crate::selected_isa() {
+        crate::Isa::Avx512 => crate::nonlinear_avx512::softmax_avx512(scores),
+        crate::Isa::Avx2 => crate::nonlinear_avx2::softmax_avx2(scores),
+        crate::Isa::Scalar => softmax_any(scores),
     }
+    #[cfg(not(target_arch = "x86_64"))]
     softmax_any(scores)
 }
 
@@ -179,6 +182,12 @@ mod tests {
             softmax_portable(&mut slow);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fast), bits(&slow), "{n} scores");
+            #[cfg(target_arch = "x86_64")]
+            if crate::Isa::Avx2.is_available() {
+                let mut direct = scores.clone();
+                crate::nonlinear_avx2::softmax_avx2(&mut direct);
+                assert_eq!(bits(&direct), bits(&slow), "AVX2, {n} scores");
+            }
         }
     }
 
