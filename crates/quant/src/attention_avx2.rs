@@ -240,8 +240,8 @@ unsafe fn scores_blocks<const C: usize>(
                 if _mm256_movemask_ps(_mm256_castsi256_ps(*mask)) == 0xff {
                     _mm256_storeu_ps(to, sums);
                 } else {
-                    let (sums, live): ([f32; 8], [i32; 8]) =
-                        (std::mem::transmute(sums), std::mem::transmute(*mask));
+                    let sums = std::mem::transmute::<__m256, [f32; 8]>(sums);
+                    let live = std::mem::transmute::<__m256i, [i32; 8]>(*mask);
                     for l in (0..8).filter(|&l| live[l] != 0) {
                         *to.add(l) = sums[l];
                     }
