@@ -408,6 +408,36 @@ pub fn widen_to_f16(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> crate::
     Ok(())
 }
 
+/// Runs a vector kernel's `widen_block(block, out, is_q4_0)` over `data`'s Q8_0 or Q4_0
+/// blocks (32 values each), or returns false (nothing done) for another type.
+///
+/// # Safety
+/// The CPU must have the features `widen_block` is compiled for.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn widen_blocks(
+    ty: gguf::GgmlType,
+    data: &[u8],
+    out: &mut [u16],
+    widen_block: unsafe fn(&[u8], &mut [u16], bool),
+) -> bool {
+    let (size, q4) = match ty {
+        gguf::GgmlType::Q8_0 => (34, false),
+        gguf::GgmlType::Q4_0 => (18, true),
+        _ => return false,
+    };
+    assert_eq!(
+        data.len() / size * 32,
+        out.len(),
+        "whole blocks of 32 values"
+    );
+    for (block, out) in data.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+        // SAFETY: the caller vouches for the features; `block` holds a whole block and
+        // `out` its 32 values.
+        unsafe { widen_block(block, out, q4) }
+    }
+    true
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -429,22 +429,8 @@ unsafe fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
 /// products, rounded to f16 to nearest even), or false (nothing done) for another type.
 pub fn widen_to_f16_avx512(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> bool {
     assert_avx512();
-    let (size, q4) = match ty {
-        gguf::GgmlType::Q8_0 => (34, false),
-        gguf::GgmlType::Q4_0 => (18, true),
-        _ => return false,
-    };
-    assert_eq!(
-        data.len() / size * 32,
-        out.len(),
-        "whole blocks of 32 values"
-    );
-    for (block, out) in data.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
-        // SAFETY: AVX-512F and F16C are available (asserted above); `block` holds `size`
-        // bytes and `out` 32 values.
-        unsafe { widen_block(block, out, q4) }
-    }
-    true
+    // SAFETY: AVX-512F and F16C are available (asserted above).
+    unsafe { crate::attention::widen_blocks(ty, data, out, widen_block) }
 }
 
 #[target_feature(enable = "avx512f,f16c")]
