@@ -51,6 +51,17 @@ impl F16Order {
     }
 }
 
+impl F16Order {
+    /// Groups of 16 accumulators the weighted values' order cycles through, block by
+    /// block: one (batched), or four (the one-token order's 64).
+    pub(crate) fn slot_groups(self) -> usize {
+        match self {
+            F16Order::Batched => 1,
+            F16Order::OneToken => SLOTS / LANES,
+        }
+    }
+}
+
 /// Accumulators of `ggml_vec_dot_f16`'s vector part.
 const SLOTS: usize = 64;
 
@@ -250,10 +261,7 @@ fn attend_portable(
     let width = kv.head_dim;
     // Slot groups: accumulator p % 64 of the one-token order is lane p % 16 of group
     // (p / 16) % 4. Query i's column c, group g at `lanes[(i · width + c) · 4 + g]`.
-    let groups = |query: &Query| match query.order {
-        F16Order::Batched => 1,
-        F16Order::OneToken => SLOTS / LANES,
-    };
+    let groups = |query: &Query| query.order.slot_groups();
     let lanes = &mut scratch.lanes;
     lanes.clear();
     lanes.resize(queries.len() * width * SLOTS / LANES, [0.0; LANES]);
@@ -408,6 +416,86 @@ pub fn widen_to_f16(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> crate::
     Ok(())
 }
 
+/// Whether the vector score kernels cover every query over a head of `width`: the
+/// batched order takes multiples of 16 up to 128 and 256, the one-token order 64, 128
+/// and 256 (no f64 tail).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vector_scores_cover(queries: &[Query], width: usize) -> bool {
+    queries.iter().all(|q| {
+        q.q.len() >= width
+            && match q.order {
+                F16Order::Batched => width.is_multiple_of(16) && (width <= 128 || width == 256),
+                F16Order::OneToken => matches!(width, 64 | 128 | 256),
+            }
+    })
+}
+
+/// Sizes each query's score list for the vector kernels (-∞ where nothing is stored:
+/// positions before `first`), and returns the blocks any query sees.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn start_scores(queries: &[Query], scores: &mut [Vec<f32>]) -> std::ops::Range<usize> {
+    for (query, scores) in queries.iter().zip(scores.iter_mut()) {
+        scores.clear();
+        scores.resize(query.end - query.base(), f32::NEG_INFINITY);
+    }
+    let first = queries.iter().map(|q| q.base() / KV_BLOCK).min();
+    let last = queries.iter().map(|q| q.end.div_ceil(KV_BLOCK)).max();
+    first.unwrap_or(0)..last.unwrap_or(0)
+}
+
+/// What a vector value kernel's tile of `Q` queries spans.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct TileSpan<const Q: usize> {
+    /// Each query's base and vector end (`Query::base`, `Query::vector_end`), and its
+    /// weights.
+    pub bases: [usize; Q],
+    pub ends: [usize; Q],
+    pub weights: [*const f32; Q],
+    /// The blocks any query weighs.
+    pub first: usize,
+    pub last: usize,
+    /// Positions from here on may hold another sequence's values.
+    pub written: usize,
+    /// The positions every query weighs: blocks inside need no masks.
+    pub inner: (usize, usize),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const Q: usize> TileSpan<Q> {
+    /// The span of `tile`'s first `Q` queries (at least one), weighing `weights`.
+    #[inline(always)]
+    pub(crate) fn new(tile: &[Query], weights: &[Vec<f32>]) -> TileSpan<Q> {
+        let bases: [usize; Q] = std::array::from_fn(|i| tile[i].base());
+        let ends: [usize; Q] = std::array::from_fn(|i| tile[i].vector_end());
+        let lowest = *bases.iter().min().expect("a tile has a query");
+        let written = *ends.iter().max().expect("a tile has a query");
+        TileSpan {
+            bases,
+            ends,
+            weights: std::array::from_fn(|i| weights[i].as_ptr()),
+            first: lowest / KV_BLOCK,
+            last: written.div_ceil(KV_BLOCK),
+            written,
+            inner: (*bases.iter().max().unwrap(), *ends.iter().min().unwrap()),
+        }
+    }
+}
+
+/// Asks for the cache lines holding `bytes` at `p` to be brought into the L1 cache.
+///
+/// # Safety
+/// None beyond the call's: prefetching has no other effect, wherever it points.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn prefetch(p: *const u16, bytes: usize) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let start = p as usize & !63;
+    for line in (start..p as usize + bytes).step_by(64) {
+        // SAFETY: a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+    }
+}
+
 /// Runs a vector kernel's `widen_block(block, out, is_q4_0)` over `data`'s Q8_0 or Q4_0
 /// blocks (32 values each), or returns false (nothing done) for another type.
 ///
@@ -534,38 +622,13 @@ pub(crate) mod tests {
         out
     }
 
-    type ScoreKernel = fn(&[Query], &KvHead, f32, &mut [Vec<f32>]) -> bool;
-    type AttendKernel = fn(&[Query], &[Vec<f32>], &KvHead, &mut [f32], &mut AttendScratch) -> bool;
-
-    /// The vector score kernels this CPU can run, called directly (whatever ISA the
+    /// The x86 vector kernels this CPU can run, to call directly (whatever ISA the
     /// dispatch selected).
-    fn score_kernels() -> Vec<(crate::Isa, ScoreKernel)> {
-        let mut kernels: Vec<(crate::Isa, ScoreKernel)> = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::Isa::Avx2.is_available() {
-                kernels.push((crate::Isa::Avx2, crate::attention_avx2::scores_avx2));
-            }
-            if crate::Isa::Avx512.is_available() {
-                kernels.push((crate::Isa::Avx512, crate::attention_avx512::scores_avx512));
-            }
-        }
-        kernels
-    }
-
-    /// The vector value kernels this CPU can run, as `score_kernels`.
-    fn attend_kernels() -> Vec<(crate::Isa, AttendKernel)> {
-        let mut kernels: Vec<(crate::Isa, AttendKernel)> = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::Isa::Avx2.is_available() {
-                kernels.push((crate::Isa::Avx2, crate::attention_avx2::attend_avx2));
-            }
-            if crate::Isa::Avx512.is_available() {
-                kernels.push((crate::Isa::Avx512, crate::attention_avx512::attend_avx512));
-            }
-        }
-        kernels
+    fn runnable<F>(avx2: F, avx512: F) -> Vec<(crate::Isa, F)> {
+        [(crate::Isa::Avx2, avx2), (crate::Isa::Avx512, avx512)]
+            .into_iter()
+            .filter(|(isa, _)| isa.is_available())
+            .collect()
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -603,20 +666,13 @@ pub(crate) mod tests {
             let want: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
             assert_eq!(got, want, "{ty}");
             #[cfg(target_arch = "x86_64")]
-            {
-                type Widen = fn(gguf::GgmlType, &[u8], &mut [u16]) -> bool;
-                let kernels: [(crate::Isa, Widen); 2] = [
-                    (crate::Isa::Avx2, crate::attention_avx2::widen_to_f16_avx2),
-                    (
-                        crate::Isa::Avx512,
-                        crate::attention_avx512::widen_to_f16_avx512,
-                    ),
-                ];
-                for (isa, kernel) in kernels.into_iter().filter(|(i, _)| i.is_available()) {
-                    let mut direct = vec![0u16; 256];
-                    assert!(kernel(ty, &data, &mut direct));
-                    assert_eq!(direct, want, "{ty} {isa:?}");
-                }
+            for (isa, kernel) in runnable::<fn(_, _, &mut _) -> _>(
+                crate::attention_avx2::widen_to_f16_avx2,
+                crate::attention_avx512::widen_to_f16_avx512,
+            ) {
+                let mut direct = vec![0u16; 256];
+                assert!(kernel(ty, &data, &mut direct));
+                assert_eq!(direct, want, "{ty} {isa:?}");
             }
         }
     }
@@ -633,7 +689,11 @@ pub(crate) mod tests {
                 let mut want = vec![Vec::new(); queries.len()];
                 attention_scores(&queries, &kv, 0.125, &mut got);
                 scores_portable(&queries, &kv, 0.125, &mut want);
-                for (isa, kernel) in score_kernels() {
+                #[cfg(target_arch = "x86_64")]
+                for (isa, kernel) in runnable::<fn(_, _, _, &mut _) -> _>(
+                    crate::attention_avx2::scores_avx2,
+                    crate::attention_avx512::scores_avx512,
+                ) {
                     let mut direct = vec![Vec::new(); queries.len()];
                     if kernel(&queries, &kv, 0.125, &mut direct) {
                         for (i, query) in queries.iter().enumerate() {
@@ -693,7 +753,11 @@ pub(crate) mod tests {
                 let grouped_queries: Vec<Query> = grouped.iter().map(|&i| queries[i]).collect();
                 let grouped_weights: Vec<Vec<f32>> =
                     grouped.iter().map(|&i| rounded[i].clone()).collect();
-                for (isa, kernel) in attend_kernels() {
+                #[cfg(target_arch = "x86_64")]
+                for (isa, kernel) in runnable::<fn(_, _, _, &mut _, &mut _) -> _>(
+                    crate::attention_avx2::attend_avx2,
+                    crate::attention_avx512::attend_avx512,
+                ) {
                     let mut direct = vec![f32::NAN; queries.len() * width];
                     if kernel(&queries, &rounded, &kv, &mut direct, &mut scratch) {
                         assert_eq!(bits(&direct), bits(&twin), "{isa:?} width {width}");

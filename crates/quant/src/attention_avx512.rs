@@ -13,7 +13,7 @@
 //! tile of queries × columns accumulates in registers with one fused multiply-add per
 //! block; the trees across lanes run at the end, sixteen columns side by side.
 
-use crate::attention::{AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
+use crate::attention::{prefetch, AttendScratch, F16Order, KvHead, Query, TileSpan, KV_BLOCK};
 
 use core::arch::x86_64::*;
 
@@ -44,14 +44,7 @@ unsafe fn load_f16(p: *const u16) -> __m512 {
 pub fn scores_avx512(queries: &[Query], kv: &KvHead, scale: f32, scores: &mut [Vec<f32>]) -> bool {
     assert_avx512();
     let width = kv.head_dim;
-    let covered = |q: &Query| {
-        q.q.len() >= width
-            && match q.order {
-                F16Order::Batched => width.is_multiple_of(16) && (width <= 128 || width == 256),
-                F16Order::OneToken => matches!(width, 64 | 128 | 256),
-            }
-    };
-    if !queries.iter().all(covered) {
+    if !crate::attention::vector_scores_cover(queries, width) {
         return false;
     }
     // SAFETY: AVX-512F and F16C are available (asserted above); every query holds
@@ -110,20 +103,8 @@ unsafe fn scores_blocks<const C: usize>(
     scale: f32,
     scores: &mut [Vec<f32>],
 ) {
-    for (query, scores) in queries.iter().zip(scores.iter_mut()) {
-        scores.clear();
-        scores.resize(query.end - query.base(), f32::NEG_INFINITY);
-    }
-    let first = queries
-        .iter()
-        .map(|q| q.base() / KV_BLOCK)
-        .min()
-        .unwrap_or(0);
-    let last = queries
-        .iter()
-        .map(|q| q.end.div_ceil(KV_BLOCK))
-        .max()
-        .unwrap_or(0);
+    let blocks = crate::attention::start_scores(queries, scores);
+    let (first, last) = (blocks.start, blocks.end);
     let scale = _mm512_set1_ps(scale);
     let mut keys = [[_mm512_setzero_ps(); C]; KV_BLOCK];
     for b in first..last {
@@ -189,10 +170,7 @@ pub fn attend_avx512(
             .take_while(|q| q.order == order)
             .count();
         let (tile, w) = (&queries[i..i + n], &weights[i..i + n]);
-        let groups = match order {
-            F16Order::Batched => 1,
-            F16Order::OneToken => 4,
-        };
+        let groups = order.slot_groups();
         let lanes = &mut scratch.lanes;
         // SAFETY: AVX-512F and F16C are available (asserted above); the head size is a
         // multiple of 16, and so of each tile's column count.
@@ -219,15 +197,6 @@ pub fn attend_avx512(
 /// every column of the tile passes over it, and the next one is fetched meanwhile.
 const STRETCH_BYTES: usize = 64 << 10;
 
-/// Asks for the cache lines holding `bytes` at `p` to be brought into the L1 cache.
-#[inline(always)]
-unsafe fn prefetch(p: *const u16, bytes: usize) {
-    let start = p as usize & !63;
-    for line in (start..p as usize + bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-    }
-}
-
 /// Accumulates queries × columns of `tile` into `lanes` (per query, column and slot group,
 /// 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group b % groups), `C`
 /// columns and one slot group at a time in registers.
@@ -242,19 +211,15 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
     let width = kv.head_dim;
     lanes.clear();
     lanes.resize(Q * width * groups, [0.0; 16]);
-    let mut bases = [0; Q];
-    let mut ends = [0; Q];
-    let mut w = [std::ptr::null(); Q];
-    for i in 0..Q {
-        (bases[i], ends[i]) = (tile[i].base(), tile[i].vector_end());
-        w[i] = weights[i].as_ptr();
-    }
-    let first = bases.iter().min().unwrap() / KV_BLOCK;
-    let last = ends.iter().max().unwrap().div_ceil(KV_BLOCK);
-    // Positions past the last one any query weighs may hold another sequence's values.
-    let written = *ends.iter().max().unwrap();
-    // The positions every query weighs: blocks inside need no masks.
-    let inner = (*bases.iter().max().unwrap(), *ends.iter().min().unwrap());
+    let TileSpan {
+        bases,
+        ends,
+        weights: w,
+        first,
+        last,
+        written,
+        inner,
+    } = TileSpan::<Q>::new(tile, weights);
     let block_bytes = width * KV_BLOCK * 2;
     let stretch_blocks = (STRETCH_BYTES / block_bytes)
         .next_multiple_of(groups)
@@ -338,10 +303,7 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
 /// over its lanes, sixteen columns at a time.
 #[target_feature(enable = "avx512f")]
 unsafe fn column_trees(lanes: &[[f32; 16]], order: F16Order, out: &mut [f32]) {
-    let groups = match order {
-        F16Order::Batched => 1,
-        F16Order::OneToken => 4,
-    };
+    let groups = order.slot_groups();
     for c0 in (0..out.len()).step_by(16) {
         let columns: [__m512; 16] = std::array::from_fn(|j| {
             let g: [__m512; 4] = std::array::from_fn(|g| match g < groups {
