@@ -14,16 +14,19 @@
 //! the same bits.
 
 use crate::f16_at;
-use crate::kernels_k::{dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k};
+use crate::iquants::{iq4_code, IQ4_LEVELS};
+use crate::kernels_k::{
+    dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
+};
 use gguf::GgmlType;
 
 /// The format activations are quantized to before a dot product with `weight`.
 pub fn activation_type(weight: GgmlType) -> GgmlType {
     use GgmlType::*;
     match weight {
-        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
         Q4_1 | Q5_1 => Q8_1,
-        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => Q8_K,
         F16 => F16,
         BF16 => BF16,
         _ => F32,
@@ -76,10 +79,13 @@ kernel!(Q4_1Q8_1, dot_q4_1_q8_1);
 kernel!(Q5_0Q8_0, dot_q5_0_q8_0);
 kernel!(Q5_1Q8_1, dot_q5_1_q8_1);
 kernel!(Q8_0Q8_0, dot_q8_0_q8_0);
+kernel!(IQ4NLQ8_0, dot_iq4_nl_q8_0);
+kernel!(Q2KQ8K, dot_q2_k_q8_k);
 kernel!(Q3KQ8K, dot_q3_k_q8_k);
 kernel!(Q4KQ8K, dot_q4_k_q8_k);
 kernel!(Q5KQ8K, dot_q5_k_q8_k);
 kernel!(Q6KQ8K, dot_q6_k_q8_k);
+kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
 
 /// Every other weight type: decode both sides to f32.
 pub struct Dequantizing;
@@ -224,6 +230,18 @@ pub fn dot_q8_0_q8_0(w: &[u8], a: &[u8]) -> f32 {
         sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l);
     }
     sums.total()
+}
+
+/// IQ4_NL × Q8_0: d_w·d_a·Σ level(q_w)·q_a per block, in `BlockSums`' order (llama.cpp's
+/// repacked eight-row kernel for this type is its Q4_0 kernel with the level table).
+#[inline(always)]
+pub fn dot_iq4_nl_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    let mut sums = BlockSums::default();
+    for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
+        let l = lanes(|j| IQ4_LEVELS[iq4_code(&wb[2..], j)] as i32, &ab[2..]);
+        sums.add_block(f16_at(wb, 0) * f16_at(ab, 0), l.iter().sum());
+    }
+    sums.acc
 }
 
 /// Any other pair: decode a stretch of each side to f32 and multiply.

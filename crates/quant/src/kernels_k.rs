@@ -1,13 +1,13 @@
-//! Dot products of one K-quant weight row (Q3_K, Q4_K, Q5_K, Q6_K: 256-value
-//! super-blocks) with one Q8_K activation row, in the orders of llama.cpp's x86 CPU build,
+//! Dot products of one K-quant weight row (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, and IQ4_XS:
+//! 256-value super-blocks) with one Q8_K activation row, in the orders of llama.cpp's x86 CPU build,
 //! so that our results equal its results bit for bit. Each super-block is multiplied in
 //! integers (exact in any order); only the float steps, which these functions spell
 //! out, decide the bits:
 //!
-//! - Q4_K (llama.cpp repacks it and multiplies eight rows at a time): per block, the whole
+//! - Q2_K and Q4_K (llama.cpp repacks them and multiplies eight rows at a time): per block, the whole
 //!   block's Σ scale·q·a and Σ min·a as two integers, each added to its own accumulator
 //!   with one fused multiply-add; the result is `acc − acc_min` (`MinSums`).
-//! - Q3_K, Q5_K, Q6_K (its `vec_dot` kernels): `LaneSums`, eight integer lanes per block
+//! - Q3_K, Q5_K, Q6_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per block
 //!   (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
 //!   multiply-add per lane and block; Q5_K adds its min terms as `offsets`.
 //!
@@ -15,6 +15,7 @@
 //! float operations, and tests compare them on random data.
 
 use crate::f16_at;
+use crate::iquants::{iq4_code, iq4_xs_scale, IQ4_LEVELS};
 use crate::kernels::LaneSums;
 use crate::kquants::{k4_nibble, q3_k_scales, q6_k_position, scale_min_k4};
 
@@ -35,6 +36,12 @@ fn q8k_value(a: &[u8], i: usize) -> i32 {
 #[inline(always)]
 fn q8k_bsum(a: &[u8], j: usize) -> i32 {
     i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32
+}
+
+/// Value i's 2-bit code (0..4) in a Q2_K block.
+#[inline(always)]
+fn q2_code(wb: &[u8], i: usize) -> i32 {
+    ((wb[16 + (i / 128) * 32 + i % 32] >> (2 * ((i % 128) / 32))) & 3) as i32
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block (`scales[12]`).
@@ -103,6 +110,23 @@ pub fn dot_q4_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     sums.total()
 }
 
+/// Q2_K × Q8_K, in `MinSums`' order (llama.cpp's repacked eight-row kernel for this type,
+/// which its AVX-512 build uses; its AVX2 build's `vec_dot` adds the two products of a
+/// block to eight shared lanes instead, so there results differ in rounding).
+#[inline(always)]
+pub fn dot_q2_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut sums = MinSums::default();
+    for (wb, ab) in w.chunks_exact(84).zip(a.chunks_exact(Q8K_BLOCK)) {
+        let sum = (0..256)
+            .map(|i| (wb[i / 16] & 0xf) as i32 * q2_code(wb, i) * q8k_value(ab, i))
+            .sum();
+        let min_sum = (0..16).map(|j| (wb[j] >> 4) as i32 * q8k_bsum(ab, j)).sum();
+        let d = q8k_d(ab);
+        sums.add_block(f16_at(wb, 80) * d, sum, f16_at(wb, 82) * d, min_sum);
+    }
+    sums.total()
+}
+
 /// Q5_K × Q8_K.
 #[inline(always)]
 pub fn dot_q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
@@ -134,6 +158,20 @@ pub fn dot_q3_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
             scales[i / 16] * (low - if high { 0 } else { 4 }) * q8k_value(ab, i)
         });
         sums.add_block(q8k_d(ab) * f16_at(wb, 108), l);
+    }
+    sums.total()
+}
+
+/// IQ4_XS × Q8_K: `LaneSums`, as llama.cpp's `vec_dot` for this type.
+#[inline(always)]
+pub fn dot_iq4_xs_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut sums = LaneSums::default();
+    for (wb, ab) in w.chunks_exact(136).zip(a.chunks_exact(Q8K_BLOCK)) {
+        let l = lanes(|i| {
+            let level = IQ4_LEVELS[iq4_code(&wb[8 + 16 * (i / 32)..], i % 32)] as i32;
+            iq4_xs_scale(wb, i / 32) * level * q8k_value(ab, i)
+        });
+        sums.add_block(f16_at(wb, 0) * q8k_d(ab), l);
     }
     sums.total()
 }
@@ -180,9 +218,11 @@ mod tests {
     /// Where each type keeps its f16 scales, and its scalar kernel.
     fn layout(ty: GgmlType) -> (&'static [usize], Dot) {
         match ty {
+            Q2_K => (&[80, 82], dot_q2_k_q8_k),
             Q3_K => (&[108], dot_q3_k_q8_k),
             Q4_K => (&[0, 2], dot_q4_k_q8_k),
             Q5_K => (&[0, 2], dot_q5_k_q8_k),
+            IQ4_XS => (&[0], dot_iq4_xs_q8_k),
             _ => (&[208], dot_q6_k_q8_k),
         }
     }
@@ -190,7 +230,7 @@ mod tests {
     #[test]
     fn every_isa_equals_the_scalar_twin_on_random_blocks() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for ty in [Q3_K, Q4_K, Q5_K, Q6_K] {
+        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS] {
             let (scales_at, scalar) = layout(ty);
             for (rows, blocks) in [(1, 1), (7, 2), (19, 3)] {
                 let cols = 256 * blocks;

@@ -1,11 +1,13 @@
-//! x86 SIMD twins of the K-quant kernels in `kernels_k.rs`: one weight row against N
-//! tokens, each 256-value block unpacked once into eight registers of 32 byte codes and
-//! per-value i16 scales, then multiplied with every token's Q8_K block. The integer sums
-//! are exact, and the float steps are the scalar twins' (`MinSums` for Q4_K,
+//! x86 SIMD twins of the K-quant (and IQ4_XS) kernels in `kernels_k.rs`: one weight row
+//! against N tokens, each 256-value block unpacked once into eight registers of 32 byte
+//! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The integer sums
+//! are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K and Q4_K,
 //! `LaneSums` for the others), so the results are bit-identical to theirs.
 
+use crate::iquants::iq4_xs_scale;
 use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_x86::iq4_levels;
 use crate::kquants::q3_k_scales;
 use core::arch::x86_64::*;
 
@@ -30,6 +32,19 @@ macro_rules! x86_k_kernels {
                 for c in 0..8 {
                     let p16 = _mm256_maddubs_epi16(u.codes[c], load(&x[4 + 32 * c..]));
                     acc = $madd_acc(acc, u.scales[c], p16);
+                }
+                acc
+            }
+
+            /// `lanes` for signed codes: `u.codes` holds their magnitudes and `signs` the
+            /// codes themselves, whose signs move onto the activations.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn signed_lanes(u: &Unpacked, signs: &[__m256i; 8], x: &[u8]) -> __m256i {
+                let mut acc = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let x = _mm256_sign_epi8(load(&x[4 + 32 * c..]), signs[c]);
+                    acc = $madd_acc(acc, u.scales[c], _mm256_maddubs_epi16(u.codes[c], x));
                 }
                 acc
             }
@@ -154,6 +169,64 @@ macro_rules! x86_k_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
+            pub unsafe fn dot_q2_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [0.0f32; N];
+                let mut acc_min = [0.0f32; N];
+                let low4 = _mm_set1_epi8(0x0f);
+                for (b, wb) in w.chunks_exact(84).enumerate() {
+                    let packed = _mm_loadu_si128(wb.as_ptr() as *const __m128i);
+                    let scales = _mm256_cvtepu8_epi16(_mm_and_si128(packed, low4));
+                    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+                    let qs = [load(&wb[16..]), load(&wb[48..])];
+                    let u = Unpacked {
+                        codes: std::array::from_fn(|c| {
+                            let shift = _mm_cvtsi32_si128(2 * (c as i32 % 4));
+                            _mm256_and_si256(
+                                _mm256_srl_epi16(qs[c / 4], shift),
+                                _mm256_set1_epi8(3),
+                            )
+                        }),
+                        scales: spread(scales, |c| 2 * c, |c| 2 * c + 1),
+                    };
+                    let (dw, dmin) = (f16_at(wb, 80), f16_at(wb, 82));
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let sum = lane_total(lanes(&u, x));
+                        let min_sum = lane_total(_mm256_madd_epi16(load(&x[260..]), mins));
+                        let d = q8k_d(x);
+                        acc[n] = (sum as f32).mul_add(dw * d, acc[n]);
+                        acc_min[n] = (min_sum as f32).mul_add(dmin * d, acc_min[n]);
+                    }
+                }
+                std::array::from_fn(|n| acc[n] - acc_min[n])
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_iq4_xs_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (b, wb) in w.chunks_exact(136).enumerate() {
+                    let levels: [__m256i; 8] =
+                        std::array::from_fn(|c| iq4_levels(wb[8 + 16 * c..].as_ptr()));
+                    let s: [i16; 16] =
+                        std::array::from_fn(|j| if j < 8 { iq4_xs_scale(wb, j) as i16 } else { 0 });
+                    let s = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+                    let u = Unpacked {
+                        codes: levels.map(|q| _mm256_sign_epi8(q, q)),
+                        scales: spread(s, |c| c, |c| c),
+                    };
+                    let dw = f16_at(wb, 0);
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let l = _mm256_cvtepi32_ps(signed_lanes(&u, &levels, x));
+                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(dw * q8k_d(x)), l, acc[n]);
+                    }
+                }
+                std::array::from_fn(|n| total(acc[n], 0.0))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut offsets = [0.0f32; N];
@@ -190,7 +263,6 @@ macro_rules! x86_k_kernels {
                 for (b, wb) in w.chunks_exact(110).enumerate() {
                     let hmask = load(&wb[0..]);
                     let low_bits = [load(&wb[32..]), load(&wb[64..])];
-                    // Signed codes −4..4 as |q| with the sign moved onto the activations.
                     let signed: [__m256i; 8] = std::array::from_fn(|c| {
                         let shift = _mm_cvtsi32_si128(2 * (c as i32 % 4));
                         let low = _mm256_and_si256(
@@ -204,18 +276,13 @@ macro_rules! x86_k_kernels {
                     let s = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
                     let scales = spread(s, |c| 2 * c, |c| 2 * c + 1);
                     let dw = f16_at(wb, 108);
+                    let u = Unpacked {
+                        codes: signed.map(|q| _mm256_sign_epi8(q, q)),
+                        scales,
+                    };
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
-                        let mut sum = _mm256_setzero_si256();
-                        for c in 0..8 {
-                            let q = signed[c];
-                            let p16 = _mm256_maddubs_epi16(
-                                _mm256_sign_epi8(q, q),
-                                _mm256_sign_epi8(load(&x[4 + 32 * c..]), q),
-                            );
-                            sum = $madd_acc(sum, scales[c], p16);
-                        }
-                        let l = _mm256_cvtepi32_ps(sum);
+                        let l = _mm256_cvtepi32_ps(signed_lanes(&u, &signed, x));
                         acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
                     }
                 }

@@ -17,6 +17,14 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// The 32 levels of an IQ4 block's codes (`qs`: 16 bytes, GGML's Q4 order) as signed
+/// bytes, looked up in `IQ4_LEVELS`.
+#[inline(always)]
+pub(crate) unsafe fn iq4_levels(qs: *const u8) -> __m256i {
+    let table = _mm_loadu_si128(crate::iquants::IQ4_LEVELS.as_ptr() as *const __m128i);
+    _mm256_shuffle_epi8(_mm256_set_m128i(table, table), nibbles(qs))
+}
+
 /// The 32 five-bit values of a Q5 block as bytes (0..32).
 #[inline(always)]
 unsafe fn five_bit(qs: *const u8, qh: u32) -> __m256i {
@@ -153,6 +161,17 @@ macro_rules! x86_kernels {
                     g,
                     |wb| (nibbles(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
                     |q, x| _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(8), x)),
+                )
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_iq4_nl_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                rows::<N, 18, 34, 2, false, true, _>(
+                    w,
+                    g,
+                    |wb| (iq4_levels(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
+                    |q, x| dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)),
                 )
             }
 

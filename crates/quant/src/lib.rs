@@ -1,6 +1,6 @@
 //! GGML block formats and the CPU math over them: scalar reference dequantize and
 //! quantize for every supported type (`legacy` 32-value blocks, `kquants` 256-value
-//! super-blocks, plain floats here), a matmul of quantized weights by f32 activations
+//! super-blocks, `iquants` the non-linear IQ4 formats, plain floats here), a matmul of quantized weights by f32 activations
 //! (`matmul`), and the rest of a transformer layer's arithmetic (`attention`, `rope`,
 //! `nonlinear`) rounded as llama.cpp rounds it.
 
@@ -11,6 +11,7 @@ mod attention_avx2;
 mod attention_avx512;
 mod attention_flash;
 mod dot;
+mod iquants;
 mod isa;
 mod kernels;
 mod kernels_k;
@@ -67,7 +68,8 @@ pub enum QuantError {
 }
 
 const SUPPORTED: &str =
-    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, \
+     IQ4_XS";
 
 pub type Result<T, E = QuantError> = std::result::Result<T, E>;
 
@@ -99,6 +101,8 @@ fn block_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
         Q5_K => (kquants::dequantize_q5_k, kquants::quantize_q5_k),
         Q6_K => (kquants::dequantize_q6_k, kquants::quantize_q6_k),
         Q8_K => (kquants::dequantize_q8_k, kquants::quantize_q8_k),
+        IQ4_NL => (iquants::dequantize_iq4_nl, iquants::quantize_iq4_nl),
+        IQ4_XS => (iquants::dequantize_iq4_xs, iquants::quantize_iq4_xs),
         _ => return None,
     })
 }

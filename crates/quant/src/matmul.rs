@@ -311,10 +311,13 @@ fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
         GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, x, r0, out),
         GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, x, r0, out),
         GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, x, r0, out),
+        GgmlType::IQ4_NL => tile::<IQ4NLQ8_0>(w, x, r0, out),
+        GgmlType::Q2_K => tile::<Q2KQ8K>(w, x, r0, out),
         GgmlType::Q3_K => tile::<Q3KQ8K>(w, x, r0, out),
         GgmlType::Q4_K => tile::<Q4KQ8K>(w, x, r0, out),
         GgmlType::Q5_K => tile::<Q5KQ8K>(w, x, r0, out),
         GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, r0, out),
+        GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, r0, out),
         _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
@@ -365,11 +368,14 @@ macro_rules! x86_tile {
             simd_kernel!(Q5_0, dot_q5_0_q8_0);
             simd_kernel!(Q5_1, dot_q5_1_q8_1);
             simd_kernel!(Q8_0, dot_q8_0_q8_0);
+            simd_kernel!(IQ4NL, dot_iq4_nl_q8_0);
             use crate::kernels_k_x86::$module as simd_k;
+            simd_kernel!(Q2K, dot_q2_k_q8_k, crate::kernels_k, simd_k);
             simd_kernel!(Q3K, dot_q3_k_q8_k, crate::kernels_k, simd_k);
             simd_kernel!(Q4K, dot_q4_k_q8_k, crate::kernels_k, simd_k);
             simd_kernel!(Q5K, dot_q5_k_q8_k, crate::kernels_k, simd_k);
             simd_kernel!(Q6K, dot_q6_k_q8_k, crate::kernels_k, simd_k);
+            simd_kernel!(IQ4XS, dot_iq4_xs_q8_k, crate::kernels_k, simd_k);
 
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
@@ -379,10 +385,13 @@ macro_rules! x86_tile {
                     GgmlType::Q5_0 => tile::<Q5_0>(w, x, r0, out),
                     GgmlType::Q5_1 => tile::<Q5_1>(w, x, r0, out),
                     GgmlType::Q8_0 => tile::<Q8_0>(w, x, r0, out),
+                    GgmlType::IQ4_NL => tile::<IQ4NL>(w, x, r0, out),
+                    GgmlType::Q2_K => tile::<Q2K>(w, x, r0, out),
                     GgmlType::Q3_K => tile::<Q3K>(w, x, r0, out),
                     GgmlType::Q4_K => tile::<Q4K>(w, x, r0, out),
                     GgmlType::Q5_K => tile::<Q5K>(w, x, r0, out),
                     GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
+                    GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }

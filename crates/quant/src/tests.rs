@@ -4,8 +4,9 @@ use super::*;
 use gguf::GgmlType::{self, *};
 use rand::{Rng, SeedableRng};
 
-const ALL: [GgmlType; 15] = [
-    F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
+const ALL: [GgmlType; 17] = [
+    F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL,
+    IQ4_XS,
 ];
 
 fn relative_rms_error(ty: GgmlType, x: &[f32]) -> f32 {
@@ -36,6 +37,8 @@ fn round_trip_error_is_within_bounds_for_each_bit_width() {
         (Q4_0, 0.08),
         (Q4_1, 0.06),
         (Q4_K, 0.08),
+        (IQ4_NL, 0.08),
+        (IQ4_XS, 0.08),
         (Q3_K, 0.2),
         (Q2_K, 0.3),
     ];
@@ -166,6 +169,49 @@ fn hand_computed_k_blocks() {
     b[0..4].copy_from_slice(&0.5f32.to_le_bytes());
     b[4 + 7] = (-3i8) as u8;
     assert_eq!(decode(Q8_K, &b)[7], -1.5);
+}
+
+#[test]
+fn hand_computed_iq4_blocks() {
+    // IQ4_NL: d = 0.5; byte j holds code j (low nibble, value j) and 15 − j (value j + 16).
+    let mut b = f16(0.5).to_vec();
+    b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    let y = decode(IQ4_NL, &b);
+    assert_eq!((y[0], y[8], y[15], y[16]), (-63.5, 0.5, 56.5, 56.5));
+
+    // IQ4_XS: d = 0.25; sub-block 0 scale code 33 (+1), sub-block 5 code 2 + 16·2 = 34
+    // (+2), sub-block 7 code 0 (−32); every code 15 (level 113) but value 1's, which is 0.
+    let mut b = vec![0u8; 136];
+    b[0..2].copy_from_slice(&f16(0.25));
+    let high: u16 = 2 | (2 << (2 * 5));
+    b[2..4].copy_from_slice(&high.to_le_bytes());
+    b[4] = 1; // sub-blocks 0 (low nibble 1) and 1 (0)
+    b[6] = 2 << 4; // sub-block 5
+    b[8..].fill(0xff);
+    b[9] = 0xf0;
+    let y = decode(IQ4_XS, &b);
+    assert_eq!(
+        (y[0], y[1], y[17]),
+        (113.0 * 0.25, -127.0 * 0.25, 113.0 * 0.25)
+    );
+    assert_eq!(y[5 * 32], 113.0 * 0.5);
+    assert_eq!(y[7 * 32], 113.0 * -8.0);
+    assert_eq!(y[32], 113.0 * 0.25 * -32.0); // sub-block 1: code 0, step −32·d
+}
+
+#[test]
+fn iq4_quantizers_pick_levels_of_the_table() {
+    // Values that are exactly d · level for one step d come back exactly.
+    let levels = iquants::IQ4_LEVELS;
+    let x: Vec<f32> = (0..256)
+        .map(|i| 0.01 * levels[(i * 7) % 16] as f32)
+        .collect();
+    for ty in [IQ4_NL, IQ4_XS] {
+        let y = decode(ty, &quantize(ty, &x).unwrap()[..ty.type_size()]);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() < 2e-3 * a.abs().max(0.1), "{ty}: {a} vs {b}");
+        }
+    }
 }
 
 #[test]
