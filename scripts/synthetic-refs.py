@@ -6,9 +6,12 @@ scaling cases (crates/engine/tests/rope_scaling.rs) to refs/rope/. Run those tes
 Python that has llama-cpp-python 0.3.36 (the venv scripts/compare-llama-cpp.sh builds),
 from the repository root:
 
-    ~/.cache/llama-gpu-bench/venv/bin/python scripts/synthetic-refs.py
+    ~/.cache/llama-gpu-bench/venv/bin/python scripts/synthetic-refs.py [REF...]
+
+With REF arguments (e.g. `kquants/iq4_xs`) it writes only those references.
 """
 import os
+import sys
 
 import llama_cpp
 import numpy as np
@@ -16,7 +19,7 @@ import numpy as np
 PROMPT = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1]  # as in both tests
 
 # (reference file, model file, flash attention, context, RoPE settings)
-CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k"]]
+CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k", "q2_k", "iq4_xs", "iq4_nl"]]
 CASES += [
     ("families/qwen3", "family-qwen3", False, 32, {}),
     ("families/gemma3", "family-gemma3", False, 32, {}),
@@ -34,6 +37,8 @@ CASES += [
 ]
 
 for ref, model, flash, context, rope in CASES:
+    if sys.argv[1:] and ref not in sys.argv[1:]:
+        continue
     os.makedirs(os.path.dirname(f"tests/data/refs/{ref}"), exist_ok=True)
     llm = llama_cpp.Llama(
         model_path=f"target/test-models/{model}.gguf", n_ctx=context, n_batch=32, n_ubatch=32,

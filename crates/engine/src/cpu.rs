@@ -10,7 +10,7 @@ use crate::backend::{
 pub use crate::cpu_kv::CpuKvPool;
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
-use quant::{Isa, Layout, QMatrix};
+use quant::{Layout, QMatrix};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -146,7 +146,7 @@ impl Backend for CpuBackend {
         let m = read_matrix_rows(file, name, rows)?;
         let (ty, rows, cols) = (m.view.info.ty, m.rows, m.cols);
         QMatrix::new(ty, m.data, rows, cols)?;
-        if quant::packable(ty) && quant::selected_isa() == Isa::Avx512 {
+        if quant::packable(ty, quant::selected_isa()) {
             let key = (Arc::as_ptr(file) as usize, m.offset);
             let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
             let data = cache

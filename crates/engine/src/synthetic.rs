@@ -114,44 +114,89 @@ pub enum WeightMix {
     /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output and for `attn_v` and
     /// `ffn_down` in the first and last eighth of the layers and every third between.
     Q4KM,
+    /// llama.cpp's Q5_K_M: Q4_K_M's rules over Q5_K.
+    Q5KM,
+    /// llama.cpp's Q3_K_M: Q3_K, with Q6_K for the output, Q4_K for `attn_output`,
+    /// `attn_v` (Q5_K in the first two layers) and `ffn_down` (Q5_K in the first
+    /// sixteenth of the layers).
+    Q3KM,
 }
+
+/// The mixes by name, as `llama-quantize` calls them.
+const MIXES: [(&str, WeightMix); 3] = [
+    ("Q3_K_M", WeightMix::Q3KM),
+    ("Q4_K_M", WeightMix::Q4KM),
+    ("Q5_K_M", WeightMix::Q5KM),
+];
 
 impl std::fmt::Display for WeightMix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WeightMix::Uniform(ty) => write!(f, "{ty}"),
-            WeightMix::Q4KM => f.write_str("Q4_K_M"),
+            mix => {
+                let (name, _) = MIXES
+                    .iter()
+                    .find(|(_, m)| m == mix)
+                    .expect("every mix is named");
+                f.write_str(name)
+            }
         }
     }
 }
 
 impl WeightMix {
-    /// `Q4_K_M`, or a single type's name.
+    /// A mix's name (`Q4_K_M`, …), or a single type's name.
     pub fn parse(name: &str) -> Option<WeightMix> {
-        if name.eq_ignore_ascii_case("Q4_K_M") {
-            return Some(WeightMix::Q4KM);
+        if let Some((_, mix)) = MIXES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Some(*mix);
         }
         GgmlType::from_name(name).map(WeightMix::Uniform)
     }
 
     /// The type of tensor `name` (`blk.N.…`, `output.weight`, …) in a model of `layers`.
     pub fn type_for(&self, name: &str, layers: usize) -> GgmlType {
+        use GgmlType::*;
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let role = |suffix: &str| name.ends_with(suffix) && layer.is_some();
+        // llama.cpp's `use_more_bits`.
+        let more_bits = || {
+            layer
+                .is_some_and(|i| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2)
+        };
+        let first = |fraction: usize| layer.is_some_and(|i| i < layers / fraction);
         match *self {
             WeightMix::Uniform(ty) => ty,
-            WeightMix::Q4KM => {
-                let layer = name
-                    .strip_prefix("blk.")
-                    .and_then(|rest| rest.split('.').next())
-                    .and_then(|n| n.parse::<usize>().ok());
-                let more_bits =
-                    |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+            WeightMix::Q4KM | WeightMix::Q5KM => {
                 let wide = name == "output.weight"
-                    || ((name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
-                        && layer.is_some_and(more_bits));
-                if wide {
-                    GgmlType::Q6_K
+                    || ((role("attn_v.weight") || role("ffn_down.weight")) && more_bits());
+                match (wide, *self) {
+                    (true, _) => Q6_K,
+                    (false, WeightMix::Q4KM) => Q4_K,
+                    (false, _) => Q5_K,
+                }
+            }
+            WeightMix::Q3KM => {
+                if name == "output.weight" {
+                    Q6_K
+                } else if role("attn_v.weight") {
+                    if layer.is_some_and(|i| i < 2) {
+                        Q5_K
+                    } else {
+                        Q4_K
+                    }
+                } else if role("ffn_down.weight") {
+                    if first(16) {
+                        Q5_K
+                    } else {
+                        Q4_K
+                    }
+                } else if role("attn_output.weight") {
+                    Q4_K
                 } else {
-                    GgmlType::Q4_K
+                    Q3_K
                 }
             }
         }
@@ -399,5 +444,46 @@ impl SyntheticModel {
         self.to_writer()?
             .write_file(path)
             .map_err(|e| EngineError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WeightMix;
+    use gguf::GgmlType::*;
+
+    #[test]
+    fn mixes_follow_llama_quantize_rules() {
+        let types = |mix: &str, names: &[&str]| {
+            let mix = WeightMix::parse(mix).unwrap();
+            assert_eq!(WeightMix::parse(&mix.to_string()), Some(mix));
+            names.iter().map(|n| mix.type_for(n, 16)).collect::<Vec<_>>()
+        };
+        let q3 = types(
+            "q3_k_m",
+            &[
+                "output.weight",
+                "token_embd.weight",
+                "blk.0.attn_v.weight",
+                "blk.5.attn_v.weight",
+                "blk.0.ffn_down.weight",
+                "blk.1.ffn_down.weight",
+                "blk.3.attn_output.weight",
+                "blk.3.attn_q.weight",
+            ],
+        );
+        assert_eq!(q3, [Q6_K, Q3_K, Q5_K, Q4_K, Q5_K, Q4_K, Q4_K, Q3_K]);
+        let q5 = types(
+            "Q5_K_M",
+            &[
+                "output.weight",
+                "blk.0.ffn_down.weight",
+                "blk.3.ffn_down.weight",
+                "blk.4.attn_v.weight",
+                "blk.4.attn_q.weight",
+            ],
+        );
+        assert_eq!(q5, [Q6_K, Q6_K, Q5_K, Q6_K, Q5_K]);
+        assert_eq!(WeightMix::parse("IQ4_XS"), Some(WeightMix::Uniform(IQ4_XS)));
     }
 }

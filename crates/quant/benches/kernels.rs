@@ -1,8 +1,8 @@
 //! Kernel micro-benchmarks: one quantized matmul of a 1536 × 576 weight matrix (the
 //! default model's FFN shape) per weight type and instruction set, for one token (weight
 //! bandwidth, reported as bytes/s of weights) and for 64 tokens (reported as elements/s,
-//! i.e. multiply-adds/s; ×2 for FLOP/s). `avx512-packed` is the four-row packed layout the
-//! CPU backend uses for Q4_0, Q4_1 and Q8_0 on AVX-512 machines.
+//! i.e. multiply-adds/s; ×2 for FLOP/s). `avx512-packed` and `avx2-packed` are the packed
+//! layouts the CPU backend uses for Q4_0 and IQ4_NL on both, and Q4_1 and Q8_0 on AVX-512.
 //!
 //! `cargo bench -p quant`
 
@@ -27,13 +27,13 @@ fn kernels(c: &mut Criterion) {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
     ] {
         let bytes = quantize(ty, &weights).expect("quantizable");
         let w = QMatrix::new(ty, &bytes, ROWS, COLS).expect("shape");
-        let packed_bytes = packable(ty).then(|| pack(ty, &bytes, ROWS, COLS));
+        let packed_bytes = packable(ty, Isa::Avx512).then(|| pack(ty, &bytes, ROWS, COLS));
         let packed = packed_bytes
             .as_deref()
-            .filter(|_| Isa::Avx512.is_available())
             .map(|p| QMatrix::packed(ty, p, ROWS, COLS).expect("shape"));
         for tokens in [1usize, 64] {
             let x: Vec<f32> = (0..tokens * COLS).map(|i| (i % 13) as f32 / 13.0).collect();
@@ -49,10 +49,12 @@ fn kernels(c: &mut Criterion) {
                     b.iter(|| matmul_with(isa, &w, &x, &mut out))
                 });
             }
-            if let Some(p) = &packed {
-                group.bench_function("avx512-packed", |b| {
-                    b.iter(|| matmul_with(Isa::Avx512, p, &x, &mut out))
-                });
+            for &isa in &isas {
+                if let Some(p) = packed.as_ref().filter(|_| packable(ty, isa)) {
+                    group.bench_function(format!("{}-packed", isa.name()), |b| {
+                        b.iter(|| matmul_with(isa, p, &x, &mut out))
+                    });
+                }
             }
             group.finish();
         }

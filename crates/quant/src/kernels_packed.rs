@@ -4,7 +4,7 @@
 //!   operation for operation — the same integer lane sums, one fused multiply-add per
 //!   lane and block in block order, the same final tree — so it equals the row-major
 //!   kernels' result, and llama.cpp's, bit for bit.
-//! - `dot16_q4_0_packed`: sixteen Q4_0 rows. Each (row, token) result follows
+//! - `dot16_q4_packed`: sixteen Q4_0 or IQ4_NL rows. Each (row, token) result follows
 //!   `BlockSums`: a block's 32 products summed in integers, then one fused multiply-add
 //!   per block, so it equals the row-major kernels' result bit for bit.
 
@@ -31,12 +31,23 @@ pub unsafe fn dot4_packed<const N: usize>(
     }
 }
 
-/// Sixteen Q4_0 rows (one group) · N tokens: `out[n][i]` is row i · token n.
+/// Sixteen Q4_0 (`NL` false) or IQ4_NL (`NL` true) rows (one group) · N tokens:
+/// `out[n][i]` is row i · token n.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_q4_0_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+pub unsafe fn dot16_q4_packed<const N: usize, const NL: bool>(
+    w: &[u8],
+    g: &TokenGroup<N>,
+) -> [[f32; 16]; N] {
     let group = 288;
     let low4 = _mm512_set1_epi8(0x0f);
+    // IQ4_NL's levels plus 128, unsigned for `vpdpbusd`; the 128·Σx comes off below as
+    // Q4_0's 8·Σx does.
+    let (levels, bias) = if NL {
+        (repeat16(iq4_levels_plus_128().as_ptr()), -128)
+    } else {
+        (_mm512_setzero_si512(), -8)
+    };
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..w.len() / group {
         let p = w.as_ptr().add(b * group);
@@ -44,17 +55,22 @@ pub unsafe fn dot16_q4_0_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
         // Register k holds bytes 4k..4k+4 of the sixteen rows' 32 values.
         let values: [__m512i; 8] = std::array::from_fn(|k| {
             let q = _mm512_loadu_si512(p.add(32 + 64 * (k % 4)) as *const _);
-            match k {
+            let codes = match k {
                 0..4 => _mm512_and_si512(q, low4),
                 _ => _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+            };
+            if NL {
+                _mm512_shuffle_epi8(levels, codes)
+            } else {
+                codes
             }
         });
         for (n, acc) in acc.iter_mut().enumerate() {
             let x = g.rows[n].as_ptr().add(b * 34 + 2) as *const i32;
             let at = b * N + n;
-            // Σ(q − 8)·x = Σq·x − 8·Σx, in two chains of four so that the adds do not
-            // wait on each other.
-            let mut even = _mm512_set1_epi32(-8 * *g.sums.get_unchecked(at));
+            // Σ(q − bias)·x = Σq·x − bias·Σx, in two chains of four so that the adds do
+            // not wait on each other.
+            let mut even = _mm512_set1_epi32(bias * *g.sums.get_unchecked(at));
             let mut odd = _mm512_setzero_si512();
             for k in (0..8).step_by(2) {
                 let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 1).read_unaligned());
@@ -71,6 +87,11 @@ pub unsafe fn dot16_q4_0_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
         _mm512_storeu_ps(o.as_mut_ptr(), acc);
     }
     out
+}
+
+/// `IQ4_LEVELS` plus 128, as unsigned bytes.
+fn iq4_levels_plus_128() -> [u8; 16] {
+    crate::iquants::IQ4_LEVELS.map(|l| (l as i16 + 128) as u8)
 }
 
 /// 16 bytes at `p`, repeated in the four 128-bit lanes.

@@ -18,11 +18,17 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
 }
 
 /// The 32 levels of an IQ4 block's codes (`qs`: 16 bytes, GGML's Q4 order) as signed
-/// bytes, looked up in `IQ4_LEVELS`.
+/// bytes.
 #[inline(always)]
 pub(crate) unsafe fn iq4_levels(qs: *const u8) -> __m256i {
+    iq4_level_bytes(nibbles(qs))
+}
+
+/// Each byte's code (0..16) replaced by its level in `IQ4_LEVELS`.
+#[inline(always)]
+pub(crate) unsafe fn iq4_level_bytes(codes: __m256i) -> __m256i {
     let table = _mm_loadu_si128(crate::iquants::IQ4_LEVELS.as_ptr() as *const __m128i);
-    _mm256_shuffle_epi8(_mm256_set_m128i(table, table), nibbles(qs))
+    _mm256_shuffle_epi8(_mm256_set_m128i(table, table), codes)
 }
 
 /// The 32 five-bit values of a Q5 block as bytes (0..32).

@@ -48,7 +48,7 @@ impl<'a> QMatrix<'a> {
 
     /// A matrix in the packed layout (see `packed::pack`).
     pub fn packed(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        if !packable(ty) {
+        if !packable(ty, Isa::Avx512) {
             return Err(QuantError::Unsupported(ty));
         }
         QMatrix::with_layout(ty, data, rows, cols, Layout::Packed)
@@ -400,23 +400,43 @@ macro_rules! x86_tile {
     };
 }
 
-/// `tile` over a packed matrix: one group of rows per kernel call.
+/// `tile` over a packed matrix: one group of rows per kernel call, with the AVX-512
+/// kernels (`AVX512`) or the AVX2 ones.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn packed_tile(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+#[inline(always)]
+fn packed_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     for (t, size) in token_groups(x.n_tokens) {
         match size {
-            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK>(w, x, t, r0, out),
-            4 => packed_tokens::<4>(w, x, t, r0, out),
-            2 => packed_tokens::<2>(w, x, t, r0, out),
-            _ => packed_tokens::<1>(w, x, t, r0, out),
+            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, t, r0, out),
+            4 => packed_tokens::<4, AVX512>(w, x, t, r0, out),
+            2 => packed_tokens::<2, AVX512>(w, x, t, r0, out),
+            _ => packed_tokens::<1, AVX512>(w, x, t, r0, out),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn packed_tile_avx512(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    packed_tile::<true>(w, x, r0, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_tile_avx2(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    packed_tile::<false>(w, x, r0, out)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn packed_tokens<const N: usize>(w: &QMatrix, x: &Activations, t: usize, r0: usize, out: OutPtr) {
+fn packed_tokens<const N: usize, const AVX512: bool>(
+    w: &QMatrix,
+    x: &Activations,
+    t: usize,
+    r0: usize,
+    out: OutPtr,
+) {
+    use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
     let group = x.group::<N>(t);
     let rows = group_rows(w.ty);
     let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
@@ -424,17 +444,22 @@ fn packed_tokens<const N: usize>(w: &QMatrix, x: &Activations, t: usize, r0: usi
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
         prefetch_ahead(w.data, at, bytes);
-        // SAFETY: `matmul` checked AVX-512 VNNI is available before any packed tile runs.
+        // SAFETY: `matmul` checked that the CPU has the ISA whose kernels run here, and
+        // that it has kernels for this type's packed layout.
+        let sixteen = |nl: bool| unsafe {
+            match (AVX512, nl) {
+                (true, false) => avx512::dot16_q4_packed::<N, false>(data, &group),
+                (true, true) => avx512::dot16_q4_packed::<N, true>(data, &group),
+                (false, false) => avx2::dot16_q4_packed::<N, false>(data, &group),
+                (false, true) => avx2::dot16_q4_packed::<N, true>(data, &group),
+            }
+        };
         match w.ty {
-            GgmlType::Q4_0 => write_group(
-                unsafe { crate::kernels_packed::dot16_q4_0_packed::<N>(data, &group) },
-                w.rows,
-                t,
-                r,
-                out,
-            ),
+            GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
+            GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
             _ => write_group(
-                unsafe { crate::kernels_packed::dot4_packed::<N>(w.ty, data, &group) },
+                // SAFETY: as above (only the AVX-512 kernels pack other types).
+                unsafe { avx512::dot4_packed::<N>(w.ty, data, &group) },
                 w.rows,
                 t,
                 r,
@@ -496,8 +521,10 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
     );
     let Some(first) = ws.first() else { return };
     assert!(
-        isa == Isa::Avx512 || ws.iter().all(|w| w.layout == Layout::RowMajor),
-        "packed weights need the AVX-512 kernels"
+        ws.iter()
+            .all(|w| w.layout == Layout::RowMajor || packable(w.ty, isa)),
+        "{} has no kernels for these packed weights",
+        isa.name()
     );
     let n_tokens = x.len() / first.cols;
     let mut quantized: Vec<(GgmlType, Activations)> = Vec::new();
@@ -524,7 +551,12 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         match isa {
             // SAFETY: `isa` is available on this CPU (asserted above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if w.layout == Layout::Packed => unsafe { packed_tile(w, x, r0, ptr) },
+            Isa::Avx512 if w.layout == Layout::Packed => unsafe {
+                packed_tile_avx512(w, x, r0, ptr)
+            },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if w.layout == Layout::Packed => unsafe { packed_tile_avx2(w, x, r0, ptr) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { tile_avx512(w, x, r0, ptr) },

@@ -1,34 +1,41 @@
-//! Weights repacked at load time for the AVX-512 kernels (`kernels_packed`): rows
-//! interleaved block by block, so one 64-byte load feeds several rows' dot products while
-//! each thread still streams one contiguous range of memory. A group is one 32-value
-//! block of `group_rows` consecutive rows:
+//! Weights repacked at load time for the AVX-512 and AVX2 kernels (`kernels_packed`,
+//! `kernels_packed_avx2`): rows interleaved block by block, so one load feeds several
+//! rows' dot products while each thread still streams one contiguous range of memory. A
+//! group is one 32-value block of `group_rows` consecutive rows:
 //!
 //! | type | rows | bytes | layout |
 //! |---|---:|---:|---|
 //! | Q4_1 | 4 | 80 | d[4] · m[4] (f16) · qs[4][16] |
 //! | Q8_0 | 4 | 136 | d[4] (f16) · (q+128)[4][0..16] · (q+128)[4][16..32] |
-//! | Q4_0 | 16 | 288 | d[16] (f16) · qs[4][16][4] |
+//! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
 //!
 //! Q4_1 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float order): a
-//! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 puts
-//! four bytes of each of 16 rows in a register (`[k][row][4]`: bytes 4k..4k+4 of every
-//! row's values), so one `vpdpbusd` adds four products to each of 16 rows' block sums. Q4
-//! nibbles keep GGML's order, where byte j holds values j and j + 16. Q8_0 weights are
-//! stored plus 128, as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed
-//! bytes; the kernel subtracts 128·Σx. A matrix is `cols / 32` groups per group of rows;
-//! the last group's missing rows are zeros.
+//! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 and
+//! IQ4_NL (blocks of the same shape) put four bytes of each of 16 rows in a register
+//! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
+//! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
+//! bytes) per register. Q4 nibbles keep GGML's order, where byte j holds values j and
+//! j + 16. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
+//! multiplies unsigned by signed bytes; the kernel subtracts 128·Σx. A matrix is
+//! `cols / 32` groups per group of rows; the last group's missing rows are zeros.
 
-use gguf::GgmlType;
+use crate::Isa;
+use gguf::GgmlType::{self, IQ4_NL, Q4_0, Q4_1, Q8_0};
 
-/// Whether `ty` has a packed layout.
-pub fn packable(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+/// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for all four types,
+/// AVX2 for the sixteen-row Q4 groups (as two halves of eight rows).
+pub fn packable(ty: GgmlType, isa: Isa) -> bool {
+    match isa {
+        Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0),
+        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL),
+        _ => false,
+    }
 }
 
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q4_0 => 16,
+        Q4_0 | IQ4_NL => 16,
         _ => 4,
     }
 }
@@ -47,27 +54,28 @@ pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> usize {
 fn position(ty: GgmlType, i: usize, j: usize) -> usize {
     match (ty, j) {
         (_, 0..2) => 2 * i + j,
-        (GgmlType::Q4_1, 2..4) => 8 + 2 * i + j - 2,
-        (GgmlType::Q4_1, _) => 16 + 16 * i + j - 4,
-        (GgmlType::Q8_0, 2..18) => 8 + 16 * i + j - 2,
-        (GgmlType::Q8_0, _) => 72 + 16 * i + j - 18,
+        (Q4_1, 2..4) => 8 + 2 * i + j - 2,
+        (Q4_1, _) => 16 + 16 * i + j - 4,
+        (Q8_0, 2..18) => 8 + 16 * i + j - 2,
+        (Q8_0, _) => 72 + 16 * i + j - 18,
         (_, _) => 32 + (j - 2) / 4 * 64 + 4 * i + (j - 2) % 4,
     }
 }
 
 /// A weight byte as stored: Q8_0's values (past the 2-byte scale) plus 128.
 fn stored(ty: GgmlType, j: usize, byte: u8) -> u8 {
-    if ty == GgmlType::Q8_0 && j >= 2 {
+    if ty == Q8_0 && j >= 2 {
         byte ^ 0x80
     } else {
         byte
     }
 }
 
-/// Repacks row-major GGML blocks (`rows` × `cols` of `ty`, which must be `packable`)
+/// Repacks row-major GGML blocks (`rows` × `cols` of `ty`, which must be `packable` on
+/// some ISA)
 /// into the interleaved layout.
 pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    assert!(packable(ty), "{ty} has no packed layout");
+    assert!(packable(ty, Isa::Avx512), "{ty} has no packed layout");
     let (blocks, size, n) = (cols / ty.block_size(), ty.type_size(), group_rows(ty));
     let mut out = vec![0u8; packed_len(ty, rows, cols)];
     for (g, group_row) in out.chunks_exact_mut(blocks * group_bytes(ty)).enumerate() {
@@ -106,7 +114,7 @@ mod tests {
 
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0] {
             let (rows, cols) = (19, 96);
             let size = ty.type_size();
             let data: Vec<u8> = (0..rows * cols / 32 * size)

@@ -290,15 +290,22 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                 );
             }
         }
-        if packable(ty) && Isa::Avx512.is_available() {
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            if !packable(ty, isa) || !isa.is_available() {
+                continue;
+            }
             let packed_bytes = pack(ty, &bytes, rows, cols);
             let p = QMatrix::packed(ty, &packed_bytes, rows, cols).unwrap();
             let mut packed_out = vec![0.0; n * rows];
-            matmul_with(Isa::Avx512, &p, &x, &mut packed_out);
-            assert!(packed_out == out, "{ty}: packed kernels differ");
+            matmul_with(isa, &p, &x, &mut packed_out);
+            assert!(
+                packed_out == out,
+                "{ty}: packed {} kernels differ",
+                isa.name()
+            );
             for t in [0, 5, n - 1] {
                 let mut one = vec![0.0; rows];
-                matmul_with(Isa::Avx512, &p, &x[t * cols..(t + 1) * cols], &mut one);
+                matmul_with(isa, &p, &x[t * cols..(t + 1) * cols], &mut one);
                 assert_eq!(one, out[t * rows..(t + 1) * rows], "{ty}: packed token {t}");
             }
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);

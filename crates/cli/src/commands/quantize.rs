@@ -16,7 +16,8 @@ use std::path::Path;
 #[derive(clap::Args)]
 pub struct Args {
     /// `IN OUT TYPE` (input: a path, store name or digest prefix), or `TYPE OUT` with
-    /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q4_K_M, F16, BF16, F32.
+    /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q3_K_M, Q4_K_M,
+    /// Q5_K_M, IQ4_NL, IQ4_XS, F16, BF16, F32.
     #[arg(num_args = 2..=3, value_name = "ARGS", required = true)]
     args: Vec<String>,
     /// Write random weights in this model's shape instead of converting a file.
@@ -27,10 +28,10 @@ pub struct Args {
 fn weight_mix(name: &str) -> Result<WeightMix> {
     WeightMix::parse(name)
         .filter(|mix| match mix {
-            WeightMix::Q4KM => true,
             WeightMix::Uniform(t) => {
                 quant::is_supported(*t) && *t != GgmlType::Q8_1 && *t != GgmlType::Q8_K
             }
+            _ => true,
         })
         .ok_or_else(|| usage(format!("{name:?} is not a type quantize can write")))
 }
