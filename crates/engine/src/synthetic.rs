@@ -457,7 +457,10 @@ mod tests {
         let types = |mix: &str, names: &[&str]| {
             let mix = WeightMix::parse(mix).unwrap();
             assert_eq!(WeightMix::parse(&mix.to_string()), Some(mix));
-            names.iter().map(|n| mix.type_for(n, 16)).collect::<Vec<_>>()
+            names
+                .iter()
+                .map(|n| mix.type_for(n, 16))
+                .collect::<Vec<_>>()
         };
         let q3 = types(
             "q3_k_m",
