@@ -1,13 +1,12 @@
 //! x86 SIMD twins of the K-quant (and IQ4_XS) kernels in `kernels_k.rs`: one weight row
 //! against N tokens, each 256-value block unpacked once into eight registers of 32 byte
-//! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The integer sums
-//! are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K and Q4_K,
-//! `LaneSums` for the others), so the results are bit-identical to theirs.
+//! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The
+//! integer sums are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K
+//! and Q4_K, `LaneSums` for the others), so the results are bit-identical to theirs.
 
-use crate::iquants::iq4_xs_scale;
+use crate::iquants::IQ4_LEVELS;
 use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
-use crate::kernels_x86::iq4_levels;
 use crate::kquants::q3_k_scales;
 use core::arch::x86_64::*;
 
@@ -128,6 +127,26 @@ macro_rules! x86_k_kernels {
                 _mm256_cvtepu8_epi16(bytes)
             }
 
+            /// An IQ4_XS block's eight sub-block scales (code − 32) as i16 elements 0..8:
+            /// low four bits from `scales_l`, high two from `scales_h` (moved to the top of
+            /// each lane by a multiply, then down).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn iq4_xs_scales(wb: &[u8]) -> __m256i {
+                let high = _mm_set1_epi16(i16::from_le_bytes([wb[2], wb[3]]));
+                let spread_high =
+                    _mm_setr_epi16(1 << 14, 1 << 12, 1 << 10, 1 << 8, 1 << 6, 1 << 4, 1 << 2, 1);
+                let high = _mm_srli_epi16::<14>(_mm_mullo_epi16(high, spread_high));
+                let low = _mm_cvtsi32_si128(i32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]));
+                let low4 = _mm_set1_epi8(0x0f);
+                let nibbles = _mm_unpacklo_epi8(
+                    _mm_and_si128(low, low4),
+                    _mm_and_si128(_mm_srli_epi16::<4>(low), low4),
+                );
+                let codes = _mm_or_si128(_mm_cvtepu8_epi16(nibbles), _mm_slli_epi16::<4>(high));
+                _mm256_zextsi128_si256(_mm_sub_epi16(codes, _mm_set1_epi16(32)))
+            }
+
             /// Q4_K/Q5_K codes: bytes 32p..32p+32 of `qs` hold registers 2p (low nibbles)
             /// and 2p + 1 (high nibbles).
             #[inline]
@@ -205,15 +224,24 @@ macro_rules! x86_k_kernels {
             #[target_feature(enable = $features)]
             pub unsafe fn dot_iq4_xs_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
                 let mut acc = [_mm256_setzero_ps(); N];
+                let low4 = _mm256_set1_epi8(0x0f);
+                let table = _mm_loadu_si128(IQ4_LEVELS.as_ptr() as *const __m128i);
+                let table = _mm256_set_m128i(table, table);
                 for (b, wb) in w.chunks_exact(136).enumerate() {
-                    let levels: [__m256i; 8] =
-                        std::array::from_fn(|c| iq4_levels(wb[8 + 16 * c..].as_ptr()));
-                    let s: [i16; 16] =
-                        std::array::from_fn(|j| if j < 8 { iq4_xs_scale(wb, j) as i16 } else { 0 });
-                    let s = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+                    // Sub-blocks 2p and 2p + 1 from one load of their 32 bytes of codes.
+                    let mut levels = [_mm256_setzero_si256(); 8];
+                    for p in 0..4 {
+                        let q = load(&wb[8 + 32 * p..]);
+                        let low = _mm256_and_si256(q, low4);
+                        let high = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
+                        let first = _mm256_permute2x128_si256::<0x20>(low, high);
+                        let second = _mm256_permute2x128_si256::<0x31>(low, high);
+                        levels[2 * p] = _mm256_shuffle_epi8(table, first);
+                        levels[2 * p + 1] = _mm256_shuffle_epi8(table, second);
+                    }
                     let u = Unpacked {
                         codes: levels.map(|q| _mm256_sign_epi8(q, q)),
-                        scales: spread(s, |c| c, |c| c),
+                        scales: spread(iq4_xs_scales(wb), |c| c, |c| c),
                     };
                     let dw = f16_at(wb, 0);
                     for n in 0..N {
