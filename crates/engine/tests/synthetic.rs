@@ -28,7 +28,7 @@ fn every_weight_type_runs_and_agrees_with_f32() {
         m.forward(&ids, 0, &mut cache, Logits::Last).unwrap()
     };
     for ty in [
-        F16, BF16, Q8_0, Q6_K, Q5_1, Q5_0, Q5_K, Q4_1, Q4_0, Q4_K, Q3_K, Q2_K,
+        F16, BF16, Q8_0, Q6_K, Q5_1, Q5_0, Q5_K, Q4_1, Q4_0, Q4_K, IQ4_NL, IQ4_XS, Q3_K, Q2_K,
     ] {
         let (_d, m, tok) = load(&SyntheticModel {
             weights: WeightMix::Uniform(ty),
@@ -59,7 +59,7 @@ fn every_weight_type_runs_and_agrees_with_f32() {
         let bound = match ty {
             F16 | BF16 | Q8_0 => 0.05,
             Q6_K | Q5_0 | Q5_1 | Q5_K => 0.15,
-            Q4_0 | Q4_1 | Q4_K => 0.3,
+            Q4_0 | Q4_1 | Q4_K | IQ4_NL | IQ4_XS => 0.3,
             _ => 0.8,
         };
         assert!(
