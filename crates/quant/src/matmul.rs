@@ -443,7 +443,10 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
-        prefetch_ahead(w.data, at, bytes);
+        if AVX512 {
+            // The AVX2 kernel prefetches as it goes.
+            prefetch_ahead(w.data, at, bytes);
+        }
         // SAFETY: `matmul` checked that the CPU has the ISA whose kernels run here, and
         // that it has kernels for this type's packed layout.
         let sixteen = |nl: bool| unsafe {
