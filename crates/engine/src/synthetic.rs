@@ -153,6 +153,30 @@ impl WeightMix {
         GgmlType::from_name(name).map(WeightMix::Uniform)
     }
 
+    /// `type_for` a tensor whose rows hold `cols` values. Where a row is not a whole
+    /// number of that type's blocks, llama-quantize's fallback: a 32-value type of about
+    /// the same size (IQ4_XS → IQ4_NL, Q2_K and Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+    /// Q6_K → Q8_0), and F16 where even that does not fit.
+    pub fn type_for_rows(&self, name: &str, layers: usize, cols: usize) -> GgmlType {
+        use GgmlType::*;
+        let fits = |ty: GgmlType| cols.is_multiple_of(ty.block_size());
+        let ty = self.type_for(name, layers);
+        let fallback = match ty {
+            _ if fits(ty) => return ty,
+            IQ4_XS => IQ4_NL,
+            Q2_K | Q3_K => Q4_0,
+            Q4_K => Q5_0,
+            Q5_K => Q5_1,
+            Q6_K => Q8_0,
+            other => other,
+        };
+        if fits(fallback) {
+            fallback
+        } else {
+            F16
+        }
+    }
+
     /// The type of tensor `name` (`blk.N.…`, `output.weight`, …) in a model of `layers`.
     pub fn type_for(&self, name: &str, layers: usize) -> GgmlType {
         use GgmlType::*;
@@ -377,7 +401,7 @@ impl SyntheticModel {
             let ty = if rows == 1 {
                 GgmlType::F32
             } else {
-                mix.type_for(name, layers)
+                mix.type_for_rows(name, layers, cols)
             };
             let data = weights.tensor(ty, cols, rows, scale)?;
             let dims: Vec<u64> = if rows == 1 {
@@ -488,5 +512,25 @@ mod tests {
         );
         assert_eq!(q5, [Q6_K, Q6_K, Q5_K, Q6_K, Q5_K]);
         assert_eq!(WeightMix::parse("IQ4_XS"), Some(WeightMix::Uniform(IQ4_XS)));
+    }
+
+    #[test]
+    fn rows_that_do_not_fit_fall_back_as_llama_quantize_does() {
+        let q4km = WeightMix::Q4KM;
+        let types: Vec<_> = [
+            ("blk.3.attn_q.weight", 576),
+            ("blk.3.attn_q.weight", 512),
+            ("output.weight", 576),
+            ("blk.3.attn_q.weight", 100),
+        ]
+        .iter()
+        .map(|&(name, cols)| q4km.type_for_rows(name, 16, cols))
+        .collect();
+        assert_eq!(types, [Q5_0, Q4_K, Q8_0, F16]);
+        let fallback = |ty| WeightMix::Uniform(ty).type_for_rows("blk.0.ffn_up.weight", 16, 640);
+        assert_eq!(
+            [IQ4_XS, Q2_K, Q3_K, Q5_K, Q8_0].map(fallback),
+            [IQ4_NL, Q4_0, Q4_0, Q5_1, Q8_0]
+        );
     }
 }

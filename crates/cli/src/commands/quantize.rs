@@ -1,7 +1,7 @@
 //! `llama-gpu quantize IN OUT TYPE`: rewrites a GGUF file with its weight matrices in
 //! another block format (through f32). Norms and other vectors stay as they are, and a
-//! matrix whose rows do not fit the type's block size keeps its type (as llama.cpp's
-//! quantizer falls back).
+//! matrix whose rows are not whole blocks of the type falls back to a 32-value type as
+//! llama-quantize does (`WeightMix::type_for_rows`).
 //!
 //! `llama-gpu quantize --synthetic SHAPE TYPE OUT` writes a model of a real model's shape
 //! (`llama3-8b`, `llama3-1b`, `qwen2-7b`) with random weights, for benchmarks where the
@@ -81,15 +81,16 @@ fn convert(input: &str, output: &Path, mix: WeightMix) -> Result<()> {
     }
     writer.add_metadata("general.quantized_by", Value::String("llama-gpu".into()));
     let bar = indicatif::ProgressBar::new(file.gguf.tensors.len() as u64);
-    let (mut converted, mut kept) = (0, 0);
+    let (mut converted, mut kept, mut fell_back) = (0, 0, 0);
     for view in file.tensors() {
         let info = view.info;
-        let target = mix.type_for(&info.name, layers);
         let cols = info.row_len() as usize;
-        let fits = info.dims.len() >= 2
-            && cols.is_multiple_of(target.block_size())
-            && quant::is_supported(info.ty);
-        let (ty, data) = if fits && info.ty != target {
+        let target = mix.type_for_rows(&info.name, layers, cols);
+        let matrix = info.dims.len() >= 2 && quant::is_supported(info.ty);
+        let (ty, data) = if matrix && info.ty != target {
+            if target != mix.type_for(&info.name, layers) {
+                fell_back += 1;
+            }
             let mut values = vec![0.0f32; info.n_elements() as usize];
             quant::dequantize(info.ty, view.data, &mut values)
                 .with_context(|| format!("decoding {}", info.name))?;
@@ -109,7 +110,8 @@ fn convert(input: &str, output: &Path, mix: WeightMix) -> Result<()> {
         .write_file(output)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
-        "{}: {converted} tensors converted to {mix}, {kept} kept",
+        "{}: {converted} tensors converted to {mix} ({fell_back} of them to a 32-value \
+         type, their rows not being whole {mix} blocks), {kept} kept",
         output.display()
     );
     Ok(())
