@@ -4,9 +4,9 @@
 //! integer sums are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K
 //! and Q4_K, `LaneSums` for the others), so the results are bit-identical to theirs.
 
-use crate::iquants::IQ4_LEVELS;
 use crate::kernels::TokenGroup;
-use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_k::{q8k_d, MinSums, Q8K_BLOCK};
+use crate::kernels_x86::iq4_level_bytes;
 use crate::kquants::q3_k_scales;
 use core::arch::x86_64::*;
 
@@ -165,8 +165,7 @@ macro_rules! x86_k_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q4_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                let mut acc = [0.0f32; N];
-                let mut acc_min = [0.0f32; N];
+                let mut sums: [MinSums; N] = std::array::from_fn(|_| MinSums::default());
                 for (b, wb) in w.chunks_exact(144).enumerate() {
                     let scales_mins = k4_scales_mins(&wb[4..16]);
                     let u = Unpacked {
@@ -179,18 +178,16 @@ macro_rules! x86_k_kernels {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
                         let sum = lane_total(lanes(&u, x));
                         let d = q8k_d(x);
-                        acc[n] = (sum as f32).mul_add(dw * d, acc[n]);
-                        acc_min[n] = (min_sum(mins, x) as f32).mul_add(dmin * d, acc_min[n]);
+                        sums[n].add_block(dw * d, sum, dmin * d, min_sum(mins, x));
                     }
                 }
-                std::array::from_fn(|n| acc[n] - acc_min[n])
+                sums.map(MinSums::total)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q2_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                let mut acc = [0.0f32; N];
-                let mut acc_min = [0.0f32; N];
+                let mut sums: [MinSums; N] = std::array::from_fn(|_| MinSums::default());
                 let low4 = _mm_set1_epi8(0x0f);
                 for (b, wb) in w.chunks_exact(84).enumerate() {
                     let packed = _mm_loadu_si128(wb.as_ptr() as *const __m128i);
@@ -213,11 +210,10 @@ macro_rules! x86_k_kernels {
                         let sum = lane_total(lanes(&u, x));
                         let min_sum = lane_total(_mm256_madd_epi16(load(&x[260..]), mins));
                         let d = q8k_d(x);
-                        acc[n] = (sum as f32).mul_add(dw * d, acc[n]);
-                        acc_min[n] = (min_sum as f32).mul_add(dmin * d, acc_min[n]);
+                        sums[n].add_block(dw * d, sum, dmin * d, min_sum);
                     }
                 }
-                std::array::from_fn(|n| acc[n] - acc_min[n])
+                sums.map(MinSums::total)
             }
 
             #[inline]
@@ -225,8 +221,6 @@ macro_rules! x86_k_kernels {
             pub unsafe fn dot_iq4_xs_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
                 let mut acc = [_mm256_setzero_ps(); N];
                 let low4 = _mm256_set1_epi8(0x0f);
-                let table = _mm_loadu_si128(IQ4_LEVELS.as_ptr() as *const __m128i);
-                let table = _mm256_set_m128i(table, table);
                 for (b, wb) in w.chunks_exact(136).enumerate() {
                     // Sub-blocks 2p and 2p + 1 from one load of their 32 bytes of codes.
                     let mut levels = [_mm256_setzero_si256(); 8];
@@ -236,8 +230,8 @@ macro_rules! x86_k_kernels {
                         let high = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
                         let first = _mm256_permute2x128_si256::<0x20>(low, high);
                         let second = _mm256_permute2x128_si256::<0x31>(low, high);
-                        levels[2 * p] = _mm256_shuffle_epi8(table, first);
-                        levels[2 * p + 1] = _mm256_shuffle_epi8(table, second);
+                        levels[2 * p] = iq4_level_bytes(first);
+                        levels[2 * p + 1] = iq4_level_bytes(second);
                     }
                     let u = Unpacked {
                         codes: levels.map(|q| _mm256_sign_epi8(q, q)),
