@@ -34,8 +34,9 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
 }
 
 /// The quantized activations of N consecutive tokens as the kernels read them: each
-/// token's row of blocks, and the blocks' f16 scales widened to f32 in block-major
-/// order (`d[b·N + i]` is block b of token i; `s` likewise for Q8_1's block sums), so
+/// token's row of blocks, and the blocks' scales as f32 in block-major order (`d[b·N +
+/// i]` is block b of token i: Q8_0's and Q8_1's f16 widened, Q8_K's f32 copied; `s`
+/// likewise for Q8_1's block sums), so
 /// one load gives a block's scales for every token. Widening is exact, so kernels that
 /// read these give the same bits as kernels that read the f16 in the rows.
 pub struct TokenGroup<'a, const N: usize> {
@@ -43,9 +44,11 @@ pub struct TokenGroup<'a, const N: usize> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     /// Q8_0 activations only, for the packed kernels' correction of unsigned weights:
-    /// −128 × Σ of each lane's four values, eight per block, in `d`'s order (Q8_0 weights),
-    /// and Σ of each block's 32 values, in `d`'s order (Q4_0 weights).
+    /// −128 × Σ of each lane's four values, eight per block, in `d`'s order (Q8_0 weights).
     pub lane_bias: &'a [i32],
+    /// For the packed kernels, in `d`'s order: Σ of each Q8_0 block's 32 values (Q4_0
+    /// weights); each Q8_K block's eight sums of 32 values as four i32 of two i16 (Q4_K
+    /// weights' mins).
     pub sums: &'a [i32],
 }
 

@@ -209,7 +209,8 @@ pub fn dot_q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{matmul_with, quantize, Isa, QMatrix};
+    use crate::packed::has_packed_layout;
+    use crate::{matmul_with, pack, packable, quantize, Isa, QMatrix};
     use gguf::GgmlType::{self, *};
     use rand::{Rng, SeedableRng};
 
@@ -232,7 +233,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS] {
             let (scales_at, scalar) = layout(ty);
-            for (rows, blocks) in [(1, 1), (7, 2), (19, 3)] {
+            for (rows, blocks) in [(1, 1), (7, 2), (19, 3), (33, 2)] {
                 let cols = 256 * blocks;
                 // Any bytes are a valid block once its f16 scales are finite.
                 let mut w: Vec<u8> = (0..rows * blocks * ty.type_size())
@@ -255,8 +256,16 @@ mod tests {
                             scalar(m.row(r), &act[t * act_row..(t + 1) * act_row])
                         })
                         .collect();
+                    let packed = has_packed_layout(ty).then(|| pack(ty, &w, rows, cols));
                     for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
-                        if isa.is_available() {
+                        if !isa.is_available() {
+                            continue;
+                        }
+                        let mut layouts = vec![("row-major", m)];
+                        if let (true, Some(p)) = (packable(ty, isa), &packed) {
+                            layouts.push(("packed", QMatrix::packed(ty, p, rows, cols).unwrap()));
+                        }
+                        for (layout, m) in layouts {
                             let mut got = vec![0.0; n * rows];
                             matmul_with(isa, &m, &x, &mut got);
                             let same = got
@@ -265,7 +274,7 @@ mod tests {
                                 .all(|(a, b)| a.to_bits() == b.to_bits());
                             assert!(
                                 same,
-                                "{ty} {} rows {rows} cols {cols} tokens {n}",
+                                "{ty} {} {layout} rows {rows} cols {cols} tokens {n}",
                                 isa.name()
                             );
                         }

@@ -22,6 +22,8 @@ mod kernels_packed;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_avx2;
 #[cfg(target_arch = "x86_64")]
+mod kernels_packed_k_avx2;
+#[cfg(target_arch = "x86_64")]
 mod kernels_x86;
 mod kquants;
 mod legacy;

@@ -8,7 +8,10 @@
 
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
-use crate::packed::{group_bytes, group_rows, packable, packed_len, unpack_block};
+use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::packed::{
+    group_bytes, group_rows, has_packed_layout, packable, packed_len, unpack_block,
+};
 use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
@@ -48,7 +51,7 @@ impl<'a> QMatrix<'a> {
 
     /// A matrix in the packed layout (see `packed::pack`).
     pub fn packed(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        if !packable(ty, Isa::Avx512) {
+        if !has_packed_layout(ty) {
             return Err(QuantError::Unsupported(ty));
         }
         QMatrix::with_layout(ty, data, rows, cols, Layout::Packed)
@@ -114,7 +117,7 @@ impl<'a> QMatrix<'a> {
                 }
             }
             Layout::Packed => {
-                let mut block = [0u8; 64];
+                let mut block = [0u8; 256];
                 let block = &mut block[..self.ty.type_size()];
                 for (b, values) in values.enumerate() {
                     unpack_block(self.ty, self.data, self.cols, r, b, block);
@@ -148,8 +151,11 @@ pub(crate) struct Activations {
     s: Vec<f32>,
     /// Q8_0 only, laid out like `d`, for the packed kernels' correction of unsigned
     /// weights: −128 × each lane's sum of four values, eight lanes per block (Q8_0
-    /// weights), and each block's Σ of values (Q4_0 weights).
+    /// weights).
     lane_bias: Vec<i32>,
+    /// Laid out like `d`, for the packed kernels: each Q8_0 block's Σ of values (one
+    /// i32, for Q4_0 weights), each Q8_K block's eight sums of 32 values (four i32 of
+    /// two i16, for Q4_K weights' mins).
     sums: Vec<i32>,
 }
 
@@ -173,44 +179,51 @@ fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
 impl Activations {
     fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
         let bytes = quantize(ty, x).expect("row length checked in QMatrix::new");
-        // Where Q8_0 and Q8_1 blocks keep their f16 scale d (and Q8_1 its sum s).
-        let (block, sum_at) = match ty {
-            GgmlType::Q8_0 => (34, None),
-            GgmlType::Q8_1 => (36, Some(2)),
-            _ => {
-                return Activations {
-                    bytes,
-                    n_tokens,
-                    d: Vec::new(),
-                    s: Vec::new(),
-                    lane_bias: Vec::new(),
-                    sums: Vec::new(),
-                }
-            }
+        let block = match ty {
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q8_1 => 36,
+            GgmlType::Q8_K => Q8K_BLOCK,
+            _ => 0,
         };
-        let per_row = bytes.len() / n_tokens.max(1) / block;
+        let per_row = bytes.len() / n_tokens.max(1) / block.max(1);
         let mut d = Vec::with_capacity(n_tokens * per_row);
-        let mut s = Vec::with_capacity(if sum_at.is_some() { d.capacity() } else { 0 });
-        let q8_0 = sum_at.is_none();
-        let mut lane_bias = Vec::with_capacity(if q8_0 { 8 * d.capacity() } else { 0 });
-        let mut sums = Vec::with_capacity(if q8_0 { d.capacity() } else { 0 });
-        for (t0, size) in token_groups(n_tokens) {
+        let mut s = Vec::new();
+        let mut lane_bias = Vec::new();
+        let mut sums = Vec::new();
+        for (t0, size) in token_groups(n_tokens).filter(|_| block > 0) {
             for b in 0..per_row {
                 for t in t0..t0 + size {
                     let at = (t * per_row + b) * block;
-                    d.push(f16_at(&bytes, at));
-                    match sum_at {
-                        Some(o) => s.push(f16_at(&bytes, at + o)),
-                        None => {
-                            let values = &bytes[at + 2..at + block];
+                    let values = &bytes[at..at + block];
+                    match ty {
+                        GgmlType::Q8_0 => {
+                            d.push(f16_at(values, 0));
                             let lanes: [i32; 8] = std::array::from_fn(|k| {
-                                values[4 * k..4 * k + 4]
+                                values[2 + 4 * k..6 + 4 * k]
                                     .iter()
                                     .map(|&q| q as i8 as i32)
                                     .sum()
                             });
                             lane_bias.extend(lanes.map(|l| -128 * l));
                             sums.push(lanes.iter().sum());
+                        }
+                        GgmlType::Q8_1 => {
+                            d.push(f16_at(values, 0));
+                            s.push(f16_at(values, 2));
+                        }
+                        _ => {
+                            d.push(q8k_d(values));
+                            // Σ of each 32 values (two of the block's sums of 16), two
+                            // to an i32 as the i16 pairs the packed Q4_K kernel reads.
+                            let sum16 = |j: usize| {
+                                i16::from_le_bytes([values[260 + 2 * j], values[261 + 2 * j]])
+                            };
+                            let sum32 = |j: usize| sum16(2 * j).wrapping_add(sum16(2 * j + 1));
+                            sums.extend((0..4).map(|e| {
+                                (sum32(2 * e) as u16 as u32
+                                    | (sum32(2 * e + 1) as u16 as u32) << 16)
+                                    as i32
+                            }));
                         }
                     }
                 }
@@ -230,6 +243,7 @@ impl Activations {
         let row = self.bytes.len() / self.n_tokens;
         let scales = self.d.len() / self.n_tokens.max(1);
         let range = t * scales..(t + N) * scales;
+        let sums_per_block = self.sums.len() / self.d.len().max(1);
         TokenGroup {
             rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
             d: self.d.get(range.clone()).unwrap_or(&[]),
@@ -238,7 +252,10 @@ impl Activations {
                 .lane_bias
                 .get(range.start * 8..range.end * 8)
                 .unwrap_or(&[]),
-            sums: self.sums.get(range).unwrap_or(&[]),
+            sums: self
+                .sums
+                .get(range.start * sums_per_block..range.end * sums_per_block)
+                .unwrap_or(&[]),
         }
     }
 }
@@ -460,6 +477,14 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
+            GgmlType::Q4_K => write_group(
+                // SAFETY: as above (an AVX-512 CPU also has AVX2).
+                unsafe { crate::kernels_packed_k_avx2::dot16_q4_k_packed::<N>(data, &group) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
             _ => write_group(
                 // SAFETY: as above (only the AVX-512 kernels pack other types).
                 unsafe { avx512::dot4_packed::<N>(w.ty, data, &group) },

@@ -8,6 +8,7 @@
 //! | Q4_1 | 4 | 80 | d[4] · m[4] (f16) · qs[4][16] |
 //! | Q8_0 | 4 | 136 | d[4] (f16) · (q+128)[4][0..16] · (q+128)[4][16..32] |
 //! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
+//! | Q4_K | 16 | 2304 | d[16] · dmin[16] (f16) · scales[3][16][4] · qs[32][16][4] |
 //!
 //! Q4_1 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float order): a
 //! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 and
@@ -15,27 +16,34 @@
 //! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
 //! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
 //! bytes) per register. Q4 nibbles keep GGML's order, where byte j holds values j and
-//! j + 16. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
+//! j + 16. Q4_K (256-value blocks, AVX2 only so far) is laid out the same way: a register
+//! holds four bytes of each of eight rows, of their codes or of one 32-bit word of their
+//! packed 6-bit scales and mins, so the kernel unpacks eight rows' scales at once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
 //! multiplies unsigned by signed bytes; the kernel subtracts 128·Σx. A matrix is
 //! `cols / 32` groups per group of rows; the last group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, Q4_0, Q4_1, Q8_0};
+use gguf::GgmlType::{self, IQ4_NL, Q4_0, Q4_1, Q4_K, Q8_0};
 
-/// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for all four types,
-/// AVX2 for the sixteen-row Q4 groups (as two halves of eight rows).
+/// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
+/// types, AVX2 for the sixteen-row groups (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0),
-        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL),
+        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q4_K),
         _ => false,
     }
+}
+
+/// Whether `ty` has a packed layout (`packable` on some ISA).
+pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
+    packable(ty, Isa::Avx512) || packable(ty, Isa::Avx2)
 }
 
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL => 16,
+        Q4_0 | IQ4_NL | Q4_K => 16,
         _ => 4,
     }
 }
@@ -58,6 +66,9 @@ fn position(ty: GgmlType, i: usize, j: usize) -> usize {
         (Q4_1, _) => 16 + 16 * i + j - 4,
         (Q8_0, 2..18) => 8 + 16 * i + j - 2,
         (Q8_0, _) => 72 + 16 * i + j - 18,
+        (Q4_K, 2..4) => 32 + 2 * i + j - 2,
+        (Q4_K, 4..16) => 64 + (j - 4) / 4 * 64 + 4 * i + (j - 4) % 4,
+        (Q4_K, _) => 256 + (j - 16) / 4 * 64 + 4 * i + (j - 16) % 4,
         (_, _) => 32 + (j - 2) / 4 * 64 + 4 * i + (j - 2) % 4,
     }
 }
@@ -72,10 +83,9 @@ fn stored(ty: GgmlType, j: usize, byte: u8) -> u8 {
 }
 
 /// Repacks row-major GGML blocks (`rows` × `cols` of `ty`, which must be `packable` on
-/// some ISA)
-/// into the interleaved layout.
+/// some ISA) into the interleaved layout.
 pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    assert!(packable(ty, Isa::Avx512), "{ty} has no packed layout");
+    assert!(has_packed_layout(ty), "{ty} has no packed layout");
     let (blocks, size, n) = (cols / ty.block_size(), ty.type_size(), group_rows(ty));
     let mut out = vec![0u8; packed_len(ty, rows, cols)];
     for (g, group_row) in out.chunks_exact_mut(blocks * group_bytes(ty)).enumerate() {
@@ -114,21 +124,22 @@ mod tests {
 
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
-        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0] {
-            let (rows, cols) = (19, 96);
+        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K] {
+            let (rows, cols) = (19, 3 * ty.block_size());
             let size = ty.type_size();
-            let data: Vec<u8> = (0..rows * cols / 32 * size)
+            let blocks = cols / ty.block_size();
+            let data: Vec<u8> = (0..rows * blocks * size)
                 .map(|i| (i * 7919 % 251) as u8)
                 .collect();
             let packed = pack(ty, &data, rows, cols);
             assert_eq!(packed.len(), packed_len(ty, rows, cols));
             let mut block = vec![0u8; size];
             for r in 0..rows {
-                for b in 0..cols / 32 {
+                for b in 0..blocks {
                     unpack_block(ty, &packed, cols, r, b, &mut block);
                     assert_eq!(
                         block,
-                        &data[(r * cols / 32 + b) * size..][..size],
+                        &data[(r * blocks + b) * size..][..size],
                         "{ty} r{r} b{b}"
                     );
                 }

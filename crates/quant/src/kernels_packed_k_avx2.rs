@@ -1,0 +1,159 @@
+//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q4_K rows
+//! (one packed group) against N tokens, taken as two halves of eight rows, one row per
+//! 32-bit lane. A 32-value sub-block of eight rows is eight registers of codes, each
+//! holding four consecutive codes of every row, so one `vpmaddubsw` with four broadcast
+//! activation bytes adds four products to every row, and no sum ever crosses lanes.
+//!
+//! Each (row, token) result follows `MinSums`, the order of the row-major kernel
+//! `kernels_k::dot_q4_k_q8_k`: a super-block's Σ scale·q·a and Σ min·a are exact
+//! integers, each added to its own accumulator with one fused multiply-add by
+//! d_w·d_a (dmin_w·d_a). So the packed results equal the row-major ones bit for bit.
+
+use crate::kernels::TokenGroup;
+use crate::kernels_k::Q8K_BLOCK;
+use core::arch::x86_64::*;
+
+/// Bytes of one packed Q4_K group: one super-block of each of sixteen rows.
+const GROUP: usize = 16 * 144;
+
+/// How far ahead of the super-block being multiplied the kernel asks for the weights
+/// (as `kernels_packed_avx2` does: a steady stream rather than a burst).
+const PREFETCH_DISTANCE: usize = 8192;
+
+/// Sixteen Q4_K rows · N tokens: `out[n][i]` is row i · token n.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+    // Both halves of a block before the next block: the weights then stream from
+    // memory at an even pace, where a second pass over the row group would leave the
+    // memory idle while it computes.
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut acc_min = [[_mm256_setzero_ps(); 2]; N];
+    for b in 0..w.len() / GROUP {
+        let p = w.as_ptr().add(b * GROUP);
+        for half in 0..2 {
+            let words = p.add(64 + 32 * half) as *const __m256i;
+            let (scales, mins) = scales_mins(
+                _mm256_loadu_si256(words),
+                _mm256_loadu_si256(words.add(2)),
+                _mm256_loadu_si256(words.add(4)),
+            );
+            let mut sums = [_mm256_setzero_si256(); N];
+            for (j, scale) in scales.iter().enumerate() {
+                // The block's 36 cache lines a fixed distance ahead, a few per
+                // sub-block: a burst of all of them at once stalls on the fill buffers.
+                let (step, lines) = (8 * half + j, GROUP / 64);
+                for line in lines * step / 16..lines * (step + 1) / 16 {
+                    let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+                let codes = sub_block_codes(p.add(256 + 32 * half), j);
+                for (n, sum) in sums.iter_mut().enumerate() {
+                    let x = g.rows[n].as_ptr().add(b * Q8K_BLOCK + 4 + 32 * j) as *const i32;
+                    // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
+                    let mut pairs = _mm256_setzero_si256();
+                    for (k, codes) in codes.iter().enumerate() {
+                        let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
+                        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+                    }
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * half) as *const __m128i));
+            for n in 0..N {
+                let at = b * N + n;
+                let da = _mm256_set1_ps(*g.d.get_unchecked(at));
+                let pair_sums = g.sums.get_unchecked(4 * at..4 * at + 4);
+                let mut min_sum = _mm256_setzero_si256();
+                for (m, &s) in mins.iter().zip(pair_sums) {
+                    let s = _mm256_set1_epi32(s);
+                    min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(*m, s));
+                }
+                let (sum, min_sum) = (_mm256_cvtepi32_ps(sums[n]), _mm256_cvtepi32_ps(min_sum));
+                let (acc, acc_min) = (&mut acc[n][half], &mut acc_min[n][half]);
+                *acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, da), *acc);
+                *acc_min = _mm256_fmadd_ps(min_sum, _mm256_mul_ps(dmin, da), *acc_min);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 16]; N];
+    for (o, (acc, acc_min)) in out.iter_mut().zip(acc.into_iter().zip(acc_min)) {
+        for half in 0..2 {
+            let v = _mm256_sub_ps(acc[half], acc_min[half]);
+            _mm256_storeu_ps(o[8 * half..].as_mut_ptr(), v);
+        }
+    }
+    out
+}
+
+/// Sub-block j's codes for eight rows: register k holds codes 4k..4k+4 of each row.
+/// Sub-blocks 2p and 2p + 1 are the low and high nibbles of the same bytes, stored as
+/// `qs[32][16][4]` from `qs` (64 bytes per k, this half's eight rows in 32 of them).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sub_block_codes(qs: *const u8, j: usize) -> [__m256i; 8] {
+    let low4 = _mm256_set1_epi8(0x0f);
+    let mut codes = [low4; 8];
+    for (k, codes) in codes.iter_mut().enumerate() {
+        let raw = _mm256_loadu_si256(qs.add(64 * (8 * (j / 2) + k)) as *const __m256i);
+        let raw = if j.is_multiple_of(2) {
+            raw
+        } else {
+            _mm256_srli_epi16::<4>(raw)
+        };
+        *codes = _mm256_and_si256(raw, low4);
+    }
+    codes
+}
+
+/// Bits 6 and 7 of each byte of `w`, moved to bits 4 and 5.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn top_bits(w: __m256i) -> __m256i {
+    let top2 = _mm256_set1_epi8(0x03);
+    _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<6>(w), top2))
+}
+
+/// A `vpshufb` mask that makes each 32-bit lane two i16: its byte a, then its byte b.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pick(a: i32, b: i32) -> __m256i {
+    let lane = |l: i32| (4 * l + a) | (0x80 << 8) | ((4 * l + b) << 16) | (0x80 << 24);
+    let m = _mm_setr_epi32(lane(0), lane(1), lane(2), lane(3));
+    _mm256_set_m128i(m, m)
+}
+
+/// The eight rows' 6-bit scales and mins from the three words of their `scales[12]`
+/// (word w of every row in one register): for sub-block j, each lane's scale twice as
+/// i16 (to `vpmaddwd` a lane's two partial sums); for sub-blocks 2e and 2e + 1, their
+/// two mins as i16 (to `vpmaddwd` the activation sums of the pair).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_mins(w0: __m256i, w1: __m256i, w2: __m256i) -> ([__m256i; 8], [__m256i; 4]) {
+    let low6 = _mm256_set1_epi8(0x3f);
+    let low4 = _mm256_set1_epi8(0x0f);
+    // Bytes 0..4 of each lane: scales (mins) 0..4, then 4..8.
+    let scales = [
+        _mm256_and_si256(w0, low6),
+        _mm256_or_si256(_mm256_and_si256(w2, low4), top_bits(w0)),
+    ];
+    let mins = [
+        _mm256_and_si256(w1, low6),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(w2), low4),
+            top_bits(w1),
+        ),
+    ];
+    let mut scale_pairs = [low6; 8];
+    for (j, pair) in scale_pairs.iter_mut().enumerate() {
+        let e = (j % 4) as i32;
+        *pair = _mm256_shuffle_epi8(scales[j / 4], pick(e, e));
+    }
+    let mut min_pairs = [low6; 4];
+    for (e, pair) in min_pairs.iter_mut().enumerate() {
+        let a = 2 * (e % 2) as i32;
+        *pair = _mm256_shuffle_epi8(mins[e / 2], pick(a, a + 1));
+    }
+    (scale_pairs, min_pairs)
+}
