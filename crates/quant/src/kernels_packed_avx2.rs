@@ -7,7 +7,7 @@
 use crate::kernels::TokenGroup;
 use core::arch::x86_64::*;
 
-/// How far ahead of the group being multiplied its first pass asks for the weights: a
+/// How far ahead of the group being multiplied the kernel asks for the weights: a
 /// steady stream as it goes (better on the AVX2 EPYC than `matmul`'s burst per row group,
 /// which for these groups is up to 72 KiB: decode +15–30 %, `docs/benchmarks.md`).
 const PREFETCH_DISTANCE: usize = 8192;
@@ -21,18 +21,18 @@ pub unsafe fn dot16_q4_packed<const N: usize, const NL: bool>(
     g: &TokenGroup<N>,
 ) -> [[f32; 16]; N] {
     let group = 288;
-    let mut out = [[0.0f32; 16]; N];
-    for half in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..w.len() / group {
-            let p = w.as_ptr().add(b * group);
-            if half == 0 {
-                // A group's five cache lines, a fixed distance ahead.
-                for line in 0..5 {
-                    let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
-            }
+    // Both halves of a block before the next block: the weights then stream from
+    // memory at an even pace, where a second pass over the row group would leave the
+    // memory idle while it computes.
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
+        // A group's five cache lines, a fixed distance ahead.
+        for line in 0..5 {
+            let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        }
+        for half in 0..2 {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
             let codes = half_group_codes(p.add(32 + 32 * half));
             if NL {
@@ -50,7 +50,7 @@ pub unsafe fn dot16_q4_packed<const N: usize, const NL: bool>(
                         sums =
                             _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
                     }
-                    *acc = add_block(*acc, dw, *g.d.get_unchecked(b * N + n), sums);
+                    acc[half] = add_block(acc[half], dw, *g.d.get_unchecked(b * N + n), sums);
                 }
             } else {
                 for (n, acc) in acc.iter_mut().enumerate() {
@@ -66,11 +66,14 @@ pub unsafe fn dot16_q4_packed<const N: usize, const NL: bool>(
                         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
                         _mm256_set1_epi32(8 * *g.sums.get_unchecked(at)),
                     );
-                    *acc = add_block(*acc, dw, *g.d.get_unchecked(at), sums);
+                    acc[half] = add_block(acc[half], dw, *g.d.get_unchecked(at), sums);
                 }
             }
         }
-        for (o, acc) in out.iter_mut().zip(acc) {
+    }
+    let mut out = [[0.0f32; 16]; N];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        for (half, acc) in acc.into_iter().enumerate() {
             _mm256_storeu_ps(o[8 * half..].as_mut_ptr(), acc);
         }
     }
