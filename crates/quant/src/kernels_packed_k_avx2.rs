@@ -1,20 +1,18 @@
-//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q4_K rows
-//! (one packed group) against N tokens, taken as two halves of eight rows, one row per
-//! 32-bit lane. A 32-value sub-block of eight rows is eight registers of codes, each
+//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q4_K or
+//! Q2_K rows (one packed group) against N tokens, taken as two halves of eight rows, one
+//! row per 32-bit lane. A sub-block of eight rows is a few registers of codes, each
 //! holding four consecutive codes of every row, so one `vpmaddubsw` with four broadcast
 //! activation bytes adds four products to every row, and no sum ever crosses lanes.
 //!
-//! Each (row, token) result follows `MinSums`, the order of the row-major kernel
-//! `kernels_k::dot_q4_k_q8_k`: a super-block's Σ scale·q·a and Σ min·a are exact
-//! integers, each added to its own accumulator with one fused multiply-add by
-//! d_w·d_a (dmin_w·d_a). So the packed results equal the row-major ones bit for bit.
+//! Each (row, token) result follows `MinSums`, the order of the row-major kernels
+//! `kernels_k::dot_q4_k_q8_k` and `dot_q2_k_q8_k`: a super-block's Σ scale·q·a and
+//! Σ min·a are exact integers, each added to its own accumulator with one fused
+//! multiply-add by d_w·d_a (dmin_w·d_a). So the packed results equal the row-major ones
+//! bit for bit.
 
 use crate::kernels::TokenGroup;
 use crate::kernels_k::Q8K_BLOCK;
 use core::arch::x86_64::*;
-
-/// Bytes of one packed Q4_K group: one super-block of each of sixteen rows.
-const GROUP: usize = 16 * 144;
 
 /// How far ahead of the super-block being multiplied the kernel asks for the weights
 /// (as `kernels_packed_avx2` does: a steady stream rather than a burst).
@@ -24,53 +22,47 @@ const PREFETCH_DISTANCE: usize = 8192;
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+    dot16_min_sums::<false, N>(w, g)
+}
+
+/// Sixteen Q2_K rows · N tokens: `out[n][i]` is row i · token n.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot16_q2_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+    dot16_min_sums::<true, N>(w, g)
+}
+
+/// The loop both types share: per super-block and half group, the type's integer sums
+/// (`Q2` chooses Q2_K's or Q4_K's), then `MinSums`' two fused multiply-adds. Both
+/// layouts start with d[16] and dmin[16] (f16).
+#[inline(always)]
+unsafe fn dot16_min_sums<const Q2: bool, const N: usize>(
+    w: &[u8],
+    g: &TokenGroup<N>,
+) -> [[f32; 16]; N] {
+    let group = if Q2 { 16 * 84 } else { 16 * 144 };
     // Both halves of a block before the next block: the weights then stream from
     // memory at an even pace, where a second pass over the row group would leave the
     // memory idle while it computes.
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let mut acc_min = [[_mm256_setzero_ps(); 2]; N];
-    for b in 0..w.len() / GROUP {
-        let p = w.as_ptr().add(b * GROUP);
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
         for half in 0..2 {
-            let words = p.add(64 + 32 * half) as *const __m256i;
-            let (scales, mins) = scales_mins(
-                _mm256_loadu_si256(words),
-                _mm256_loadu_si256(words.add(2)),
-                _mm256_loadu_si256(words.add(4)),
-            );
             let mut sums = [_mm256_setzero_si256(); N];
-            for (j, scale) in scales.iter().enumerate() {
-                // The block's 36 cache lines a fixed distance ahead, a few per
-                // sub-block: a burst of all of them at once stalls on the fill buffers.
-                let (step, lines) = (8 * half + j, GROUP / 64);
-                for line in lines * step / 16..lines * (step + 1) / 16 {
-                    let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
-                let codes = sub_block_codes(p.add(256 + 32 * half), j);
-                for (n, sum) in sums.iter_mut().enumerate() {
-                    let x = g.rows[n].as_ptr().add(b * Q8K_BLOCK + 4 + 32 * j) as *const i32;
-                    // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
-                    let mut pairs = _mm256_setzero_si256();
-                    for (k, codes) in codes.iter().enumerate() {
-                        let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
-                        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
-                    }
-                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
-                }
+            let mut min_sums = [_mm256_setzero_si256(); N];
+            let xs: [*const u8; N] = std::array::from_fn(|n| g.rows[n].as_ptr().add(b * Q8K_BLOCK));
+            if Q2 {
+                q2_k_sums(p, group, half, &xs, &mut sums, &mut min_sums);
+            } else {
+                let pair_sums = g.sums.get_unchecked(4 * b * N..4 * (b + 1) * N);
+                q4_k_sums(p, group, half, &xs, pair_sums, &mut sums, &mut min_sums);
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * half) as *const __m128i));
             for n in 0..N {
-                let at = b * N + n;
-                let da = _mm256_set1_ps(*g.d.get_unchecked(at));
-                let pair_sums = g.sums.get_unchecked(4 * at..4 * at + 4);
-                let mut min_sum = _mm256_setzero_si256();
-                for (m, &s) in mins.iter().zip(pair_sums) {
-                    let s = _mm256_set1_epi32(s);
-                    min_sum = _mm256_add_epi32(min_sum, _mm256_madd_epi16(*m, s));
-                }
-                let (sum, min_sum) = (_mm256_cvtepi32_ps(sums[n]), _mm256_cvtepi32_ps(min_sum));
+                let da = _mm256_set1_ps(*g.d.get_unchecked(b * N + n));
+                let (sum, min_sum) = (_mm256_cvtepi32_ps(sums[n]), _mm256_cvtepi32_ps(min_sums[n]));
                 let (acc, acc_min) = (&mut acc[n][half], &mut acc_min[n][half]);
                 *acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, da), *acc);
                 *acc_min = _mm256_fmadd_ps(min_sum, _mm256_mul_ps(dmin, da), *acc_min);
@@ -85,6 +77,128 @@ pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
         }
     }
     out
+}
+
+/// Asks for step `step` of `steps` of the group's cache lines a fixed distance ahead:
+/// a few per sub-block, as a burst of all of them at once stalls on the fill buffers.
+#[inline(always)]
+unsafe fn prefetch_part(p: *const u8, group: usize, step: usize, steps: usize) {
+    let lines = group.div_ceil(64);
+    for line in lines * step / steps..lines * (step + 1) / steps {
+        let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
+        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+    }
+}
+
+/// Σ scale·q·a and Σ min·a of half a Q4_K group (layout `d[16] · dmin[16] ·
+/// scales[3][16][4] · qs[32][16][4]`) for each token, from `pair_sums`: each token's
+/// activation sums of 32 as i16 pairs (`TokenGroup::sums`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_sums<const N: usize>(
+    p: *const u8,
+    group: usize,
+    half: usize,
+    xs: &[*const u8; N],
+    pair_sums: &[i32],
+    sums: &mut [__m256i; N],
+    min_sums: &mut [__m256i; N],
+) {
+    let words = p.add(64 + 32 * half) as *const __m256i;
+    let (scales, mins) = scales_mins(
+        _mm256_loadu_si256(words),
+        _mm256_loadu_si256(words.add(2)),
+        _mm256_loadu_si256(words.add(4)),
+    );
+    for (j, scale) in scales.iter().enumerate() {
+        prefetch_part(p, group, 8 * half + j, 16);
+        let codes = sub_block_codes(p.add(256 + 32 * half), j);
+        for (sum, x) in sums.iter_mut().zip(xs) {
+            let x = x.add(4 + 32 * j) as *const i32;
+            // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
+            let mut pairs = _mm256_setzero_si256();
+            for (k, codes) in codes.iter().enumerate() {
+                let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
+                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+            }
+            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
+        }
+    }
+    for (n, min_sum) in min_sums.iter_mut().enumerate() {
+        for (e, m) in mins.iter().enumerate() {
+            let s = _mm256_set1_epi32(*pair_sums.get_unchecked(4 * n + e));
+            *min_sum = _mm256_add_epi32(*min_sum, _mm256_madd_epi16(*m, s));
+        }
+    }
+}
+
+/// Σ scale·q·a and Σ min·a of half a Q2_K group (layout `d[16] · dmin[16] ·
+/// scales[4][16][4] · qs[16][16][4]`) for each token. A Q2_K byte holds four codes, of
+/// values l, l + 32, l + 64 and l + 96 of its 128; each scale byte a sub-block of 16's
+/// scale (low nibble) and min (high), and the min multiplies the activation sum of 16
+/// that Q8_K stores.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_sums<const N: usize>(
+    p: *const u8,
+    group: usize,
+    half: usize,
+    xs: &[*const u8; N],
+    sums: &mut [__m256i; N],
+    min_sums: &mut [__m256i; N],
+) {
+    let low4 = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let mut words = [low4; 4];
+    for (w, word) in words.iter_mut().enumerate() {
+        *word = _mm256_loadu_si256(p.add(64 + 64 * w + 32 * half) as *const __m256i);
+    }
+    // Sub-blocks 16j..16j+16 of the block's values: the bytes of quarter (j / 8, j % 2)
+    // of the codes, shifted by 2 · ((j % 8) / 2).
+    for quarter in 0..4 {
+        let (h, second) = (quarter / 2, quarter % 2);
+        prefetch_part(p, group, 4 * half + quarter, 8);
+        let first_k = 8 * h + 4 * second;
+        let mut raw = [low4; 4];
+        for (k, raw) in raw.iter_mut().enumerate() {
+            *raw =
+                _mm256_loadu_si256(p.add(320 + 64 * (first_k + k) + 32 * half) as *const __m256i);
+        }
+        for shift in 0..4 {
+            let j = 8 * h + 2 * shift + second;
+            let mut codes = [low4; 4];
+            for (codes, raw) in codes.iter_mut().zip(raw) {
+                let shifted = _mm256_srl_epi16(raw, _mm_cvtsi32_si128(2 * shift as i32));
+                *codes = _mm256_and_si256(shifted, three);
+            }
+            let scale = _mm256_and_si256(words[j / 4], low4);
+            let scale = _mm256_shuffle_epi8(scale, pick((j % 4) as i32, (j % 4) as i32));
+            for (sum, x) in sums.iter_mut().zip(xs) {
+                let x = x.add(4 + 16 * j) as *const i32;
+                // Four pairs of code·x stay within i16 (4 · 2 · 3 · 128 < 2^15).
+                let mut pairs = _mm256_setzero_si256();
+                for (k, codes) in codes.iter().enumerate() {
+                    let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+                }
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, scale));
+            }
+        }
+    }
+    // Mins of sub-blocks 2e and 2e + 1 as an i16 pair, against the two sums of 16.
+    let mut mins = [low4; 8];
+    for (e, m) in mins.iter_mut().enumerate() {
+        let high = _mm256_and_si256(_mm256_srli_epi16::<4>(words[e / 2]), low4);
+        let a = 2 * (e % 2) as i32;
+        *m = _mm256_shuffle_epi8(high, pick(a, a + 1));
+    }
+    for (min_sum, x) in min_sums.iter_mut().zip(xs) {
+        let bsums = x.add(260) as *const i32;
+        for (e, m) in mins.iter().enumerate() {
+            let s = _mm256_set1_epi32(bsums.add(e).read_unaligned());
+            *min_sum = _mm256_add_epi32(*min_sum, _mm256_madd_epi16(*m, s));
+        }
+    }
 }
 
 /// Sub-block j's codes for eight rows: register k holds codes 4k..4k+4 of each row.

@@ -453,6 +453,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     r0: usize,
     out: OutPtr,
 ) {
+    use crate::kernels_packed_k_avx2 as avx2_k;
     use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
     let group = x.group::<N>(t);
     let rows = group_rows(w.ty);
@@ -477,9 +478,17 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
+            // SAFETY: as above (an AVX-512 CPU also has AVX2).
             GgmlType::Q4_K => write_group(
-                // SAFETY: as above (an AVX-512 CPU also has AVX2).
-                unsafe { crate::kernels_packed_k_avx2::dot16_q4_k_packed::<N>(data, &group) },
+                unsafe { avx2_k::dot16_q4_k_packed::<N>(data, &group) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
+            // SAFETY: as above.
+            GgmlType::Q2_K => write_group(
+                unsafe { avx2_k::dot16_q2_k_packed::<N>(data, &group) },
                 w.rows,
                 t,
                 r,

@@ -9,6 +9,7 @@
 //! | Q8_0 | 4 | 136 | d[4] (f16) · (q+128)[4][0..16] · (q+128)[4][16..32] |
 //! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
 //! | Q4_K | 16 | 2304 | d[16] · dmin[16] (f16) · scales[3][16][4] · qs[32][16][4] |
+//! | Q2_K | 16 | 1344 | d[16] · dmin[16] (f16) · scales[4][16][4] · qs[16][16][4] |
 //!
 //! Q4_1 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float order): a
 //! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 and
@@ -16,21 +17,22 @@
 //! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
 //! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
 //! bytes) per register. Q4 nibbles keep GGML's order, where byte j holds values j and
-//! j + 16. Q4_K (256-value blocks, AVX2 only so far) is laid out the same way: a register
-//! holds four bytes of each of eight rows, of their codes or of one 32-bit word of their
-//! packed 6-bit scales and mins, so the kernel unpacks eight rows' scales at once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
+//! j + 16. Q4_K and Q2_K (256-value blocks, AVX2 only so far) are laid out the same way:
+//! a register holds four bytes of each of eight rows, of their codes or of one 32-bit
+//! word of their packed scales and mins, so the kernel unpacks eight rows' scales at
+//! once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
 //! multiplies unsigned by signed bytes; the kernel subtracts 128·Σx. A matrix is
 //! `cols / 32` groups per group of rows; the last group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, Q4_0, Q4_1, Q4_K, Q8_0};
+use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
 /// types, AVX2 for the sixteen-row groups (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0),
-        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q4_K),
+        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q4_K | Q2_K),
         _ => false,
     }
 }
@@ -43,7 +45,7 @@ pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL | Q4_K => 16,
+        Q4_0 | IQ4_NL | Q4_K | Q2_K => 16,
         _ => 4,
     }
 }
@@ -61,6 +63,10 @@ pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> usize {
 /// Where byte `j` of row `i`'s GGML block goes in its group.
 fn position(ty: GgmlType, i: usize, j: usize) -> usize {
     match (ty, j) {
+        (Q2_K, 80..82) => 2 * i + j - 80,
+        (Q2_K, 82..84) => 32 + 2 * i + j - 82,
+        (Q2_K, 0..16) => 64 + j / 4 * 64 + 4 * i + j % 4,
+        (Q2_K, _) => 320 + (j - 16) / 4 * 64 + 4 * i + (j - 16) % 4,
         (_, 0..2) => 2 * i + j,
         (Q4_1, 2..4) => 8 + 2 * i + j - 2,
         (Q4_1, _) => 16 + 16 * i + j - 4,
@@ -124,7 +130,7 @@ mod tests {
 
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
-        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K] {
+        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K, Q2_K] {
             let (rows, cols) = (19, 3 * ty.block_size());
             let size = ty.type_size();
             let blocks = cols / ty.block_size();
