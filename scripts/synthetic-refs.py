@@ -19,7 +19,7 @@ import numpy as np
 PROMPT = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1]  # as in both tests
 
 # (reference file, model file, flash attention, context, RoPE settings)
-CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k", "q2_k", "iq4_xs", "iq4_nl"]]
+CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q4_k_m", "q5_k", "q6_k", "q3_k", "q2_k", "iq4_xs", "iq4_nl", "f16"]]
 CASES += [
     ("families/qwen3", "family-qwen3", False, 32, {}),
     ("families/gemma3", "family-gemma3", False, 32, {}),

@@ -1,6 +1,6 @@
-//! K-quant and IQ4 models against llama.cpp: the logits of small random-weight models
-//! whose matrices are Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (and Q8_0 and IQ4_NL, which
-//! are bit-identical), at every position of one prompt, against the logits llama.cpp's
+//! K-quant, IQ4 and F16 models against llama.cpp: the logits of small random-weight
+//! models whose matrices are Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (and Q8_0, IQ4_NL and
+//! F16, which are bit-identical), at every position of one prompt, against the logits llama.cpp's
 //! CPU build computes for the same files (`tests/data/refs/kquants/`, written by
 //! `scripts/synthetic-refs.py` from the files this test leaves in `target/test-models/`).
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// The prompt, as token ids of the byte-level vocabulary.
 const PROMPT: [u32; 12] = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1];
 
-fn cases() -> [(&'static str, WeightMix); 8] {
+fn cases() -> [(&'static str, WeightMix); 9] {
     [
         ("q8_0", WeightMix::Uniform(GgmlType::Q8_0)),
         ("q4_k_m", WeightMix::Q4KM),
@@ -24,6 +24,7 @@ fn cases() -> [(&'static str, WeightMix); 8] {
         ("q2_k", WeightMix::Uniform(GgmlType::Q2_K)),
         ("iq4_xs", WeightMix::Uniform(GgmlType::IQ4_XS)),
         ("iq4_nl", WeightMix::Uniform(GgmlType::IQ4_NL)),
+        ("f16", WeightMix::Uniform(GgmlType::F16)),
     ]
 }
 
@@ -61,7 +62,7 @@ fn k_quant_logits_equal_llama_cpp_at_every_position() {
         let ours = model.forward(&PROMPT, 0, &mut cache, Logits::All).unwrap();
         let reference = common::f32_file(&format!("kquants/{name}.f32"));
         assert_eq!(ours.len(), reference.len(), "{name}: logits count");
-        if name == "q8_0" || name == "iq4_nl" {
+        if matches!(name, "q8_0" | "iq4_nl" | "f16") {
             assert!(ours == reference, "{name}: not bit-identical");
             continue;
         }

@@ -15,6 +15,7 @@
 
 use crate::f16_at;
 use crate::iquants::{iq4_code, IQ4_LEVELS};
+use crate::kernels_float::dot_f16_f16;
 use crate::kernels_k::{
     dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
 };
@@ -89,6 +90,7 @@ kernel!(Q4KQ8K, dot_q4_k_q8_k);
 kernel!(Q5KQ8K, dot_q5_k_q8_k);
 kernel!(Q6KQ8K, dot_q6_k_q8_k);
 kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
+kernel!(F16F16, dot_f16_f16);
 
 /// Every other weight type: decode both sides to f32.
 pub struct Dequantizing;

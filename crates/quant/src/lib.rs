@@ -14,6 +14,9 @@ mod dot;
 mod iquants;
 mod isa;
 mod kernels;
+mod kernels_float;
+#[cfg(target_arch = "x86_64")]
+mod kernels_float_x86;
 mod kernels_k;
 #[cfg(target_arch = "x86_64")]
 mod kernels_k_x86;

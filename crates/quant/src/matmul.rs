@@ -178,7 +178,18 @@ fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
 
 impl Activations {
     fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
-        let bytes = quantize(ty, x).expect("row length checked in QMatrix::new");
+        let bytes = if ty == GgmlType::F16 {
+            // Rounded to f16 and widened back to f32 once (exact): see `kernels_float`.
+            // The half crate's slice conversions use F16C where the CPU has it.
+            use half::slice::HalfFloatSliceExt;
+            let mut halves = vec![half::f16::ZERO; x.len()];
+            halves.convert_from_f32_slice(x);
+            let mut wide = vec![0.0f32; x.len()];
+            halves.convert_to_f32_slice(&mut wide);
+            wide.iter().flat_map(|v| v.to_le_bytes()).collect()
+        } else {
+            quantize(ty, x).expect("row length checked in QMatrix::new")
+        };
         let block = match ty {
             GgmlType::Q8_0 => 34,
             GgmlType::Q8_1 => 36,
@@ -335,6 +346,7 @@ fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
         GgmlType::Q5_K => tile::<Q5KQ8K>(w, x, r0, out),
         GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, r0, out),
         GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, r0, out),
+        GgmlType::F16 => tile::<F16F16>(w, x, r0, out),
         _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
@@ -343,10 +355,11 @@ fn tile_scalar(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     tile_any(w, x, r0, out)
 }
 
-/// Kernel types for one x86 ISA's SIMD twins, and its `tile` entry point.
+/// Kernel types for one x86 ISA's SIMD twins, and its `tile` entry point (`$avx512`:
+/// whether the ISA is AVX-512).
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_tile {
-    ($name:ident, $module:ident, $features:literal) => {
+    ($name:ident, $module:ident, $features:literal, $avx512:literal) => {
         mod $module {
             use super::*;
             use crate::kernels_x86::$module as simd;
@@ -409,6 +422,7 @@ macro_rules! x86_tile {
                     GgmlType::Q5_K => tile::<Q5K>(w, x, r0, out),
                     GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
                     GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
+                    GgmlType::F16 => f16_tile::<$avx512>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }
@@ -523,13 +537,63 @@ fn write_group<const N: usize, const R: usize>(
     }
 }
 
+/// `tile` for F16 weights: tiles of R rows × T tokens with R·T = 8 (`dot_f16_tile`), 8
+/// rows for one token, 4 × 2, or 2 × 4 for prompts and batches.
 #[cfg(target_arch = "x86_64")]
-x86_tile!(tile_avx2, avx2, "avx2,fma,f16c");
+#[inline(always)]
+fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+    let mut t = 0;
+    while t < x.n_tokens {
+        t += match x.n_tokens - t {
+            1 => f16_rows::<8, 1, AVX512>(w, x, t, r0, out),
+            2 | 3 => f16_rows::<4, 2, AVX512>(w, x, t, r0, out),
+            4 | 5 => f16_rows::<2, 4, AVX512>(w, x, t, r0, out),
+            _ => f16_rows::<2, 6, AVX512>(w, x, t, r0, out),
+        };
+    }
+}
+
+/// Rows `r0..r0 + ROW_TILE` of F16 weights for tokens `t..t + T`, R rows at a time (a
+/// group past the last row repeats it, and its results are dropped); returns T.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f16_rows<const R: usize, const T: usize, const AVX512: bool>(
+    w: &QMatrix,
+    x: &Activations,
+    t: usize,
+    r0: usize,
+    out: OutPtr,
+) -> usize {
+    use crate::kernels_float_x86::{avx2, avx512};
+    let row = x.bytes.len() / x.n_tokens;
+    let xs: [&[u8]; T] = std::array::from_fn(|i| &x.bytes[(t + i) * row..(t + i + 1) * row]);
+    let end = (r0 + ROW_TILE).min(w.rows);
+    for r in (r0..end).step_by(R) {
+        if t == 0 {
+            prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
+        }
+        let ws: [&[u8]; R] = std::array::from_fn(|i| w.row((r + i).min(end - 1)));
+        // SAFETY: `matmul` checked that the CPU has the ISA whose kernels run here.
+        let v = unsafe {
+            if AVX512 {
+                avx512::dot_f16_tile::<R, T>(ws, xs)
+            } else {
+                avx2::dot_f16_tile::<R, T>(ws, xs)
+            }
+        };
+        write_group(v, w.rows, t, r, out);
+    }
+    T
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_tile!(tile_avx2, avx2, "avx2,fma,f16c", false);
 #[cfg(target_arch = "x86_64")]
 x86_tile!(
     tile_avx512,
     avx512,
-    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    true
 );
 
 /// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
