@@ -126,15 +126,16 @@ impl LaneSums {
     }
 
     #[inline(always)]
-    pub fn total(mut self) -> f32 {
-        for k in 0..4 {
-            self.acc[k] += self.acc[k + 4];
-        }
-        for k in 0..2 {
-            self.acc[k] += self.acc[k + 2];
-        }
-        (self.acc[0] + self.acc[1]) + self.offsets
+    pub fn total(self) -> f32 {
+        lane_tree(self.acc) + self.offsets
     }
+}
+
+/// Eight lanes summed as (k + k+4), then (+ k+2), then (+ k+1).
+#[inline(always)]
+pub(crate) fn lane_tree(l: [f32; 8]) -> f32 {
+    let s: [f32; 4] = std::array::from_fn(|k| l[k] + l[k + 4]);
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// The summation order of the Q4_0 kernels: each block's 32 products are summed

@@ -11,6 +11,7 @@
 //! another path for such rows) are added one by one after the lanes.
 
 use crate::f16_at;
+use crate::kernels::lane_tree;
 
 /// Value `i` of a row of activations widened to f32.
 #[inline(always)]
@@ -31,16 +32,9 @@ pub fn dot_f16_f16(w: &[u8], a: &[u8]) -> f32 {
     (whole..cols).fold(total, |s, c| s + f16_at(w, 2 * c) * wide_at(a, c))
 }
 
-/// Eight lanes summed as (l + l+4), then (+ l+2), then (+ l+1).
-#[inline(always)]
-pub(crate) fn lane_tree(l: [f32; 8]) -> f32 {
-    let s: [f32; 4] = std::array::from_fn(|i| l[i] + l[i + 4]);
-    (s[0] + s[2]) + (s[1] + s[3])
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::{matmul_with, quantize, Isa, QMatrix};
+    use crate::{matmul_with, quantize, round_f16, Isa, QMatrix};
     use gguf::GgmlType::F16;
     use rand::{Rng, SeedableRng};
 
@@ -59,8 +53,7 @@ mod tests {
                     let (t, r) = (i / rows, i % rows);
                     let exact: f64 = (0..cols)
                         .map(|c| {
-                            let xh = half::f16::from_f32(x[t * cols + c]).to_f64();
-                            half::f16::from_f32(wf[r * cols + c]).to_f64() * xh
+                            round_f16(wf[r * cols + c]) as f64 * round_f16(x[t * cols + c]) as f64
                         })
                         .sum();
                     assert!(

@@ -9,6 +9,7 @@ macro_rules! x86_float_kernels {
     ($module:ident, $features:literal) => {
         pub mod $module {
             use super::*;
+            use crate::kernels_x86::$module::lane_tree;
 
             /// R F16 weight rows · T tokens: `out[t][r]`. R·T independent chains of
             /// fused multiply-adds (each product's order is fixed, so its lanes form
@@ -39,11 +40,7 @@ macro_rules! x86_float_kernels {
                 let mut out = [[0.0f32; R]; T];
                 for ((out, acc), a) in out.iter_mut().zip(acc).zip(x) {
                     for ((out, acc), w) in out.iter_mut().zip(acc).zip(w) {
-                        let hi = _mm256_extractf128_ps::<1>(acc);
-                        let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-                        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                        *out = (whole..cols).fold(_mm_cvtss_f32(s), |s, c| {
+                        *out = (whole..cols).fold(lane_tree(acc), |s, c| {
                             s + crate::f16_at(w, 2 * c) * wide_at(a, c)
                         });
                     }

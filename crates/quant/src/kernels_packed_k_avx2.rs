@@ -13,23 +13,24 @@
 use crate::kernels::TokenGroup;
 use crate::kernels_k::Q8K_BLOCK;
 use core::arch::x86_64::*;
+use gguf::GgmlType;
 
 /// How far ahead of the super-block being multiplied the kernel asks for the weights
 /// (as `kernels_packed_avx2` does: a steady stream rather than a burst).
 const PREFETCH_DISTANCE: usize = 8192;
 
-/// Sixteen Q4_K rows · N tokens: `out[n][i]` is row i · token n.
+/// Sixteen Q4_K or Q2_K rows (`ty`) · N tokens: `out[n][i]` is row i · token n.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
-    dot16_min_sums::<false, N>(w, g)
-}
-
-/// Sixteen Q2_K rows · N tokens: `out[n][i]` is row i · token n.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q2_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
-    dot16_min_sums::<true, N>(w, g)
+pub unsafe fn dot16_k_packed<const N: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    g: &TokenGroup<N>,
+) -> [[f32; 16]; N] {
+    match ty {
+        GgmlType::Q2_K => dot16_min_sums::<true, N>(w, g),
+        _ => dot16_min_sums::<false, N>(w, g),
+    }
 }
 
 /// The loop both types share: per super-block and half group, the type's integer sums
@@ -113,22 +114,11 @@ unsafe fn q4_k_sums<const N: usize>(
     for (j, scale) in scales.iter().enumerate() {
         prefetch_part(p, group, 8 * half + j, 16);
         let codes = sub_block_codes(p.add(256 + 32 * half), j);
-        for (sum, x) in sums.iter_mut().zip(xs) {
-            let x = x.add(4 + 32 * j) as *const i32;
-            // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
-            let mut pairs = _mm256_setzero_si256();
-            for (k, codes) in codes.iter().enumerate() {
-                let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
-                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
-            }
-            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
-        }
+        // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
+        add_sub_block(&codes, *scale, xs, 4 + 32 * j, sums);
     }
     for (n, min_sum) in min_sums.iter_mut().enumerate() {
-        for (e, m) in mins.iter().enumerate() {
-            let s = _mm256_set1_epi32(*pair_sums.get_unchecked(4 * n + e));
-            *min_sum = _mm256_add_epi32(*min_sum, _mm256_madd_epi16(*m, s));
-        }
+        *min_sum = min_products(&mins, pair_sums.as_ptr().add(4 * n));
     }
 }
 
@@ -173,16 +163,8 @@ unsafe fn q2_k_sums<const N: usize>(
             }
             let scale = _mm256_and_si256(words[j / 4], low4);
             let scale = _mm256_shuffle_epi8(scale, pick((j % 4) as i32, (j % 4) as i32));
-            for (sum, x) in sums.iter_mut().zip(xs) {
-                let x = x.add(4 + 16 * j) as *const i32;
-                // Four pairs of code·x stay within i16 (4 · 2 · 3 · 128 < 2^15).
-                let mut pairs = _mm256_setzero_si256();
-                for (k, codes) in codes.iter().enumerate() {
-                    let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
-                }
-                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, scale));
-            }
+            // Four pairs of code·x stay within i16 (4 · 2 · 3 · 128 < 2^15).
+            add_sub_block(&codes, scale, xs, 4 + 16 * j, sums);
         }
     }
     // Mins of sub-blocks 2e and 2e + 1 as an i16 pair, against the two sums of 16.
@@ -193,12 +175,45 @@ unsafe fn q2_k_sums<const N: usize>(
         *m = _mm256_shuffle_epi8(high, pick(a, a + 1));
     }
     for (min_sum, x) in min_sums.iter_mut().zip(xs) {
-        let bsums = x.add(260) as *const i32;
-        for (e, m) in mins.iter().enumerate() {
-            let s = _mm256_set1_epi32(bsums.add(e).read_unaligned());
-            *min_sum = _mm256_add_epi32(*min_sum, _mm256_madd_epi16(*m, s));
-        }
+        *min_sum = min_products(&mins, x.add(260) as *const i32);
     }
+}
+
+/// Adds one sub-block to each token's sums: its K registers of codes (four codes of each
+/// row) against the activation bytes from `at` (four per register, broadcast), summed
+/// in i16 (the caller's bound), then times each row's scale pair. Eight rows per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn add_sub_block<const K: usize, const N: usize>(
+    codes: &[__m256i; K],
+    scale: __m256i,
+    xs: &[*const u8; N],
+    at: usize,
+    sums: &mut [__m256i; N],
+) {
+    for (sum, x) in sums.iter_mut().zip(xs) {
+        let x = x.add(at) as *const i32;
+        let mut pairs = _mm256_setzero_si256();
+        for (k, codes) in codes.iter().enumerate() {
+            let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+        }
+        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, scale));
+    }
+}
+
+/// Σ_e mins[e] · sums[e], lane by lane: register e holds each row's mins of two
+/// sub-blocks as i16, `sums` one token's activation sums of the same two (an i32 of two
+/// i16 per e).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn min_products<const E: usize>(mins: &[__m256i; E], sums: *const i32) -> __m256i {
+    let mut total = _mm256_setzero_si256();
+    for (e, m) in mins.iter().enumerate() {
+        let s = _mm256_set1_epi32(sums.add(e).read_unaligned());
+        total = _mm256_add_epi32(total, _mm256_madd_epi16(*m, s));
+    }
+    total
 }
 
 /// Sub-block j's codes for eight rows: register k holds codes 4k..4k+4 of each row.

@@ -95,14 +95,21 @@ macro_rules! x86_kernels {
                 _mm_cvtsi128_si32(s)
             }
 
-            /// `LaneSums::total`: k + k+4, then k + k+2, then k + k+1, then the offsets.
+            /// `LaneSums::total`: the lanes' `lane_tree`, then the offsets.
             #[inline]
             #[target_feature(enable = $features)]
             pub(crate) unsafe fn total(acc: __m256, offsets: f32) -> f32 {
+                lane_tree(acc) + offsets
+            }
+
+            /// `kernels::lane_tree`: k + k+4, then k + k+2, then k + k+1.
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn lane_tree(acc: __m256) -> f32 {
                 let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                _mm_cvtss_f32(s) + offsets
+                _mm_cvtss_f32(s)
             }
 
             /// One weight row against N activation rows: each block of the weights is

@@ -229,7 +229,7 @@ impl Activations {
                             let sum16 = |j: usize| {
                                 i16::from_le_bytes([values[260 + 2 * j], values[261 + 2 * j]])
                             };
-                            let sum32 = |j: usize| sum16(2 * j).wrapping_add(sum16(2 * j + 1));
+                            let sum32 = |j: usize| sum16(2 * j) + sum16(2 * j + 1);
                             sums.extend((0..4).map(|e| {
                                 (sum32(2 * e) as u16 as u32
                                     | (sum32(2 * e + 1) as u16 as u32) << 16)
@@ -492,17 +492,9 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
-            // SAFETY: as above (an AVX-512 CPU also has AVX2).
-            GgmlType::Q4_K => write_group(
-                unsafe { avx2_k::dot16_q4_k_packed::<N>(data, &group) },
-                w.rows,
-                t,
-                r,
-                out,
-            ),
-            // SAFETY: as above.
-            GgmlType::Q2_K => write_group(
-                unsafe { avx2_k::dot16_q2_k_packed::<N>(data, &group) },
+            GgmlType::Q4_K | GgmlType::Q2_K => write_group(
+                // SAFETY: as above (an AVX-512 CPU also has AVX2).
+                unsafe { avx2_k::dot16_k_packed::<N>(w.ty, data, &group) },
                 w.rows,
                 t,
                 r,
@@ -537,8 +529,8 @@ fn write_group<const N: usize, const R: usize>(
     }
 }
 
-/// `tile` for F16 weights: tiles of R rows × T tokens with R·T = 8 (`dot_f16_tile`), 8
-/// rows for one token, 4 × 2, or 2 × 4 for prompts and batches.
+/// `tile` for F16 weights: tiles of R rows × T tokens (`dot_f16_tile`), 8 rows for one
+/// token, 4 × 2, 2 × 4, or 2 × 6 for prompts and batches.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
