@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod gbnf;
 pub mod model;
+pub mod pretokenizer;
 pub mod prompt;
 pub mod sampler;
 pub mod serving;

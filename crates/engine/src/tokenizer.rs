@@ -1,17 +1,17 @@
 //! Text ↔ token ids from a GGUF vocabulary, built on the `tokenizers` crate.
 //!
 //! GPT-2-style byte-level BPE (`tokenizer.ggml.model = gpt2`) gets the pre-tokenizer
-//! named by `tokenizer.ggml.pre`; SentencePiece-style vocabularies (`llama`) become a
+//! named by `tokenizer.ggml.pre` (`pretokenizer`); SentencePiece-style vocabularies (`llama`) become a
 //! byte-fallback BPE whose merges are derived from the token scores. Decoding is done
 //! here from each token's bytes, so streaming can emit only complete UTF-8.
 
 use crate::error::{EngineError, Result};
+use crate::pretokenizer::{known_names, pre_tokenizer, PreTokenizer};
 use gguf::Metadata;
 use std::ops::Range;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
@@ -20,9 +20,6 @@ const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 const TOKEN_BYTE: i32 = 6;
-
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -98,6 +95,7 @@ impl Tokenizer {
             .map(|(i, t)| (t.to_string(), i as u32))
             .collect();
         let mut space_prefix = false;
+        let mut add_bos_by_default = kind == Kind::SentencePiece;
         let mut base = match kind {
             Kind::BytePairs => {
                 let merges = m
@@ -109,13 +107,16 @@ impl Tokenizer {
                             .ok_or_else(|| tok_err(format!("malformed merge {line:?}")))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let pre = m.get_str("tokenizer.ggml.pre").unwrap_or("default");
+                let (splits, rule) = byte_level_pre_tokenizer(pre)?;
+                add_bos_by_default = rule.add_bos;
                 let bpe = BPE::builder()
                     .vocab_and_merges(vocab, merges)
+                    .ignore_merges(rule.ignore_merges)
                     .build()
                     .map_err(tok_err)?;
                 let mut t = tokenizers::Tokenizer::new(bpe);
-                let pre = m.get_str("tokenizer.ggml.pre").unwrap_or("default");
-                t.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
+                t.with_pre_tokenizer(Some(splits));
                 t
             }
             Kind::SentencePiece => {
@@ -198,7 +199,7 @@ impl Tokenizer {
             eos,
             add_bos: m
                 .get_bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(kind == Kind::SentencePiece),
+                .unwrap_or(add_bos_by_default),
             space_prefix,
             end_of_generation,
         })
@@ -312,29 +313,27 @@ impl Tokenizer {
     }
 }
 
-fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
-    let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
-    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        let pattern = SplitPattern::Regex(regex.into());
-        Ok(Split::new(pattern, SplitDelimiterBehavior::Isolated, false)
-            .map_err(tok_err)?
-            .into())
-    };
-    Ok(match pre {
-        "default" | "gpt2" | "gpt-2" => byte_level(true).into(),
-        "smollm" | "starcoder" | "refact" | "codeshell" => {
-            Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
-        }
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            Sequence::new(vec![split(LLAMA3_REGEX)?, byte_level(false).into()]).into()
-        }
-        "qwen2" => Sequence::new(vec![split(QWEN2_REGEX)?, byte_level(false).into()]).into(),
-        other => {
-            return Err(tok_err(format!(
-                "pre-tokenizer {other:?} is not supported (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)"
-            )))
-        }
-    })
+/// The pre-tokenizer `tokenizer.ggml.pre = name` stands for: its splits, then GPT-2's
+/// byte map.
+fn byte_level_pre_tokenizer(name: &str) -> Result<(PreTokenizerWrapper, &'static PreTokenizer)> {
+    let rule = pre_tokenizer(name).ok_or_else(|| {
+        tok_err(format!(
+            "pre-tokenizer {name:?} (tokenizer.ggml.pre) is not supported; known: {}",
+            known_names().join(", ")
+        ))
+    })?;
+    let mut steps: Vec<PreTokenizerWrapper> = rule
+        .regexes
+        .iter()
+        .map(|r| {
+            let pattern = SplitPattern::Regex((*r).into());
+            Ok(Split::new(pattern, SplitDelimiterBehavior::Isolated, false)
+                .map_err(tok_err)?
+                .into())
+        })
+        .collect::<Result<_>>()?;
+    steps.push(ByteLevel::new(false, true, false).into());
+    Ok((Sequence::new(steps).into(), rule))
 }
 
 fn decode_piece(kind: Kind, text: &str, ty: i32, table: &[char; 256]) -> Vec<u8> {
