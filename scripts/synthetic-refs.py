@@ -28,6 +28,7 @@ CASES += [
     ("families/phi3-long", "family-phi3", False, 512, {}),  # beyond the original 256: long factors
     ("families/gemma2", "family-gemma2", False, 32, {}),
     ("families/gemma2-flash", "family-gemma2", True, 32, {}),
+    ("families/smollm3", "family-smollm3", False, 32, {}),
     ("rope/yarn", "rope-yarn", False, 32, {}),
     ("rope/yarn-override", "rope-qwen2-unscaled", False, 32, dict(
         rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN, rope_freq_scale=1 / 8,

@@ -20,6 +20,8 @@ pub enum Architecture {
     /// Gemma 3 without QK-norm, with soft-capped attention scores and logits, and a
     /// window on every other layer.
     Gemma2,
+    /// Llama with no RoPE on every fourth layer (NoPE).
+    SmolLM3,
 }
 
 impl Architecture {
@@ -32,6 +34,7 @@ impl Architecture {
             "gemma3" => Ok(Architecture::Gemma3),
             "phi3" => Ok(Architecture::Phi3),
             "gemma2" => Ok(Architecture::Gemma2),
+            "smollm3" => Ok(Architecture::SmolLM3),
             other => Err(EngineError::UnsupportedArchitecture(other.into())),
         }
     }
@@ -166,6 +169,9 @@ pub struct Config {
     pub yarn: YarnSettings,
 
     // What families change (all off for Llama).
+    /// Every this-many-th layer (the 4th, 8th, ...) attends without RoPE (smollm3: 4,
+    /// fixed in llama.cpp rather than read from the file).
+    pub no_rope_period: Option<usize>,
     /// RMSNorm over each head of Q and K before RoPE (qwen3, gemma3).
     pub qk_norm: bool,
     /// RMSNorm of the attention and FFN outputs before each residual add (gemma3).
@@ -229,11 +235,15 @@ impl Config {
             rms_eps: m.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_base: m.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
             rope_dims: get("rope.dimension_count").unwrap_or(head_dim),
-            rope_neox: arch != Architecture::Llama && arch != Architecture::Mistral,
+            rope_neox: !matches!(
+                arch,
+                Architecture::Llama | Architecture::Mistral | Architecture::SmolLM3
+            ),
             rope_scaling,
             rope_mscale: m.get_f32(&key("rope.scaling.attn_factor")).unwrap_or(1.0),
             rope_original_context: get("rope.scaling.original_context_length").ok(),
             yarn: YarnSettings::default(),
+            no_rope_period: (arch == Architecture::SmolLM3).then_some(4),
             qk_norm: matches!(arch, Architecture::Qwen3 | Architecture::Gemma3),
             post_norms: gemma,
             activation: match gemma {
@@ -354,6 +364,12 @@ impl Config {
         self.sliding_window
             .as_ref()
             .is_some_and(|w| w.layers.get(l) == Some(&true))
+    }
+
+    /// Whether layer `l` rotates its queries and keys.
+    pub fn uses_rope(&self, l: usize) -> bool {
+        self.no_rope_period
+            .is_none_or(|p| !(l + 1).is_multiple_of(p))
     }
 
     pub fn kv_dim(&self) -> usize {

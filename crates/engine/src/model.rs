@@ -409,8 +409,10 @@ impl<B: Backend> Llama<B> {
             } else {
                 &self.rope
             };
-            b.rope(&mut q, &positions, rope);
-            b.rope(&mut k, &positions, rope);
+            if c.uses_rope(l) {
+                b.rope(&mut q, &positions, rope);
+                b.rope(&mut k, &positions, rope);
+            }
             if let Some(factor) = c.query_scale {
                 b.scale(&mut q, factor);
             }

@@ -1,5 +1,5 @@
 //! Writes GGUF files with random weights in any quant type and a byte-level vocabulary,
-//! for every architecture the engine runs (llama, qwen2, qwen3, gemma3: their tensors
+//! for every architecture the engine runs (llama, qwen2, qwen3, gemma2/3, phi3, smollm3: their tensors
 //! and metadata), so tests and benchmarks can run models that need no download: small
 //! ones for tests, and the shapes of real models (`preset`) for benchmarks.
 
@@ -13,7 +13,7 @@ pub struct SyntheticModel {
     /// post-norms, and a sliding window on every layer but each `window_period`-th),
     /// `gemma2` (gemma3 without QK-norm, with soft-capped scores and logits) or
     /// `phi3` (fused QKV and gate/up, LongRoPE factors and attention factor, RoPE on
-    /// half of each head).
+    /// half of each head) or `smollm3` (llama's tensors, no RoPE on every fourth layer).
     pub architecture: &'static str,
     pub layers: usize,
     pub dim: usize,
@@ -62,12 +62,25 @@ impl Default for SyntheticModel {
     }
 }
 
-/// Shapes of real models, for benchmarks at realistic sizes.
-pub const PRESETS: &[&str] = &["llama3-8b", "llama3-1b", "qwen2-7b"];
+/// Shapes of real models, for benchmarks at realistic sizes, and tiny models of each
+/// family (two to four layers, vocabulary 264, the family's metadata), for tests.
+pub const PRESETS: &[&str] = &[
+    "llama3-8b",
+    "llama3-1b",
+    "qwen2-7b",
+    "qwen3-tiny",
+    "gemma3-tiny",
+    "gemma2-tiny",
+    "phi3-tiny",
+    "smollm3-tiny",
+];
 
 impl SyntheticModel {
-    /// The shape and metadata of a real model (one of `PRESETS`) with random weights.
+    /// The shape and metadata of one of `PRESETS`, with random weights.
     pub fn preset(name: &str, weights: WeightMix) -> Option<SyntheticModel> {
+        if let Some(family) = name.strip_suffix("-tiny") {
+            return SyntheticModel::tiny(family).map(|m| SyntheticModel { weights, ..m });
+        }
         let llama3 = SyntheticModel {
             layers: 32,
             dim: 4096,
@@ -101,6 +114,57 @@ impl SyntheticModel {
                 vocab_size: 152064,
                 rope_base: 1000000.0,
                 ..llama3
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl SyntheticModel {
+    fn tiny(family: &str) -> Option<SyntheticModel> {
+        let small = SyntheticModel {
+            architecture: "",
+            vocab_size: 264,
+            ..Default::default()
+        };
+        // Layer 0 windowed (5 positions, fewer than a 12-token prompt), layer 1 global.
+        let gemma3 = SyntheticModel {
+            architecture: "gemma3",
+            head_dim: Some(128),
+            window: 5,
+            window_period: 2,
+            rope_base: 1_000_000.0,
+            seed: 6,
+            ..small
+        };
+        Some(match family {
+            "qwen3" => SyntheticModel {
+                architecture: "qwen3",
+                separate_output: true,
+                seed: 5,
+                ..small
+            },
+            "gemma3" => gemma3,
+            // Scores capped at 2, logits at 30.
+            "gemma2" => SyntheticModel {
+                architecture: "gemma2",
+                seed: 8,
+                ..gemma3
+            },
+            // Original context 256: contexts beyond it take the long RoPE factors.
+            "phi3" => SyntheticModel {
+                architecture: "phi3",
+                heads: 4,
+                kv_heads: 4,
+                seed: 7,
+                ..small
+            },
+            // Four layers, so that the last one attends without RoPE.
+            "smollm3" => SyntheticModel {
+                architecture: "smollm3",
+                layers: 4,
+                seed: 9,
+                ..small
             },
             _ => return None,
         })

@@ -1,65 +1,29 @@
 //! Model families against llama.cpp: the logits of small random-weight qwen3, gemma3,
-//! gemma2 (soft-capped scores and logits) and phi3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
+//! gemma2 (soft-capped scores and logits), phi3 and smollm3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
 //! size other than dim / heads, and a sliding window narrower than the prompt; phi3's
 //! fused tensors, LongRoPE's short and long factors and attention factor, and RoPE on
-//! half of each head) at every position of one prompt, against the logits llama.cpp's CPU build computes for the same
+//! half of each head; smollm3's layer without RoPE) at every position of one prompt, against the logits llama.cpp's CPU build computes for the same
 //! files (`tests/data/refs/families/`, written by `scripts/synthetic-refs.py` from the
 //! files this test leaves in `target/test-models/`). The weights are Q8_0, whose products
 //! follow llama.cpp's order, so every difference would be the family's.
 
 mod common;
 
-use engine::synthetic::SyntheticModel;
+use engine::synthetic::{SyntheticModel, WeightMix};
 use engine::{AttentionOrder, CpuBackend, Llama, Logits};
+use gguf::GgmlType;
 use std::sync::Arc;
 
 /// The prompt, as token ids of the byte-level vocabulary.
 const PROMPT: [u32; 12] = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1];
 
-fn qwen3() -> SyntheticModel {
-    SyntheticModel {
-        architecture: "qwen3",
-        vocab_size: 264,
-        separate_output: true,
-        seed: 5,
-        ..Default::default()
-    }
-}
-
-/// Layer 0 windowed (5 positions, fewer than the prompt's 12), layer 1 global.
-fn gemma3() -> SyntheticModel {
-    SyntheticModel {
-        architecture: "gemma3",
-        head_dim: Some(128),
-        window: 5,
-        window_period: 2,
-        rope_base: 1_000_000.0,
-        vocab_size: 264,
-        seed: 6,
-        ..Default::default()
-    }
-}
-
-/// Original context 256: llama.cpp takes the long RoPE factors for contexts beyond it
-/// (and rounds every context up to a multiple of 256, so 32 stays within).
-fn phi3() -> SyntheticModel {
-    SyntheticModel {
-        architecture: "phi3",
-        heads: 4,
-        kv_heads: 4,
-        vocab_size: 264,
-        seed: 7,
-        ..Default::default()
-    }
-}
-
-/// Layer 0 windowed, layer 1 global, as gemma3's; scores capped at 2, logits at 30.
-fn gemma2() -> SyntheticModel {
-    SyntheticModel {
-        architecture: "gemma2",
-        seed: 8,
-        ..gemma3()
-    }
+/// A family's tiny preset (`quantize --synthetic FAMILY-tiny`) with Q8_0 weights.
+fn tiny(family: &str) -> SyntheticModel {
+    SyntheticModel::preset(
+        &format!("{family}-tiny"),
+        WeightMix::Uniform(GgmlType::Q8_0),
+    )
+    .unwrap()
 }
 
 /// (reference name, model file, model, attention order and context llama.cpp ran with)
@@ -69,25 +33,50 @@ fn cases() -> [(
     SyntheticModel,
     AttentionOrder,
     usize,
-); 7] {
+); 8] {
     [
-        ("qwen3", "qwen3", qwen3(), AttentionOrder::Matmul, 32),
-        ("gemma3", "gemma3", gemma3(), AttentionOrder::Matmul, 32),
+        ("qwen3", "qwen3", tiny("qwen3"), AttentionOrder::Matmul, 32),
+        (
+            "gemma3",
+            "gemma3",
+            tiny("gemma3"),
+            AttentionOrder::Matmul,
+            32,
+        ),
         (
             "gemma3-flash",
             "gemma3",
-            gemma3(),
+            tiny("gemma3"),
             AttentionOrder::Flash,
             32,
         ),
-        ("phi3", "phi3", phi3(), AttentionOrder::Matmul, 32),
-        ("phi3-long", "phi3", phi3(), AttentionOrder::Matmul, 512),
-        ("gemma2", "gemma2", gemma2(), AttentionOrder::Matmul, 32),
+        ("phi3", "phi3", tiny("phi3"), AttentionOrder::Matmul, 32),
+        (
+            "phi3-long",
+            "phi3",
+            tiny("phi3"),
+            AttentionOrder::Matmul,
+            512,
+        ),
+        (
+            "gemma2",
+            "gemma2",
+            tiny("gemma2"),
+            AttentionOrder::Matmul,
+            32,
+        ),
         (
             "gemma2-flash",
             "gemma2",
-            gemma2(),
+            tiny("gemma2"),
             AttentionOrder::Flash,
+            32,
+        ),
+        (
+            "smollm3",
+            "smollm3",
+            tiny("smollm3"),
+            AttentionOrder::Matmul,
             32,
         ),
     ]

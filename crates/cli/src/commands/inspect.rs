@@ -56,6 +56,8 @@ struct Model {
     sliding_window_rope_base: Option<f32>,
     attention_softcap: Option<f32>,
     final_softcap: Option<f32>,
+    /// Layers that attend without RoPE.
+    no_rope_layers: Vec<usize>,
 }
 
 impl Model {
@@ -77,6 +79,7 @@ impl Model {
             sliding_window_rope_base: window.map(|w| w.rope_base),
             attention_softcap: c.attention_softcap,
             final_softcap: c.final_softcap,
+            no_rope_layers: (0..c.n_layers).filter(|&l| !c.uses_rope(l)).collect(),
         }
     }
 }
@@ -213,6 +216,10 @@ fn print_text(r: &Report) {
         rules.extend(m.query_scale.map(|s| format!("queries x{s:.4}")));
         rules.extend(m.attention_softcap.map(|c| format!("scores capped at {c}")));
         rules.extend(m.final_softcap.map(|c| format!("logits capped at {c}")));
+        if !m.no_rope_layers.is_empty() {
+            let n = m.no_rope_layers.len();
+            rules.push(format!("no RoPE on {n} of {} layers", opt(&r.layers)));
+        }
         println!("family        {}", rules.join(", "));
         if let (Some(size), Some(base)) = (m.sliding_window, m.sliding_window_rope_base) {
             println!(

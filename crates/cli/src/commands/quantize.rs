@@ -5,7 +5,8 @@
 //!
 //! `llama-gpu quantize --synthetic SHAPE TYPE OUT` writes a model of a real model's shape
 //! (`llama3-8b`, `llama3-1b`, `qwen2-7b`) with random weights, for benchmarks where the
-//! real weights cannot be downloaded.
+//! real weights cannot be downloaded, or a tiny one of a family (`qwen3-tiny`,
+//! `gemma3-tiny`, `gemma2-tiny`, `phi3-tiny`, `smollm3-tiny`) to compare with llama.cpp.
 
 use super::{resolve_model, usage};
 use anyhow::{Context, Result};
