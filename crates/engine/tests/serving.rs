@@ -1,6 +1,7 @@
-//! The serving engine on the default model: batching, chunking, prefix reuse,
-//! preemption and cancellation never change a request's tokens, and every KV block
-//! comes back.
+//! The serving engine: batching, chunking, prefix reuse, preemption and cancellation
+//! never change a request's tokens, and every KV block comes back. The core of it runs
+//! on the default model and on Gemma 3 270M (sliding-window layers, a 262k vocabulary),
+//! with a prompt three windows long among short ones.
 
 mod common;
 use engine::serving::Metrics;
@@ -9,10 +10,49 @@ use engine::{
 };
 use std::time::{Duration, Instant};
 
-fn engine(config: EngineConfig) -> Engine {
-    let (m, tok) = common::model_and_tokenizer();
+#[derive(Clone, Copy)]
+enum Model {
+    Default,
+    Gemma3,
+}
+
+fn engine_on(model: Model, config: EngineConfig) -> Engine {
+    let (m, tok) = match model {
+        Model::Default => common::model_and_tokenizer(),
+        Model::Gemma3 => common::load_with_tokenizer(common::gemma3_model()),
+    };
     Engine::start(m, tok, config).unwrap()
 }
+
+fn engine(config: EngineConfig) -> Engine {
+    engine_on(Model::Default, config)
+}
+
+/// The tests in `$name`s run on each model, as `default_model::NAME` and `gemma3::NAME`.
+macro_rules! on_both_models {
+    ($($name:ident),* $(,)?) => {
+        mod default_model {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Model::Default)
+            })*
+        }
+        mod gemma3 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Model::Gemma3)
+            })*
+        }
+    };
+}
+
+on_both_models!(
+    sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone,
+    prefix_reuse_gives_the_same_output_as_no_reuse,
+    preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly,
+    cancelling_half_the_requests_mid_stream_returns_every_kv_block,
+    a_prompt_three_windows_long_is_the_same_alone_chunked_batched_and_cached,
+);
 
 /// Sixteen different prompts of different lengths.
 fn prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
@@ -101,9 +141,8 @@ fn settled(engine: &Engine) -> Metrics {
     }
 }
 
-#[test]
-fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone() {
-    let e = engine(EngineConfig::new(512, 16));
+fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone(model: Model) {
+    let e = engine_on(model, EngineConfig::new(512, 16));
     let prompts = prompts(e.tokenizer());
     let alone: Vec<Vec<u32>> = prompts
         .iter()
@@ -123,15 +162,10 @@ fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone() {
     assert_eq!(settled(&e).kv_blocks_used, 0);
 }
 
-#[test]
-fn prefix_reuse_gives_the_same_output_as_no_reuse() {
-    let tok = common::model_and_tokenizer().1;
+fn prefix_reuse_gives_the_same_output_as_no_reuse(model: Model) {
     let system = "You are a careful assistant. Answer in plain words, without lists, and keep \
-                  every answer short. The user is a student of physics.";
-    let ask = |q: &str| {
-        tok.encode(&format!("{system}\n\nQuestion: {q}\nAnswer:"), true)
-            .unwrap()
-    };
+                  every answer short. The user is a student of physics who asks about the \
+                  things she sees every day, and she likes examples from the kitchen.";
     let questions = [
         "Why is the sky blue?",
         "What is inertia?",
@@ -140,14 +174,28 @@ fn prefix_reuse_gives_the_same_output_as_no_reuse() {
 
     let mut no_cache_config = EngineConfig::new(512, 4);
     no_cache_config.prefix_caching = false;
-    let plain = engine(no_cache_config);
-    let cached = engine(EngineConfig::new(512, 4));
+    let plain = engine_on(model, no_cache_config);
+    let cached = engine_on(model, EngineConfig::new(512, 4));
+    let tok = cached.tokenizer();
+    let ask = |q: &str| {
+        tok.encode(&format!("{system}\n\nQuestion: {q}\nAnswer:"), true)
+            .unwrap()
+    };
     for (i, q) in questions.iter().enumerate() {
         let want = run_alone(&plain, greedy(&ask(q), 16));
         let (got, usage) = collect(cached.submit(greedy(&ask(q), 16)).unwrap());
         assert_eq!(got[0], want, "{q}");
         if i > 0 {
-            assert!(usage[0].cached_prompt_tokens >= 32, "{usage:?}");
+            // Every full block shared with an earlier prompt, short of the last token.
+            let prompt = ask(q);
+            let shared = questions[..i]
+                .iter()
+                .map(|earlier| common_prefix(&prompt, &ask(earlier)))
+                .max()
+                .unwrap();
+            let reusable = shared.min(prompt.len() - 1) / 16 * 16;
+            assert!(reusable >= 32);
+            assert!(usage[0].cached_prompt_tokens >= reusable, "{usage:?}");
         }
     }
     // The repeated question reuses all but the last partial block of its prompt.
@@ -156,9 +204,60 @@ fn prefix_reuse_gives_the_same_output_as_no_reuse() {
     assert_eq!(plain.metrics().prefix_hit_tokens, 0);
 }
 
-#[test]
-fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly() {
-    let reference = engine(EngineConfig::new(256, 1));
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// About 1,500 tokens of prose: three of Gemma 3's 512-position windows.
+fn long_prompt(tok: &Tokenizer) -> Vec<u32> {
+    let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
+    let mut ids = tok.encode(&text[..12_000], false).unwrap();
+    assert!(ids.len() > 1_500);
+    ids.truncate(1_500);
+    ids
+}
+
+fn a_prompt_three_windows_long_is_the_same_alone_chunked_batched_and_cached(model: Model) {
+    // Alone, the whole prompt in one step.
+    let mut whole = EngineConfig::new(2048, 1);
+    whole.max_batch_tokens = 2048;
+    whole.step_target = None;
+    let reference = engine_on(model, whole);
+    let long = long_prompt(reference.tokenizer());
+    let short: Vec<Vec<u32>> = prompts(reference.tokenizer()).into_iter().take(3).collect();
+    let want_long = run_alone(&reference, greedy(&long, 16));
+    let want_short: Vec<Vec<u32>> = short
+        .iter()
+        .map(|p| run_alone(&reference, greedy(p, 16)))
+        .collect();
+
+    // Among three short requests, the prompt read in chunks of at most 200 tokens.
+    let mut chunked = EngineConfig::new(2048, 4);
+    chunked.max_batch_tokens = 200;
+    let e = engine_on(model, chunked);
+    let long_stream = e.submit(greedy(&long, 16)).unwrap();
+    let short_streams: Vec<_> = short
+        .iter()
+        .map(|p| e.submit(greedy(p, 16)).unwrap())
+        .collect();
+    assert_eq!(
+        collect(long_stream).0[0],
+        want_long,
+        "the long prompt, batched"
+    );
+    for (i, s) in short_streams.into_iter().enumerate() {
+        assert_eq!(collect(s).0[0], want_short[i], "short prompt {i}, batched");
+    }
+
+    // Again, from the prefix cache.
+    let (tokens, usage) = collect(e.submit(greedy(&long, 16)).unwrap());
+    assert_eq!(tokens[0], want_long, "the long prompt, cached");
+    assert_eq!(usage[0].cached_prompt_tokens, (long.len() - 1) / 16 * 16);
+    assert_eq!(settled(&e).kv_blocks_used, 0);
+}
+
+fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly(model: Model) {
+    let reference = engine_on(model, EngineConfig::new(256, 1));
     let prompts: Vec<Vec<u32>> = prompts(reference.tokenizer()).into_iter().take(4).collect();
     let alone: Vec<Vec<u32>> = prompts
         .iter()
@@ -167,7 +266,7 @@ fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly() {
 
     let mut tiny = EngineConfig::new(256, 4);
     tiny.kv_budget = KvBudget::Tokens(7 * 16);
-    let e = engine(tiny);
+    let e = engine_on(model, tiny);
     let streams: Vec<_> = prompts
         .iter()
         .map(|p| e.submit(greedy(p, 40)).unwrap())
@@ -183,9 +282,8 @@ fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly() {
     assert_eq!(m.kv_blocks_used, 0);
 }
 
-#[test]
-fn cancelling_half_the_requests_mid_stream_returns_every_kv_block() {
-    let e = engine(EngineConfig::new(512, 8));
+fn cancelling_half_the_requests_mid_stream_returns_every_kv_block(model: Model) {
+    let e = engine_on(model, EngineConfig::new(512, 8));
     let prompts = prompts(e.tokenizer());
     let mut streams: Vec<_> = prompts[..8]
         .iter()

@@ -43,7 +43,12 @@ pub fn test_device() -> engine::Device {
 
 /// The default model on the test device, with its tokenizer.
 pub fn model_and_tokenizer() -> (engine::Llama<engine::Device>, engine::Tokenizer) {
-    let file = std::sync::Arc::new(gguf::GgufFile::open(default_model()).unwrap());
+    load_with_tokenizer(default_model())
+}
+
+/// A model file on the test device, with its tokenizer.
+pub fn load_with_tokenizer(path: PathBuf) -> (engine::Llama<engine::Device>, engine::Tokenizer) {
+    let file = std::sync::Arc::new(gguf::GgufFile::open(path).unwrap());
     let tok = engine::Tokenizer::from_metadata(&file.gguf.metadata).unwrap();
     (engine::Llama::load(test_device(), file).unwrap(), tok)
 }
