@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod gbnf;
+pub mod kv_groups;
 pub mod model;
 pub mod pretokenizer;
 pub mod prompt;

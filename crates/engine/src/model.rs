@@ -5,6 +5,7 @@ use crate::backend::{
 };
 use crate::config::{yarn_magnitude, Activation, Config, RopeOverrides};
 use crate::error::{EngineError, Result};
+use crate::kv_groups::{KvLayout, KvPools};
 use gguf::GgufFile;
 use std::sync::Arc;
 
@@ -45,6 +46,8 @@ pub struct Llama<B: Backend> {
     pub attention_order: AttentionOrder,
     /// How new KV caches store keys and values (f16 unless set).
     pub kv_types: KvTypes,
+    /// Which KV pool each layer uses.
+    pub kv_layout: KvLayout,
 }
 
 /// Which positions of a forward call need logits.
@@ -68,6 +71,10 @@ pub struct SeqBatch<'a> {
     pub start: usize,
     /// KV blocks covering at least positions `0..start + tokens.len()`.
     pub blocks: &'a [u32],
+    /// The windowed pool's block table, when it is not `blocks` (the serving engine
+    /// gives windowed blocks back once out of sight): it must cover the positions the
+    /// window shows these tokens.
+    pub window_blocks: Option<&'a [u32]>,
     pub logits: Logits,
     /// `first_one_token_position` of the sequence's prompt.
     pub generated_from: usize,
@@ -89,9 +96,9 @@ pub fn first_one_token_position(prompt_len: usize) -> usize {
     }
 }
 
-/// The KV cache of a single sequence: a pool of its own, used through a fixed block table.
+/// The KV cache of a single sequence: pools of its own, used through a fixed block table.
 pub struct KvCache<B: Backend> {
-    pool: B::KvPool,
+    pools: KvPools<B::KvPool>,
     blocks: Vec<u32>,
 }
 
@@ -214,6 +221,7 @@ impl<B: Backend> Llama<B> {
             rope_windowed,
             attention_order: AttentionOrder::default(),
             kv_types: KvTypes::default(),
+            kv_layout: KvLayout::of(&c),
             config: c,
             backend,
         })
@@ -245,10 +253,20 @@ impl<B: Backend> Llama<B> {
         self.backend.name()
     }
 
-    /// A pool of `blocks` KV blocks for every layer of this model.
-    pub fn new_kv_pool(&self, blocks: usize) -> Result<B::KvPool> {
-        self.backend
-            .new_kv_pool(self.kv_shape(), blocks, self.kv_types)
+    /// KV pools of `blocks` blocks each, for every layer of this model.
+    pub fn new_kv_pool(&self, blocks: usize) -> Result<KvPools<B::KvPool>> {
+        self.new_kv_pools(blocks, blocks)
+    }
+
+    /// KV pools of `full` blocks for the full-attention layers and `windowed` blocks
+    /// for the windowed layers, when they are kept apart (see `kv_groups`).
+    pub fn new_kv_pools(&self, full: usize, windowed: usize) -> Result<KvPools<B::KvPool>> {
+        let (full_shape, windowed_shape) = self.kv_layout.shapes(self.kv_shape());
+        let pool = |shape, blocks| self.backend.new_kv_pool(shape, blocks, self.kv_types);
+        Ok(KvPools {
+            full: pool(full_shape, full)?,
+            windowed: windowed_shape.map(|s| pool(s, windowed)).transpose()?,
+        })
     }
 
     pub fn kv_shape(&self) -> KvShape {
@@ -266,16 +284,22 @@ impl<B: Backend> Llama<B> {
         layers * (types.k.bytes(kv_dim) + types.v.bytes(kv_dim))
     }
 
-    /// Bytes of KV cache one block takes (keys and values, every layer).
-    pub fn kv_block_bytes(&self) -> usize {
-        KV_BLOCK_SIZE * self.kv_bytes_per_token(self.kv_types)
+    /// Bytes of one block of the full pool and of the windowed pool (0 when there is
+    /// none): keys and values of each pool's layers.
+    pub fn kv_block_bytes(&self) -> (usize, usize) {
+        let (full, windowed) = self.kv_layout.shapes(self.kv_shape());
+        let t = self.kv_types;
+        let bytes = |layers: usize| {
+            KV_BLOCK_SIZE * layers * (t.k.bytes(full.kv_dim) + t.v.bytes(full.kv_dim))
+        };
+        (bytes(full.layers), windowed.map_or(0, |w| bytes(w.layers)))
     }
 
     /// A cache for one sequence of up to `context` positions.
     pub fn new_kv_cache(&self, context: usize) -> Result<KvCache<B>> {
         let blocks = context.div_ceil(KV_BLOCK_SIZE);
         Ok(KvCache {
-            pool: self.new_kv_pool(blocks)?,
+            pools: self.new_kv_pool(blocks)?,
             blocks: (0..blocks as u32).collect(),
         })
     }
@@ -324,22 +348,30 @@ impl<B: Backend> Llama<B> {
             tokens,
             start,
             blocks: &cache.blocks,
+            window_blocks: None,
             logits,
             generated_from,
         };
-        self.forward_batch(&[seq], &mut cache.pool)
+        self.forward_batch(&[seq], &mut cache.pools)
     }
 
     /// One step for several sequences at once: their tokens are the rows of one batch,
     /// so every weight matrix is read once for all of them. Returns the requested logits
     /// (`vocab` per row), sequence after sequence. A row's result does not depend on the
     /// other rows of the batch.
-    pub fn forward_batch(&self, seqs: &[SeqBatch], pool: &mut B::KvPool) -> Result<Vec<f32>> {
+    pub fn forward_batch(
+        &self,
+        seqs: &[SeqBatch],
+        pools: &mut KvPools<B::KvPool>,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let b = &self.backend;
         let mut tokens = Vec::new();
         let mut slots = Vec::new();
         let mut rows = Vec::with_capacity(seqs.len());
+        // The same for the windowed pool (its own block tables), when there is one.
+        let mut window_slots = Vec::new();
+        let mut window_rows = Vec::new();
         let mut logit_rows = Vec::new();
         for s in seqs {
             let end = s.start + s.tokens.len();
@@ -352,12 +384,27 @@ impl<B: Backend> Llama<B> {
             let first = tokens.len();
             tokens.extend_from_slice(s.tokens);
             slots.extend((s.start..end).map(|p| kv_slot(s.blocks, p)));
-            rows.push(SeqRows {
+            let seq_rows = SeqRows {
                 rows: first..tokens.len(),
                 start: s.start,
                 blocks: s.blocks,
                 generated_from: s.generated_from,
-            });
+            };
+            if self.kv_layout.is_split() {
+                let window_blocks = s.window_blocks.unwrap_or(s.blocks);
+                if end > window_blocks.len() * KV_BLOCK_SIZE {
+                    return Err(EngineError::ContextOverflow {
+                        tokens: end,
+                        context: window_blocks.len() * KV_BLOCK_SIZE,
+                    });
+                }
+                window_slots.extend((s.start..end).map(|p| kv_slot(window_blocks, p)));
+                window_rows.push(SeqRows {
+                    blocks: window_blocks,
+                    ..seq_rows.clone()
+                });
+            }
+            rows.push(seq_rows);
             let wanted = match s.logits {
                 Logits::Last => s.tokens.len() - 1..s.tokens.len(),
                 Logits::All => 0..s.tokens.len(),
@@ -430,8 +477,13 @@ impl<B: Backend> Llama<B> {
                 softcap: c.attention_softcap,
                 order: self.attention_order,
             };
-            b.kv_store(pool, l, &k, &v, &slots);
-            b.attention(&q, pool, l, &rows, &spec, &mut att);
+            let (pool, pool_layer, slots, rows) =
+                match (self.kv_layout.place(l), &mut pools.windowed) {
+                    ((true, i), Some(windowed)) => (windowed, i, &window_slots, &window_rows),
+                    ((_, i), _) => (&mut pools.full, i, &slots, &rows),
+                };
+            b.kv_store(pool, pool_layer, &k, &v, slots);
+            b.attention(&q, pool, pool_layer, rows, &spec, &mut att);
             b.matmul(&layer.wo, &att, &mut h);
             if let Some(norm) = &layer.post_attention_norm {
                 b.rms_norm(&h, norm, c.rms_eps, &mut post_normed);

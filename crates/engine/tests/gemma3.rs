@@ -139,6 +139,7 @@ fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
             tokens: &other,
             start: 0,
             blocks: &other_blocks,
+            window_blocks: None,
             logits: Logits::Last,
             generated_from: other.len(),
         },
@@ -146,6 +147,7 @@ fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
             tokens: &ids,
             start: 0,
             blocks: &long_blocks,
+            window_blocks: None,
             logits: Logits::Last,
             generated_from: ids.len(),
         },
@@ -159,6 +161,7 @@ fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
         tokens: &[next],
         start: ids.len(),
         blocks: &long_blocks,
+        window_blocks: None,
         logits: Logits::Last,
         generated_from: ids.len(),
     }];

@@ -6,7 +6,7 @@
 mod common;
 use engine::serving::Metrics;
 use engine::{
-    Engine, EngineConfig, EngineError, Event, KvBudget, Request, SamplingParams, Tokenizer,
+    Engine, EngineConfig, EngineError, Event, KvBudget, Logits, Request, SamplingParams, Tokenizer,
 };
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,71 @@ fn a_prompt_three_windows_long_is_the_same_alone_chunked_batched_and_cached(mode
     assert_eq!(tokens[0], want_long, "the long prompt, cached");
     assert_eq!(usage[0].cached_prompt_tokens, (long.len() - 1) / 16 * 16);
     assert_eq!(settled(&e).kv_blocks_used, 0);
+}
+
+/// Greedy tokens through one sequence's own cache (`Llama::forward`/`decode`), which
+/// keeps every position of every layer: an oracle for the engine's given-back blocks.
+fn greedy_without_the_engine(model: Model, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let (m, _) = match model {
+        Model::Default => common::model_and_tokenizer(),
+        Model::Gemma3 => common::load_with_tokenizer(common::gemma3_model()),
+    };
+    let mut cache = m.new_kv_cache(prompt.len() + max_tokens).unwrap();
+    let argmax = |logits: &[f32]| {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    let mut out = vec![argmax(
+        &m.forward(prompt, 0, &mut cache, Logits::Last).unwrap(),
+    )];
+    while out.len() < max_tokens {
+        let position = prompt.len() + out.len() - 1;
+        let logits = m.decode(out[out.len() - 1], position, &mut cache).unwrap();
+        out.push(argmax(&logits));
+    }
+    out
+}
+
+#[test]
+fn gemma3_windowed_layers_hold_only_the_blocks_in_sight() {
+    let mut config = EngineConfig::new(2048, 2);
+    config.max_batch_tokens = 200;
+    let e = engine_on(Model::Gemma3, config);
+    let long = long_prompt(e.tokenizer());
+    let max_tokens = 40;
+    let mut got = Vec::new();
+    for event in e.submit(greedy(&long, max_tokens)).unwrap() {
+        if let Event::Token { id, .. } = event {
+            got.push(id);
+            // The gauges are at least as new as the step before this token's. After a
+            // prompt chunk of 200: its blocks and the window's before it; once decoding
+            // (the third token on): the window's 512 positions span at most 33 blocks,
+            // and the block being written is one of them or the next, while the full
+            // pool holds every position.
+            let m = e.metrics();
+            let decoding = got.len() >= 3 && m.running > 0;
+            let in_sight = match decoding {
+                false => (512 + 200) / 16 + 2,
+                true => 512 / 16 + 2,
+            };
+            assert!(m.kv_window_blocks_used <= in_sight, "{m:?}");
+            let full = (long.len() + got.len() - 2) / 16;
+            assert!(!decoding || m.kv_blocks_used >= full, "{m:?}");
+        }
+    }
+    let m = settled(&e);
+    assert_eq!((m.kv_blocks_used, m.kv_window_blocks_used), (0, 0));
+    // Two sequences' windows and a chunk, not two whole contexts.
+    assert!(m.kv_window_blocks_total * 3 < m.kv_blocks_total, "{m:?}");
+    assert_eq!(
+        got,
+        greedy_without_the_engine(Model::Gemma3, &long, max_tokens)
+    );
 }
 
 fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly(model: Model) {

@@ -134,6 +134,20 @@ fn render_engine(out: &mut String, m: &Metrics) {
     );
     metric(
         out,
+        "llama_gpu_kv_cache_window_blocks_used",
+        "gauge",
+        "Blocks of the sliding-window layers' pool held by sequences (0 without one).",
+        m.kv_window_blocks_used as f64,
+    );
+    metric(
+        out,
+        "llama_gpu_kv_cache_window_blocks_total",
+        "gauge",
+        "Blocks in the sliding-window layers' pool (0 without one).",
+        m.kv_window_blocks_total as f64,
+    );
+    metric(
+        out,
         "llama_gpu_kv_cache_usage_ratio",
         "gauge",
         "Share of KV-cache blocks in use.",

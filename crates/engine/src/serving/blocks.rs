@@ -122,16 +122,27 @@ impl BlockManager {
         let mut parent = ROOT_HASH;
         for chunk in tokens.chunks_exact(KV_BLOCK_SIZE).take(max_blocks) {
             let h = block_hash(parent, chunk);
-            let Some(&b) = self.cached.get(&h) else { break };
-            if self.ref_count[b as usize] == 0 {
-                self.evictable.remove(&self.released_at[b as usize]);
-            }
-            self.ref_count[b as usize] += 1;
+            let Some(b) = self.hold_cached(h) else { break };
             blocks.push(b);
             hashes.push(h);
             parent = h;
         }
         (blocks, hashes)
+    }
+
+    /// Whether a block is cached under `hash`.
+    pub fn is_cached(&self, hash: u64) -> bool {
+        self.cached.contains_key(&hash)
+    }
+
+    /// The block cached under `hash`, now held once more.
+    pub fn hold_cached(&mut self, hash: u64) -> Option<u32> {
+        let &b = self.cached.get(&hash)?;
+        if self.ref_count[b as usize] == 0 {
+            self.evictable.remove(&self.released_at[b as usize]);
+        }
+        self.ref_count[b as usize] += 1;
+        Some(b)
     }
 
     /// Offers a block that has just become full to the prefix cache under `hash`.

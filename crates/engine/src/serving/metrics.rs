@@ -38,6 +38,10 @@ pub struct Metrics {
     pub kv_blocks_total: usize,
     /// Full blocks kept for prefix reuse (held or not).
     pub kv_blocks_cached: usize,
+    /// The same for the windowed layers' pool (`kv_groups`), zeros without one.
+    pub kv_window_blocks_used: usize,
+    pub kv_window_blocks_total: usize,
+    pub kv_window_blocks_cached: usize,
     /// Prompt tokens looked up in the prefix cache, and how many were found.
     pub prefix_queried_tokens: u64,
     pub prefix_hit_tokens: u64,

@@ -4,6 +4,7 @@
 //! stream cancels the request.
 
 mod blocks;
+mod kv_tables;
 mod metrics;
 mod pacing;
 mod request;
@@ -51,8 +52,11 @@ pub struct EngineConfig {
     /// While sequences decode, prompt chunks are sized so that a step takes about this
     /// long (adapted from measured steps; `pacing.rs`). None: chunks fill the budget.
     pub step_target: Option<std::time::Duration>,
-    /// Filled in by `Engine::start` from `kv_budget`.
+    /// Filled in by `Engine::start` from `kv_budget`: blocks of the full pool, and of
+    /// the windowed layers' pool (`kv_groups`), sized for what the running sequences'
+    /// windows can show.
     pub kv_blocks: usize,
+    pub kv_window_blocks: usize,
 }
 
 impl EngineConfig {
@@ -69,6 +73,7 @@ impl EngineConfig {
             threads: None,
             step_target: Some(std::time::Duration::from_millis(150)),
             kv_blocks: 0,
+            kv_window_blocks: 0,
         }
     }
 }
@@ -101,21 +106,37 @@ impl Engine {
                 "max_seqs, max_batch_tokens and context must be positive".into(),
             ));
         }
+        let (block_bytes, window_block_bytes) = model.kv_block_bytes();
+        // A step shows each sequence its window and its chunk; one more block each for
+        // a copy-on-write and for the next step.
+        let window_blocks = model.kv_layout.window().map_or(0, |w| {
+            config.max_seqs * (w.div_ceil(KV_BLOCK_SIZE) + 3)
+                + config.max_batch_tokens.div_ceil(KV_BLOCK_SIZE)
+        });
         config.kv_blocks = match config.kv_budget {
             KvBudget::Tokens(t) => t.div_ceil(KV_BLOCK_SIZE),
-            KvBudget::Bytes(b) => b / model.kv_block_bytes(),
+            KvBudget::Bytes(b) => {
+                b.saturating_sub(window_blocks * window_block_bytes) / block_bytes
+            }
         };
         if config.kv_blocks == 0 {
             return Err(EngineError::Config(format!(
-                "the KV cache budget holds no block of {KV_BLOCK_SIZE} tokens ({} bytes each)",
-                model.kv_block_bytes()
+                "the KV cache budget holds no block of {KV_BLOCK_SIZE} tokens ({block_bytes} bytes each{})",
+                match window_blocks {
+                    0 => String::new(),
+                    n => format!(", after {n} blocks of the windowed layers"),
+                }
             )));
         }
-        let pool = model.new_kv_pool(config.kv_blocks)?;
+        // A windowed table is never longer than the full one.
+        config.kv_window_blocks = window_blocks.min(config.kv_blocks);
+        let pools = model.new_kv_pools(config.kv_blocks, config.kv_window_blocks)?;
         tracing::info!(
             blocks = config.kv_blocks,
             tokens = config.kv_blocks * KV_BLOCK_SIZE,
-            mib = (config.kv_blocks * model.kv_block_bytes()) >> 20,
+            window_blocks = config.kv_window_blocks,
+            mib = (config.kv_blocks * block_bytes + config.kv_window_blocks * window_block_bytes)
+                >> 20,
             "KV cache"
         );
         let tokenizer = tokenizer.into();
@@ -125,7 +146,7 @@ impl Engine {
         let (commands, inbox) = mpsc::channel();
         let scheduler = Scheduler::new(
             model,
-            pool,
+            pools,
             tokenizer.clone(),
             config.clone(),
             queued.clone(),

@@ -2,13 +2,14 @@
 //! KV blocks for it (preempting the newest sequence when there are none), run the
 //! model once for the whole batch, and turn the logits into tokens and events.
 
-use super::blocks::{block_hash, BlockManager, ROOT_HASH};
+use super::kv_tables::{BlockCopy, KvTables};
 use super::metrics::Metrics;
 use super::pacing::PrefillPacing;
 use super::sequence::Sequence;
 use super::EngineConfig;
 use crate::backend::{Backend, KV_BLOCK_SIZE};
 use crate::constraint::GrammarState;
+use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
 use crate::tokenizer::Tokenizer;
@@ -19,8 +20,8 @@ use std::time::Instant;
 
 pub(super) struct Scheduler<B: Backend> {
     model: Llama<B>,
-    pool: B::KvPool,
-    blocks: BlockManager,
+    pools: KvPools<B::KvPool>,
+    kv: KvTables,
     tokenizer: Arc<Tokenizer>,
     config: EngineConfig,
     /// Not admitted yet, or preempted (those go to the front: they came first).
@@ -37,17 +38,24 @@ pub(super) struct Scheduler<B: Backend> {
 impl<B: Backend> Scheduler<B> {
     pub fn new(
         model: Llama<B>,
-        pool: B::KvPool,
+        pools: KvPools<B::KvPool>,
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
         queued: Arc<AtomicUsize>,
         metrics: Arc<Mutex<Metrics>>,
     ) -> Self {
         Scheduler {
-            blocks: BlockManager::new(config.kv_blocks, config.prefix_caching),
+            kv: KvTables::new(
+                config.kv_blocks,
+                model
+                    .kv_layout
+                    .window()
+                    .map(|w| (config.kv_window_blocks, w)),
+                config.prefix_caching,
+            ),
             pacing: PrefillPacing::new(config.step_target, config.max_batch_tokens),
             model,
-            pool,
+            pools,
             tokenizer,
             config,
             waiting: VecDeque::new(),
@@ -122,10 +130,7 @@ impl<B: Backend> Scheduler<B> {
 
     /// Returns a sequence's blocks and its place in the queue limit.
     fn retire(&mut self, s: &mut Sequence) {
-        self.blocks.release(&s.blocks);
-        s.blocks.clear();
-        s.hashes.clear();
-        s.computed = 0;
+        self.kv.release(s);
         if s.in_queue_limit {
             s.in_queue_limit = false;
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -197,29 +202,22 @@ impl<B: Backend> Scheduler<B> {
     }
 
     /// Gives sequence `i` blocks for its next `take` positions, copying a block it
-    /// shares before writing into it. False when the pool has no block left.
+    /// shares before writing into it. False when a pool has no block left.
     fn reserve(&mut self, i: usize, take: usize) -> bool {
-        let s = &mut self.running[i];
-        let first = s.computed / KV_BLOCK_SIZE;
-        if let Some(&shared) = s.blocks.get(first) {
-            if self.blocks.holders(shared) > 1 {
-                let Some(own) = self.blocks.allocate() else {
-                    return false;
-                };
-                self.model
-                    .backend
-                    .kv_copy_block(&mut self.pool, shared, own);
-                self.blocks.release(&[shared]);
-                s.blocks[first] = own;
-            }
+        let mut copies = Vec::new();
+        let reserved = self.kv.reserve(&mut self.running[i], take, &mut copies);
+        self.copy_blocks(&copies);
+        reserved
+    }
+
+    fn copy_blocks(&mut self, copies: &[BlockCopy]) {
+        for c in copies {
+            let pool = match (c.windowed, &mut self.pools.windowed) {
+                (true, Some(windowed)) => windowed,
+                _ => &mut self.pools.full,
+            };
+            self.model.backend.kv_copy_block(pool, c.from, c.to);
         }
-        while s.blocks.len() < Sequence::blocks_for(s.computed + take) {
-            match self.blocks.allocate() {
-                Some(b) => s.blocks.push(b),
-                None => return false,
-            }
-        }
-        true
     }
 
     /// Frees running sequence `i` and puts it back at the front of the queue; it is
@@ -251,25 +249,17 @@ impl<B: Backend> Scheduler<B> {
             } else {
                 (s.tokens.len() - 1) / KV_BLOCK_SIZE
             };
-            let (blocks, hashes) = self.blocks.lookup_prefix(&s.tokens, max_blocks);
-            s.computed = blocks.len() * KV_BLOCK_SIZE;
-            s.blocks = blocks;
-            s.hashes = hashes;
+            self.kv.lookup_prefix(&mut s, max_blocks);
             let take = s.pending().min(*budget);
-            let need = Sequence::blocks_for(s.computed + take) - s.blocks.len();
             // Keep a block per running sequence for its next step.
-            if need + self.running.len() > self.blocks.available() {
-                self.blocks.release(&s.blocks);
-                s.blocks.clear();
-                s.hashes.clear();
-                s.computed = 0;
+            let mut copies = Vec::new();
+            let reserved = self.kv.fits(&s, take, self.running.len())
+                && self.kv.reserve(&mut s, take, &mut copies);
+            self.copy_blocks(&copies);
+            if !reserved {
+                self.kv.release(&mut s);
                 self.waiting.push_front(s);
                 break;
-            }
-            for _ in 0..need {
-                if let Some(b) = self.blocks.allocate() {
-                    s.blocks.push(b);
-                }
             }
             self.admissions += 1;
             s.admitted = self.admissions;
@@ -335,6 +325,7 @@ impl<B: Backend> Scheduler<B> {
                 tokens: &s.tokens[s.computed..s.computed + t],
                 start: s.computed,
                 blocks: &s.blocks,
+                window_blocks: Some(&s.window_blocks),
                 logits: if s.prompt_logprobs.is_some() {
                     Logits::All
                 } else if s.computed + t == s.tokens.len() {
@@ -345,7 +336,7 @@ impl<B: Backend> Scheduler<B> {
                 generated_from: first_one_token_position(s.prompt_len),
             })
             .collect();
-        self.model.forward_batch(&batch, &mut self.pool)
+        self.model.forward_batch(&batch, &mut self.pools)
     }
 
     /// Books the computed tokens, samples where a sequence has all its tokens in the
@@ -368,7 +359,7 @@ impl<B: Backend> Scheduler<B> {
             let s = &mut self.running[i];
             let start = s.computed;
             s.computed += take;
-            offer_full_blocks(&mut self.blocks, s);
+            self.kv.offer_full_blocks(s);
             if s.prompt_logprobs.is_some() {
                 let rows = &logits[next_row * vocab..(next_row + take) * vocab];
                 s.score_prompt(start, rows, vocab);
@@ -386,9 +377,7 @@ impl<B: Backend> Scheduler<B> {
             next_row += 1;
             for k in 1..=s.forks {
                 let mut fork = s.fork(k);
-                for &b in &fork.blocks {
-                    self.blocks.share(b);
-                }
+                self.kv.share(&fork);
                 self.admissions += 1;
                 fork.admitted = self.admissions;
                 let mut row = row.to_vec();
@@ -424,9 +413,12 @@ impl<B: Backend> Scheduler<B> {
         let mut m = self.lock_metrics();
         m.waiting = self.waiting.len();
         m.running = self.running.len();
-        m.kv_blocks_used = self.blocks.used();
-        m.kv_blocks_total = self.blocks.total();
-        m.kv_blocks_cached = self.blocks.cached_blocks();
+        (m.kv_blocks_used, m.kv_blocks_total, m.kv_blocks_cached) = self.kv.full_gauges();
+        (
+            m.kv_window_blocks_used,
+            m.kv_window_blocks_total,
+            m.kv_window_blocks_cached,
+        ) = self.kv.windowed_gauges();
     }
 }
 
@@ -437,22 +429,4 @@ fn observe_token(m: &mut Metrics, s: &mut Sequence, now: Instant) {
     }
     s.last_token = Some(now);
     m.generated_tokens += 1;
-}
-
-/// Offers the sequence's newly filled prompt blocks to the prefix cache. Blocks holding
-/// generated tokens are not offered: their attention was summed in the one-token order
-/// (`first_one_token_position`), so a later prompt that contains those tokens must
-/// compute them afresh to get the same numbers as without the cache.
-fn offer_full_blocks(blocks: &mut BlockManager, s: &mut Sequence) {
-    let full = s.computed.min(first_one_token_position(s.prompt_len)) / KV_BLOCK_SIZE;
-    while s.hashes.len() < full {
-        let k = s.hashes.len();
-        let parent = s.hashes.last().copied().unwrap_or(ROOT_HASH);
-        let h = block_hash(
-            parent,
-            &s.tokens[k * KV_BLOCK_SIZE..(k + 1) * KV_BLOCK_SIZE],
-        );
-        blocks.register(s.blocks[k], h);
-        s.hashes.push(h);
-    }
 }

@@ -25,6 +25,9 @@ pub(super) struct Sequence {
     pub computed: usize,
     /// Block table: `blocks[i]` holds positions `i * KV_BLOCK_SIZE..`.
     pub blocks: Vec<u32>,
+    /// The same into the windowed layers' pool, if the model has one; blocks the window
+    /// has left behind are given back (`kv_tables::GIVEN_BACK`).
+    pub window_blocks: Vec<u32>,
     /// Chained prefix hashes of the leading full blocks already offered to the cache.
     pub hashes: Vec<u64>,
     /// Samples still to split off this one once the prompt is read (`n - 1`, then 0).
@@ -63,6 +66,7 @@ impl Sequence {
             tokens: request.prompt,
             computed: 0,
             blocks: Vec::new(),
+            window_blocks: Vec::new(),
             hashes: Vec::new(),
             forks: request.n.saturating_sub(1),
             in_queue_limit: true,
