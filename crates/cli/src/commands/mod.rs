@@ -186,11 +186,20 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         k: args.cache_type_k,
         v: args.cache_type_v,
     };
+    let (full, windowed) = model.kv_block_bytes();
     tracing::info!(
-        "KV cache: keys {}, values {}, {:.1} KiB per token",
+        "KV cache: keys {}, values {}, {:.1} KiB per token{}",
         args.cache_type_k.name(),
         args.cache_type_v.name(),
-        model.kv_bytes_per_token(model.kv_types) as f64 / 1024.0
+        model.kv_bytes_per_token(model.kv_types) as f64 / 1024.0,
+        match model.kv_layout.window() {
+            Some(w) => format!(
+                " ({:.1} KiB in full-attention layers, {:.1} KiB in windowed layers, which serving keeps for {w} positions only)",
+                full as f64 / engine::backend::KV_BLOCK_SIZE as f64 / 1024.0,
+                windowed as f64 / engine::backend::KV_BLOCK_SIZE as f64 / 1024.0,
+            ),
+            None => String::new(),
+        }
     );
     let metadata = &file.gguf.metadata;
     let tokenizer = Tokenizer::from_metadata(metadata).context("building the tokenizer")?;
