@@ -100,3 +100,27 @@ fn unknown_model_and_bad_flags() {
     let out = llama_gpu(&["inspect", "--bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn every_tiny_family_preset_is_written_and_inspected_with_its_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    for (family, rule) in [
+        ("qwen3", "qk-norm"),
+        ("gemma3", "post-norms"),
+        ("gemma2", "scores capped at 2"),
+        ("phi3", "queries x"),
+        ("smollm3", "no RoPE on 1 of 4 layers"),
+    ] {
+        let path = dir.path().join(format!("{family}.gguf"));
+        let path = path.to_str().unwrap();
+        let shape = format!("{family}-tiny");
+        let out = llama_gpu(&["quantize", "--synthetic", &shape, "Q8_0", path]);
+        assert!(out.status.success(), "{family}: {}", stderr(&out));
+        let text = stdout(&llama_gpu(&["inspect", path]));
+        assert!(text.contains(&format!("architecture  {family}")), "{text}");
+        assert!(text.contains(rule), "{family}: {text}");
+    }
+    let out = llama_gpu(&["quantize", "--synthetic", "mamba-tiny", "Q8_0", "x.gguf"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("smollm3-tiny"), "{}", stderr(&out));
+}
