@@ -34,12 +34,13 @@ impl KvLayout {
         let (mut full_layers, mut windowed_layers) = (0, 0);
         let places = (0..c.n_layers)
             .map(|l| {
-                let counter = match split && c.is_windowed(l) {
+                let in_window_pool = split && c.is_windowed(l);
+                let counter = match in_window_pool {
                     true => &mut windowed_layers,
                     false => &mut full_layers,
                 };
                 *counter += 1;
-                (split && c.is_windowed(l), *counter - 1)
+                (in_window_pool, *counter - 1)
             })
             .collect();
         KvLayout {

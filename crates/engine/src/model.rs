@@ -280,19 +280,21 @@ impl<B: Backend> Llama<B> {
 
     /// Bytes of KV cache one position takes (keys and values, every layer) as `types`.
     pub fn kv_bytes_per_token(&self, types: KvTypes) -> usize {
-        let (layers, kv_dim) = (self.config.n_layers, self.config.kv_dim());
-        layers * (types.k.bytes(kv_dim) + types.v.bytes(kv_dim))
+        self.kv_bytes(self.config.n_layers, types)
     }
 
     /// Bytes of one block of the full pool and of the windowed pool (0 when there is
     /// none): keys and values of each pool's layers.
     pub fn kv_block_bytes(&self) -> (usize, usize) {
         let (full, windowed) = self.kv_layout.shapes(self.kv_shape());
-        let t = self.kv_types;
-        let bytes = |layers: usize| {
-            KV_BLOCK_SIZE * layers * (t.k.bytes(full.kv_dim) + t.v.bytes(full.kv_dim))
-        };
-        (bytes(full.layers), windowed.map_or(0, |w| bytes(w.layers)))
+        let block = |layers| KV_BLOCK_SIZE * self.kv_bytes(layers, self.kv_types);
+        (block(full.layers), windowed.map_or(0, |w| block(w.layers)))
+    }
+
+    /// Bytes one position's keys and values take in `layers` layers, as `types`.
+    fn kv_bytes(&self, layers: usize, types: KvTypes) -> usize {
+        let kv_dim = self.config.kv_dim();
+        layers * (types.k.bytes(kv_dim) + types.v.bytes(kv_dim))
     }
 
     /// A cache for one sequence of up to `context` positions.

@@ -1,7 +1,8 @@
 //! Writes GGUF files with random weights in any quant type and a byte-level vocabulary,
-//! for every architecture the engine runs (llama, qwen2, qwen3, gemma2/3, phi3, smollm3: their tensors
-//! and metadata), so tests and benchmarks can run models that need no download: small
-//! ones for tests, and the shapes of real models (`preset`) for benchmarks.
+//! for every architecture the engine runs (llama, qwen2, qwen3, gemma2/3, phi3, smollm3:
+//! their tensors and metadata), so tests and benchmarks can run models that need no
+//! download: small ones for tests, and the shapes of real models (`preset`) for
+//! benchmarks.
 
 use crate::error::{EngineError, Result};
 use gguf::{Array, GgmlType, GgufWriter, Value, ValueType};
@@ -118,9 +119,9 @@ impl SyntheticModel {
             _ => return None,
         })
     }
-}
 
-impl SyntheticModel {
+    /// A family's test model (`FAMILY-tiny`): two layers (smollm3: four), dim 256,
+    /// vocabulary 264, the family's tensors and metadata.
     fn tiny(family: &str) -> Option<SyntheticModel> {
         let small = SyntheticModel {
             architecture: "",

@@ -1,9 +1,10 @@
 //! Text ↔ token ids from a GGUF vocabulary, built on the `tokenizers` crate.
 //!
 //! GPT-2-style byte-level BPE (`tokenizer.ggml.model = gpt2`) gets the pre-tokenizer
-//! named by `tokenizer.ggml.pre` (`pretokenizer`); SentencePiece-style vocabularies (`llama`) become a
-//! byte-fallback BPE whose merges are derived from the token scores. Decoding is done
-//! here from each token's bytes, so streaming can emit only complete UTF-8.
+//! named by `tokenizer.ggml.pre` (`pretokenizer`); SentencePiece-style vocabularies
+//! (`llama`) become a byte-fallback BPE whose merges are derived from the token scores.
+//! Decoding is done here from each token's bytes, so streaming can emit only complete
+//! UTF-8.
 
 use crate::error::{EngineError, Result};
 use crate::pretokenizer::{known_names, pre_tokenizer, PreTokenizer};

@@ -1,11 +1,13 @@
 //! Model families against llama.cpp: the logits of small random-weight qwen3, gemma3,
-//! gemma2 (soft-capped scores and logits), phi3 and smollm3 models (QK-norm; gemma3's post-norms, GeGLU, scaled embeddings and queries, a head
-//! size other than dim / heads, and a sliding window narrower than the prompt; phi3's
-//! fused tensors, LongRoPE's short and long factors and attention factor, and RoPE on
-//! half of each head; smollm3's layer without RoPE) at every position of one prompt, against the logits llama.cpp's CPU build computes for the same
-//! files (`tests/data/refs/families/`, written by `scripts/synthetic-refs.py` from the
-//! files this test leaves in `target/test-models/`). The weights are Q8_0, whose products
-//! follow llama.cpp's order, so every difference would be the family's.
+//! gemma2 (soft-capped scores and logits), phi3 and smollm3 models (QK-norm; gemma3's
+//! post-norms, GeGLU, scaled embeddings and queries, a head size other than dim / heads,
+//! and a sliding window narrower than the prompt; phi3's fused tensors, LongRoPE's short
+//! and long factors and attention factor, and RoPE on half of each head; smollm3's layer
+//! without RoPE) at every position of one prompt, against the logits llama.cpp's CPU
+//! build computes for the same files (`tests/data/refs/families/`, written by
+//! `scripts/synthetic-refs.py` from the files this test leaves in `target/test-models/`).
+//! The weights are Q8_0, whose products follow llama.cpp's order, so every difference
+//! would be the family's.
 
 mod common;
 
