@@ -42,6 +42,13 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
 /// read these give the same bits as kernels that read the f16 in the rows.
 pub struct TokenGroup<'a, const N: usize> {
     pub rows: [&'a [u8]; N],
+    /// Q8_0 and Q8_1 activations: the 32 values of every block again, in `d`'s order
+    /// (block b of token i at `(b·N + i)·32`), so that a kernel walks one pointer
+    /// through the group instead of keeping one per token.
+    pub qs: &'a [u8],
+    /// Q8_0 and Q8_1 activations: `d` with each scale repeated eight times, so that a
+    /// kernel multiplies it into a vector of weight scales straight from memory.
+    pub d_wide: &'a [f32],
     pub d: &'a [f32],
     pub s: &'a [f32],
     /// Q8_0 activations only, for the packed kernels' correction of unsigned weights:
@@ -63,6 +70,19 @@ pub trait Kernel {
     #[inline(always)]
     fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
         g.rows.map(|a| Self::dot(ty, w, a))
+    }
+
+    /// R weight rows against N activation rows (`[token][row]`); each result equals
+    /// `dot`'s. Kernels that interleave the rows, so that their dependency chains
+    /// overlap, override it.
+    #[inline(always)]
+    fn dot_rows<const R: usize, const N: usize>(
+        ty: GgmlType,
+        w: [&[u8]; R],
+        g: &TokenGroup<N>,
+    ) -> [[f32; R]; N] {
+        let by_row = w.map(|w| Self::dotn(ty, w, g));
+        std::array::from_fn(|n| std::array::from_fn(|r| by_row[r][n]))
     }
 }
 

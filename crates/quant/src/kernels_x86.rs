@@ -1,7 +1,11 @@
 //! x86 SIMD twins of the kernels in `kernels.rs`: each block's eight integer lane sums
 //! come from AVX2 (`maddubs`/`madd`) or AVX-512 VNNI (`dpbusd`), and the float part
 //! follows `LaneSums` (or, for Q4_0, `BlockSums`) operation for operation, so
-//! results are bit-identical.
+//! results are bit-identical. Signed weights (Q8_0, IQ4_NL, and Q4_0 and Q5_0 less their
+//! offset) meet the activations as |w| · (x with w's sign), which gives the same
+//! integer products with the unsigned operand first. The activations come block-major
+//! (`TokenGroup::qs`, `d_wide`) so that a kernel walks one pointer through a group of
+//! tokens, and several weight rows advance side by side when there are few tokens.
 //! Tests compare every one with its scalar twin on random data.
 
 use crate::kernels::TokenGroup;
@@ -75,13 +79,6 @@ macro_rules! x86_kernels {
                 _mm256_loadu_si256(p.as_ptr() as *const __m256i)
             }
 
-            /// `LaneSums::add_block` in registers: acc = fma(scale, lanes, acc).
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn add_block(acc: __m256, scale: f32, lanes: __m256i) -> __m256 {
-                _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes), acc)
-            }
-
             /// Σ of the eight lanes (integers: exact in any order).
             #[inline]
             #[target_feature(enable = $features)]
@@ -112,130 +109,178 @@ macro_rules! x86_kernels {
                 _mm_cvtss_f32(s)
             }
 
-            /// One weight row against N activation rows: each block of the weights is
-            /// loaded and unpacked once for all N (`weight` gives its unpacked values,
-            /// d_w and m_w), and each output follows exactly the single-row order.
-            /// `AB` is the activation block size, `AQ` where its 32 values start;
+            /// R weight rows against N activation rows (`[token][row]`): each block of
+            /// the weights is loaded and unpacked once for all N tokens (`weight` gives
+            /// its unpacked values, d_w and m_w), the R rows' sums advance side by side
+            /// so that their dependency chains overlap, and each output follows exactly
+            /// the single-row order. `lanes(q, at)` gives the eight integer lane sums of
+            /// a weight block with the group's activation block `at` (= b·N + token);
             /// `OFFSETS` says whether blocks add m_w·s_a; `BLOCKWISE` picks `BlockSums`'
-            /// order instead of `LaneSums`'.
+            /// order instead of `LaneSums'`.
             #[inline(always)]
             unsafe fn rows<
+                const R: usize,
                 const N: usize,
                 const WB: usize,
-                const AB: usize,
-                const AQ: usize,
                 const OFFSETS: bool,
                 const BLOCKWISE: bool,
                 Q: Copy,
             >(
-                w: &[u8],
+                w: [&[u8]; R],
                 g: &TokenGroup<N>,
                 weight: impl Fn(&[u8]) -> (Q, f32, f32),
-                lanes: impl Fn(Q, __m256i) -> __m256i,
-            ) -> [f32; N] {
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut block_sums = [0.0f32; N];
-                let mut offsets = [0.0f32; N];
-                for (b, wb) in w.chunks_exact(WB).enumerate() {
-                    let (q, dw, mw) = weight(wb);
-                    let d = &g.d[b * N..(b + 1) * N];
-                    let scales: [f32; N] = std::array::from_fn(|n| dw * d[n]);
-                    for n in 0..N {
-                        let x = load(&g.rows[n][b * AB + AQ..b * AB + AQ + 32]);
-                        let l = lanes(q, x);
-                        if BLOCKWISE {
-                            block_sums[n] = scales[n].mul_add(lane_total(l) as f32, block_sums[n]);
-                        } else {
-                            acc[n] = add_block(acc[n], scales[n], l);
-                        }
-                    }
-                    if OFFSETS {
-                        let s = &g.s[b * N..(b + 1) * N];
+                lanes: impl Fn(Q, usize) -> __m256i,
+            ) -> [[f32; R]; N] {
+                let blocks = w[0].len() / WB;
+                // The loop reads the group's arrays at b·N + n for every block b: one
+                // check here instead of one per read.
+                assert!(
+                    w.iter().all(|w| w.len() == blocks * WB)
+                        && g.d.len() >= blocks * N
+                        && g.qs.len() >= blocks * N * 32
+                        && g.d_wide.len() >= blocks * N * 8
+                        && (!OFFSETS || g.s.len() >= blocks * N)
+                );
+                let mut acc = [[_mm256_setzero_ps(); R]; N];
+                let mut block_sums = [[0.0f32; R]; N];
+                let mut offsets = [[0.0f32; R]; N];
+                for b in 0..blocks {
+                    for r in 0..R {
+                        let (q, dw, mw) = weight(w[r].get_unchecked(b * WB..(b + 1) * WB));
+                        let dw8 = _mm256_set1_ps(dw);
                         for n in 0..N {
-                            offsets[n] += mw * s[n];
+                            let at = b * N + n;
+                            let l = lanes(q, at);
+                            if BLOCKWISE {
+                                let da = *g.d.as_ptr().add(at);
+                                block_sums[n][r] =
+                                    (dw * da).mul_add(lane_total(l) as f32, block_sums[n][r]);
+                            } else {
+                                // `LaneSums::add_block`: acc = fma(d_w·d_a, lanes, acc).
+                                let da8 = g.d_wide.as_ptr().add(at * 8);
+                                let scale = _mm256_mul_ps(dw8, _mm256_loadu_ps(da8));
+                                acc[n][r] =
+                                    _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[n][r]);
+                            }
+                        }
+                        if OFFSETS {
+                            for n in 0..N {
+                                offsets[n][r] += mw * *g.s.as_ptr().add(b * N + n);
+                            }
                         }
                     }
                 }
                 if BLOCKWISE {
                     return block_sums;
                 }
-                let mut out = [0.0f32; N];
-                for n in 0..N {
-                    out[n] = total(acc[n], offsets[n]);
-                }
-                out
+                std::array::from_fn(|n| std::array::from_fn(|r| total(acc[n][r], offsets[n][r])))
+            }
+
+            /// The group's 32 activation values at `at` (see `rows`).
+            #[inline(always)]
+            unsafe fn values<const N: usize>(g: &TokenGroup<N>, at: usize) -> __m256i {
+                _mm256_loadu_si256(g.qs.as_ptr().add(at * 32) as *const __m256i)
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 18, 34, 2, false, true, _>(
+            pub unsafe fn dot_q4_0_q8_0<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 18, false, true, _>(
                     w,
                     g,
-                    |wb| (nibbles(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
-                    |q, x| _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(8), x)),
+                    |wb| {
+                        let q = _mm256_sub_epi8(nibbles(wb[2..].as_ptr()), _mm256_set1_epi8(8));
+                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                    },
+                    |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_iq4_nl_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 18, 34, 2, false, true, _>(
+            pub unsafe fn dot_iq4_nl_q8_0<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 18, false, true, _>(
                     w,
                     g,
-                    |wb| (iq4_levels(wb[2..].as_ptr()), f16_at(wb, 0), 0.0),
-                    |q, x| dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)),
+                    |wb| {
+                        let q = iq4_levels(wb[2..].as_ptr());
+                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                    },
+                    |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q4_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 20, 36, 4, true, false, _>(
+            pub unsafe fn dot_q4_1_q8_1<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 20, true, false, _>(
                     w,
                     g,
                     |wb| (nibbles(wb[4..].as_ptr()), f16_at(wb, 0), f16_at(wb, 2)),
-                    |q, x| dot32(q, x),
+                    |q, at| dot32(q, values(g, at)),
                 )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 22, 34, 2, false, false, _>(
+            pub unsafe fn dot_q5_0_q8_0<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 22, false, false, _>(
                     w,
                     g,
                     |wb| {
                         let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
-                        (five_bit(wb[6..].as_ptr(), qh), f16_at(wb, 0), 0.0)
+                        let q =
+                            _mm256_sub_epi8(five_bit(wb[6..].as_ptr(), qh), _mm256_set1_epi8(16));
+                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
                     },
-                    |q, x| _mm256_sub_epi32(dot32(q, x), dot32(_mm256_set1_epi8(16), x)),
+                    |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q5_1_q8_1<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 24, 36, 4, true, false, _>(
+            pub unsafe fn dot_q5_1_q8_1<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 24, true, false, _>(
                     w,
                     g,
                     |wb| {
                         let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
                         (five_bit(wb[8..].as_ptr(), qh), f16_at(wb, 0), f16_at(wb, 2))
                     },
-                    |q, x| dot32(q, x),
+                    |q, at| dot32(q, values(g, at)),
                 )
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            pub unsafe fn dot_q8_0_q8_0<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                rows::<N, 34, 34, 2, false, false, _>(
+            pub unsafe fn dot_q8_0_q8_0<const R: usize, const N: usize>(
+                w: [&[u8]; R],
+                g: &TokenGroup<N>,
+            ) -> [[f32; R]; N] {
+                rows::<R, N, 34, false, false, _>(
                     w,
                     g,
-                    |wb| (load(&wb[2..34]), f16_at(wb, 0), 0.0),
+                    |wb| {
+                        let q = load(&wb[2..34]);
+                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                    },
                     // |q| · (x with q's sign) = q·x, with the unsigned operand first.
-                    |q, x| dot32(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)),
+                    |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
             }
         }

@@ -149,6 +149,10 @@ pub(crate) struct Activations {
     /// Group starting at token t: its scales start at `t · blocks_per_row`.
     d: Vec<f32>,
     s: Vec<f32>,
+    /// Q8_0 and Q8_1: the blocks' values again, laid out like `d`, 32 bytes each.
+    qs: Vec<u8>,
+    /// Q8_0 and Q8_1: `d` with every scale repeated eight times.
+    d_wide: Vec<f32>,
     /// Q8_0 only, laid out like `d`, for the packed kernels' correction of unsigned
     /// weights: −128 × each lane's sum of four values, eight lanes per block (Q8_0
     /// weights).
@@ -199,6 +203,8 @@ impl Activations {
         let per_row = bytes.len() / n_tokens.max(1) / block.max(1);
         let mut d = Vec::with_capacity(n_tokens * per_row);
         let mut s = Vec::new();
+        let mut qs = Vec::new();
+        let mut d_wide = Vec::new();
         let mut lane_bias = Vec::new();
         let mut sums = Vec::new();
         for (t0, size) in token_groups(n_tokens).filter(|_| block > 0) {
@@ -209,6 +215,8 @@ impl Activations {
                     match ty {
                         GgmlType::Q8_0 => {
                             d.push(f16_at(values, 0));
+                            d_wide.extend([f16_at(values, 0); 8]);
+                            qs.extend_from_slice(&values[2..34]);
                             let lanes: [i32; 8] = std::array::from_fn(|k| {
                                 values[2 + 4 * k..6 + 4 * k]
                                     .iter()
@@ -221,6 +229,8 @@ impl Activations {
                         GgmlType::Q8_1 => {
                             d.push(f16_at(values, 0));
                             s.push(f16_at(values, 2));
+                            d_wide.extend([f16_at(values, 0); 8]);
+                            qs.extend_from_slice(&values[4..36]);
                         }
                         _ => {
                             d.push(q8k_d(values));
@@ -245,6 +255,8 @@ impl Activations {
             n_tokens,
             d,
             s,
+            qs,
+            d_wide,
             lane_bias,
             sums,
         }
@@ -259,6 +271,11 @@ impl Activations {
             rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
             d: self.d.get(range.clone()).unwrap_or(&[]),
             s: self.s.get(range.clone()).unwrap_or(&[]),
+            qs: self.qs.get(range.start * 32..range.end * 32).unwrap_or(&[]),
+            d_wide: self
+                .d_wide
+                .get(range.start * 8..range.end * 8)
+                .unwrap_or(&[]),
             lane_bias: self
                 .lane_bias
                 .get(range.start * 8..range.end * 8)
@@ -271,22 +288,25 @@ impl Activations {
     }
 }
 
-/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, group by group.
+/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, group by group:
+/// fewer tokens take more rows at a time, so that there are always several
+/// independent sums in flight.
 #[inline(always)]
 fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     for (t, size) in token_groups(x.n_tokens) {
         match size {
-            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK>(w, x, t, r0, out),
-            4 => tokens::<K, 4>(w, x, t, r0, out),
-            2 => tokens::<K, 2>(w, x, t, r0, out),
-            _ => tokens::<K, 1>(w, x, t, r0, out),
+            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, t, r0, out),
+            4 => tokens::<K, 4, 2>(w, x, t, r0, out),
+            2 => tokens::<K, 2, 2>(w, x, t, r0, out),
+            _ => tokens::<K, 1, 4>(w, x, t, r0, out),
         }
     }
 }
 
-/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`.
+/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`, R rows at a time
+/// (the last few one by one).
 #[inline(always)]
-fn tokens<K: Kernel, const N: usize>(
+fn tokens<K: Kernel, const N: usize, const R: usize>(
     w: &QMatrix,
     x: &Activations,
     t: usize,
@@ -294,13 +314,24 @@ fn tokens<K: Kernel, const N: usize>(
     out: OutPtr,
 ) {
     let group = x.group::<N>(t);
-    for r in r0..(r0 + ROW_TILE).min(w.rows) {
-        prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
-        let v = K::dotn(w.ty, w.row(r), &group);
-        for (i, v) in v.into_iter().enumerate() {
-            // SAFETY: (t + i)·rows + r is in bounds (sizes checked in `matmul`) and row
-            // r belongs to this tile only, so no two workers write the same element.
-            unsafe { *out.at((t + i) * w.rows + r) = v };
+    let end = (r0 + ROW_TILE).min(w.rows);
+    let mut r = r0;
+    while r < end {
+        if r + R <= end {
+            prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
+            let rows = std::array::from_fn(|k| w.row(r + k));
+            write_group(K::dot_rows::<R, N>(w.ty, rows, &group), w.rows, t, r, out);
+            r += R;
+        } else {
+            prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
+            write_group(
+                K::dot_rows::<1, N>(w.ty, [w.row(r)], &group),
+                w.rows,
+                t,
+                r,
+                out,
+            );
+            r += 1;
         }
     }
 }
@@ -364,20 +395,40 @@ macro_rules! x86_tile {
             use super::*;
             use crate::kernels_x86::$module as simd;
 
+            /// A legacy kernel: `$f` takes R rows at a time.
             macro_rules! simd_kernel {
                 ($k:ident, $f:ident) => {
-                    simd_kernel!($k, $f, crate::kernels, simd);
+                    pub struct $k;
+                    impl Kernel for $k {
+                        #[inline(always)]
+                        fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                            // `tile` only calls `dot_rows`; the scalar twin gives the
+                            // same bits.
+                            crate::kernels::$f(w, a)
+                        }
+
+                        #[inline(always)]
+                        fn dot_rows<const R: usize, const N: usize>(
+                            _: GgmlType,
+                            w: [&[u8]; R],
+                            g: &TokenGroup<N>,
+                        ) -> [[f32; R]; N] {
+                            // SAFETY: only reached from `tile` below, whose target
+                            // features the caller checked on this CPU.
+                            unsafe { simd::$f::<R, N>(w, g) }
+                        }
+                    }
                 };
-                ($k:ident, $f:ident, $scalar:path, $simd:ident) => {
+            }
+            /// A K-quant kernel: `$f` takes one row at a time.
+            macro_rules! simd_k_kernel {
+                ($k:ident, $f:ident) => {
                     pub struct $k;
                     impl Kernel for $k {
                         #[inline(always)]
                         fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                             // `tile` only calls `dotn`; the scalar twin gives the same bits.
-                            {
-                                use $scalar as scalar;
-                                scalar::$f(w, a)
-                            }
+                            crate::kernels_k::$f(w, a)
                         }
 
                         #[inline(always)]
@@ -386,9 +437,8 @@ macro_rules! x86_tile {
                             w: &[u8],
                             g: &TokenGroup<N>,
                         ) -> [f32; N] {
-                            // SAFETY: only reached from `tile` below, whose target
-                            // features the caller checked on this CPU.
-                            unsafe { $simd::$f::<N>(w, g) }
+                            // SAFETY: as above.
+                            unsafe { simd_k::$f::<N>(w, g) }
                         }
                     }
                 };
@@ -400,12 +450,12 @@ macro_rules! x86_tile {
             simd_kernel!(Q8_0, dot_q8_0_q8_0);
             simd_kernel!(IQ4NL, dot_iq4_nl_q8_0);
             use crate::kernels_k_x86::$module as simd_k;
-            simd_kernel!(Q2K, dot_q2_k_q8_k, crate::kernels_k, simd_k);
-            simd_kernel!(Q3K, dot_q3_k_q8_k, crate::kernels_k, simd_k);
-            simd_kernel!(Q4K, dot_q4_k_q8_k, crate::kernels_k, simd_k);
-            simd_kernel!(Q5K, dot_q5_k_q8_k, crate::kernels_k, simd_k);
-            simd_kernel!(Q6K, dot_q6_k_q8_k, crate::kernels_k, simd_k);
-            simd_kernel!(IQ4XS, dot_iq4_xs_q8_k, crate::kernels_k, simd_k);
+            simd_k_kernel!(Q2K, dot_q2_k_q8_k);
+            simd_k_kernel!(Q3K, dot_q3_k_q8_k);
+            simd_k_kernel!(Q4K, dot_q4_k_q8_k);
+            simd_k_kernel!(Q5K, dot_q5_k_q8_k);
+            simd_k_kernel!(Q6K, dot_q6_k_q8_k);
+            simd_k_kernel!(IQ4XS, dot_iq4_xs_q8_k);
 
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
@@ -512,7 +562,8 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     }
 }
 
-/// Stores a group's results: `v[i][k]` is row r + k · token t + i.
+/// Stores a group's results: `v[i][k]` is row r + k · token t + i (rows past the
+/// matrix's last are dropped).
 #[inline(always)]
 fn write_group<const N: usize, const R: usize>(
     v: [[f32; R]; N],
@@ -523,7 +574,9 @@ fn write_group<const N: usize, const R: usize>(
 ) {
     for (i, v) in v.into_iter().enumerate() {
         for (k, v) in v.into_iter().enumerate().take(rows - r) {
-            // SAFETY: as in `tokens`; rows r..r + R belong to this tile only.
+            // SAFETY: (t + i)·rows + r + k is in bounds (sizes checked in `matmul`) and
+            // rows r..r + R belong to this tile only, so no two workers write the same
+            // element.
             unsafe { *out.at((t + i) * rows + r + k) = v };
         }
     }
