@@ -227,6 +227,8 @@ fn bad_input_gives_clear_errors() {
     );
     usage_error(&["run", "--rope-scale=-1", "hi"], "positive");
     usage_error(&["run", "--rope-scaling", "cubic", "hi"], "cubic");
+    usage_error(&["run", "--spec", "draft", "hi"], "--draft-model");
+    usage_error(&["run", "--draft-model", "default", "hi"], "--spec draft");
 
     let out = llama_gpu_with_stdin(&["run", "--raw"], &[0x66, 0xff, 0xfe]);
     assert_eq!(out.status.code(), Some(2));
@@ -315,6 +317,57 @@ fn bench_reports_llama_bench_tests() {
     usage_error(
         &["bench", "-p", "16", "-n", "4", "-d", "60", "-c", "64"],
         "-c 76",
+    );
+}
+
+#[test]
+fn run_speculates_with_a_draft_model_of_the_same_vocabulary_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ty| {
+        let path = dir.path().join(name);
+        engine::synthetic::SyntheticModel {
+            weights: engine::synthetic::WeightMix::Uniform(ty),
+            ..Default::default()
+        }
+        .write(&path)
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let target = write("q8_0.gguf", gguf::GgmlType::Q8_0);
+    let draft = write("q4_0.gguf", gguf::GgmlType::Q4_0);
+    let generate = |spec: &[&str]| {
+        let mut args = vec!["run", "-m", &target, "--raw", "--temp", "0", "-n", "24"];
+        args.extend(spec);
+        args.extend(["--json", "one two three one two three one two"]);
+        let out = llama_gpu(&args);
+        assert!(out.status.success(), "{spec:?}: {}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    let plain = generate(&[]);
+    let drafted = generate(&[
+        "--spec",
+        "draft",
+        "--draft-model",
+        &draft,
+        "--spec-p-min",
+        "0",
+    ]);
+    assert_eq!(drafted["gen_ids"], plain["gen_ids"]);
+    let spec = &drafted["timings"]["speculation"];
+    assert!(spec["drafted"].as_u64().unwrap() > 0, "{spec}");
+    // The default model's vocabulary is not the synthetic one's.
+    usage_error(
+        &[
+            "run",
+            "-m",
+            &target,
+            "--spec",
+            "draft",
+            "--draft-model",
+            "default",
+            "hi",
+        ],
+        "does not share the model's vocabulary",
     );
 }
 

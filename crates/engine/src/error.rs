@@ -6,7 +6,7 @@ pub enum EngineError {
     Gguf(#[from] gguf::GgufError),
     #[error(transparent)]
     Quant(#[from] quant::QuantError),
-    #[error("architecture {0:?} is not supported (supported: llama, mistral, qwen2)")]
+    #[error("architecture {0:?} is not supported (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, smollm3)")]
     UnsupportedArchitecture(String),
     #[error("model is missing tensor {0:?}")]
     MissingTensor(String),

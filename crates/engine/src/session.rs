@@ -7,7 +7,7 @@ use crate::constraint::GrammarState;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
-use crate::speculate::{DraftTuner, NgramSpeculation, SpeculationStats};
+use crate::speculate::{DraftTuner, Drafter, NgramSpeculation, SpeculationStats};
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -58,6 +58,8 @@ pub struct Session<'m, B: Backend> {
     cache: KvCache<B>,
     context: usize,
     cached: Vec<u32>,
+    /// Where proposals come from when set (`set_drafter`), instead of n-gram lookup.
+    drafter: Option<Box<Drafter<'m, B>>>,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -67,7 +69,14 @@ impl<'m, B: Backend> Session<'m, B> {
             model,
             context,
             cached: Vec::new(),
+            drafter: None,
         })
+    }
+
+    /// Speculates with a draft model from now on: every generation proposes the
+    /// draft's tokens (`GenerateOptions::speculation` is not consulted).
+    pub fn set_drafter(&mut self, drafter: Drafter<'m, B>) {
+        self.drafter = Some(Box::new(drafter));
     }
 
     pub fn context(&self) -> usize {
@@ -86,7 +95,7 @@ impl<'m, B: Backend> Session<'m, B> {
 
     /// Brings the cache to exactly `prompt` and returns the last position's logits.
     /// Returns how many tokens had to be computed.
-    fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+    pub(crate) fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -132,6 +141,9 @@ impl<'m, B: Backend> Session<'m, B> {
     ) -> Result<Generated> {
         let t0 = Instant::now();
         let (mut logits, prompt_computed) = self.prefill(prompt)?;
+        if let Some(drafter) = &mut self.drafter {
+            drafter.read_prompt(prompt)?;
+        }
         let prompt_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut history = prompt.to_vec();
@@ -143,7 +155,10 @@ impl<'m, B: Backend> Session<'m, B> {
         // Proposed tokens already in the cache, each with the logits after it.
         let mut ahead: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
         let mut speculation = SpeculationStats::default();
-        let mut tuner = DraftTuner::default();
+        let mut tuner = match self.drafter {
+            Some(_) => DraftTuner::expecting_agreement(),
+            None => DraftTuner::default(),
+        };
         // Proposals checked by the last pass (kept ones leave `ahead` one by one).
         let mut checked = 0;
         while tokens.len() < options.max_tokens {
@@ -196,11 +211,19 @@ impl<'m, B: Backend> Session<'m, B> {
             }
             let pos = self.cached.len();
             let room = (self.context - pos - 1).min(options.max_tokens - tokens.len() - 1);
-            let mut proposed = match &options.speculation {
-                Some(spec) => spec.propose(&history, room),
-                None => Vec::new(),
+            let proposed = match (&mut self.drafter, &options.speculation) {
+                (Some(drafter), _) => {
+                    let limit = room.min(drafter.max_draft);
+                    let k = tuner.choose_paying(limit, drafter.seconds_per_token());
+                    drafter.propose(&history, k)?
+                }
+                (None, Some(spec)) => {
+                    let mut proposed = spec.propose(&history, room);
+                    proposed.truncate(tuner.choose(proposed.len()));
+                    proposed
+                }
+                (None, None) => Vec::new(),
             };
-            proposed.truncate(tuner.choose(proposed.len()));
             let started = Instant::now();
             if proposed.is_empty() {
                 logits = self.model.decode(id, pos, &mut self.cache)?;

@@ -1,11 +1,19 @@
-//! Speculative decoding by n-gram lookup (vLLM's "prompt lookup", llama.cpp's
-//! `lookup`): when the last few tokens occurred earlier in the prompt or the output, the
-//! tokens that followed them then are proposed as the next ones. One forward pass scores
-//! the sampled token and the proposals together; a proposal is kept while it equals the
-//! token the sampler draws from the logits before it. Every logit is the one one-token
-//! decoding would give (`Llama::verify`), and the sampler draws once per kept token as it
-//! would without speculation, so the output is the same token for token — greedy or
-//! seeded — only sooner when proposals are right.
+//! Speculative decoding. Proposals come from n-gram lookup (vLLM's "prompt lookup",
+//! llama.cpp's `lookup`: when the last few tokens occurred earlier in the prompt or the
+//! output, the tokens that followed them then) or from a draft model (`Drafter`: a
+//! smaller or more coarsely quantized model with the same vocabulary, decoding greedily
+//! ahead). One forward pass scores the sampled token and the proposals together; a
+//! proposal is kept while it equals the token the sampler draws from the logits before
+//! it. Every logit is the one one-token decoding would give (`Llama::verify`), and the
+//! sampler draws once per kept token as it would without speculation, so the output is
+//! the same token for token — greedy or seeded — only sooner when proposals are right.
+
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::model::Llama;
+use crate::sampler::{argmax, log_sum_exp};
+use crate::session::Session;
+use std::time::Instant;
 
 /// How proposals are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +62,96 @@ impl NgramSpeculation {
     }
 }
 
-/// Chooses how many of the proposed tokens to check, from what a pass of so many rows
-/// costs on this machine and how often proposals are kept, both measured as generation
-/// goes: checking k proposals yields 1 + α + … + αᵏ tokens on average (α: the chance a
-/// proposal is kept after its predecessors were), for the time of a (k + 1)-row pass.
+/// Proposals from a draft model with the target's vocabulary, decoded greedily from a
+/// KV cache of its own. The cache follows the text: what the target kept is reused, and
+/// from the first token it rejected on, the draft computes again. Drafting stops early
+/// where the draft is unsure of its next token (its probability below
+/// `min_confidence`, llama.cpp's `--draft-p-min`): such proposals are seldom kept.
+pub struct Drafter<'m, B: Backend> {
+    session: Session<'m, B>,
+    pub max_draft: usize,
+    pub min_confidence: f32,
+    /// Seconds per drafted token (decayed average; 0: not measured yet).
+    seconds_per_token: f64,
+}
+
+impl<'m, B: Backend> Drafter<'m, B> {
+    /// A drafter for a target whose vocabulary has `target_vocab` tokens; `context`: the
+    /// longest text it follows.
+    pub fn new(
+        draft: &'m Llama<B>,
+        target_vocab: usize,
+        context: usize,
+        max_draft: usize,
+        min_confidence: f32,
+    ) -> Result<Self> {
+        if draft.config.vocab_size != target_vocab {
+            return Err(EngineError::Config(format!(
+                "the draft model's vocabulary has {} tokens and the target's {target_vocab}: \
+                 a draft model must share the target's vocabulary",
+                draft.config.vocab_size
+            )));
+        }
+        Ok(Drafter {
+            session: Session::new(draft, context)?,
+            max_draft,
+            min_confidence,
+            seconds_per_token: 0.0,
+        })
+    }
+
+    /// Brings the draft's cache to `prompt` (at prompt time, so that the first proposals
+    /// do not wait for it).
+    pub fn read_prompt(&mut self, prompt: &[u32]) -> Result<()> {
+        self.session.prefill(prompt).map(drop)
+    }
+
+    /// Up to `limit` (and `max_draft`) tokens the draft model expects after `history`.
+    pub fn propose(&mut self, history: &[u32], limit: usize) -> Result<Vec<u32>> {
+        let limit = limit.min(self.max_draft);
+        if limit == 0 || history.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let (mut logits, computed) = self.session.prefill(history)?;
+        let mut proposed = Vec::with_capacity(limit);
+        loop {
+            let best = argmax(&logits);
+            let confidence = (logits[best as usize] as f64 - log_sum_exp(&logits)).exp();
+            if confidence < self.min_confidence as f64 {
+                break;
+            }
+            proposed.push(best);
+            if proposed.len() == limit {
+                break;
+            }
+            logits = self
+                .session
+                .decode_at(best, history.len() + proposed.len() - 1)?;
+        }
+        // A catch-up over a whole prompt says nothing of the cost of drafting.
+        let steps = computed + proposed.len().saturating_sub(1);
+        if computed <= 2 && steps > 0 {
+            let per_token = started.elapsed().as_secs_f64() / steps as f64;
+            self.seconds_per_token = match self.seconds_per_token {
+                0.0 => per_token,
+                old => DECAY * old + (1.0 - DECAY) * per_token,
+            };
+        }
+        Ok(proposed)
+    }
+
+    /// What drafting a token costs, as measured so far (0 before any measurement).
+    pub fn seconds_per_token(&self) -> f64 {
+        self.seconds_per_token
+    }
+}
+
+/// Chooses how many tokens to check, from what a pass of so many rows costs on this
+/// machine, what a proposal costs to make, and how often proposals are kept, all
+/// measured as generation goes: checking k proposals yields 1 + α + … + αᵏ tokens on
+/// average (α: the chance a proposal is kept after its predecessors were), for the time
+/// of a (k + 1)-row pass and of making k proposals.
 /// Where the cost of a pass has not been measured yet, it is taken as that of the
 /// largest measured smaller one, so that larger checks get tried when proposals are kept.
 #[derive(Clone, Debug, Default)]
@@ -69,23 +163,45 @@ pub struct DraftTuner {
     seconds: Vec<f64>,
 }
 
+impl DraftTuner {
+    /// A tuner that starts out expecting nine proposals in ten to be kept, for
+    /// proposals that cost time to make (a draft model's): with the even odds `default`
+    /// assumes, a draft costing half a step of the target would never be tried, and
+    /// its real acceptance never measured.
+    pub fn expecting_agreement() -> DraftTuner {
+        DraftTuner {
+            kept: 9.0,
+            decided: 10.0,
+            ..DraftTuner::default()
+        }
+    }
+}
+
 /// How much of the past the tuner's averages keep at each update.
 const DECAY: f64 = 0.8;
 
 impl DraftTuner {
-    /// How many of `available` proposals to check (0: decode the sampled token alone).
+    /// How many of `available` free proposals (n-gram lookup) to check (0: decode the
+    /// sampled token alone).
     pub fn choose(&self, available: usize) -> usize {
+        self.choose_paying(available, 0.0)
+    }
+
+    /// How many of `available` proposals to make and check when each costs
+    /// `per_proposal` seconds to make (a draft model's step).
+    pub fn choose_paying(&self, available: usize, per_proposal: f64) -> usize {
         let measured = |r: usize| self.seconds.get(r).copied().filter(|&s| s > 0.0);
         let Some(one) = measured(1) else {
             return 0; // measure a plain step first
         };
         let keep = (self.kept + 1.0) / (self.decided + 2.0);
         let (mut best, mut best_rate) = (0, 1.0 / one);
-        let (mut expected, mut chance, mut cost) = (1.0, 1.0, one);
+        let (mut expected, mut chance, mut pass) = (1.0, 1.0, one);
         for k in 1..=available {
             chance *= keep;
             expected += chance;
-            cost = measured(k + 1).unwrap_or(cost);
+            pass = measured(k + 1).unwrap_or(pass);
+            let cost = pass + k as f64 * per_proposal;
             if expected / cost > best_rate {
                 (best, best_rate) = (k, expected / cost);
             }

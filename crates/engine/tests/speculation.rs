@@ -1,13 +1,18 @@
-//! Speculative decoding by n-gram lookup changes nothing but speed: for 20 input-grounded
-//! prompts (rewrite, extend or quote a given text or code: `tests/data/spec_prompts.jsonl`),
-//! the default model gives the same tokens with and without it, greedy and seeded, and
-//! the cache holds exactly the generated tokens afterwards.
+//! Speculative decoding, by n-gram lookup or with a draft model, changes nothing but
+//! speed: for 20 input-grounded prompts (rewrite, extend or quote a given text or code:
+//! `tests/data/spec_prompts.jsonl`), the default model gives the same tokens with and
+//! without it, greedy and seeded, and the cache holds exactly the generated tokens
+//! afterwards.
 
 mod common;
 
+use engine::synthetic::WeightMix;
 use engine::{
-    ChatTemplate, GenerateOptions, Message, NgramSpeculation, Sampler, SamplingParams, Session,
+    ChatTemplate, Device, Drafter, GenerateOptions, Llama, Message, NgramSpeculation, Sampler,
+    SamplingParams, Session, Tokenizer,
 };
+use gguf::GgmlType;
+use std::path::PathBuf;
 
 fn prompts() -> Vec<String> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,9 +27,16 @@ fn prompts() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn speculation_gives_the_tokens_of_plain_decoding() {
-    let (model, tok) = common::model_and_tokenizer();
+/// Generates after every prompt with `speculating` (and `ngram`, if set) and with a
+/// plain session, and asserts the same tokens, with the cache holding exactly them
+/// afterwards; returns the tokens proposed and kept.
+fn assert_same_output<'m>(
+    model: &'m Llama<Device>,
+    tok: &Tokenizer,
+    speculating: &mut Session<'m, Device>,
+    ngram: Option<NgramSpeculation>,
+    max_tokens: usize,
+) -> (usize, usize) {
     let file = gguf::GgufFile::open(common::default_model()).unwrap();
     let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
     let greedy = SamplingParams {
@@ -36,9 +48,8 @@ fn speculation_gives_the_tokens_of_plain_decoding() {
         seed: 42,
         ..Default::default()
     };
-    let spec = NgramSpeculation::default();
     let (mut drafted, mut accepted) = (0, 0);
-    let mut session = Session::new(&model, 1024).unwrap();
+    let mut plain = Session::new(model, 1024).unwrap();
     for (i, prompt) in prompts().iter().enumerate() {
         let text = template
             .render(&[Message::new("user", prompt)], true)
@@ -47,16 +58,16 @@ fn speculation_gives_the_tokens_of_plain_decoding() {
         // Seeded sampling on every fourth prompt, greedy on the others.
         let params = if i % 4 == 3 { &seeded } else { &greedy };
         let mut outputs = Vec::new();
-        for speculation in [None, Some(spec)] {
+        for session in [&mut plain, &mut *speculating] {
             let options = GenerateOptions {
-                max_tokens: 64,
-                speculation,
+                max_tokens,
+                speculation: ngram,
                 ..Default::default()
             };
             let mut sampler = Sampler::new(params.clone()).unwrap();
             session.reset();
             let out = session
-                .generate(&tok, &ids, &mut sampler, &options, |_| true)
+                .generate(tok, &ids, &mut sampler, &options, |_| true)
                 .unwrap();
             drafted += out.speculation.drafted;
             accepted += out.speculation.accepted;
@@ -72,7 +83,7 @@ fn speculation_gives_the_tokens_of_plain_decoding() {
             );
             let next = *out.tokens.last().unwrap();
             let cached = session.decode_at(next, all.len()).unwrap();
-            let mut replay = Session::new(&model, 1024).unwrap();
+            let mut replay = Session::new(model, 1024).unwrap();
             replay.forward_at(&ids, 0, engine::Logits::None).unwrap();
             for (j, &t) in out.tokens[..out.tokens.len() - 1].iter().enumerate() {
                 replay.decode_at(t, ids.len() + j).unwrap();
@@ -86,9 +97,70 @@ fn speculation_gives_the_tokens_of_plain_decoding() {
             "prompt {i}: speculation changed the output"
         );
     }
+    (drafted, accepted)
+}
+
+#[test]
+fn ngram_speculation_gives_the_tokens_of_plain_decoding() {
+    let (model, tok) = common::model_and_tokenizer();
+    let mut session = Session::new(&model, 1024).unwrap();
+    let spec = Some(NgramSpeculation::default());
+    let (drafted, accepted) = assert_same_output(&model, &tok, &mut session, spec, 64);
     eprintln!("n-gram speculation: {accepted} of {drafted} proposed tokens kept");
     assert!(
         accepted > 0,
         "no proposal was ever kept: the test checks nothing"
     );
+}
+
+/// The default model requantized to Q4_0, written once to `target/test-models/`.
+fn q4_0_draft() -> PathBuf {
+    let path = common::test_models_dir().join("default-q4_0.gguf");
+    if !path.exists() {
+        let file = gguf::GgufFile::open(common::default_model()).unwrap();
+        let draft =
+            engine::requantize::requantize(&file, WeightMix::Uniform(GgmlType::Q4_0), || {})
+                .unwrap();
+        // Written aside and renamed, so that a concurrent test never reads half a file.
+        let partial = path.with_extension(format!("{}.partial", std::process::id()));
+        draft.writer.write_file(&partial).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+#[test]
+fn a_draft_model_gives_the_tokens_of_plain_decoding() {
+    let (model, tok) = common::model_and_tokenizer();
+    let (draft, _) = common::load_with_tokenizer(q4_0_draft());
+    let mut session = Session::new(&model, 1024).unwrap();
+    let drafter = Drafter::new(&draft, model.config.vocab_size, 1024, 8, 0.5).unwrap();
+    session.set_drafter(drafter);
+    let (drafted, accepted) = assert_same_output(&model, &tok, &mut session, None, 48);
+    eprintln!("draft model: {accepted} of {drafted} proposed tokens kept");
+    // A Q4_0 copy of the model agrees with it most of the time, but not always: both
+    // outcomes are exercised.
+    assert!(
+        accepted > 0 && accepted < drafted,
+        "{accepted} of {drafted} proposals kept: the test checks too little"
+    );
+}
+
+#[test]
+fn a_draft_model_of_another_vocabulary_is_refused() {
+    let (model, _) = common::model_and_tokenizer();
+    let path =
+        common::test_models_dir().join(format!("spec-other-vocab-{}.gguf", std::process::id()));
+    engine::synthetic::SyntheticModel::preset("qwen3-tiny", WeightMix::Uniform(GgmlType::Q8_0))
+        .unwrap()
+        .write(&path)
+        .unwrap();
+    let (other, _) = common::load_with_tokenizer(path.clone());
+    std::fs::remove_file(&path).unwrap();
+    let err = match Drafter::new(&other, model.config.vocab_size, 256, 4, 0.5) {
+        Ok(_) => panic!("a draft of another vocabulary was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let vocab = other.config.vocab_size.to_string();
+    assert!(err.contains("vocabulary") && err.contains(&vocab), "{err}");
 }

@@ -98,10 +98,12 @@ impl<'a> QMatrix<'a> {
         })
     }
 
+    #[inline]
     pub fn row_bytes(&self) -> usize {
         self.cols / self.ty.block_size() * self.ty.type_size()
     }
 
+    #[inline]
     pub fn row(&self, r: usize) -> &'a [u8] {
         &self.data[r * self.row_bytes()..(r + 1) * self.row_bytes()]
     }

@@ -38,7 +38,11 @@ pub fn run(args: Args) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
+    let draft = args.speculation.load_draft(&args.model, &loaded)?;
     let mut session = Session::new(&loaded.model, loaded.context)?;
+    if let Some(draft) = &draft {
+        session.set_drafter(args.speculation.drafter(draft, &loaded)?);
+    }
     let mut sampler = Sampler::new(params)?;
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();

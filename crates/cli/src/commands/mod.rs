@@ -243,12 +243,20 @@ fn context_size(args: &ModelArgs, config: &engine::Config) -> Result<usize> {
 pub struct SpeculationArgs {
     /// Propose tokens and check them in one pass: `ngram` looks the last tokens up in
     /// the prompt and the output so far (pays off when the output repeats the input:
-    /// rewriting, extending, quoting code or text).
-    #[arg(long = "spec", value_name = "KIND", value_parser = ["ngram"])]
+    /// rewriting, extending, quoting code or text); `draft` has a smaller model with the
+    /// same vocabulary (`--draft-model`) decode ahead.
+    #[arg(long = "spec", value_name = "KIND", value_parser = ["ngram", "draft"])]
     kind: Option<String>,
+    /// The draft model for `--spec draft`: a GGUF path, a store name or a digest prefix.
+    #[arg(long = "draft-model", alias = "md", value_name = "MODEL")]
+    draft_model: Option<String>,
     /// Most tokens proposed at once.
     #[arg(long = "spec-k", default_value_t = 8, requires = "kind")]
     max_draft: usize,
+    /// `--spec draft`: stop drafting where the draft's next token is less likely than
+    /// this (llama.cpp's `--draft-p-min`).
+    #[arg(long = "spec-p-min", default_value_t = 0.75, requires = "kind")]
+    min_confidence: f32,
     /// The longest run of last tokens looked up.
     #[arg(long = "spec-ngram-max", default_value_t = 3, requires = "kind")]
     max_ngram: usize,
@@ -258,13 +266,26 @@ pub struct SpeculationArgs {
 }
 
 impl SpeculationArgs {
+    /// Whether any speculation was asked for.
+    pub fn enabled(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// The n-gram lookup asked for, if any.
     pub fn speculation(&self) -> Result<Option<NgramSpeculation>> {
-        if self.kind.is_none() {
-            return Ok(None);
+        if self.max_draft == 0 {
+            return Err(usage("--spec-k must be at least 1"));
         }
-        if self.max_draft == 0 || self.min_ngram == 0 || self.min_ngram > self.max_ngram {
+        match (self.kind.as_deref(), &self.draft_model) {
+            (Some("ngram"), None) => {}
+            (Some("draft"), Some(_)) => return Ok(None),
+            (Some("draft"), None) => return Err(usage("--spec draft needs --draft-model")),
+            (_, Some(_)) => return Err(usage("--draft-model goes with --spec draft")),
+            _ => return Ok(None),
+        }
+        if self.min_ngram == 0 || self.min_ngram > self.max_ngram {
             return Err(usage(
-                "--spec-k and --spec-ngram-min must be at least 1, and --spec-ngram-min at most --spec-ngram-max",
+                "--spec-ngram-min must be at least 1, and at most --spec-ngram-max",
             ));
         }
         Ok(Some(NgramSpeculation {
@@ -272,6 +293,57 @@ impl SpeculationArgs {
             max_ngram: self.max_ngram,
             min_ngram: self.min_ngram,
         }))
+    }
+
+    /// The draft model for `--spec draft`, loaded with the target's settings and
+    /// context, once its vocabulary is checked against the target's.
+    pub fn load_draft(&self, target: &ModelArgs, loaded: &Loaded) -> Result<Option<Loaded>> {
+        self.speculation()?; // the flags go together
+        let Some(name) = &self.draft_model else {
+            return Ok(None);
+        };
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(usage("--spec-p-min must be between 0 and 1"));
+        }
+        let args = ModelArgs {
+            model: name.clone(),
+            ctx_size: Some(loaded.context),
+            ..target.clone()
+        };
+        let draft = load(&args).context("loading the draft model")?;
+        let vocab = loaded.model.config.vocab_size;
+        let differs = (draft.model.config.vocab_size != vocab)
+            .then_some(None)
+            .or_else(|| {
+                (0..vocab as u32)
+                    .find(|&id| draft.tokenizer.token_bytes(id) != loaded.tokenizer.token_bytes(id))
+                    .map(Some)
+            });
+        if let Some(at) = differs {
+            return Err(usage(format!(
+                "the draft model {name:?} does not share the model's vocabulary ({})",
+                match at {
+                    Some(id) => format!("token {id} differs"),
+                    None => format!("{} tokens against {vocab}", draft.model.config.vocab_size),
+                }
+            )));
+        }
+        Ok(Some(draft))
+    }
+
+    /// A drafter over `draft` for a session with `loaded`'s model.
+    pub fn drafter<'m>(
+        &self,
+        draft: &'m Loaded,
+        loaded: &Loaded,
+    ) -> Result<engine::Drafter<'m, Device>> {
+        Ok(engine::Drafter::new(
+            &draft.model,
+            loaded.model.config.vocab_size,
+            loaded.context,
+            self.max_draft,
+            self.min_confidence,
+        )?)
     }
 }
 

@@ -11,7 +11,7 @@
 use super::{resolve_model, usage};
 use anyhow::{Context, Result};
 use engine::synthetic::{SyntheticModel, WeightMix, PRESETS};
-use gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use gguf::{GgmlType, GgufFile};
 use std::path::Path;
 
 #[derive(clap::Args)]
@@ -73,47 +73,20 @@ fn synthetic(shape: &str, mix: WeightMix, output: &Path) -> Result<()> {
 fn convert(input: &str, output: &Path, mix: WeightMix) -> Result<()> {
     let path = resolve_model(input)?;
     let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
-    let layers = engine::Config::from_metadata(&file.gguf.metadata)
-        .map(|c| c.n_layers)
-        .unwrap_or(0);
-    let mut writer = GgufWriter::new();
-    for (key, value) in file.gguf.metadata.iter() {
-        writer.add_metadata(key, value.clone());
-    }
-    writer.add_metadata("general.quantized_by", Value::String("llama-gpu".into()));
     let bar = indicatif::ProgressBar::new(file.gguf.tensors.len() as u64);
-    let (mut converted, mut kept, mut fell_back) = (0, 0, 0);
-    for view in file.tensors() {
-        let info = view.info;
-        let cols = info.row_len() as usize;
-        let target = mix.type_for_rows(&info.name, layers, cols);
-        let matrix = info.dims.len() >= 2 && quant::is_supported(info.ty);
-        let (ty, data) = if matrix && info.ty != target {
-            if target != mix.type_for(&info.name, layers) {
-                fell_back += 1;
-            }
-            let mut values = vec![0.0f32; info.n_elements() as usize];
-            quant::dequantize(info.ty, view.data, &mut values)
-                .with_context(|| format!("decoding {}", info.name))?;
-            converted += 1;
-            (target, quant::quantize(target, &values)?)
-        } else {
-            kept += 1;
-            (info.ty, view.data.to_vec())
-        };
-        writer
-            .add_tensor(info.name.clone(), &info.dims, ty, data)
-            .with_context(|| format!("writing {}", info.name))?;
-        bar.inc(1);
-    }
+    let done = engine::requantize::requantize(&file, mix, || bar.inc(1))
+        .with_context(|| format!("converting {}", path.display()))?;
     bar.finish_and_clear();
-    writer
+    done.writer
         .write_file(output)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
-        "{}: {converted} tensors converted to {mix} ({fell_back} of them to a 32-value \
-         type, their rows not being whole {mix} blocks), {kept} kept",
-        output.display()
+        "{}: {} tensors converted to {mix} ({} of them to a 32-value type, their rows not \
+         being whole {mix} blocks), {} kept",
+        output.display(),
+        done.converted,
+        done.fell_back,
+        done.kept
     );
     Ok(())
 }

@@ -164,7 +164,11 @@ pub fn run(args: Args) -> Result<()> {
         }
         ids.drain(..ids.len() - (context - 1));
     }
+    let draft = args.speculation.load_draft(&args.model, &loaded)?;
     let mut session = Session::new(&loaded.model, context)?;
+    if let Some(draft) = &draft {
+        session.set_drafter(args.speculation.drafter(draft, &loaded)?);
+    }
     let mut sampler = Sampler::new(params)?;
     let grammar = match constraint {
         Some(c) => {
@@ -196,7 +200,7 @@ pub fn run(args: Args) -> Result<()> {
         generated_tokens: generated.tokens.len(),
         generation_seconds: generated.generation_seconds,
         generation_tokens_per_second: rate(generated.tokens.len(), generated.generation_seconds),
-        speculation: options.speculation.map(|_| generated.speculation),
+        speculation: args.speculation.enabled().then_some(generated.speculation),
     };
     if json {
         let out = Output {
