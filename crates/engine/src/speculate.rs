@@ -11,7 +11,7 @@
 use crate::backend::Backend;
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
-use crate::sampler::{argmax, log_sum_exp};
+use crate::sampler::argmax;
 use crate::session::Session;
 use std::time::Instant;
 
@@ -117,8 +117,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
         let mut proposed = Vec::with_capacity(limit);
         loop {
             let best = argmax(&logits);
-            let confidence = (logits[best as usize] as f64 - log_sum_exp(&logits)).exp();
-            if confidence < self.min_confidence as f64 {
+            if self.min_confidence > 0.0 && probability(&logits, best) < self.min_confidence {
                 break;
             }
             proposed.push(best);
@@ -145,6 +144,20 @@ impl<'m, B: Backend> Drafter<'m, B> {
     pub fn seconds_per_token(&self) -> f64 {
         self.seconds_per_token
     }
+}
+
+/// The probability of token `id` under `logits`, in f32 with GGML's exponential, eight
+/// lanes at a time: it only decides whether drafting goes on, once per drafted token
+/// over the whole vocabulary.
+fn probability(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    let mut lanes = [0.0f32; 8];
+    for chunk in logits.chunks(8) {
+        for (lane, &l) in lanes.iter_mut().zip(chunk) {
+            *lane += quant::exp_poly(l - max);
+        }
+    }
+    quant::exp_poly(logits[id as usize] - max) / lanes.iter().sum::<f32>()
 }
 
 /// Chooses how many tokens to check, from what a pass of so many rows costs on this
@@ -284,6 +297,17 @@ mod tests {
         }
         let k = tuner.choose(8);
         assert!((1..8).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn a_token_probability_is_its_softmax_share() {
+        let logits = [1.0f32, 3.0, -2.0, 0.5, 2.0, 2.5, -8.0, 0.0, 1.5, 3.0];
+        let sum: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        for id in [0u32, 1, 6, 9] {
+            let exact = (logits[id as usize] as f64).exp() / sum;
+            let p = probability(&logits, id) as f64;
+            assert!((p - exact).abs() < 1e-6, "{id}: {p} vs {exact}");
+        }
     }
 
     #[test]
