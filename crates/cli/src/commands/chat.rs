@@ -2,7 +2,9 @@
 //! `/system TEXT` sets the system message, `/quit` (or Ctrl-D) leaves; Ctrl-C stops the
 //! reply being written without quitting.
 
-use super::{load, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs, ThreadsArg};
+use super::{
+    load, on_worker_thread, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs, ThreadsArg,
+};
 use anyhow::{Context, Result};
 use engine::{GenerateOptions, Message, Sampler, Session};
 use std::io::{BufRead, Write};
@@ -93,10 +95,12 @@ pub fn run(args: Args) -> Result<()> {
             args.content_tokens.rule(),
         )?;
         interrupted.store(false, Ordering::SeqCst);
-        let result = session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
-            !interrupted.load(Ordering::SeqCst)
+        let result = on_worker_thread(|| {
+            session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+                !interrupted.load(Ordering::SeqCst)
+            })
         });
         println!();
         match result {

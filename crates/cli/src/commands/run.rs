@@ -1,6 +1,9 @@
 //! `llama-gpu run`: one generation, streamed to stdout.
 
-use super::{load, usage, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs, ThreadsArg};
+use super::{
+    load, on_worker_thread, usage, ContentTokensArg, ModelArgs, SamplingArgs, SpeculationArgs,
+    ThreadsArg,
+};
 use anyhow::{Context, Result};
 use engine::{Constraint, EngineError, GenerateOptions, Grammars, Message, Sampler, Session};
 use serde::Serialize;
@@ -184,15 +187,18 @@ pub fn run(args: Args) -> Result<()> {
         grammar,
         speculation: args.speculation.speculation()?,
     };
-    let mut stdout = std::io::stdout().lock();
     let json = args.json;
-    let generated = session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
-        if !json {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        }
-        true
+    let generated = on_worker_thread(|| {
+        session.generate(&loaded.tokenizer, &ids, &mut sampler, &options, |piece| {
+            if !json {
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            true
+        })
     })?;
+    let mut stdout = std::io::stdout().lock();
     let timings = Timings {
         prompt_tokens: generated.prompt_computed,
         prompt_seconds: generated.prompt_seconds,
