@@ -165,18 +165,16 @@ pub(crate) struct Activations {
     sums: Vec<i32>,
 }
 
-/// The token groups of a call: 8 at a time, then 4, 2 and 1, so that small batches
-/// (a few decoding sequences) also share each pass over the weights.
+/// The token groups of a call: 8 at a time, then the rest in one group, so that every
+/// batch of up to eight tokens (a few decoding sequences, a speculative check) is one
+/// pass over the weights.
 fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
     let mut t = 0;
     std::iter::from_fn(move || {
-        let size = match n_tokens.checked_sub(t)? {
-            0 => return None,
-            left if left >= TOKEN_BLOCK => TOKEN_BLOCK,
-            left if left >= 4 => 4,
-            left if left >= 2 => 2,
-            _ => 1,
-        };
+        let size = n_tokens.checked_sub(t)?.min(TOKEN_BLOCK);
+        if size == 0 {
+            return None;
+        }
         t += size;
         Some((t - size, size))
     })
@@ -298,7 +296,11 @@ fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     for (t, size) in token_groups(x.n_tokens) {
         match size {
             TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, t, r0, out),
+            7 => tokens::<K, 7, 1>(w, x, t, r0, out),
+            6 => tokens::<K, 6, 1>(w, x, t, r0, out),
+            5 => tokens::<K, 5, 1>(w, x, t, r0, out),
             4 => tokens::<K, 4, 2>(w, x, t, r0, out),
+            3 => tokens::<K, 3, 2>(w, x, t, r0, out),
             2 => tokens::<K, 2, 2>(w, x, t, r0, out),
             _ => tokens::<K, 1, 4>(w, x, t, r0, out),
         }
@@ -491,7 +493,11 @@ fn packed_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out:
     for (t, size) in token_groups(x.n_tokens) {
         match size {
             TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, t, r0, out),
+            7 => packed_tokens::<7, AVX512>(w, x, t, r0, out),
+            6 => packed_tokens::<6, AVX512>(w, x, t, r0, out),
+            5 => packed_tokens::<5, AVX512>(w, x, t, r0, out),
             4 => packed_tokens::<4, AVX512>(w, x, t, r0, out),
+            3 => packed_tokens::<3, AVX512>(w, x, t, r0, out),
             2 => packed_tokens::<2, AVX512>(w, x, t, r0, out),
             _ => packed_tokens::<1, AVX512>(w, x, t, r0, out),
         }

@@ -264,7 +264,7 @@ fn matmul_matches_reference_and_is_batch_invariant() {
         let wf: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let bytes = quantize(ty, &wf).unwrap();
         let w = QMatrix::new(ty, &bytes, rows, cols).unwrap();
-        let n = 15; // token groups of 8, 4, 2 and 1
+        let n = 15; // token groups of 8 and 7; every group size below
         let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let mut out = vec![0.0; n * rows];
         matmul(&w, &x, &mut out);
@@ -288,6 +288,16 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                     "{ty}: {} kernels differ from the default",
                     isa.name()
                 );
+                // Each group size alone (the first m tokens) gives the same rows.
+                for m in 1..=8 {
+                    let mut part = vec![0.0; m * rows];
+                    matmul_with(isa, &w, &x[..m * cols], &mut part);
+                    assert!(
+                        part == out[..m * rows],
+                        "{ty}: {m} tokens on {}",
+                        isa.name()
+                    );
+                }
             }
         }
         for isa in [Isa::Avx2, Isa::Avx512] {
@@ -307,6 +317,15 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                 let mut one = vec![0.0; rows];
                 matmul_with(isa, &p, &x[t * cols..(t + 1) * cols], &mut one);
                 assert_eq!(one, out[t * rows..(t + 1) * rows], "{ty}: packed token {t}");
+            }
+            for m in 1..=8 {
+                let mut part = vec![0.0; m * rows];
+                matmul_with(isa, &p, &x[..m * cols], &mut part);
+                assert!(
+                    part == out[..m * rows],
+                    "{ty}: packed, {m} tokens on {}",
+                    isa.name()
+                );
             }
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
             for r in 0..rows {
