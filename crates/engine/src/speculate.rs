@@ -132,10 +132,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
         let steps = computed + proposed.len().saturating_sub(1);
         if computed <= 2 && steps > 0 {
             let per_token = started.elapsed().as_secs_f64() / steps as f64;
-            self.seconds_per_token = match self.seconds_per_token {
-                0.0 => per_token,
-                old => DECAY * old + (1.0 - DECAY) * per_token,
-            };
+            self.seconds_per_token = decayed_average(self.seconds_per_token, per_token);
         }
         Ok(proposed)
     }
@@ -179,8 +176,9 @@ pub struct DraftTuner {
 impl DraftTuner {
     /// A tuner that starts out expecting nine proposals in ten to be kept, for
     /// proposals that cost time to make (a draft model's): with the even odds `default`
-    /// assumes, a draft costing half a step of the target would never be tried, and
-    /// its real acceptance never measured.
+    /// assumes, a draft costing a third of a target step is seldom tried (10 proposals
+    /// in 97 tokens on the default model's F16/Q4_0 pair), and its real acceptance is
+    /// hardly measured.
     pub fn expecting_agreement() -> DraftTuner {
         DraftTuner {
             kept: 9.0,
@@ -192,6 +190,14 @@ impl DraftTuner {
 
 /// How much of the past the tuner's averages keep at each update.
 const DECAY: f64 = 0.8;
+
+/// A time average updated with `new` (`old` 0: nothing measured yet, `new` it is).
+fn decayed_average(old: f64, new: f64) -> f64 {
+    match old {
+        0.0 => new,
+        old => DECAY * old + (1.0 - DECAY) * new,
+    }
+}
 
 impl DraftTuner {
     /// How many of `available` free proposals (n-gram lookup) to check (0: decode the
@@ -228,10 +234,7 @@ impl DraftTuner {
             self.seconds.resize(rows + 1, 0.0);
         }
         let s = &mut self.seconds[rows];
-        *s = match *s {
-            0.0 => seconds,
-            old => DECAY * old + (1.0 - DECAY) * seconds,
-        };
+        *s = decayed_average(*s, seconds);
     }
 
     /// Of `checked` proposals, the first `kept` were kept.

@@ -268,6 +268,18 @@ fn matmul_matches_reference_and_is_batch_invariant() {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let mut out = vec![0.0; n * rows];
         matmul(&w, &x, &mut out);
+        // Each group size alone (the first m tokens) gives the same rows as all n.
+        let check_group_sizes = |isa: Isa, m: &QMatrix, what: &str| {
+            for tokens in 1..=8 {
+                let mut part = vec![0.0; tokens * rows];
+                matmul_with(isa, m, &x[..tokens * cols], &mut part);
+                assert!(
+                    part == out[..tokens * rows],
+                    "{ty}: {what}{tokens} tokens on {}",
+                    isa.name()
+                );
+            }
+        };
         let reference = reference_matmul(&w, &x);
         for (a, b) in out.iter().zip(&reference) {
             // Q8_1 carries its block sum s = d·Σq rounded to f16, as GGML does; the
@@ -288,16 +300,7 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                     "{ty}: {} kernels differ from the default",
                     isa.name()
                 );
-                // Each group size alone (the first m tokens) gives the same rows.
-                for m in 1..=8 {
-                    let mut part = vec![0.0; m * rows];
-                    matmul_with(isa, &w, &x[..m * cols], &mut part);
-                    assert!(
-                        part == out[..m * rows],
-                        "{ty}: {m} tokens on {}",
-                        isa.name()
-                    );
-                }
+                check_group_sizes(isa, &w, "");
             }
         }
         for isa in [Isa::Avx2, Isa::Avx512] {
@@ -318,15 +321,7 @@ fn matmul_matches_reference_and_is_batch_invariant() {
                 matmul_with(isa, &p, &x[t * cols..(t + 1) * cols], &mut one);
                 assert_eq!(one, out[t * rows..(t + 1) * rows], "{ty}: packed token {t}");
             }
-            for m in 1..=8 {
-                let mut part = vec![0.0; m * rows];
-                matmul_with(isa, &p, &x[..m * cols], &mut part);
-                assert!(
-                    part == out[..m * rows],
-                    "{ty}: packed, {m} tokens on {}",
-                    isa.name()
-                );
-            }
+            check_group_sizes(isa, &p, "packed, ");
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
             for r in 0..rows {
                 w.dequantize_row(r, &mut a);

@@ -321,20 +321,19 @@ impl SpeculationArgs {
         };
         let draft = load(&args).context("loading the draft model")?;
         let vocab = loaded.model.config.vocab_size;
-        let differs = (draft.model.config.vocab_size != vocab)
-            .then_some(None)
-            .or_else(|| {
-                (0..vocab as u32)
-                    .find(|&id| draft.tokenizer.token_bytes(id) != loaded.tokenizer.token_bytes(id))
-                    .map(Some)
-            });
-        if let Some(at) = differs {
+        let mismatch = if draft.model.config.vocab_size != vocab {
+            Some(format!(
+                "{} tokens against {vocab}",
+                draft.model.config.vocab_size
+            ))
+        } else {
+            (0..vocab as u32)
+                .find(|&id| draft.tokenizer.token_bytes(id) != loaded.tokenizer.token_bytes(id))
+                .map(|id| format!("token {id} differs"))
+        };
+        if let Some(mismatch) = mismatch {
             return Err(usage(format!(
-                "the draft model {name:?} does not share the model's vocabulary ({})",
-                match at {
-                    Some(id) => format!("token {id} differs"),
-                    None => format!("{} tokens against {vocab}", draft.model.config.vocab_size),
-                }
+                "the draft model {name:?} does not share the model's vocabulary ({mismatch})"
             )));
         }
         Ok(Some(draft))
