@@ -14,6 +14,7 @@
 use crate::attention::{prefetch, AttendScratch, F16Order, KvHead, Query, TileSpan, KV_BLOCK};
 
 use core::arch::x86_64::*;
+use std::ops::Range;
 
 fn assert_avx2() {
     assert!(
@@ -246,6 +247,9 @@ pub fn attend_avx2(
     if !width.is_multiple_of(16) {
         return false;
     }
+    // Tiles of up to three consecutive queries of one order, and where each query's
+    // accumulators start in `lanes` (width · its order's slot groups).
+    let mut tiles = Vec::new();
     let mut i = 0;
     while i < queries.len() {
         let order = queries[i].order;
@@ -254,69 +258,75 @@ pub fn attend_avx2(
             .take(3)
             .take_while(|q| q.order == order)
             .count();
-        let (tile, w) = (&queries[i..i + n], &weights[i..i + n]);
-        let groups = order.slot_groups();
-        // SAFETY: AVX2, FMA and F16C are available (asserted above); the head size is a
-        // multiple of 16, and so of each tile's column count.
-        unsafe {
-            match n {
-                1 => values_tile::<1, 4>(tile, w, kv, groups, scratch),
-                2 => values_tile::<2, 2>(tile, w, kv, groups, scratch),
-                _ => values_tile::<3, 1>(tile, w, kv, groups, scratch),
-            }
-        }
-        let outs = out[i * width..].chunks_exact_mut(width);
-        for (t, ((query, w), out)) in tile.iter().zip(w).zip(outs).enumerate() {
-            // SAFETY: as above.
-            unsafe { column_trees(&scratch.lanes[t * width * groups..], order, out) };
-            crate::attention::add_tail(query, w, kv, out);
-        }
+        tiles.push(i..i + n);
         i += n;
+    }
+    let starts: Vec<usize> = queries
+        .iter()
+        .scan(0, |at, q| {
+            let start = *at;
+            *at += width * q.order.slot_groups();
+            Some(start)
+        })
+        .collect();
+    let total = queries.last().map_or(0, |q| {
+        starts[queries.len() - 1] + width * q.order.slot_groups()
+    });
+    scratch.lanes.clear();
+    scratch.lanes.resize(total, [0.0; 16]);
+    // SAFETY: AVX2, FMA and F16C are available (asserted above); the head size is a
+    // multiple of 16, and so of each tile's column count.
+    unsafe { weighted_values(queries, weights, kv, &tiles, &starts, scratch) };
+    for (i, ((query, w), out)) in queries
+        .iter()
+        .zip(weights)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
+        // SAFETY: as above.
+        unsafe { column_trees(&scratch.lanes[starts[i]..], query.order, out) };
+        crate::attention::add_tail(query, w, kv, out);
     }
     true
 }
 
-/// Bytes of values per stretch of `values_tile`. Each stretch is copied side by side
-/// before the column passes read it: in the pool, a head's part of consecutive blocks lies
+/// Bytes of values per stretch. Each stretch is copied side by side once, then every
+/// tile's column passes read it: in the pool, a head's part of consecutive blocks lies
 /// `kv_dim · 32` bytes apart, a stride that maps every block to the same few L1 sets.
 const STRETCH_BYTES: usize = 16 << 10;
 
-/// Accumulates queries × columns of `tile` into `scratch.lanes` (per query, column and
-/// slot group, 16 lanes: `lanes[(i · width + c) · groups + g]`; block b goes to group
-/// b % groups), `C` columns and one slot group at a time in registers.
+/// The one-token order's slot groups: stretches start at multiples of it, so that a
+/// stretch's blocks g, g + groups, … are slot group g's in either order.
+const MOST_GROUPS: usize = 4;
+
+/// Accumulates every tile's queries × columns into `scratch.lanes` (query i's column c,
+/// slot group g at `lanes[starts[i] + c · groups + g]`), stretch by stretch.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn values_tile<const Q: usize, const C: usize>(
-    tile: &[Query],
+unsafe fn weighted_values(
+    queries: &[Query],
     weights: &[Vec<f32>],
     kv: &KvHead,
-    groups: usize,
+    tiles: &[Range<usize>],
+    starts: &[usize],
     scratch: &mut AttendScratch,
 ) {
-    let width = kv.head_dim;
     let AttendScratch {
         lanes,
         stretch: staged,
         ..
     } = scratch;
-    lanes.clear();
-    lanes.resize(Q * width * groups, [0.0; 16]);
-    let TileSpan {
-        bases,
-        ends,
-        weights: w,
-        first,
-        last,
-        written,
-        inner,
-    } = TileSpan::<Q>::new(tile, weights);
-    let block_values = width * KV_BLOCK;
+    let block_values = kv.head_dim * KV_BLOCK;
+    let first = queries.iter().map(|q| q.base() / KV_BLOCK).min();
+    let last = queries
+        .iter()
+        .map(|q| q.vector_end().div_ceil(KV_BLOCK))
+        .max();
+    let (first, last) = (first.unwrap_or(0), last.unwrap_or(0));
     let stretch_blocks = (STRETCH_BYTES / (2 * block_values))
-        .next_multiple_of(groups)
-        .max(groups);
+        .next_multiple_of(MOST_GROUPS)
+        .max(MOST_GROUPS);
     staged.resize(stretch_blocks * block_values, 0);
-    // Stretches start at multiples of `groups` blocks, so that a stretch's blocks g,
-    // g + groups, … are slot group g's.
-    let mut stretch = first / groups * groups;
+    let mut stretch = first / MOST_GROUPS * MOST_GROUPS;
     while stretch < last {
         let stretch_end = (stretch + stretch_blocks).min(last);
         for b in stretch.max(first)..stretch_end {
@@ -330,80 +340,121 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
                 );
             }
         }
-        for c0 in (0..width).step_by(C) {
-            for g in 0..groups {
-                let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
-                let mut acc = [[[_mm256_setzero_ps(); 2]; C]; Q];
-                for i in 0..Q {
-                    for c in 0..C {
-                        let at = lanes[slot(i, c)].as_ptr();
-                        acc[i][c] = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
-                    }
-                }
-                let mut b = stretch + g;
-                while b < stretch_end {
-                    if b < first {
-                        // Before every query's span (`first` mid-round).
-                        b += groups;
-                        continue;
-                    }
-                    let at = b * KV_BLOCK;
-                    let values = staged
-                        .as_ptr()
-                        .add((b - stretch) * block_values + c0 * KV_BLOCK);
-                    let mut wv = [[_mm256_setzero_ps(); 2]; Q];
-                    let mut v = [[_mm256_setzero_ps(); 2]; C];
-                    if at >= inner.0 && at + KV_BLOCK <= inner.1 {
-                        // Every lane weighed by every query (most blocks): no masks.
-                        for i in 0..Q {
-                            let p = w[i].add(at - bases[i]);
-                            wv[i] = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
-                        }
-                        for (c, v) in v.iter_mut().enumerate() {
-                            *v = load_pair_f16(values.add(c * KV_BLOCK));
-                        }
-                    } else {
-                        for i in 0..Q {
-                            // Blocks are aligned, so a block with live lanes starts at or
-                            // after the query's base.
-                            let live = lanes_in(at, bases[i], ends[i]);
-                            if any_live(&live) {
-                                let p = w[i].add(at - bases[i]);
-                                wv[i] = [
-                                    _mm256_maskload_ps(p, live[0]),
-                                    _mm256_maskload_ps(p.add(8), live[1]),
-                                ];
-                            }
-                        }
-                        let live = lanes_in(at, 0, written);
-                        for (c, v) in v.iter_mut().enumerate() {
-                            let loaded = load_pair_f16(values.add(c * KV_BLOCK));
-                            *v = [
-                                _mm256_and_ps(loaded[0], _mm256_castsi256_ps(live[0])),
-                                _mm256_and_ps(loaded[1], _mm256_castsi256_ps(live[1])),
-                            ];
-                        }
-                    }
-                    // Fused: the product of two f16 values is exact, so this is the add.
-                    for i in 0..Q {
-                        for c in 0..C {
-                            for h in 0..2 {
-                                acc[i][c][h] = _mm256_fmadd_ps(wv[i][h], v[c][h], acc[i][c][h]);
-                            }
-                        }
-                    }
-                    b += groups;
-                }
-                for i in 0..Q {
-                    for c in 0..C {
-                        let at = lanes[slot(i, c)].as_mut_ptr();
-                        _mm256_storeu_ps(at, acc[i][c][0]);
-                        _mm256_storeu_ps(at.add(8), acc[i][c][1]);
-                    }
-                }
+        let blocks = stretch..stretch_end;
+        for tile in tiles {
+            let (q, w) = (&queries[tile.clone()], &weights[tile.clone()]);
+            let lanes = &mut lanes[starts[tile.start]..];
+            let groups = q[0].order.slot_groups();
+            match q.len() {
+                1 => values_tile::<1, 4>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
+                2 => values_tile::<2, 2>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
+                _ => values_tile::<3, 1>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
             }
         }
         stretch = stretch_end;
+    }
+}
+
+/// Adds blocks `blocks` (their values copied to `staged`, side by side) into the
+/// accumulators of `tile`'s queries × columns (`lanes`: query i's column c, slot group
+/// g at `(i · width + c) · groups + g`; block b goes to group b % groups), `C` columns
+/// and one slot group at a time in registers.
+#[inline(always)]
+unsafe fn values_tile<const Q: usize, const C: usize>(
+    tile: &[Query],
+    weights: &[Vec<f32>],
+    width: usize,
+    groups: usize,
+    blocks: &Range<usize>,
+    staged: &[u16],
+    lanes: &mut [[f32; 16]],
+) {
+    let TileSpan {
+        bases,
+        ends,
+        weights: w,
+        first,
+        last,
+        written,
+        inner,
+    } = TileSpan::<Q>::new(tile, weights);
+    let (from, to) = (blocks.start.max(first), blocks.end.min(last));
+    if from >= to {
+        return;
+    }
+    let block_values = width * KV_BLOCK;
+    for c0 in (0..width).step_by(C) {
+        for g in 0..groups {
+            let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
+            let mut acc = [[[_mm256_setzero_ps(); 2]; C]; Q];
+            for i in 0..Q {
+                for c in 0..C {
+                    let at = lanes[slot(i, c)].as_ptr();
+                    acc[i][c] = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
+                }
+            }
+            let mut b = blocks.start + g;
+            while b < to {
+                if b < from {
+                    // Before every query's span (`first` mid-round).
+                    b += groups;
+                    continue;
+                }
+                let at = b * KV_BLOCK;
+                let values = staged
+                    .as_ptr()
+                    .add((b - blocks.start) * block_values + c0 * KV_BLOCK);
+                let mut wv = [[_mm256_setzero_ps(); 2]; Q];
+                let mut v = [[_mm256_setzero_ps(); 2]; C];
+                if at >= inner.0 && at + KV_BLOCK <= inner.1 {
+                    // Every lane weighed by every query (most blocks): no masks.
+                    for i in 0..Q {
+                        let p = w[i].add(at - bases[i]);
+                        wv[i] = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    }
+                    for (c, v) in v.iter_mut().enumerate() {
+                        *v = load_pair_f16(values.add(c * KV_BLOCK));
+                    }
+                } else {
+                    for i in 0..Q {
+                        // Blocks are aligned, so a block with live lanes starts at or
+                        // after the query's base.
+                        let live = lanes_in(at, bases[i], ends[i]);
+                        if any_live(&live) {
+                            let p = w[i].add(at - bases[i]);
+                            wv[i] = [
+                                _mm256_maskload_ps(p, live[0]),
+                                _mm256_maskload_ps(p.add(8), live[1]),
+                            ];
+                        }
+                    }
+                    let live = lanes_in(at, 0, written);
+                    for (c, v) in v.iter_mut().enumerate() {
+                        let loaded = load_pair_f16(values.add(c * KV_BLOCK));
+                        *v = [
+                            _mm256_and_ps(loaded[0], _mm256_castsi256_ps(live[0])),
+                            _mm256_and_ps(loaded[1], _mm256_castsi256_ps(live[1])),
+                        ];
+                    }
+                }
+                // Fused: the product of two f16 values is exact, so this is the add.
+                for i in 0..Q {
+                    for c in 0..C {
+                        for h in 0..2 {
+                            acc[i][c][h] = _mm256_fmadd_ps(wv[i][h], v[c][h], acc[i][c][h]);
+                        }
+                    }
+                }
+                b += groups;
+            }
+            for i in 0..Q {
+                for c in 0..C {
+                    let at = lanes[slot(i, c)].as_mut_ptr();
+                    _mm256_storeu_ps(at, acc[i][c][0]);
+                    _mm256_storeu_ps(at.add(8), acc[i][c][1]);
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,77 @@
+//! Attention micro-benchmarks over one KV head of the default model's shape (3 KV heads of
+//! 64 columns, 3 query heads per KV head) with 2,048 cached positions in a shuffled pool:
+//! a prompt tile (16 rows × 3 heads, the batched order) and a decoding step (3 heads, the
+//! one-token order), scores and weighted values apart. Throughput is multiply-adds/s.
+//!
+//! `cargo bench -p quant --bench attention`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use half::f16;
+use quant::{attend, attention_scores, AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
+
+const WIDTH: usize = 64;
+const KV_DIM: usize = 3 * WIDTH;
+const POSITIONS: usize = 2048;
+
+fn f16_bits(i: usize) -> u16 {
+    f16::from_f32(((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5).to_bits()
+}
+
+fn attention(c: &mut Criterion) {
+    let blocks = POSITIONS / KV_BLOCK;
+    let pool = blocks + 5;
+    let table: Vec<u32> = (0..blocks).map(|b| ((7 * b + 2) % pool) as u32).collect();
+    let keys: Vec<u16> = (0..pool * KV_BLOCK * KV_DIM).map(f16_bits).collect();
+    let values: Vec<u16> = (0..pool * KV_BLOCK * KV_DIM)
+        .map(|i| f16_bits(i + 1))
+        .collect();
+    let kv = KvHead {
+        keys: &keys,
+        values: &values,
+        blocks: &table,
+        kv_dim: KV_DIM,
+        offset: WIDTH,
+        head_dim: WIDTH,
+    };
+    let q: Vec<f32> = (0..WIDTH)
+        .map(|i| f16::from_bits(f16_bits(3 * i)).to_f32())
+        .collect();
+    let prompt: Vec<Query> = (0..48)
+        .map(|i| Query {
+            q: &q,
+            first: 0,
+            end: POSITIONS - 16 + i / 3 + 1,
+            order: F16Order::Batched,
+        })
+        .collect();
+    let step: Vec<Query> = (0..3)
+        .map(|_| Query {
+            q: &q,
+            first: 0,
+            end: POSITIONS,
+            order: F16Order::OneToken,
+        })
+        .collect();
+    for (name, queries) in [("prompt", &prompt), ("decode", &step)] {
+        let macs: usize = queries.iter().map(|q| (q.end - q.first) * WIDTH).sum();
+        let mut group = c.benchmark_group(format!("attention_{name}"));
+        group.throughput(Throughput::Elements(macs as u64));
+        let mut scores = vec![Vec::new(); queries.len()];
+        group.bench_function("scores", |b| {
+            b.iter(|| attention_scores(queries, &kv, 0.125, &mut scores))
+        });
+        let weights: Vec<Vec<f32>> = scores
+            .iter()
+            .map(|s| s.iter().map(|_| 1.0 / POSITIONS as f32).collect())
+            .collect();
+        let mut out = vec![0.0; queries.len() * WIDTH];
+        let mut scratch = AttendScratch::default();
+        group.bench_function("values", |b| {
+            b.iter(|| attend(queries, &weights, &kv, &mut out, &mut scratch))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, attention);
+criterion_main!(benches);
