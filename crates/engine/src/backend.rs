@@ -32,11 +32,12 @@ impl KvCacheType {
         }
     }
 
-    pub fn ggml(self) -> gguf::GgmlType {
+    /// The block format of a quantized type.
+    pub fn quantized(self) -> Option<quant::KvQuant> {
         match self {
-            KvCacheType::F16 => gguf::GgmlType::F16,
-            KvCacheType::Q8_0 => gguf::GgmlType::Q8_0,
-            KvCacheType::Q4_0 => gguf::GgmlType::Q4_0,
+            KvCacheType::F16 => None,
+            KvCacheType::Q8_0 => Some(quant::KvQuant::Q8_0),
+            KvCacheType::Q4_0 => Some(quant::KvQuant::Q4_0),
         }
     }
 

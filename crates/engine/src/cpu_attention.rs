@@ -1,5 +1,6 @@
-//! Causal grouped-query attention over the CPU backend's KV pool (`cpu_kv`), in llama.cpp's
-//! summation orders (`quant::attention`).
+//! Causal grouped-query attention over the CPU backend's KV pool (`cpu_kv`): over an f16
+//! cache in llama.cpp's summation orders (`quant::attention`), over a quantized side in
+//! ours (`quant::attention_quantized`), reading the blocks as stored.
 //!
 //! The unit of work is a tile: the query heads of one KV head of one sequence, for up to
 //! `ROWS_PER_TASK` of its rows, so that each block of keys and values read serves all of
@@ -11,8 +12,8 @@
 
 use crate::backend::{AttentionOrder, AttentionSpec, SeqRows};
 use crate::cpu::CpuBuffer;
-use crate::cpu_kv::{CpuKvPool, Staging};
-use quant::{AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
+use crate::cpu_kv::{CpuKvPool, LayerSide};
+use quant::{AttendScratch, F16Order, KvHead, QuantizedKvHead, Query, KV_BLOCK};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -24,8 +25,14 @@ const ROWS_PER_TASK: usize = 16;
 /// between threads (a choice of speed only: split or not, the bits are the same).
 const SPLIT_FROM_POSITIONS: usize = 512;
 
-/// Columns of a split tile's values per task: a multiple of the kernels' 16.
-const SPLIT_COLUMNS: usize = 16;
+/// Columns of a split tile's values per task: a multiple of the f16 kernels' 16, and of
+/// the quantized blocks' 32.
+fn split_columns(values: &LayerSide) -> usize {
+    match values {
+        LayerSide::F16(_) => 16,
+        LayerSide::Quantized { .. } => 32,
+    }
+}
 
 /// The query heads `heads` of one KV head of sequence `seq`, for its batch rows `rows`.
 #[derive(Clone, Debug)]
@@ -41,23 +48,25 @@ struct Scratch {
     queries: Vec<f32>,
     scores: Vec<Vec<f32>>,
     attend: AttendScratch,
+    quantized_queries: Vec<u8>,
 }
 
 /// What one attention call reads: the query rows, the pool's layer, the sequences.
 struct Call<'a> {
     q: &'a CpuBuffer,
-    pool: &'a CpuKvPool,
-    layer: usize,
+    keys: LayerSide<'a>,
+    values: LayerSide<'a>,
+    kv_dim: usize,
     seqs: &'a [SeqRows<'a>],
     spec: &'a AttentionSpec,
     /// Columns per head, and query heads per KV head.
     width: usize,
     group: usize,
-    /// A quantized cache's blocks in sight, widened to f16, per sequence and KV head.
-    staged: &'a [Staging],
+    /// llama.cpp's flash-attention order: asked for, and both sides f16.
+    flash: bool,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     /// The tile's queries, row by row, rounded to f16 as GGML rounds the query for an f16
     /// cache; their values go into `values`.
     fn queries<'v>(&self, tile: &Tile, values: &'v mut Vec<f32>) -> Vec<Query<'v>> {
@@ -86,19 +95,85 @@ impl Call<'_> {
             .collect()
     }
 
-    /// The KV head the tile's queries read.
-    fn kv(&self, tile: &Tile) -> KvHead<'_> {
-        let kv_head = tile.heads.start / self.group;
-        match self.pool.f16_layer(self.layer) {
-            Some((keys, values)) => KvHead {
-                keys,
-                values,
-                blocks: self.seqs[tile.seq].blocks,
-                kv_dim: self.pool.kv_dim(),
-                offset: kv_head * self.width,
-                head_dim: self.width,
-            },
-            None => self.staged[tile.seq * self.spec.n_kv_heads + kv_head].head(),
+    /// The f16 sides of the KV head `kv_head` of sequence `seq` (a quantized side is
+    /// left empty: only the kernels of the f16 side read it).
+    fn f16_head(&self, seq: usize, kv_head: usize) -> KvHead<'_> {
+        let f16 = |side: &LayerSide<'a>| match *side {
+            LayerSide::F16(bits) => bits,
+            LayerSide::Quantized { .. } => &[],
+        };
+        KvHead {
+            keys: f16(&self.keys),
+            values: f16(&self.values),
+            blocks: self.seqs[seq].blocks,
+            kv_dim: self.kv_dim,
+            offset: kv_head * self.width,
+            head_dim: self.width,
+        }
+    }
+
+    /// Columns `columns` of KV head `kv_head` of sequence `seq` on a quantized side.
+    fn quantized_head(
+        &self,
+        side: &LayerSide<'a>,
+        seq: usize,
+        kv_head: usize,
+        columns: Range<usize>,
+    ) -> Option<QuantizedKvHead<'a>> {
+        match *side {
+            LayerSide::F16(_) => None,
+            LayerSide::Quantized {
+                quant,
+                data,
+                row_bytes,
+            } => Some(QuantizedKvHead {
+                quant,
+                data,
+                row_bytes,
+                blocks: self.seqs[seq].blocks,
+                offset: kv_head * self.width + columns.start,
+                head_dim: columns.len(),
+            }),
+        }
+    }
+
+    /// The queries' scores against KV head `kv_head` of sequence `seq`.
+    fn scores(
+        &self,
+        seq: usize,
+        kv_head: usize,
+        queries: &[Query],
+        scores: &mut [Vec<f32>],
+        quantized_queries: &mut Vec<u8>,
+    ) {
+        let scale = self.spec.scale;
+        match self.quantized_head(&self.keys, seq, kv_head, 0..self.width) {
+            Some(keys) => quant::quantized_scores(queries, &keys, scale, scores, quantized_queries),
+            None => quant::attention_scores(queries, &self.f16_head(seq, kv_head), scale, scores),
+        }
+    }
+
+    /// The queries' weighted values of KV head `kv_head` of sequence `seq`, its columns
+    /// `columns` only.
+    fn attend(
+        &self,
+        (seq, kv_head, columns): (usize, usize, Range<usize>),
+        queries: &[Query],
+        weights: &[Vec<f32>],
+        out: &mut [f32],
+        scratch: &mut AttendScratch,
+    ) {
+        match self.quantized_head(&self.values, seq, kv_head, columns.clone()) {
+            Some(values) => quant::quantized_attend(queries, weights, &values, out),
+            None => {
+                let whole = self.f16_head(seq, kv_head);
+                let kv = KvHead {
+                    offset: whole.offset + columns.start,
+                    head_dim: columns.len(),
+                    ..whole
+                };
+                quant::attend(queries, weights, &kv, out, scratch)
+            }
         }
     }
 
@@ -118,11 +193,13 @@ impl Call<'_> {
             queries: query_values,
             scores,
             attend,
+            quantized_queries,
         } = scratch;
         let queries = self.queries(tile, query_values);
-        let kv = self.kv(tile);
+        let kv_head = tile.heads.start / self.group;
         let mut result = vec![0.0; queries.len() * self.width];
-        if self.spec.order == AttentionOrder::Flash {
+        if self.flash {
+            let kv = self.f16_head(tile.seq, kv_head);
             for (query, out) in queries.iter().zip(result.chunks_exact_mut(self.width)) {
                 quant::flash_attend(query, &kv, self.spec.scale, self.spec.softcap, out);
             }
@@ -130,11 +207,12 @@ impl Call<'_> {
         }
         scores.resize_with(queries.len().max(scores.len()), Vec::new);
         let scores = &mut scores[..queries.len()];
-        quant::attention_scores(&queries, &kv, self.spec.scale, scores);
+        self.scores(tile.seq, kv_head, &queries, scores, quantized_queries);
         for (query, scores) in queries.iter().zip(scores.iter_mut()) {
             self.weigh(query, scores);
         }
-        quant::attend(&queries, scores, &kv, &mut result, attend);
+        let head = (tile.seq, kv_head, 0..self.width);
+        self.attend(head, &queries, scores, &mut result, attend);
         result
     }
 
@@ -167,7 +245,6 @@ impl Call<'_> {
         let pieces: Vec<Vec<Vec<f32>>> = stretches
             .par_iter()
             .map(|(t, stretch)| {
-                let kv = self.kv(&tiles[*t]);
                 let part: Vec<Query> = queries[*t]
                     .iter()
                     .map(|q| Query {
@@ -179,7 +256,8 @@ impl Call<'_> {
                 // A query that sees none of the stretch gets no scores from it.
                 let seen: Vec<Query> = part.into_iter().filter(|q| q.first < q.end).collect();
                 let mut scores = vec![Vec::new(); seen.len()];
-                quant::attention_scores(&seen, &kv, self.spec.scale, &mut scores);
+                let kv_head = tiles[*t].heads.start / self.group;
+                self.scores(tiles[*t].seq, kv_head, &seen, &mut scores, &mut Vec::new());
                 scores
             })
             .collect();
@@ -204,24 +282,21 @@ impl Call<'_> {
             .flat_map(|(w, q)| w.par_iter_mut().zip(q.par_iter()))
             .for_each(|(w, query)| self.weigh(query, w));
         // Weighted values: (tile, columns) tasks, each over every position.
+        let split = split_columns(&self.values);
         let columns: Vec<(usize, Range<usize>)> = (0..tiles.len())
             .flat_map(|t| {
                 (0..self.width)
-                    .step_by(SPLIT_COLUMNS)
-                    .map(move |c| (t, c..(c + SPLIT_COLUMNS).min(self.width)))
+                    .step_by(split)
+                    .map(move |c| (t, c..(c + split).min(self.width)))
             })
             .collect();
         let outputs: Vec<Vec<f32>> = columns
             .par_iter()
             .map_init(AttendScratch::default, |scratch, (t, columns)| {
-                let whole = self.kv(&tiles[*t]);
-                let kv = KvHead {
-                    offset: whole.offset + columns.start,
-                    head_dim: columns.len(),
-                    ..whole
-                };
+                let tile = &tiles[*t];
+                let head = (tile.seq, tile.heads.start / self.group, columns.clone());
                 let mut out = vec![0.0; queries[*t].len() * columns.len()];
-                quant::attend(&queries[*t], &weights[*t], &kv, &mut out, scratch);
+                self.attend(head, &queries[*t], &weights[*t], &mut out, scratch);
                 out
             })
             .collect();
@@ -262,16 +337,18 @@ pub fn attention(
                 .map(move |start| (s, start..(start + ROWS_PER_TASK).min(seq.rows.end)))
         })
         .collect();
-    let staged = pool.stage_layer(layer, seqs, spec);
+    let (keys, values) = (pool.keys(layer), pool.values(layer));
+    let f16 = |side: &LayerSide| matches!(side, LayerSide::F16(_));
     let call = Call {
         q,
-        pool,
-        layer,
+        keys,
+        values,
+        kv_dim: pool.kv_dim(),
         seqs,
         spec,
         width,
         group,
-        staged: &staged[..],
+        flash: spec.order == AttentionOrder::Flash && f16(&keys) && f16(&values),
     };
     let tiles_of = |heads_per_tile: usize| -> Vec<Tile> {
         row_tiles
@@ -290,8 +367,8 @@ pub fn attention(
     let few = row_tiles.len() * spec.n_kv_heads < 2 * rayon::current_num_threads();
     let longest = seqs.iter().map(|s| s.start + s.rows.len()).max();
     let split = few
-        && spec.order != AttentionOrder::Flash
-        && width.is_multiple_of(SPLIT_COLUMNS)
+        && !call.flash
+        && width.is_multiple_of(split_columns(&values))
         && longest.is_some_and(|n| n >= SPLIT_FROM_POSITIONS);
     // Few short tiles: one task per query head (each re-reads its KV head, which is small).
     let tiles = tiles_of(if few && !split { 1 } else { group });

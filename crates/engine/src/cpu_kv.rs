@@ -1,17 +1,14 @@
-//! The CPU backend's KV cache. It is f16 (or a quantized type, widened to f16 for each
-//! attention call), in blocks of `KV_BLOCK_SIZE` positions: keys position by position,
-//! each block's values transposed (a column's 16 positions side by side), the layout
-//! `quant::KvHead` reads (`cpu_attention`).
+//! The CPU backend's KV cache, in blocks of `KV_BLOCK_SIZE` positions. An f16 side keeps
+//! keys position by position and each block's values transposed (a column's 16 positions
+//! side by side), the layout `quant::KvHead` reads; a quantized side keeps each position's
+//! row of GGML blocks, the layout `quant::QuantizedKvHead` reads (`cpu_attention`).
 
-use crate::backend::{AttentionSpec, KvCacheType, KvShape, KvTypes, SeqRows, KV_BLOCK_SIZE};
+use crate::backend::{KvCacheType, KvShape, KvTypes, KV_BLOCK_SIZE};
 use crate::cpu::CpuBuffer;
 use crate::error::{EngineError, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use quant::KvHead;
-use rayon::prelude::*;
-use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
+use quant::KvQuant;
 
 // The kernels read a block's values as one vector of positions.
 const _: () = assert!(KV_BLOCK_SIZE == quant::KV_BLOCK);
@@ -19,13 +16,9 @@ const _: () = assert!(KV_BLOCK_SIZE == quant::KV_BLOCK);
 pub struct CpuKvPool {
     slots: usize,
     kv_dim: usize,
-    head_dim: usize,
     layers: usize,
     k: Side,
     v: Side,
-    /// A quantized cache's keys and values of one layer widened to f16, per sequence and
-    /// KV head of the current `attention` call (kept so that no call reallocates).
-    staged: Mutex<Vec<Staging>>,
 }
 
 /// The keys or the values of every layer.
@@ -33,10 +26,9 @@ enum Side {
     /// f16 bits: keys [layer][slot][kv_dim], values [layer][block][kv_dim][position in
     /// block] (the layout `quant::KvHead` reads).
     F16(Vec<u16>),
-    /// GGML blocks of 32 values, [layer][slot][row of `kv_dim`]: attention widens the
-    /// blocks it reads to f16 first (`stage`).
+    /// GGML blocks of 32 values, [layer][slot][row of `kv_dim`].
     Quantized {
-        ty: KvCacheType,
+        quant: KvQuant,
         row: usize,
         data: Vec<u8>,
     },
@@ -53,10 +45,10 @@ impl Side {
             })?;
         // `vec!` of zeros maps fresh pages lazily: memory is only taken as positions
         // are written, so a large budget costs what is used.
-        Ok(match ty {
-            KvCacheType::F16 => Side::F16(huge_pages(vec![0; bytes / 2])),
-            _ => Side::Quantized {
-                ty,
+        Ok(match ty.quantized() {
+            None => Side::F16(huge_pages(vec![0; bytes / 2])),
+            Some(quant) => Side::Quantized {
+                quant,
                 row: ty.bytes(kv_dim),
                 data: huge_pages(vec![0; bytes]),
             },
@@ -82,11 +74,9 @@ impl CpuKvPool {
         Ok(CpuKvPool {
             slots,
             kv_dim: shape.kv_dim,
-            head_dim: shape.head_dim,
             layers: shape.layers,
             k: Side::new(types.k, shape.layers, slots, shape.kv_dim)?,
             v: Side::new(types.v, shape.layers, slots, shape.kv_dim)?,
-            staged: Mutex::new(Vec::new()),
         })
     }
 
@@ -129,8 +119,8 @@ impl CpuKvPool {
                     let key: &mut [f16] = bytemuck_f16(&mut keys[at..at + n]);
                     key.convert_from_f32_slice(&k.row(t)[..n]);
                 }
-                Side::Quantized { ty, row, data } => {
-                    quantize_into(*ty, k.row(t), &mut data[pool_slot * *row..][..*row])
+                Side::Quantized { quant, row, data } => {
+                    quantize_into(*quant, k.row(t), &mut data[pool_slot * *row..][..*row])
                 }
             }
             match &mut self.v {
@@ -140,8 +130,8 @@ impl CpuKvPool {
                         values[block + c * KV_BLOCK_SIZE + lane] = f16::from_f32(x).to_bits();
                     }
                 }
-                Side::Quantized { ty, row, data } => {
-                    quantize_into(*ty, v.row(t), &mut data[pool_slot * *row..][..*row])
+                Side::Quantized { quant, row, data } => {
+                    quantize_into(*quant, v.row(t), &mut data[pool_slot * *row..][..*row])
                 }
             }
         }
@@ -152,169 +142,49 @@ impl CpuKvPool {
         self.kv_dim
     }
 
-    /// For a quantized cache, each sequence's blocks that `layer`'s attention sees, widened
-    /// to f16 per KV head (sequence s's KV head g at `s · n_kv_heads + g`); nothing for an
-    /// f16 cache, which the kernels read as it is.
-    pub(crate) fn stage_layer(
-        &self,
-        layer: usize,
-        seqs: &[SeqRows],
-        spec: &AttentionSpec,
-    ) -> MutexGuard<'_, Vec<Staging>> {
-        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        if self.f16_layer(layer).is_some() {
-            staged.clear();
-            return staged;
-        }
-        let heads = seqs.len() * spec.n_kv_heads;
-        let kept = heads.max(staged.len());
-        staged.resize_with(kept, Staging::default);
-        staged[..heads]
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, staging)| {
-                let (seq, g) = (&seqs[i / spec.n_kv_heads], i % spec.n_kv_heads);
-                let first = spec.first_visible(seq.start) / KV_BLOCK_SIZE;
-                let end = (seq.start + seq.rows.len()).div_ceil(KV_BLOCK_SIZE);
-                self.stage(layer, seq.blocks, first..end, g * self.head_dim, staging);
-            });
-        staged
+    /// `layer`'s keys.
+    pub(crate) fn keys(&self, layer: usize) -> LayerSide<'_> {
+        self.layer_side(&self.k, layer)
     }
 
-    /// The f16 keys and values of `layer`, if both sides are f16.
-    pub(crate) fn f16_layer(&self, layer: usize) -> Option<(&[u16], &[u16])> {
-        let range = self.offset(layer, 0)..self.offset(layer + 1, 0);
-        match (&self.k, &self.v) {
-            (Side::F16(k), Side::F16(v)) => Some((&k[range.clone()], &v[range])),
-            _ => None,
-        }
+    /// `layer`'s values.
+    pub(crate) fn values(&self, layer: usize) -> LayerSide<'_> {
+        self.layer_side(&self.v, layer)
     }
 
-    /// Blocks `range` of one KV head (first column `offset`) of a sequence (table
-    /// `blocks`), widened to f16 into `staging`.
-    fn stage(
-        &self,
-        layer: usize,
-        blocks: &[u32],
-        range: Range<usize>,
-        offset: usize,
-        staging: &mut Staging,
-    ) {
-        let width = self.head_dim;
-        let n = KV_BLOCK_SIZE * width;
-        staging.width = width;
-        staging.table.clear();
-        staging
-            .table
-            .extend((0..range.end).map(|b| b.saturating_sub(range.start) as u32));
-        staging.keys.resize(range.len() * n, 0);
-        staging.values.resize(range.len() * n, 0);
-        for (local, b) in range.enumerate() {
-            let block = blocks[b] as usize;
-            let keys = &mut staging.keys[local * n..][..n];
-            self.read_block(
-                &self.k,
-                false,
-                layer,
-                block,
-                offset,
-                keys,
-                &mut staging.bits,
-            );
-            let values = &mut staging.values[local * n..][..n];
-            self.read_block(
-                &self.v,
-                true,
-                layer,
-                block,
-                offset,
-                values,
-                &mut staging.bits,
-            );
-        }
-    }
-
-    /// One KV head's (first column `offset`) 16 positions of pool block `block` from
-    /// `side`, as f16 bits in `quant::KvHead`'s layout: position by position, or
-    /// (`transposed`, the values) column by column. `bits`: scratch.
-    #[allow(clippy::too_many_arguments)]
-    fn read_block(
-        &self,
-        side: &Side,
-        transposed: bool,
-        layer: usize,
-        block: usize,
-        offset: usize,
-        out: &mut [u16],
-        bits: &mut Vec<u16>,
-    ) {
-        let width = self.head_dim;
-        let first_slot = layer * self.slots + block * KV_BLOCK_SIZE;
+    fn layer_side<'a>(&self, side: &'a Side, layer: usize) -> LayerSide<'a> {
+        let slots = layer * self.slots..(layer + 1) * self.slots;
         match side {
-            Side::F16(data) if !transposed => {
-                for (j, key) in out.chunks_exact_mut(width).enumerate() {
-                    let at = (first_slot + j) * self.kv_dim + offset;
-                    key.copy_from_slice(&data[at..at + width]);
-                }
-            }
             Side::F16(data) => {
-                let at = first_slot * self.kv_dim + offset * KV_BLOCK_SIZE;
-                out.copy_from_slice(&data[at..at + width * KV_BLOCK_SIZE]);
+                LayerSide::F16(&data[slots.start * self.kv_dim..slots.end * self.kv_dim])
             }
-            Side::Quantized { ty, row, data } => {
-                // Position by position; the values are then transposed from `bits`.
-                bits.resize(KV_BLOCK_SIZE * width, 0);
-                let target: &mut [u16] = if transposed { bits } else { out };
-                for (j, position) in target.chunks_exact_mut(width).enumerate() {
-                    let start = (first_slot + j) * row + ty.bytes(offset);
-                    let bytes = &data[start..start + ty.bytes(width)];
-                    // The pool only holds the types `quant` dequantizes.
-                    quant::widen_to_f16(ty.ggml(), bytes, position)
-                        .expect("a KV cache type quant reads");
-                }
-                if !transposed {
-                    return;
-                }
-                for (c, column) in out.chunks_exact_mut(KV_BLOCK_SIZE).enumerate() {
-                    for (j, v) in column.iter_mut().enumerate() {
-                        *v = bits[j * width + c];
-                    }
-                }
-            }
+            Side::Quantized { quant, row, data } => LayerSide::Quantized {
+                quant: *quant,
+                data: &data[slots.start * row..slots.end * row],
+                row_bytes: *row,
+            },
         }
     }
 }
 
-/// Quantizes `x` into `out` (`ty.bytes(x.len())` bytes).
-fn quantize_into(ty: KvCacheType, x: &[f32], out: &mut [u8]) {
+/// One layer's keys or values, as stored.
+#[derive(Clone, Copy)]
+pub(crate) enum LayerSide<'a> {
+    /// f16 bits in `quant::KvHead`'s layout.
+    F16(&'a [u16]),
+    /// Rows of GGML blocks, `row_bytes` per pool slot.
+    Quantized {
+        quant: KvQuant,
+        data: &'a [u8],
+        row_bytes: usize,
+    },
+}
+
+/// Quantizes `x` into `out` (whole blocks).
+fn quantize_into(quant: KvQuant, x: &[f32], out: &mut [u8]) {
     // The pool only holds the types `quant` quantizes, in whole blocks.
-    let bytes = quant::quantize(ty.ggml(), x).expect("a KV cache type quant writes");
+    let bytes = quant::quantize(quant.ggml(), x).expect("a KV cache type quant writes");
     out.copy_from_slice(&bytes);
-}
-
-/// One KV head of a sequence's quantized keys and values widened to f16
-/// (`CpuKvPool::stage`), in the layout `quant::KvHead` reads, with a block table of its
-/// own.
-#[derive(Default)]
-pub(crate) struct Staging {
-    keys: Vec<u16>,
-    values: Vec<u16>,
-    table: Vec<u32>,
-    bits: Vec<u16>,
-    width: usize,
-}
-
-impl Staging {
-    pub(crate) fn head(&self) -> KvHead<'_> {
-        KvHead {
-            keys: &self.keys,
-            values: &self.values,
-            blocks: &self.table,
-            kv_dim: self.width,
-            offset: 0,
-            head_dim: self.width,
-        }
-    }
 }
 
 /// Asks the kernel to back `memory` with 2 MiB pages where it can (Linux's transparent

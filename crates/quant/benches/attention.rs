@@ -1,13 +1,17 @@
 //! Attention micro-benchmarks over one KV head of the default model's shape (3 KV heads of
 //! 64 columns, 3 query heads per KV head) with 2,048 cached positions in a shuffled pool:
 //! a prompt tile (16 rows × 3 heads, the batched order) and a decoding step (3 heads, the
-//! one-token order), scores and weighted values apart. Throughput is multiply-adds/s.
+//! one-token order), scores and weighted values apart, over an f16 cache and a Q8_0 one.
+//! Throughput is multiply-adds/s.
 //!
 //! `cargo bench -p quant --bench attention`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
-use quant::{attend, attention_scores, AttendScratch, F16Order, KvHead, Query, KV_BLOCK};
+use quant::{
+    attend, attention_scores, quantized_attend, quantized_scores, AttendScratch, F16Order, KvHead,
+    KvQuant, QuantizedKvHead, Query, KV_BLOCK,
+};
 
 const WIDTH: usize = 64;
 const KV_DIM: usize = 3 * WIDTH;
@@ -30,6 +34,18 @@ fn attention(c: &mut Criterion) {
         values: &values,
         blocks: &table,
         kv_dim: KV_DIM,
+        offset: WIDTH,
+        head_dim: WIDTH,
+    };
+    let row: Vec<f32> = (0..pool * KV_BLOCK * KV_DIM)
+        .map(|i| f16::from_bits(f16_bits(i)).to_f32())
+        .collect();
+    let q8_0 = quant::quantize(gguf::GgmlType::Q8_0, &row).expect("whole blocks");
+    let quantized = QuantizedKvHead {
+        quant: KvQuant::Q8_0,
+        data: &q8_0,
+        row_bytes: KV_DIM / 32 * 34,
+        blocks: &table,
         offset: WIDTH,
         head_dim: WIDTH,
     };
@@ -60,14 +76,29 @@ fn attention(c: &mut Criterion) {
         group.bench_function("scores", |b| {
             b.iter(|| attention_scores(queries, &kv, 0.125, &mut scores))
         });
-        let weights: Vec<Vec<f32>> = scores
+        let weights: Vec<Vec<f32>> = queries
             .iter()
-            .map(|s| s.iter().map(|_| 1.0 / POSITIONS as f32).collect())
+            .map(|q| vec![1.0 / POSITIONS as f32; q.end - q.base()])
             .collect();
         let mut out = vec![0.0; queries.len() * WIDTH];
         let mut scratch = AttendScratch::default();
         group.bench_function("values", |b| {
             b.iter(|| attend(queries, &weights, &kv, &mut out, &mut scratch))
+        });
+        let mut quantized_query = Vec::new();
+        group.bench_function("q8_0 scores", |b| {
+            b.iter(|| {
+                quantized_scores(
+                    queries,
+                    &quantized,
+                    0.125,
+                    &mut scores,
+                    &mut quantized_query,
+                )
+            })
+        });
+        group.bench_function("q8_0 values", |b| {
+            b.iter(|| quantized_attend(queries, &weights, &quantized, &mut out))
         });
         group.finish();
     }

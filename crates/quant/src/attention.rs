@@ -396,26 +396,6 @@ pub fn attend(
     attend_any(queries, weights, kv, out, scratch)
 }
 
-/// Decodes `data` (whole GGML blocks of `ty`, as a quantized KV cache stores them) into
-/// f16 bits: each value as `dequantize` computes it, rounded to f16.
-pub fn widen_to_f16(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> crate::Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    if data.len() == out.len() / ty.block_size() * ty.type_size()
-        && match crate::selected_isa() {
-            crate::Isa::Avx512 => crate::attention_avx512::widen_to_f16_avx512(ty, data, out),
-            crate::Isa::Avx2 => crate::attention_avx2::widen_to_f16_avx2(ty, data, out),
-            crate::Isa::Scalar => false,
-        }
-    {
-        return Ok(());
-    }
-    let mut values = vec![0.0f32; out.len()];
-    crate::dequantize(ty, data, &mut values)?;
-    out.reinterpret_cast_mut::<f16>()
-        .convert_from_f32_slice(&values);
-    Ok(())
-}
-
 /// Whether the vector score kernels cover every query over a head of `width`: the
 /// batched order takes multiples of 16 up to 128 and 256, the one-token order 64, 128
 /// and 256 (no f64 tail).
@@ -494,36 +474,6 @@ pub(crate) unsafe fn prefetch(p: *const u16, bytes: usize) {
         // SAFETY: a prefetch never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
     }
-}
-
-/// Runs a vector kernel's `widen_block(block, out, is_q4_0)` over `data`'s Q8_0 or Q4_0
-/// blocks (32 values each), or returns false (nothing done) for another type.
-///
-/// # Safety
-/// The CPU must have the features `widen_block` is compiled for.
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn widen_blocks(
-    ty: gguf::GgmlType,
-    data: &[u8],
-    out: &mut [u16],
-    widen_block: unsafe fn(&[u8], &mut [u16], bool),
-) -> bool {
-    let (size, q4) = match ty {
-        gguf::GgmlType::Q8_0 => (34, false),
-        gguf::GgmlType::Q4_0 => (18, true),
-        _ => return false,
-    };
-    assert_eq!(
-        data.len() / size * 32,
-        out.len(),
-        "whole blocks of 32 values"
-    );
-    for (block, out) in data.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
-        // SAFETY: the caller vouches for the features; `block` holds a whole block and
-        // `out` its 32 values.
-        unsafe { widen_block(block, out, q4) }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -648,31 +598,6 @@ pub(crate) mod tests {
                     (got as f64 - exact).abs() < 1e-4 * exact.abs().max(1.0),
                     "{order:?} n={n}"
                 );
-            }
-        }
-    }
-
-    #[test]
-    fn quantized_blocks_widen_to_the_f16_of_their_values() {
-        for ty in [gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0] {
-            let x: Vec<f32> = (0..256)
-                .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.37)
-                .collect();
-            let data = crate::quantize(ty, &x).unwrap();
-            let mut got = vec![0u16; 256];
-            widen_to_f16(ty, &data, &mut got).unwrap();
-            let mut values = vec![0.0; 256];
-            crate::dequantize(ty, &data, &mut values).unwrap();
-            let want: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
-            assert_eq!(got, want, "{ty}");
-            #[cfg(target_arch = "x86_64")]
-            for (isa, kernel) in runnable::<fn(_, _, &mut _) -> _>(
-                crate::attention_avx2::widen_to_f16_avx2,
-                crate::attention_avx512::widen_to_f16_avx512,
-            ) {
-                let mut direct = vec![0u16; 256];
-                assert!(kernel(ty, &data, &mut direct));
-                assert_eq!(direct, want, "{ty} {isa:?}");
             }
         }
     }

@@ -386,37 +386,3 @@ unsafe fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
         acc[i] = crate::round_f16(v[i].mul_add(w, acc[i]));
     }
 }
-
-/// `attention::widen_to_f16` for Q8_0 and Q4_0 blocks, sixteen values at a time (the same
-/// products, rounded to f16 to nearest even), or false (nothing done) for another type.
-pub fn widen_to_f16_avx512(ty: gguf::GgmlType, data: &[u8], out: &mut [u16]) -> bool {
-    assert_avx512();
-    // SAFETY: AVX-512F and F16C are available (asserted above).
-    unsafe { crate::attention::widen_blocks(ty, data, out, widen_block) }
-}
-
-#[target_feature(enable = "avx512f,f16c")]
-unsafe fn widen_block(block: &[u8], out: &mut [u16], q4: bool) {
-    let d = _mm512_set1_ps(crate::f16_bits_to_f32(u16::from_le_bytes([
-        block[0], block[1],
-    ])));
-    let q = block.as_ptr().add(2);
-    let (low, high) = if q4 {
-        let bytes = _mm_loadu_si128(q as *const __m128i);
-        let nibbles = _mm_set1_epi8(0x0f);
-        let eight = _mm512_set1_epi32(8);
-        let low = _mm512_cvtepu8_epi32(_mm_and_si128(bytes, nibbles));
-        let high = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16::<4>(bytes), nibbles));
-        (_mm512_sub_epi32(low, eight), _mm512_sub_epi32(high, eight))
-    } else {
-        (
-            _mm512_cvtepi8_epi32(_mm_loadu_si128(q as *const __m128i)),
-            _mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16) as *const __m128i)),
-        )
-    };
-    for (half, ints) in [(0, low), (16, high)] {
-        let values = _mm512_mul_ps(_mm512_cvtepi32_ps(ints), d);
-        let bits = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(values);
-        _mm256_storeu_si256(out.as_mut_ptr().add(half) as *mut __m256i, bits);
-    }
-}

@@ -10,6 +10,9 @@ mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 mod attention_flash;
+mod attention_quantized;
+#[cfg(target_arch = "x86_64")]
+mod attention_quantized_avx2;
 mod dot;
 mod iquants;
 mod isa;
@@ -40,10 +43,10 @@ mod packed;
 mod rope;
 
 pub use attention::{
-    attend, attention_scores, dot_f16, widen_to_f16, AttendScratch, F16Order, KvHead, Query,
-    KV_BLOCK,
+    attend, attention_scores, dot_f16, AttendScratch, F16Order, KvHead, Query, KV_BLOCK,
 };
 pub use attention_flash::flash_attend;
+pub use attention_quantized::{quantized_attend, quantized_scores, KvQuant, QuantizedKvHead};
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
