@@ -345,10 +345,15 @@ unsafe fn weighted_values(
             let (q, w) = (&queries[tile.clone()], &weights[tile.clone()]);
             let lanes = &mut lanes[starts[tile.start]..];
             let groups = q[0].order.slot_groups();
-            match q.len() {
-                1 => values_tile::<1, 4>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
-                2 => values_tile::<2, 2>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
-                _ => values_tile::<3, 1>(q, w, kv.head_dim, groups, &blocks, staged, lanes),
+            // Three queries × two columns: twelve accumulators, enough chains of fused
+            // multiply-adds to keep both units busy. The one-token order runs a quarter
+            // as many blocks per pass (one slot group), where one column costs less.
+            let width = kv.head_dim;
+            match (q.len(), groups) {
+                (1, _) => values_tile::<1, 4>(q, w, width, groups, &blocks, staged, lanes),
+                (2, _) => values_tile::<2, 2>(q, w, width, groups, &blocks, staged, lanes),
+                (_, 1) => values_tile::<3, 2>(q, w, width, groups, &blocks, staged, lanes),
+                _ => values_tile::<3, 1>(q, w, width, groups, &blocks, staged, lanes),
             }
         }
         stretch = stretch_end;
@@ -383,6 +388,9 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
         return;
     }
     let block_values = width * KV_BLOCK;
+    // Blocks every query weighs whole (no masks): `inner_first..inner_end`.
+    let inner_first = inner.0.div_ceil(KV_BLOCK);
+    let inner_end = (inner.1 / KV_BLOCK).max(inner_first);
     for c0 in (0..width).step_by(C) {
         for g in 0..groups {
             let slot = |i: usize, c: usize| (i * width + c0 + c) * groups + g;
@@ -393,58 +401,55 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
                     acc[i][c] = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
                 }
             }
-            let mut b = blocks.start + g;
-            while b < to {
-                if b < from {
-                    // Before every query's span (`first` mid-round).
-                    b += groups;
-                    continue;
-                }
-                let at = b * KV_BLOCK;
-                let values = staged
+            let values = |b: usize| {
+                staged
                     .as_ptr()
-                    .add((b - blocks.start) * block_values + c0 * KV_BLOCK);
-                let mut wv = [[_mm256_setzero_ps(); 2]; Q];
-                let mut v = [[_mm256_setzero_ps(); 2]; C];
-                if at >= inner.0 && at + KV_BLOCK <= inner.1 {
-                    // Every lane weighed by every query (most blocks): no masks.
-                    for i in 0..Q {
-                        let p = w[i].add(at - bases[i]);
-                        wv[i] = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    .add((b - blocks.start) * block_values + c0 * KV_BLOCK)
+            };
+            // Group g's blocks (b ≡ g mod groups) from `from` on: masked ones before the
+            // inner blocks, the inner ones without a test, masked ones after.
+            let mut b = from + (g + groups - from % groups) % groups;
+            while b < to && b < inner_first {
+                masked_block(
+                    &mut acc,
+                    values(b),
+                    b * KV_BLOCK,
+                    &bases,
+                    &ends,
+                    &w,
+                    written,
+                );
+                b += groups;
+            }
+            let fast_end = to.min(inner_end);
+            if b < fast_end {
+                let mut wp: [*const f32; Q] =
+                    std::array::from_fn(|i| w[i].add(b * KV_BLOCK - bases[i]));
+                let mut vp = values(b);
+                let (w_step, v_step) = (groups * KV_BLOCK, groups * block_values);
+                while b < fast_end {
+                    let wv: [Pair; Q] = std::array::from_fn(|i| {
+                        [_mm256_loadu_ps(wp[i]), _mm256_loadu_ps(wp[i].add(8))]
+                    });
+                    let v: [Pair; C] = std::array::from_fn(|c| load_pair_f16(vp.add(c * KV_BLOCK)));
+                    add_products(&mut acc, &wv, &v);
+                    for p in wp.iter_mut() {
+                        *p = p.add(w_step);
                     }
-                    for (c, v) in v.iter_mut().enumerate() {
-                        *v = load_pair_f16(values.add(c * KV_BLOCK));
-                    }
-                } else {
-                    for i in 0..Q {
-                        // Blocks are aligned, so a block with live lanes starts at or
-                        // after the query's base.
-                        let live = lanes_in(at, bases[i], ends[i]);
-                        if any_live(&live) {
-                            let p = w[i].add(at - bases[i]);
-                            wv[i] = [
-                                _mm256_maskload_ps(p, live[0]),
-                                _mm256_maskload_ps(p.add(8), live[1]),
-                            ];
-                        }
-                    }
-                    let live = lanes_in(at, 0, written);
-                    for (c, v) in v.iter_mut().enumerate() {
-                        let loaded = load_pair_f16(values.add(c * KV_BLOCK));
-                        *v = [
-                            _mm256_and_ps(loaded[0], _mm256_castsi256_ps(live[0])),
-                            _mm256_and_ps(loaded[1], _mm256_castsi256_ps(live[1])),
-                        ];
-                    }
+                    vp = vp.add(v_step);
+                    b += groups;
                 }
-                // Fused: the product of two f16 values is exact, so this is the add.
-                for i in 0..Q {
-                    for c in 0..C {
-                        for h in 0..2 {
-                            acc[i][c][h] = _mm256_fmadd_ps(wv[i][h], v[c][h], acc[i][c][h]);
-                        }
-                    }
-                }
+            }
+            while b < to {
+                masked_block(
+                    &mut acc,
+                    values(b),
+                    b * KV_BLOCK,
+                    &bases,
+                    &ends,
+                    &w,
+                    written,
+                );
                 b += groups;
             }
             for i in 0..Q {
@@ -456,6 +461,60 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
             }
         }
     }
+}
+
+/// `acc[i][c] += weights[i] · values[c]`, lane by lane. Fused: the product of two f16
+/// values is exact, so this is the add.
+#[inline(always)]
+unsafe fn add_products<const Q: usize, const C: usize>(
+    acc: &mut [[Pair; C]; Q],
+    weights: &[Pair; Q],
+    values: &[Pair; C],
+) {
+    for i in 0..Q {
+        for c in 0..C {
+            for h in 0..2 {
+                acc[i][c][h] = _mm256_fmadd_ps(weights[i][h], values[c][h], acc[i][c][h]);
+            }
+        }
+    }
+}
+
+/// Adds the block of values at `values` (positions `at..at + 16`) with each query's
+/// weights where it weighs them (lanes in `bases[i]..ends[i]`), and zeros for lanes past
+/// `written` (they may hold another sequence's values).
+#[inline(always)]
+unsafe fn masked_block<const Q: usize, const C: usize>(
+    acc: &mut [[Pair; C]; Q],
+    values: *const u16,
+    at: usize,
+    bases: &[usize; Q],
+    ends: &[usize; Q],
+    w: &[*const f32; Q],
+    written: usize,
+) {
+    let mut wv = [[_mm256_setzero_ps(); 2]; Q];
+    for i in 0..Q {
+        // Blocks are aligned, so a block with live lanes starts at or after the query's
+        // base.
+        let live = lanes_in(at, bases[i], ends[i]);
+        if any_live(&live) {
+            let p = w[i].add(at - bases[i]);
+            wv[i] = [
+                _mm256_maskload_ps(p, live[0]),
+                _mm256_maskload_ps(p.add(8), live[1]),
+            ];
+        }
+    }
+    let live = lanes_in(at, 0, written);
+    let v: [Pair; C] = std::array::from_fn(|c| {
+        let loaded = load_pair_f16(values.add(c * KV_BLOCK));
+        [
+            _mm256_and_ps(loaded[0], _mm256_castsi256_ps(live[0])),
+            _mm256_and_ps(loaded[1], _mm256_castsi256_ps(live[1])),
+        ]
+    });
+    add_products(acc, &wv, &v);
 }
 
 /// One query's outputs from its column accumulators (`values_tile`'s `lanes`, query 0):
