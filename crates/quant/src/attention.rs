@@ -545,19 +545,23 @@ pub(crate) mod tests {
         }
     }
 
-    /// Queries of every order and several (first, end), including windows that start
-    /// mid-block and ends that do.
-    fn queries(qs: &[Vec<f32>], written: usize) -> Vec<Query<'_>> {
-        let spans = [
+    /// Spans (first, end) over `written` positions, including windows that start
+    /// mid-block and ends that do (to be clamped to `written`).
+    pub(crate) fn test_spans(written: usize) -> [(usize, usize); 6] {
+        [
             (0, written),
             (0, 1),
             (0, written.min(17)),
             (written / 3, written),
             (written.saturating_sub(5), written - 2.min(written - 1)),
             (written / 2 + 1, written / 2 + 2),
-        ];
+        ]
+    }
+
+    /// Queries of every order over each of `test_spans`.
+    fn queries(qs: &[Vec<f32>], written: usize) -> Vec<Query<'_>> {
         let mut out = Vec::new();
-        for (i, &(first, end)) in spans.iter().enumerate() {
+        for (i, &(first, end)) in test_spans(written).iter().enumerate() {
             for order in ORDERS {
                 let end = end.max(first + 1).min(written);
                 let first = first.min(end - 1);

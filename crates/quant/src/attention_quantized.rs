@@ -271,16 +271,9 @@ mod tests {
         }
     }
 
+    /// A query over each of `attention`'s test spans.
     fn queries(qs: &[Vec<f32>], written: usize) -> Vec<Query<'_>> {
-        let spans = [
-            (0, written),
-            (0, 1),
-            (0, written.min(17)),
-            (written / 3, written),
-            (written.saturating_sub(5), written - 2.min(written - 1)),
-            (written / 2 + 1, written / 2 + 2),
-        ];
-        spans
+        crate::attention::tests::test_spans(written)
             .iter()
             .enumerate()
             .map(|(i, &(first, end))| {
