@@ -117,8 +117,9 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
     let low4 = _mm512_set1_epi8(0x0f);
     let mut acc_lo = [_mm512_setzero_ps(); N];
     let mut acc_hi = [_mm512_setzero_ps(); N];
-    // Q4_1's m_w·s_a terms: four tokens × four rows per register when N allows it,
-    // else one token's four rows per 128-bit register.
+    // Q4_1's m_w·s_a terms: four tokens × four rows per register for each whole four
+    // tokens, one token's four rows per 128-bit register for the rest (the same
+    // operations lane by lane, so the same bits either way).
     let mut offsets = [_mm_setzero_ps(); N];
     let mut offsets_by_4 = [_mm512_setzero_ps(); 2];
     for b in 0..w.len() / group {
@@ -163,7 +164,7 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*g.d.get_unchecked(b * N + n)));
             acc_lo[n] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes_lo), acc_lo[n]);
             acc_hi[n] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes_hi), acc_hi[n]);
-            if KIND == Q4_1 && N < 4 {
+            if KIND == Q4_1 && n >= N / 4 * 4 {
                 let m = _mm_mul_ps(mw, _mm_set1_ps(*g.s.get_unchecked(b * N + n)));
                 offsets[n] = _mm_add_ps(offsets[n], m);
             }
@@ -173,7 +174,7 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
     let firsts = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
     if KIND == Q4_1 && N >= 4 {
         let mut lanes = [0.0f32; 16];
-        for n in 0..N {
+        for n in 0..N / 4 * 4 {
             if n % 4 == 0 {
                 _mm512_storeu_ps(lanes.as_mut_ptr(), offsets_by_4[n / 4]);
             }
