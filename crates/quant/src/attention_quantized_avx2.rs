@@ -56,7 +56,8 @@ unsafe fn scale_of(block: *const u8) -> f32 {
 const AHEAD: usize = 8;
 
 /// Asks for the lines holding bytes `at..at + bytes` of each of the 16 rows of the
-/// sequence's block `block`.
+/// sequence's block `block`, into the L2 cache (as `attention::prefetch`, for the same
+/// reason: from memory, 1.35× faster than into the L1).
 #[inline(always)]
 unsafe fn prefetch_rows(kv: &QuantizedKvHead, block: usize, at: usize, bytes: usize) {
     let rows = kv.blocks[block] as usize * KV_BLOCK * kv.row_bytes + at;
@@ -64,9 +65,9 @@ unsafe fn prefetch_rows(kv: &QuantizedKvHead, block: usize, at: usize, bytes: us
         let row = kv.data.as_ptr().add(rows + j * kv.row_bytes) as *const i8;
         // One every 64 bytes and one at the last byte: every line the bytes touch.
         for at in (0..bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(row.add(at));
+            _mm_prefetch::<_MM_HINT_T1>(row.add(at));
         }
-        _mm_prefetch::<_MM_HINT_T0>(row.add(bytes - 1));
+        _mm_prefetch::<_MM_HINT_T1>(row.add(bytes - 1));
     }
 }
 
