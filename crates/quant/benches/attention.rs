@@ -141,7 +141,13 @@ fn attention(c: &mut Criterion) {
                     head_dim: 32,
                     ..kv
                 };
-                attend(&step, &weights, &part, &mut out[..3 * 32], &mut scratch)
+                attend(
+                    &step,
+                    &weights,
+                    &part,
+                    &mut out[..step.len() * 32],
+                    &mut scratch,
+                )
             }
         })
     });
