@@ -214,7 +214,9 @@ impl<'m, B: Backend> Session<'m, B> {
             let proposed = match (&mut self.drafter, &options.speculation) {
                 (Some(drafter), _) => {
                     let limit = room.min(drafter.max_draft);
-                    let k = tuner.choose_paying(limit, drafter.seconds_per_token());
+                    let k = tuner
+                        .choose_paying(limit, drafter.seconds_per_token())
+                        .max(drafter.min_draft.min(limit));
                     drafter.propose(&history, k)?
                 }
                 (None, Some(spec)) => {

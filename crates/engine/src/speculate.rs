@@ -70,6 +70,9 @@ impl NgramSpeculation {
 pub struct Drafter<'m, B: Backend> {
     session: Session<'m, B>,
     pub max_draft: usize,
+    /// Fewest tokens asked of the draft each round, whatever the measured costs say
+    /// (llama.cpp's `--draft-min`; 0 by default: the costs decide).
+    pub min_draft: usize,
     pub min_confidence: f32,
     /// Seconds per drafted token (decayed average; 0: not measured yet).
     seconds_per_token: f64,
@@ -95,6 +98,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
         Ok(Drafter {
             session: Session::new(draft, context)?,
             max_draft,
+            min_draft: 0,
             min_confidence,
             seconds_per_token: 0.0,
         })

@@ -80,14 +80,20 @@ unsafe fn dot16_min_sums<const Q2: bool, const N: usize>(
     out
 }
 
-/// Asks for step `step` of `steps` of the group's cache lines a fixed distance ahead:
-/// a few per sub-block, as a burst of all of them at once stalls on the fill buffers.
+/// Asks for step `step` of `steps` of the group's cache lines a fixed distance ahead
+/// (into the cache level that `HINT` names): a few per sub-block, as a burst of all of
+/// them at once stalls on the fill buffers.
 #[inline(always)]
-unsafe fn prefetch_part(p: *const u8, group: usize, step: usize, steps: usize) {
+pub(crate) unsafe fn prefetch_part<const HINT: i32>(
+    p: *const u8,
+    group: usize,
+    step: usize,
+    steps: usize,
+) {
     let lines = group.div_ceil(64);
     for line in lines * step / steps..lines * (step + 1) / steps {
         let ahead = p.wrapping_add(PREFETCH_DISTANCE + 64 * line);
-        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        _mm_prefetch::<HINT>(ahead as *const i8);
     }
 }
 
@@ -112,7 +118,7 @@ unsafe fn q4_k_sums<const N: usize>(
         _mm256_loadu_si256(words.add(4)),
     );
     for (j, scale) in scales.iter().enumerate() {
-        prefetch_part(p, group, 8 * half + j, 16);
+        prefetch_part::<_MM_HINT_T0>(p, group, 8 * half + j, 16);
         let codes = sub_block_codes(p.add(256 + 32 * half), j);
         // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
         add_sub_block(&codes, *scale, xs, 4 + 32 * j, sums);
@@ -147,7 +153,7 @@ unsafe fn q2_k_sums<const N: usize>(
     // of the codes, shifted by 2 · ((j % 8) / 2).
     for quarter in 0..4 {
         let (h, second) = (quarter / 2, quarter % 2);
-        prefetch_part(p, group, 4 * half + quarter, 8);
+        prefetch_part::<_MM_HINT_T0>(p, group, 4 * half + quarter, 8);
         let first_k = 8 * h + 4 * second;
         let mut raw = [low4; 4];
         for (k, raw) in raw.iter_mut().enumerate() {

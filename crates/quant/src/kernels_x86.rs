@@ -35,9 +35,10 @@ pub(crate) unsafe fn iq4_level_bytes(codes: __m256i) -> __m256i {
     _mm256_shuffle_epi8(_mm256_set_m128i(table, table), codes)
 }
 
-/// The 32 five-bit values of a Q5 block as bytes (0..32).
+/// The 32 five-bit values of a Q5 block as bytes (0..32), with AVX2: each high bit
+/// spread to its byte by a shuffle and a compare.
 #[inline(always)]
-unsafe fn five_bit(qs: *const u8, qh: u32) -> __m256i {
+unsafe fn five_bit_avx2(qs: *const u8, qh: u32) -> __m256i {
     // Spread the 32 high bits to bytes: byte j gets bit j of qh, as 0x10.
     let bits = _mm256_set1_epi32(qh as i32);
     let shuffle = _mm256_set_epi64x(
@@ -52,8 +53,16 @@ unsafe fn five_bit(qs: *const u8, qh: u32) -> __m256i {
     _mm256_or_si256(nibbles(qs), _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
 }
 
+/// `five_bit_avx2` with AVX-512: the 32 high bits are a byte mask, so one masked add
+/// puts the 16s in.
+#[inline(always)]
+unsafe fn five_bit_avx512(qs: *const u8, qh: u32) -> __m256i {
+    let low = nibbles(qs);
+    _mm256_mask_add_epi8(low, qh, low, _mm256_set1_epi8(0x10))
+}
+
 macro_rules! x86_kernels {
-    ($module:ident, $features:literal, $u8_i8_dot:ident) => {
+    ($module:ident, $features:literal, $u8_i8_dot:ident, $five_bit:ident) => {
         pub mod $module {
             use super::*;
 
@@ -242,7 +251,7 @@ macro_rules! x86_kernels {
                     |wb| {
                         let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
                         let q =
-                            _mm256_sub_epi8(five_bit(wb[6..].as_ptr(), qh), _mm256_set1_epi8(16));
+                            _mm256_sub_epi8($five_bit(wb[6..].as_ptr(), qh), _mm256_set1_epi8(16));
                         ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
                     },
                     |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
@@ -260,7 +269,11 @@ macro_rules! x86_kernels {
                     g,
                     |wb| {
                         let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
-                        (five_bit(wb[8..].as_ptr(), qh), f16_at(wb, 0), f16_at(wb, 2))
+                        (
+                            $five_bit(wb[8..].as_ptr(), qh),
+                            f16_at(wb, 0),
+                            f16_at(wb, 2),
+                        )
                     },
                     |q, at| dot32(q, values(g, at)),
                 )
@@ -297,9 +310,10 @@ unsafe fn vnni_dot(u: __m256i, i: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, i)
 }
 
-x86_kernels!(avx2, "avx2,fma,f16c", maddubs_dot);
+x86_kernels!(avx2, "avx2,fma,f16c", maddubs_dot, five_bit_avx2);
 x86_kernels!(
     avx512,
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    vnni_dot
+    vnni_dot,
+    five_bit_avx512
 );

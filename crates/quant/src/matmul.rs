@@ -529,6 +529,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     r0: usize,
     out: OutPtr,
 ) {
+    use crate::kernels_packed_k as avx512_k;
     use crate::kernels_packed_k_avx2 as avx2_k;
     use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
     let group = x.group::<N>(t);
@@ -537,8 +538,8 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
-        if AVX512 {
-            // The AVX2 kernel prefetches as it goes.
+        if AVX512 && !matches!(w.ty, GgmlType::Q4_K | GgmlType::Q2_K) {
+            // The AVX2 kernels and the K-quant ones prefetch as they go.
             prefetch_ahead(w.data, at, bytes);
         }
         // SAFETY: `matmul` checked that the CPU has the ISA whose kernels run here, and
@@ -554,6 +555,14 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
+            GgmlType::Q4_K if AVX512 => write_group(
+                // SAFETY: as above.
+                unsafe { avx512_k::dot16_q4_k_packed::<N>(data, &group) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
             GgmlType::Q4_K | GgmlType::Q2_K => write_group(
                 // SAFETY: as above (an AVX-512 CPU also has AVX2).
                 unsafe { avx2_k::dot16_k_packed::<N>(w.ty, data, &group) },

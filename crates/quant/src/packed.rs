@@ -1,5 +1,5 @@
 //! Weights repacked at load time for the AVX-512 and AVX2 kernels (`kernels_packed`,
-//! `kernels_packed_avx2`): rows interleaved block by block, so one load feeds several
+//! `kernels_packed_k`, `kernels_packed_avx2`, `kernels_packed_k_avx2`): rows interleaved block by block, so one load feeds several
 //! rows' dot products while each thread still streams one contiguous range of memory. A
 //! group is one 32-value block of `group_rows` consecutive rows:
 //!
@@ -17,10 +17,10 @@
 //! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
 //! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
 //! bytes) per register. Q4 nibbles keep GGML's order, where byte j holds values j and
-//! j + 16. Q4_K and Q2_K (256-value blocks, AVX2 only so far) are laid out the same way:
-//! a register holds four bytes of each of eight rows, of their codes or of one 32-bit
-//! word of their packed scales and mins, so the kernel unpacks eight rows' scales at
-//! once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
+//! j + 16. Q4_K and Q2_K (256-value blocks) are laid out the same way: a register holds
+//! four bytes of each of sixteen rows (AVX-512, Q4_K) or eight (AVX2, and Q2_K on
+//! AVX-512 too), of their codes or of one 32-bit word of their packed scales and mins,
+//! so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
 //! multiplies unsigned by signed bytes; the kernel subtracts 128·Σx. A matrix is
 //! `cols / 32` groups per group of rows; the last group's missing rows are zeros.
 
@@ -28,10 +28,11 @@ use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
-/// types, AVX2 for the sixteen-row groups (as two halves of eight rows).
+/// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
+/// groups (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
-        Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0),
+        Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q4_K | Q2_K),
         Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q4_K | Q2_K),
         _ => false,
     }

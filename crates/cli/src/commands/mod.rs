@@ -262,6 +262,10 @@ pub struct SpeculationArgs {
     /// Most tokens proposed at once.
     #[arg(long = "spec-k", default_value_t = 8, requires = "kind")]
     max_draft: usize,
+    /// `--spec draft`: the fewest tokens the draft proposes each round, whatever its
+    /// measured cost and acceptance say (llama.cpp's `--draft-min`); 0: they decide.
+    #[arg(long = "spec-k-min", default_value_t = 0, requires = "kind")]
+    min_draft: usize,
     /// `--spec draft`: stop drafting where the draft's next token is less likely than
     /// this (llama.cpp's `--draft-p-min`).
     #[arg(long = "spec-p-min", default_value_t = 0.75, requires = "kind")]
@@ -311,6 +315,9 @@ impl SpeculationArgs {
         let Some(name) = &self.draft_model else {
             return Ok(None);
         };
+        if self.min_draft > self.max_draft {
+            return Err(usage("--spec-k-min must be at most --spec-k"));
+        }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             return Err(usage("--spec-p-min must be between 0 and 1"));
         }
@@ -345,13 +352,15 @@ impl SpeculationArgs {
         draft: &'m Loaded,
         loaded: &Loaded,
     ) -> Result<engine::Drafter<'m, Device>> {
-        Ok(engine::Drafter::new(
+        let mut drafter = engine::Drafter::new(
             &draft.model,
             loaded.model.config.vocab_size,
             loaded.context,
             self.max_draft,
             self.min_confidence,
-        )?)
+        )?;
+        drafter.min_draft = self.min_draft;
+        Ok(drafter)
     }
 }
 
