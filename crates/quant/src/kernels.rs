@@ -64,6 +64,10 @@ pub struct TokenGroup<'a, const N: usize> {
 /// format). A trait with static functions, not a closure, so that `#[inline(always)]`
 /// reaches into each ISA-specific copy of the matmul loop.
 pub trait Kernel {
+    /// Whether the kernel asks for its weights ahead itself (else `matmul` does, a few
+    /// rows at a time).
+    const PREFETCHES: bool = false;
+
     fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32;
 
     /// One weight row against N activation rows; each result equals `dot`'s.

@@ -326,12 +326,16 @@ fn tokens<K: Kernel, const N: usize, const R: usize>(
     // prompts slower (default model pp512 449 → 385 tok/s).
     while r < end {
         if r + R <= end {
-            prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
+            if !K::PREFETCHES {
+                prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
+            }
             let rows = std::array::from_fn(|k| w.row(r + k));
             write_group(K::dot_rows::<R, N>(w.ty, rows, &group), w.rows, t, r, out);
             r += R;
         } else {
-            prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
+            if !K::PREFETCHES {
+                prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
+            }
             write_group(
                 K::dot_rows::<1, N>(w.ty, [w.row(r)], &group),
                 w.rows,
@@ -433,6 +437,8 @@ macro_rules! x86_tile {
                 ($k:ident, $f:ident) => {
                     pub struct $k;
                     impl Kernel for $k {
+                        const PREFETCHES: bool = true;
+
                         #[inline(always)]
                         fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                             // `tile` only calls `dotn`; the scalar twin gives the same bits.
