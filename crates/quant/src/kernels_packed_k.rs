@@ -3,9 +3,8 @@
 //! register — `kernels_packed_k_avx2` takes the same group as two halves of eight. A
 //! register of codes holds four consecutive codes of every row, so one `vpdpbusd` with
 //! four broadcast activation bytes adds four products to each row's sub-block sum in
-//! i32: the AVX2 kernel's i16 pairs (`vpmaddubsw`, adds, `vpmaddwd` by the scale) become
-//! four dot-product instructions per register pair and one `vpmulld` by the sub-block's
-//! scale.
+//! i32: per register of codes, the AVX2 kernel's `vpmaddubsw` and i16 add become one
+//! `vpdpbusd`, and its `vpmaddwd` by the scale one `vpmulld` per sub-block.
 //!
 //! Each (row, token) result follows `MinSums`, as the row-major kernel
 //! `kernels_k::dot_q4_k_q8_k` and the AVX2 packed one do: a super-block's Σ scale·q·a and
@@ -14,7 +13,7 @@
 
 use crate::kernels::TokenGroup;
 use crate::kernels_k::Q8K_BLOCK;
-use crate::kernels_packed_k_avx2::prefetch_part;
+use crate::kernels_packed_k_avx2::{pick, prefetch_part};
 use core::arch::x86_64::*;
 
 /// Bytes of one packed Q4_K group: d[16] · dmin[16] (f16) · scales[3][16][4] ·
@@ -117,16 +116,11 @@ unsafe fn scales_mins(w: [__m512i; 3]) -> ([__m512i; 8], [__m512i; 4]) {
     });
     let mins = std::array::from_fn(|e| {
         let a = 2 * (e % 2) as i32;
-        _mm512_shuffle_epi8(mins[e / 2], pick_pair(a, a + 1))
+        // `pick`'s mask is the same in every 128-bit lane.
+        let mask = _mm512_broadcast_i32x4(_mm256_castsi256_si128(pick(a, a + 1)));
+        _mm512_shuffle_epi8(mins[e / 2], mask)
     });
     (scales, mins)
-}
-
-/// A `vpshufb` mask that makes each 32-bit lane two i16: its byte a, then its byte b.
-#[inline(always)]
-unsafe fn pick_pair(a: i32, b: i32) -> __m512i {
-    let lane = |l: i32| (4 * l + a) | (0x80 << 8) | ((4 * l + b) << 16) | (0x80 << 24);
-    _mm512_broadcast_i32x4(_mm_setr_epi32(lane(0), lane(1), lane(2), lane(3)))
 }
 
 /// Σ_e mins[e] · sums[e], lane by lane: register e holds each row's mins of two

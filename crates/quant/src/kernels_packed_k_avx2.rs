@@ -253,7 +253,7 @@ unsafe fn top_bits(w: __m256i) -> __m256i {
 /// A `vpshufb` mask that makes each 32-bit lane two i16: its byte a, then its byte b.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pick(a: i32, b: i32) -> __m256i {
+pub(crate) unsafe fn pick(a: i32, b: i32) -> __m256i {
     let lane = |l: i32| (4 * l + a) | (0x80 << 8) | ((4 * l + b) << 16) | (0x80 << 24);
     let m = _mm_setr_epi32(lane(0), lane(1), lane(2), lane(3));
     _mm256_set_m128i(m, m)

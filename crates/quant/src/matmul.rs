@@ -545,7 +545,8 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
         if AVX512 && !matches!(w.ty, GgmlType::Q4_K | GgmlType::Q2_K) {
-            // The AVX2 kernels and the K-quant ones prefetch as they go.
+            // Only the AVX-512 kernels of the 32-value types leave this to the loop; the
+            // AVX2 and K-quant kernels prefetch as they go.
             prefetch_ahead(w.data, at, bytes);
         }
         // SAFETY: `matmul` checked that the CPU has the ISA whose kernels run here, and

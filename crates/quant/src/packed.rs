@@ -1,7 +1,8 @@
 //! Weights repacked at load time for the AVX-512 and AVX2 kernels (`kernels_packed`,
-//! `kernels_packed_k`, `kernels_packed_avx2`, `kernels_packed_k_avx2`): rows interleaved block by block, so one load feeds several
-//! rows' dot products while each thread still streams one contiguous range of memory. A
-//! group is one 32-value block of `group_rows` consecutive rows:
+//! `kernels_packed_k`, `kernels_packed_avx2`, `kernels_packed_k_avx2`): rows interleaved
+//! block by block, so one load feeds several rows' dot products while each thread still
+//! streams one contiguous range of memory. A group is one block of `group_rows`
+//! consecutive rows:
 //!
 //! | type | rows | bytes | layout |
 //! |---|---:|---:|---|
@@ -20,9 +21,10 @@
 //! j + 16. Q4_K and Q2_K (256-value blocks) are laid out the same way: a register holds
 //! four bytes of each of sixteen rows (AVX-512, Q4_K) or eight (AVX2, and Q2_K on
 //! AVX-512 too), of their codes or of one 32-bit word of their packed scales and mins,
-//! so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128, as unsigned bytes, because `vpdpbusd`
-//! multiplies unsigned by signed bytes; the kernel subtracts 128·Σx. A matrix is
-//! `cols / 32` groups per group of rows; the last group's missing rows are zeros.
+//! so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128,
+//! as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes; the kernel
+//! subtracts 128·Σx. A matrix is `cols / block` groups per group of rows; the last
+//! group's missing rows are zeros.
 
 use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q8_0};
