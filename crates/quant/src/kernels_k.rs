@@ -7,9 +7,11 @@
 //! - Q2_K and Q4_K (llama.cpp repacks them and multiplies eight rows at a time): per block, the whole
 //!   block's Σ scale·q·a and Σ min·a as two integers, each added to its own accumulator
 //!   with one fused multiply-add; the result is `acc − acc_min` (`MinSums`).
-//! - Q3_K, Q5_K, Q6_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per block
-//!   (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
-//!   multiply-add per lane and block; Q5_K adds its min terms as `offsets`.
+//! - Q5_K (its tiled kernels for batches of eight tokens or more): `TiledSums`, the
+//!   block's integers scaled by d_w, dmin_w and d_a and added to one accumulator.
+//! - Q3_K, Q6_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per
+//!   block (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
+//!   multiply-add per lane and block.
 //!
 //! The x86 twins (`kernels_k_x86`) compute the same integers with SIMD and the same
 //! float operations, and tests compare them on random data.
@@ -90,6 +92,26 @@ impl MinSums {
     }
 }
 
+/// The summation order of llama.cpp's tiled kernels (`ggml-cpu/tiled`, which its
+/// AVX-512 VNNI build runs for batches of eight tokens or more), used for Q5_K:
+/// per block, the exact integers Σ scale·q·a and Σ min·a become
+/// `(sum · d_w − dmin_w · min_sum) · d_a` (a product, a fused multiply-add, a product)
+/// added to one accumulator. Its `vec_dot` kernels, which it runs for fewer tokens, add
+/// eight lanes per block instead: one order had to be chosen, and this one lets the
+/// packed kernels take sixteen rows at a time.
+#[derive(Default)]
+pub struct TiledSums {
+    pub acc: f32,
+}
+
+impl TiledSums {
+    #[inline(always)]
+    pub fn add_block(&mut self, d_w: f32, sum: i32, dmin_w: f32, min_sum: i32, d_a: f32) {
+        let block = (-dmin_w).mul_add(min_sum as f32, sum as f32 * d_w);
+        self.acc += block * d_a;
+    }
+}
+
 /// Q4_K × Q8_K.
 #[inline(always)]
 pub fn dot_q4_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
@@ -127,22 +149,23 @@ pub fn dot_q2_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     sums.total()
 }
 
-/// Q5_K × Q8_K.
+/// Q5_K × Q8_K, in `TiledSums`' order.
 #[inline(always)]
 pub fn dot_q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = LaneSums::default();
+    let mut sums = TiledSums::default();
     for (wb, ab) in w.chunks_exact(176).zip(a.chunks_exact(Q8K_BLOCK)) {
         let (scales, mins) = k4_scales_mins(&wb[4..16]);
-        let l = lanes(|i| {
-            let high = ((wb[16 + i % 32] >> (i / 32)) & 1) as i32;
-            scales[i / 32] * (k4_nibble(&wb[48..], i) as i32 | (high << 4)) * q8k_value(ab, i)
-        });
-        let d = q8k_d(ab);
-        sums.add_block(d * f16_at(wb, 0), l);
-        let dmin = -d * f16_at(wb, 2);
-        sums.offsets = dmin.mul_add(min_sum(&mins, ab) as f32, sums.offsets);
+        let sum = (0..256)
+            .map(|i| {
+                let high = ((wb[16 + i % 32] >> (i / 32)) & 1) as i32;
+                let code = k4_nibble(&wb[48..], i) as i32 | (high << 4);
+                scales[i / 32] * code * q8k_value(ab, i)
+            })
+            .sum();
+        let min_sum = min_sum(&mins, ab);
+        sums.add_block(f16_at(wb, 0), sum, f16_at(wb, 2), min_sum, q8k_d(ab));
     }
-    sums.total()
+    sums.acc
 }
 
 /// Q3_K × Q8_K.

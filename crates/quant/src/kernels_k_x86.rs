@@ -2,10 +2,11 @@
 //! against N tokens, each 256-value block unpacked once into eight registers of 32 byte
 //! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The
 //! integer sums are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K
-//! and Q4_K, `LaneSums` for the others), so the results are bit-identical to theirs.
+//! and Q4_K, `TiledSums` for Q5_K, `LaneSums` for the others), so the results are
+//! bit-identical to theirs.
 
 use crate::kernels::TokenGroup;
-use crate::kernels_k::{q8k_d, MinSums, Q8K_BLOCK};
+use crate::kernels_k::{q8k_d, MinSums, TiledSums, Q8K_BLOCK};
 use crate::kernels_x86::iq4_level_bytes;
 use crate::kquants::q3_k_scales;
 use core::arch::x86_64::*;
@@ -269,8 +270,7 @@ macro_rules! x86_k_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q5_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut offsets = [0.0f32; N];
+                let mut sums: [TiledSums; N] = std::array::from_fn(|_| TiledSums::default());
                 for (b, wb) in w.chunks_exact(176).enumerate() {
                     prefetch_block(wb);
                     let scales_mins = k4_scales_mins(&wb[4..16]);
@@ -285,17 +285,14 @@ macro_rules! x86_k_kernels {
                         scales: spread(scales_mins, |c| c, |c| c),
                     };
                     let mins = _mm256_extracti128_si256::<1>(scales_mins);
-                    let (dw, dminw) = (f16_at(wb, 0), f16_at(wb, 2));
+                    let (dw, dmin) = (f16_at(wb, 0), f16_at(wb, 2));
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
-                        let d = q8k_d(x);
-                        let l = _mm256_cvtepi32_ps(lanes(&u, x));
-                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * dw), l, acc[n]);
-                        let dmin = -d * dminw;
-                        offsets[n] = dmin.mul_add(min_sum(mins, x) as f32, offsets[n]);
+                        let sum = lane_total(lanes(&u, x));
+                        sums[n].add_block(dw, sum, dmin, min_sum(mins, x), q8k_d(x));
                     }
                 }
-                std::array::from_fn(|n| total(acc[n], offsets[n]))
+                sums.map(|s| s.acc)
             }
 
             #[inline]

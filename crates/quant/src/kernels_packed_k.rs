@@ -1,34 +1,38 @@
-//! The AVX-512 VNNI kernel over Q4_K weights in the packed layout (`packed`): sixteen
-//! rows (one packed group) against N tokens, one row per 32-bit lane of a 512-bit
-//! register — `kernels_packed_k_avx2` takes the same group as two halves of eight. A
-//! register of codes holds four consecutive codes of every row, so one `vpdpbusd` with
-//! four broadcast activation bytes adds four products to each row's sub-block sum in
-//! i32: per register of codes, the AVX2 kernel's `vpmaddubsw` and i16 add become one
-//! `vpdpbusd`, and its `vpmaddwd` by the scale one `vpmulld` per sub-block.
+//! The AVX-512 VNNI kernel over K-quant weights in the packed layout (`packed`): sixteen
+//! Q4_K or Q5_K rows (one packed group) against N tokens, one row per 32-bit lane
+//! of a 512-bit register — `kernels_packed_k_avx2` takes the same groups as two halves
+//! of eight. A register of codes holds four consecutive codes of every row, so one
+//! `vpdpbusd` with four broadcast activation bytes adds four products to each row's
+//! sub-block sum in i32: per register of codes, the AVX2 kernel's `vpmaddubsw` and i16
+//! add become one `vpdpbusd`, and its `vpmaddwd` by the scale one `vpmulld` per
+//! sub-block.
 //!
-//! Each (row, token) result follows `MinSums`, as the row-major kernel
-//! `kernels_k::dot_q4_k_q8_k` and the AVX2 packed one do: a super-block's Σ scale·q·a and
-//! Σ min·a are exact integers, each added to its own accumulator with one fused
-//! multiply-add by d_w·d_a (dmin_w·d_a). So the results equal theirs bit for bit.
+//! Each (row, token) result follows the row-major kernels' order (`kernels_k`): Q4_K
+//! `MinSums` (a super-block's Σ scale·q·a and Σ min·a are exact integers, each added to
+//! its own accumulator with one fused multiply-add by d_w·d_a and dmin_w·d_a), Q5_K
+//! `TiledSums` (the same integers as `(sum · d_w − dmin_w · min_sum) · d_a`, added to one
+//! accumulator). So the results equal theirs bit for bit.
 
 use crate::kernels::TokenGroup;
 use crate::kernels_k::Q8K_BLOCK;
 use crate::kernels_packed_k_avx2::{pick, prefetch_part};
 use core::arch::x86_64::*;
 
-/// Bytes of one packed Q4_K group: d[16] · dmin[16] (f16) · scales[3][16][4] ·
-/// qs[32][16][4].
-const GROUP: usize = 16 * 144;
-
-/// Sixteen Q4_K rows (one packed group) · N tokens: `out[n][i]` is row i · token n.
+/// Sixteen Q4_K rows (`Q5` false: groups of d[16] · dmin[16] (f16) · scales[3][16][4] ·
+/// qs[32][16][4]) or Q5_K rows (`Q5`: qh[8][16][4] before the qs) · N tokens: `out[n][i]`
+/// is row i · token n.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
+pub unsafe fn dot16_q4_k_packed<const Q5: bool, const N: usize>(
+    w: &[u8],
+    g: &TokenGroup<N>,
+) -> [[f32; 16]; N] {
+    let (group, qs_at) = if Q5 { (16 * 176, 768) } else { (16 * 144, 256) };
     let low4 = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); N];
     let mut acc_min = [_mm512_setzero_ps(); N];
-    for b in 0..w.len() / GROUP {
-        let p = w.as_ptr().add(b * GROUP);
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
         let words: [__m512i; 3] =
             std::array::from_fn(|i| _mm512_loadu_si512(p.add(64 + 64 * i) as *const _));
         let (scales, mins) = scales_mins(words);
@@ -38,29 +42,28 @@ pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
             // Into the L2, not the L1: the first-level cache keeps the codes and
             // activations being multiplied (8,192 bytes ahead in the L1: tg32 of a
             // Q4_K_M file 10 % slower).
-            prefetch_part::<_MM_HINT_T1>(p, GROUP, j, 8);
+            prefetch_part::<_MM_HINT_T1>(p, group, j, 8);
             // Sub-blocks 2i and 2i + 1 are the low and high nibbles of the same bytes;
-            // register k holds codes 4k..4k+4 of each row.
+            // register k holds codes 4k..4k+4 of each row, and Q5_K's qh register k
+            // their fifth bits, bit j for sub-block j.
             let codes: [__m512i; 8] = std::array::from_fn(|k| {
-                let raw = _mm512_loadu_si512(p.add(256 + 64 * (8 * (j / 2) + k)) as *const _);
+                let raw = _mm512_loadu_si512(p.add(qs_at + 64 * (8 * (j / 2) + k)) as *const _);
                 let raw = if j % 2 == 0 {
                     raw
                 } else {
                     _mm512_srli_epi16::<4>(raw)
                 };
-                _mm512_and_si512(raw, low4)
+                let low = _mm512_and_si512(raw, low4);
+                if Q5 {
+                    let qh = _mm512_loadu_si512(p.add(256 + 64 * k) as *const _);
+                    let fifth = _mm512_test_epi8_mask(qh, _mm512_set1_epi8(1 << j));
+                    _mm512_mask_add_epi8(low, fifth, low, _mm512_set1_epi8(16))
+                } else {
+                    low
+                }
             });
             for (sum, x) in sums.iter_mut().zip(&xs) {
-                let x = x.add(4 + 32 * j) as *const i32;
-                // Two chains of four, so that the dot products do not wait on each other.
-                let mut even = _mm512_setzero_si512();
-                let mut odd = _mm512_setzero_si512();
-                for k in (0..8).step_by(2) {
-                    let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 1).read_unaligned());
-                    even = _mm512_dpbusd_epi32(even, codes[k], _mm512_set1_epi32(x0));
-                    odd = _mm512_dpbusd_epi32(odd, codes[k + 1], _mm512_set1_epi32(x1));
-                }
-                let sub_block = _mm512_add_epi32(even, odd);
+                let sub_block = dot_codes(&codes, x.add(4 + 32 * j));
                 *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(sub_block, *scale));
             }
         }
@@ -71,8 +74,13 @@ pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
             let min_sum = min_products(&mins, pair_sums.as_ptr().add(4 * n));
             let da = _mm512_set1_ps(*g.d.get_unchecked(b * N + n));
             let (sum, min_sum) = (_mm512_cvtepi32_ps(sums[n]), _mm512_cvtepi32_ps(min_sum));
-            acc[n] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, da), acc[n]);
-            acc_min[n] = _mm512_fmadd_ps(min_sum, _mm512_mul_ps(dmin, da), acc_min[n]);
+            if Q5 {
+                let block = _mm512_fnmadd_ps(dmin, min_sum, _mm512_mul_ps(sum, dw));
+                acc[n] = _mm512_add_ps(acc[n], _mm512_mul_ps(block, da));
+            } else {
+                acc[n] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, da), acc[n]);
+                acc_min[n] = _mm512_fmadd_ps(min_sum, _mm512_mul_ps(dmin, da), acc_min[n]);
+            }
         }
     }
     let mut out = [[0.0f32; 16]; N];
@@ -80,6 +88,22 @@ pub unsafe fn dot16_q4_k_packed<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> 
         _mm512_storeu_ps(o.as_mut_ptr(), _mm512_sub_ps(acc, acc_min));
     }
     out
+}
+
+/// Σ over a sub-block's eight registers of codes (four codes of each row) of their
+/// products with the activation bytes from `x` (four per register, broadcast), in i32
+/// lanes: two chains of four, so that the dot products do not all wait on each other.
+#[inline(always)]
+unsafe fn dot_codes(codes: &[__m512i; 8], x: *const u8) -> __m512i {
+    let x = x as *const i32;
+    let mut even = _mm512_setzero_si512();
+    let mut odd = _mm512_setzero_si512();
+    for k in (0..8).step_by(2) {
+        let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 1).read_unaligned());
+        even = _mm512_dpbusd_epi32(even, codes[k], _mm512_set1_epi32(x0));
+        odd = _mm512_dpbusd_epi32(odd, codes[k + 1], _mm512_set1_epi32(x1));
+    }
+    _mm512_add_epi32(even, odd)
 }
 
 /// The sixteen rows' 6-bit scales and mins from the three words of their `scales[12]`

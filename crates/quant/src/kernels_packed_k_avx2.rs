@@ -1,14 +1,16 @@
-//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q4_K or
-//! Q2_K rows (one packed group) against N tokens, taken as two halves of eight rows, one
-//! row per 32-bit lane. A sub-block of eight rows is a few registers of codes, each
-//! holding four consecutive codes of every row, so one `vpmaddubsw` with four broadcast
-//! activation bytes adds four products to every row, and no sum ever crosses lanes.
+//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q2_K, Q4_K
+//! or Q5_K rows (one packed group) against N tokens, taken as two halves of eight
+//! rows, one row per 32-bit lane. A sub-block of eight rows is a few registers of codes,
+//! each holding four consecutive codes of every row, so one `vpmaddubsw` with four
+//! broadcast activation bytes adds four products to every row, and no sum ever crosses
+//! lanes.
 //!
-//! Each (row, token) result follows `MinSums`, the order of the row-major kernels
-//! `kernels_k::dot_q4_k_q8_k` and `dot_q2_k_q8_k`: a super-block's Σ scale·q·a and
-//! Σ min·a are exact integers, each added to its own accumulator with one fused
-//! multiply-add by d_w·d_a (dmin_w·d_a). So the packed results equal the row-major ones
-//! bit for bit.
+//! Each (row, token) result follows the order of the row-major kernels (`kernels_k`):
+//! `MinSums` for Q2_K and Q4_K (a super-block's Σ scale·q·a and Σ min·a are exact
+//! integers, each added to its own accumulator with one fused multiply-add by d_w·d_a
+//! and dmin_w·d_a), `TiledSums` for Q5_K (the same integers as
+//! `(sum · d_w − dmin_w · min_sum) · d_a`, added to one accumulator). So the packed
+//! results equal the row-major ones bit for bit.
 
 use crate::kernels::TokenGroup;
 use crate::kernels_k::Q8K_BLOCK;
@@ -19,7 +21,8 @@ use gguf::GgmlType;
 /// (as `kernels_packed_avx2` does: a steady stream rather than a burst).
 const PREFETCH_DISTANCE: usize = 8192;
 
-/// Sixteen Q4_K or Q2_K rows (`ty`) · N tokens: `out[n][i]` is row i · token n.
+/// Sixteen Q2_K, Q4_K or Q5_K rows (`ty`) · N tokens: `out[n][i]` is row i ·
+/// token n.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot16_k_packed<const N: usize>(
@@ -28,20 +31,22 @@ pub unsafe fn dot16_k_packed<const N: usize>(
     g: &TokenGroup<N>,
 ) -> [[f32; 16]; N] {
     match ty {
-        GgmlType::Q2_K => dot16_min_sums::<true, N>(w, g),
-        _ => dot16_min_sums::<false, N>(w, g),
+        GgmlType::Q2_K => dot16_min_sums::<2, N>(w, g),
+        GgmlType::Q5_K => dot16_min_sums::<5, N>(w, g),
+        _ => dot16_min_sums::<4, N>(w, g),
     }
 }
 
-/// The loop both types share: per super-block and half group, the type's integer sums
-/// (`Q2` chooses Q2_K's or Q4_K's), then `MinSums`' two fused multiply-adds. Both
-/// layouts start with d[16] and dmin[16] (f16).
+/// The loop Q2_K, Q4_K and Q5_K (`BITS`) share: per super-block and half group, the
+/// type's integer sums, then `MinSums`' two fused multiply-adds (Q5_K: `TiledSums`'
+/// steps, and `acc_min` stays zero). The three layouts start with d[16] and dmin[16]
+/// (f16).
 #[inline(always)]
-unsafe fn dot16_min_sums<const Q2: bool, const N: usize>(
+unsafe fn dot16_min_sums<const BITS: usize, const N: usize>(
     w: &[u8],
     g: &TokenGroup<N>,
 ) -> [[f32; 16]; N] {
-    let group = if Q2 { 16 * 84 } else { 16 * 144 };
+    let group = 16 * [0, 0, 84, 0, 144, 176][BITS];
     // Both halves of a block before the next block: the weights then stream from
     // memory at an even pace, where a second pass over the row group would leave the
     // memory idle while it computes.
@@ -53,11 +58,15 @@ unsafe fn dot16_min_sums<const Q2: bool, const N: usize>(
             let mut sums = [_mm256_setzero_si256(); N];
             let mut min_sums = [_mm256_setzero_si256(); N];
             let xs: [*const u8; N] = std::array::from_fn(|n| g.rows[n].as_ptr().add(b * Q8K_BLOCK));
-            if Q2 {
+            if BITS == 2 {
                 q2_k_sums(p, group, half, &xs, &mut sums, &mut min_sums);
             } else {
                 let pair_sums = g.sums.get_unchecked(4 * b * N..4 * (b + 1) * N);
-                q4_k_sums(p, group, half, &xs, pair_sums, &mut sums, &mut min_sums);
+                let (sums, min_sums) = (&mut sums, &mut min_sums);
+                match BITS {
+                    5 => q4_k_sums::<true, N>(p, group, half, &xs, pair_sums, sums, min_sums),
+                    _ => q4_k_sums::<false, N>(p, group, half, &xs, pair_sums, sums, min_sums),
+                }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * half) as *const __m128i));
@@ -65,8 +74,13 @@ unsafe fn dot16_min_sums<const Q2: bool, const N: usize>(
                 let da = _mm256_set1_ps(*g.d.get_unchecked(b * N + n));
                 let (sum, min_sum) = (_mm256_cvtepi32_ps(sums[n]), _mm256_cvtepi32_ps(min_sums[n]));
                 let (acc, acc_min) = (&mut acc[n][half], &mut acc_min[n][half]);
-                *acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, da), *acc);
-                *acc_min = _mm256_fmadd_ps(min_sum, _mm256_mul_ps(dmin, da), *acc_min);
+                if BITS == 5 {
+                    let block = _mm256_fnmadd_ps(dmin, min_sum, _mm256_mul_ps(sum, dw));
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(block, da));
+                } else {
+                    *acc = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, da), *acc);
+                    *acc_min = _mm256_fmadd_ps(min_sum, _mm256_mul_ps(dmin, da), *acc_min);
+                }
             }
         }
     }
@@ -98,11 +112,12 @@ pub(crate) unsafe fn prefetch_part<const HINT: i32>(
 }
 
 /// Σ scale·q·a and Σ min·a of half a Q4_K group (layout `d[16] · dmin[16] ·
-/// scales[3][16][4] · qs[32][16][4]`) for each token, from `pair_sums`: each token's
-/// activation sums of 32 as i16 pairs (`TokenGroup::sums`).
+/// scales[3][16][4] · qs[32][16][4]`) or Q5_K group (`Q5`: qh[8][16][4] before the qs)
+/// for each token, from `pair_sums`: each token's activation sums of 32 as i16 pairs
+/// (`TokenGroup::sums`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_sums<const N: usize>(
+unsafe fn q4_k_sums<const Q5: bool, const N: usize>(
     p: *const u8,
     group: usize,
     half: usize,
@@ -119,9 +134,28 @@ unsafe fn q4_k_sums<const N: usize>(
     );
     for (j, scale) in scales.iter().enumerate() {
         prefetch_part::<_MM_HINT_T0>(p, group, 8 * half + j, 16);
-        let codes = sub_block_codes(p.add(256 + 32 * half), j);
-        // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
-        add_sub_block(&codes, *scale, xs, 4 + 32 * j, sums);
+        if Q5 {
+            let mut codes = sub_block_codes(p.add(768 + 32 * half), j);
+            // Bit j of qh byte k of each row is the fifth bit of code k of sub-block j.
+            let bit = _mm256_set1_epi8(1 << j);
+            let to_bit4 = _mm_cvtsi32_si128((4 - j as i32).abs());
+            for (k, codes) in codes.iter_mut().enumerate() {
+                let qh = _mm256_loadu_si256(p.add(256 + 64 * k + 32 * half) as *const __m256i);
+                let fifth = _mm256_and_si256(qh, bit);
+                let fifth = if j < 4 {
+                    _mm256_sll_epi16(fifth, to_bit4)
+                } else {
+                    _mm256_srl_epi16(fifth, to_bit4)
+                };
+                *codes = _mm256_or_si256(*codes, fifth);
+            }
+            // Four pairs of code·x stay within i16 (4 · 2 · 31 · 128 < 2^15).
+            add_sub_block::<8, 4, N>(&codes, *scale, xs, 4 + 32 * j, sums);
+        } else {
+            let codes = sub_block_codes(p.add(256 + 32 * half), j);
+            // Eight pairs of code·x stay within i16 (8 · 2 · 15 · 128 < 2^15).
+            add_sub_block::<8, 8, N>(&codes, *scale, xs, 4 + 32 * j, sums);
+        }
     }
     for (n, min_sum) in min_sums.iter_mut().enumerate() {
         *min_sum = min_products(&mins, pair_sums.as_ptr().add(4 * n));
@@ -170,7 +204,7 @@ unsafe fn q2_k_sums<const N: usize>(
             let scale = _mm256_and_si256(words[j / 4], low4);
             let scale = _mm256_shuffle_epi8(scale, pick((j % 4) as i32, (j % 4) as i32));
             // Four pairs of code·x stay within i16 (4 · 2 · 3 · 128 < 2^15).
-            add_sub_block(&codes, scale, xs, 4 + 16 * j, sums);
+            add_sub_block::<4, 4, N>(&codes, scale, xs, 4 + 16 * j, sums);
         }
     }
     // Mins of sub-blocks 2e and 2e + 1 as an i16 pair, against the two sums of 16.
@@ -187,10 +221,11 @@ unsafe fn q2_k_sums<const N: usize>(
 
 /// Adds one sub-block to each token's sums: its K registers of codes (four codes of each
 /// row) against the activation bytes from `at` (four per register, broadcast), summed
-/// in i16 (the caller's bound), then times each row's scale pair. Eight rows per lane.
+/// in i16 `I16` registers at a time (the caller's bound), each partial sum times each
+/// row's scale pair. Eight rows per lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn add_sub_block<const K: usize, const N: usize>(
+unsafe fn add_sub_block<const K: usize, const I16: usize, const N: usize>(
     codes: &[__m256i; K],
     scale: __m256i,
     xs: &[*const u8; N],
@@ -199,12 +234,14 @@ unsafe fn add_sub_block<const K: usize, const N: usize>(
 ) {
     for (sum, x) in sums.iter_mut().zip(xs) {
         let x = x.add(at) as *const i32;
-        let mut pairs = _mm256_setzero_si256();
-        for (k, codes) in codes.iter().enumerate() {
-            let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+        for part in (0..K).step_by(I16) {
+            let mut pairs = _mm256_setzero_si256();
+            for (k, codes) in codes.iter().enumerate().skip(part).take(I16) {
+                let xk = _mm256_set1_epi32(x.add(k).read_unaligned());
+                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*codes, xk));
+            }
+            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, scale));
         }
-        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, scale));
     }
 }
 

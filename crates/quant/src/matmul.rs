@@ -544,7 +544,8 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
-        if AVX512 && !matches!(w.ty, GgmlType::Q4_K | GgmlType::Q2_K) {
+        let k_quant = matches!(w.ty, GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
+        if AVX512 && !k_quant {
             // Only the AVX-512 kernels of the 32-value types leave this to the loop; the
             // AVX2 and K-quant kernels prefetch as they go.
             prefetch_ahead(w.data, at, bytes);
@@ -562,15 +563,17 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
-            GgmlType::Q4_K if AVX512 => write_group(
+            GgmlType::Q4_K | GgmlType::Q5_K if AVX512 => {
                 // SAFETY: as above.
-                unsafe { avx512_k::dot16_q4_k_packed::<N>(data, &group) },
-                w.rows,
-                t,
-                r,
-                out,
-            ),
-            GgmlType::Q4_K | GgmlType::Q2_K => write_group(
+                let v = unsafe {
+                    match w.ty {
+                        GgmlType::Q4_K => avx512_k::dot16_q4_k_packed::<false, N>(data, &group),
+                        _ => avx512_k::dot16_q4_k_packed::<true, N>(data, &group),
+                    }
+                };
+                write_group(v, w.rows, t, r, out)
+            }
+            _ if k_quant => write_group(
                 // SAFETY: as above (an AVX-512 CPU also has AVX2).
                 unsafe { avx2_k::dot16_k_packed::<N>(w.ty, data, &group) },
                 w.rows,

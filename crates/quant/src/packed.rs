@@ -11,6 +11,7 @@
 //! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
 //! | Q4_K | 16 | 2304 | d[16] · dmin[16] (f16) · scales[3][16][4] · qs[32][16][4] |
 //! | Q2_K | 16 | 1344 | d[16] · dmin[16] (f16) · scales[4][16][4] · qs[16][16][4] |
+//! | Q5_K | 16 | 2816 | d[16] · dmin[16] (f16) · scales[3][16][4] · qh[8][16][4] · qs[32][16][4] |
 //!
 //! Q4_1 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float order): a
 //! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 and
@@ -18,24 +19,24 @@
 //! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
 //! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
 //! bytes) per register. Q4 nibbles keep GGML's order, where byte j holds values j and
-//! j + 16. Q4_K and Q2_K (256-value blocks) are laid out the same way: a register holds
-//! four bytes of each of sixteen rows (AVX-512, Q4_K) or eight (AVX2, and Q2_K on
-//! AVX-512 too), of their codes or of one 32-bit word of their packed scales and mins,
-//! so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128,
+//! j + 16. The K-quants (256-value blocks) are laid out the same way: a register holds
+//! four bytes of each of sixteen rows (AVX-512) or eight (AVX2, and Q2_K on AVX-512
+//! too), of their codes (and high bits) or of one 32-bit word of their packed scales
+//! and mins, so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128,
 //! as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes; the kernel
 //! subtracts 128·Σx. A matrix is `cols / block` groups per group of rows; the last
 //! group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q8_0};
+use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q5_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
-/// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
-/// groups (as two halves of eight rows).
+/// types and the K-quants in a block order (Q2_K through the AVX2 kernel), AVX2 for the
+/// sixteen-row groups (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
-        Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q4_K | Q2_K),
-        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q4_K | Q2_K),
+        Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q4_K | Q5_K),
+        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K),
         _ => false,
     }
 }
@@ -48,7 +49,7 @@ pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL | Q4_K | Q2_K => 16,
+        Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K => 16,
         _ => 4,
     }
 }
@@ -75,9 +76,10 @@ fn position(ty: GgmlType, i: usize, j: usize) -> usize {
         (Q4_1, _) => 16 + 16 * i + j - 4,
         (Q8_0, 2..18) => 8 + 16 * i + j - 2,
         (Q8_0, _) => 72 + 16 * i + j - 18,
-        (Q4_K, 2..4) => 32 + 2 * i + j - 2,
-        (Q4_K, 4..16) => 64 + (j - 4) / 4 * 64 + 4 * i + (j - 4) % 4,
-        (Q4_K, _) => 256 + (j - 16) / 4 * 64 + 4 * i + (j - 16) % 4,
+        (Q4_K | Q5_K, 2..4) => 32 + 2 * i + j - 2,
+        (Q4_K | Q5_K, 4..16) => 64 + (j - 4) / 4 * 64 + 4 * i + (j - 4) % 4,
+        (Q4_K, _) | (Q5_K, 16..48) => 256 + (j - 16) / 4 * 64 + 4 * i + (j - 16) % 4,
+        (Q5_K, _) => 768 + (j - 48) / 4 * 64 + 4 * i + (j - 48) % 4,
         (_, _) => 32 + (j - 2) / 4 * 64 + 4 * i + (j - 2) % 4,
     }
 }
@@ -133,7 +135,7 @@ mod tests {
 
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
-        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q4_K, Q2_K] {
+        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q2_K, Q4_K, Q5_K] {
             let (rows, cols) = (19, 3 * ty.block_size());
             let size = ty.type_size();
             let blocks = cols / ty.block_size();
