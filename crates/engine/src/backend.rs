@@ -3,6 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use gguf::{GgufFile, TensorView};
+use quant::TokenOrder;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -253,11 +254,25 @@ pub trait Backend: Send + Sync {
     fn rms_norm_heads(&self, x: &mut Self::Buffer, weight: &Self::Weight, eps: f32);
     /// `x *= factor`.
     fn scale(&self, x: &mut Self::Buffer, factor: f32);
-    /// `out[t] = w · x[t]` for every row `t` of `x`.
-    fn matmul(&self, w: &Self::Weight, x: &Self::Buffer, out: &mut Self::Buffer);
+    /// `out[t] = w · x[t]` for every row `t` of `x`, in `orders[t]` where the backend
+    /// sums some weight types in two orders (the CPU backend: `quant::TokenOrder`, picked
+    /// by `model::matmul_order`); empty means `TokenOrder::OneToken` for every row.
+    fn matmul(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        orders: &[TokenOrder],
+    );
     /// Several matmuls of the same activations (Q/K/V, gate/up) in one pass; the same
     /// results as separate `matmul` calls.
-    fn matmul_many(&self, ws: &[&Self::Weight], x: &Self::Buffer, outs: &mut [&mut Self::Buffer]);
+    fn matmul_many(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Buffer,
+        outs: &mut [&mut Self::Buffer],
+        orders: &[TokenOrder],
+    );
     /// `x[t] += bias` for every row.
     fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Weight);
     /// Rotates each head of `x` by its token's position.

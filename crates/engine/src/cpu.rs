@@ -10,7 +10,7 @@ use crate::backend::{
 pub use crate::cpu_kv::CpuKvPool;
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
-use quant::{Layout, QMatrix};
+use quant::{Layout, QMatrix, TokenOrder};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -228,14 +228,20 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn matmul(&self, w: &CpuWeight, x: &CpuBuffer, out: &mut CpuBuffer) {
-        quant::matmul(&w.matrix(), &x.data, &mut out.data);
+    fn matmul(&self, w: &CpuWeight, x: &CpuBuffer, out: &mut CpuBuffer, orders: &[TokenOrder]) {
+        quant::matmul_many(&[w.matrix()], &x.data, &mut [&mut out.data], orders);
     }
 
-    fn matmul_many(&self, ws: &[&CpuWeight], x: &CpuBuffer, outs: &mut [&mut CpuBuffer]) {
+    fn matmul_many(
+        &self,
+        ws: &[&CpuWeight],
+        x: &CpuBuffer,
+        outs: &mut [&mut CpuBuffer],
+        orders: &[TokenOrder],
+    ) {
         let matrices: Vec<QMatrix> = ws.iter().map(|w| w.matrix()).collect();
         let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
-        quant::matmul_many(&matrices, &x.data, &mut slices);
+        quant::matmul_many(&matrices, &x.data, &mut slices, orders);
     }
 
     fn add_bias(&self, x: &mut CpuBuffer, bias: &CpuWeight) {

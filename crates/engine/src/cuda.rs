@@ -14,6 +14,7 @@ use cuda::{
     ActivationRounding, AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache,
 };
 use gguf::GgufFile;
+use quant::TokenOrder;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -301,11 +302,18 @@ impl Backend for CudaBackend {
         self.check(self.gpu.scale(&mut x.data, factor, n));
     }
 
-    fn matmul(&self, w: &CudaWeight, x: &CudaBuffer, out: &mut CudaBuffer) {
+    // The GPU kernels have one order for every token: `orders` does not apply.
+    fn matmul(&self, w: &CudaWeight, x: &CudaBuffer, out: &mut CudaBuffer, _: &[TokenOrder]) {
         self.check(self.matmuls(&[w], x, &mut [out]));
     }
 
-    fn matmul_many(&self, ws: &[&CudaWeight], x: &CudaBuffer, outs: &mut [&mut CudaBuffer]) {
+    fn matmul_many(
+        &self,
+        ws: &[&CudaWeight],
+        x: &CudaBuffer,
+        outs: &mut [&mut CudaBuffer],
+        _: &[TokenOrder],
+    ) {
         self.check(self.matmuls(ws, x, outs));
     }
 

@@ -6,6 +6,7 @@ use crate::cpu::{CpuBackend, CpuBuffer, CpuKvPool, CpuWeight};
 use crate::cuda::{CudaBackend, CudaBuffer, CudaKvPool, CudaWeight};
 use crate::error::Result;
 use gguf::GgufFile;
+use quant::TokenOrder;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -216,24 +217,36 @@ impl Backend for Device {
         }
     }
 
-    fn matmul(&self, w: &DeviceWeight, x: &DeviceBuffer, out: &mut DeviceBuffer) {
+    fn matmul(
+        &self,
+        w: &DeviceWeight,
+        x: &DeviceBuffer,
+        out: &mut DeviceBuffer,
+        orders: &[TokenOrder],
+    ) {
         match self {
-            Device::Cpu(b) => b.matmul(w.cpu(), x.cpu(), out.cpu_mut()),
-            Device::Cuda(b) => b.matmul(w.cuda(), x.cuda(), out.cuda_mut()),
+            Device::Cpu(b) => b.matmul(w.cpu(), x.cpu(), out.cpu_mut(), orders),
+            Device::Cuda(b) => b.matmul(w.cuda(), x.cuda(), out.cuda_mut(), orders),
         }
     }
 
-    fn matmul_many(&self, ws: &[&DeviceWeight], x: &DeviceBuffer, outs: &mut [&mut DeviceBuffer]) {
+    fn matmul_many(
+        &self,
+        ws: &[&DeviceWeight],
+        x: &DeviceBuffer,
+        outs: &mut [&mut DeviceBuffer],
+        orders: &[TokenOrder],
+    ) {
         match self {
             Device::Cpu(b) => {
                 let ws: Vec<_> = ws.iter().map(|w| w.cpu()).collect();
                 let mut outs: Vec<_> = outs.iter_mut().map(|o| o.cpu_mut()).collect();
-                b.matmul_many(&ws, x.cpu(), &mut outs)
+                b.matmul_many(&ws, x.cpu(), &mut outs, orders)
             }
             Device::Cuda(b) => {
                 let ws: Vec<_> = ws.iter().map(|w| w.cuda()).collect();
                 let mut outs: Vec<_> = outs.iter_mut().map(|o| o.cuda_mut()).collect();
-                b.matmul_many(&ws, x.cuda(), &mut outs)
+                b.matmul_many(&ws, x.cuda(), &mut outs, orders)
             }
         }
     }

@@ -7,6 +7,7 @@ use crate::config::{yarn_magnitude, Activation, Config, RopeOverrides};
 use crate::error::{EngineError, Result};
 use crate::kv_groups::{KvLayout, KvPools};
 use gguf::GgufFile;
+use quant::TokenOrder;
 use std::sync::Arc;
 
 struct Layer<B: Backend> {
@@ -93,6 +94,29 @@ pub fn first_one_token_position(prompt_len: usize) -> usize {
         prompt_len
     } else {
         0
+    }
+}
+
+/// How many prompt tokens llama.cpp reads in one batch (its default `n_ubatch`).
+const LLAMA_CPP_BATCH: usize = 512;
+
+/// The order of the products of the token at `pos` in a sequence whose generated tokens
+/// start at `generated_from` (`first_one_token_position`), for the weight types that
+/// llama.cpp's CPU backend sums in one order for a batch of 8 tokens or more and in
+/// another for fewer (`quant::TokenOrder`). As for attention, the token's role decides,
+/// not its batch: a prompt token gets the batched order when llama.cpp would have read
+/// it in a batch of 8 or more (it reads a prompt 512 tokens at a time), a generated one
+/// the one-token order. A full KV block of a prompt never holds a token of the other
+/// order, so the prefix cache can share it between prompts of any length.
+pub fn matmul_order(pos: usize, generated_from: usize) -> TokenOrder {
+    let batch_start = pos - pos % LLAMA_CPP_BATCH;
+    let batch_len = generated_from
+        .saturating_sub(batch_start)
+        .min(LLAMA_CPP_BATCH);
+    if pos < generated_from && batch_len >= 8 {
+        TokenOrder::Batched
+    } else {
+        TokenOrder::OneToken
     }
 }
 
@@ -307,7 +331,8 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Runs prompt `tokens` at positions `start..start + n` of one sequence whose earlier
-    /// positions are already in `cache`; returns logits (`vocab` per requested row).
+    /// positions are already in `cache`, the prompt ending with them; returns logits
+    /// (`vocab` per requested row).
     pub fn forward(
         &self,
         tokens: &[u32],
@@ -315,7 +340,20 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
         logits: Logits,
     ) -> Result<Vec<f32>> {
-        self.forward_sequence(tokens, start, cache, logits, usize::MAX)
+        self.forward_prompt(tokens, start, start + tokens.len(), cache, logits)
+    }
+
+    /// `forward` for part of a prompt of `prompt_len` tokens read in chunks: a token's
+    /// products depend on the prompt's length (`matmul_order`), never on the chunks.
+    pub fn forward_prompt(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        prompt_len: usize,
+        cache: &mut KvCache<B>,
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
+        self.forward_sequence(tokens, start, cache, logits, prompt_len)
     }
 
     /// Runs one generated token at `position`; returns its logits.
@@ -375,6 +413,7 @@ impl<B: Backend> Llama<B> {
         let mut window_slots = Vec::new();
         let mut window_rows = Vec::new();
         let mut logit_rows = Vec::new();
+        let mut logit_orders = Vec::new();
         for s in seqs {
             let end = s.start + s.tokens.len();
             if s.tokens.is_empty() || end > s.blocks.len() * KV_BLOCK_SIZE {
@@ -413,11 +452,23 @@ impl<B: Backend> Llama<B> {
                 Logits::From(i) => i.min(s.tokens.len())..s.tokens.len(),
                 Logits::None => 0..0,
             };
+            // llama.cpp multiplies the output matrix for the rows whose logits it was
+            // asked for: one row (the last) is a batch of one, whatever the prompt.
+            logit_orders.extend(wanted.clone().map(|r| match s.logits {
+                Logits::Last => TokenOrder::OneToken,
+                _ => matmul_order(s.start + r, s.generated_from),
+            }));
             logit_rows.extend(wanted.map(|r| first + r));
         }
         let positions: Vec<usize> = seqs
             .iter()
             .flat_map(|s| s.start..s.start + s.tokens.len())
+            .collect();
+        let orders: Vec<TokenOrder> = seqs
+            .iter()
+            .flat_map(|s| {
+                (s.start..s.start + s.tokens.len()).map(|p| matmul_order(p, s.generated_from))
+            })
             .collect();
         let n = tokens.len();
 
@@ -442,6 +493,7 @@ impl<B: Backend> Llama<B> {
                 &[&layer.wq, &layer.wk, &layer.wv],
                 &h,
                 &mut [&mut q, &mut k, &mut v],
+                &orders,
             );
             if let Some([bq, bk, bv]) = &layer.bias {
                 b.add_bias(&mut q, bq);
@@ -486,7 +538,7 @@ impl<B: Backend> Llama<B> {
                 };
             b.kv_store(pool, pool_layer, &k, &v, slots);
             b.attention(&q, pool, pool_layer, rows, &spec, &mut att);
-            b.matmul(&layer.wo, &att, &mut h);
+            b.matmul(&layer.wo, &att, &mut h, &orders);
             if let Some(norm) = &layer.post_attention_norm {
                 b.rms_norm(&h, norm, c.rms_eps, &mut post_normed);
                 std::mem::swap(&mut h, &mut post_normed);
@@ -495,12 +547,17 @@ impl<B: Backend> Llama<B> {
 
             // Feed-forward block (SwiGLU or GeGLU).
             b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
-            b.matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut gate, &mut up]);
+            b.matmul_many(
+                &[&layer.w_gate, &layer.w_up],
+                &h,
+                &mut [&mut gate, &mut up],
+                &orders,
+            );
             match c.activation {
                 Activation::Silu => b.silu_mul(&mut gate, &up),
                 Activation::GeluTanh => b.gelu_mul(&mut gate, &up),
             }
-            b.matmul(&layer.w_down, &gate, &mut h);
+            b.matmul(&layer.w_down, &gate, &mut h, &orders);
             if let Some(norm) = &layer.post_ffn_norm {
                 b.rms_norm(&h, norm, c.rms_eps, &mut post_normed);
                 std::mem::swap(&mut h, &mut post_normed);
@@ -519,7 +576,7 @@ impl<B: Backend> Llama<B> {
             b.gather_rows(&h, &logit_rows)?
         };
         let mut out = b.alloc(logit_rows.len(), c.vocab_size)?;
-        b.matmul(&self.output, &h, &mut out);
+        b.matmul(&self.output, &h, &mut out, &logit_orders);
         let mut logits = b.to_host(&out, 0..logit_rows.len());
         if let Some(cap) = c.final_softcap {
             quant::softcap(&mut logits, cap);

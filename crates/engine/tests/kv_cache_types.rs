@@ -36,7 +36,10 @@ fn quantized_caches_are_smaller_chunk_invariant_and_close_to_f16() {
         let mut cache = m.new_kv_cache(160).unwrap();
         let mut pieces = Vec::new();
         for (c, part) in ids.chunks(7).enumerate() {
-            pieces.extend(m.forward(part, c * 7, &mut cache, Logits::All).unwrap());
+            pieces.extend(
+                m.forward_prompt(part, c * 7, ids.len(), &mut cache, Logits::All)
+                    .unwrap(),
+            );
         }
         assert!(pieces == whole, "{ty:?}: chunks of 7 differ from one call");
 

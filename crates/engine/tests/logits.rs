@@ -123,7 +123,10 @@ fn every_position_matches_and_chunking_is_bit_identical() {
         let mut cache = m.new_kv_cache(64).unwrap();
         let mut pieces = Vec::new();
         for (c, part) in ids.chunks(chunk).enumerate() {
-            pieces.extend(m.forward(part, c * chunk, &mut cache, Logits::All).unwrap());
+            pieces.extend(
+                m.forward_prompt(part, c * chunk, ids.len(), &mut cache, Logits::All)
+                    .unwrap(),
+            );
         }
         assert!(pieces == whole, "chunks of {chunk} differ from one call");
     }

@@ -45,7 +45,10 @@ fn every_weight_type_runs_and_agrees_with_f32() {
         let mut pieces = Vec::new();
         let mut cache = m.new_kv_cache(32).unwrap();
         for (i, chunk) in ids.chunks(3).enumerate() {
-            pieces.extend(m.forward(chunk, i * 3, &mut cache, Logits::All).unwrap());
+            pieces.extend(
+                m.forward_prompt(chunk, i * 3, ids.len(), &mut cache, Logits::All)
+                    .unwrap(),
+            );
         }
         assert!(pieces == whole, "{ty}: chunked prefill differs");
         let last = &whole[whole.len() - reference.len()..];
@@ -68,6 +71,68 @@ fn every_weight_type_runs_and_agrees_with_f32() {
             err / norm
         );
     }
+}
+
+/// Q6_K weights are summed in llama.cpp's batched order for a prompt's tokens and in its
+/// one-token order for a generated token (`model::matmul_order`): a batch that holds
+/// both gives each the logits it gets alone, and the two orders do differ.
+#[test]
+fn a_q6_k_prompt_and_a_decoding_token_in_one_batch_equal_each_alone() {
+    use engine::model::SeqBatch;
+    let (_d, m, tok) = load(&SyntheticModel {
+        weights: WeightMix::Uniform(GgmlType::Q6_K),
+        ..Default::default()
+    });
+    let vocab = m.config.vocab_size;
+    let a = tok.encode("hello world", true).unwrap();
+    let b = tok.encode("a second prompt", true).unwrap();
+    let next = [b[3]];
+
+    let mut cache = m.new_kv_cache(32).unwrap();
+    let a_alone = m.forward(&a, 0, &mut cache, Logits::All).unwrap();
+    let mut cache = m.new_kv_cache(32).unwrap();
+    m.forward(&b, 0, &mut cache, Logits::None).unwrap();
+    let b_next_alone = m.decode(next[0], b.len(), &mut cache).unwrap();
+    // The same token scored as a generated one (the one-token order) instead.
+    let mut cache = m.new_kv_cache(32).unwrap();
+    let a_generated = m.verify(&a, 0, &mut cache).unwrap();
+    assert!(a_generated != a_alone, "the two orders gave the same bits");
+
+    let mut pool = m.new_kv_pool(4).unwrap();
+    let (a_blocks, b_blocks) = ([3], [1, 0]);
+    let batch = [SeqBatch {
+        tokens: &b,
+        start: 0,
+        blocks: &b_blocks,
+        window_blocks: None,
+        logits: Logits::None,
+        generated_from: b.len(),
+    }];
+    m.forward_batch(&batch, &mut pool).unwrap();
+    let batch = [
+        SeqBatch {
+            tokens: &next,
+            start: b.len(),
+            blocks: &b_blocks,
+            window_blocks: None,
+            logits: Logits::Last,
+            generated_from: b.len(),
+        },
+        SeqBatch {
+            tokens: &a,
+            start: 0,
+            blocks: &a_blocks,
+            window_blocks: None,
+            logits: Logits::All,
+            generated_from: a.len(),
+        },
+    ];
+    let out = m.forward_batch(&batch, &mut pool).unwrap();
+    assert!(
+        out[..vocab] == b_next_alone[..],
+        "the decoding token changed"
+    );
+    assert!(out[vocab..] == a_alone[..], "the prompt changed");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::iquants::{iq4_code, IQ4_LEVELS};
 use crate::kernels_float::dot_f16_f16;
 use crate::kernels_k::{
     dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
+    dot_q6_k_q8_k_tiled,
 };
 use gguf::GgmlType;
 
@@ -42,6 +43,9 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
 /// read these give the same bits as kernels that read the f16 in the rows.
 pub struct TokenGroup<'a, const N: usize> {
     pub rows: [&'a [u8]; N],
+    /// Whether the tokens' products follow llama.cpp's order for batches of 8 tokens or
+    /// more (`TokenOrder::Batched`; a group never mixes the two).
+    pub batched: bool,
     /// Q8_0 and Q8_1 activations: the 32 values of every block again, in `d`'s order
     /// (block b of token i at `(b·N + i)·32`), so that a kernel walks one pointer
     /// through the group instead of keeping one per token.
@@ -112,7 +116,23 @@ kernel!(Q2KQ8K, dot_q2_k_q8_k);
 kernel!(Q3KQ8K, dot_q3_k_q8_k);
 kernel!(Q4KQ8K, dot_q4_k_q8_k);
 kernel!(Q5KQ8K, dot_q5_k_q8_k);
-kernel!(Q6KQ8K, dot_q6_k_q8_k);
+
+/// Q6_K, in the order its tokens' `TokenOrder` asks for.
+pub struct Q6KQ8K;
+impl Kernel for Q6KQ8K {
+    #[inline(always)]
+    fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+        dot_q6_k_q8_k(w, a)
+    }
+
+    #[inline(always)]
+    fn dotn<const N: usize>(_: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+        match g.batched {
+            true => g.rows.map(|a| dot_q6_k_q8_k_tiled(w, a)),
+            false => g.rows.map(|a| dot_q6_k_q8_k(w, a)),
+        }
+    }
+}
 kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
 kernel!(F16F16, dot_f16_f16);
 

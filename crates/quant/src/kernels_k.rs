@@ -9,9 +9,11 @@
 //!   with one fused multiply-add; the result is `acc − acc_min` (`MinSums`).
 //! - Q5_K (its tiled kernels for batches of eight tokens or more): `TiledSums`, the
 //!   block's integers scaled by d_w, dmin_w and d_a and added to one accumulator.
-//! - Q3_K, Q6_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per
-//!   block (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
+//! - Q3_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per block
+//!   (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
 //!   multiply-add per lane and block.
+//! - Q6_K both, by the token's `TokenOrder`: `LaneSums` for a decoding token (`vec_dot`),
+//!   `TiledSums` for a prompt's (llama.cpp's tiled kernels).
 //!
 //! The x86 twins (`kernels_k_x86`) compute the same integers with SIMD and the same
 //! float operations, and tests compare them on random data.
@@ -93,7 +95,8 @@ impl MinSums {
 }
 
 /// The summation order of llama.cpp's tiled kernels (`ggml-cpu/tiled`, which its
-/// AVX-512 VNNI build runs for batches of eight tokens or more), used for Q5_K:
+/// AVX-512 VNNI build runs for batches of eight tokens or more), used for Q5_K, and for
+/// Q6_K's `TokenOrder::Batched`:
 /// per block, the exact integers Σ scale·q·a and Σ min·a become
 /// `(sum · d_w − dmin_w · min_sum) · d_a` (a product, a fused multiply-add, a product)
 /// added to one accumulator. Its `vec_dot` kernels, which it runs for fewer tokens, add
@@ -211,29 +214,48 @@ fn q6_code(wb: &[u8], i: usize) -> i32 {
     (low | (((wb[128 + qh] >> shift) & 3) << 4)) as i32
 }
 
-/// Q6_K × Q8_K. Codes are multiplied unsigned; the 32 they are offset by comes off each
-/// lane as 32 · Σ scale·a over sub-blocks 2k and 2k+1, as llama.cpp subtracts it.
+/// A Q6_K block's `LaneSums` lanes against a Q8_K block. Codes are multiplied unsigned;
+/// the 32 they are offset by comes off each lane as 32 · Σ scale·a over sub-blocks 2k
+/// and 2k+1, as llama.cpp subtracts it. The lanes' sum is the block's exact
+/// Σ scale·(code − 32)·a.
+#[inline(always)]
+fn q6_k_lanes(wb: &[u8], ab: &[u8]) -> [i32; 8] {
+    let scale = |j: usize| wb[192 + j] as i8 as i32;
+    let mut l = lanes(|i| scale(i / 16) * q6_code(wb, i) * q8k_value(ab, i));
+    for (k, lane) in l.iter_mut().enumerate() {
+        let bias = scale(2 * k) * q8k_bsum(ab, 2 * k) + scale(2 * k + 1) * q8k_bsum(ab, 2 * k + 1);
+        *lane -= bias << 5;
+    }
+    l
+}
+
+/// Q6_K × Q8_K in llama.cpp's one-token order (`vec_dot`, `LaneSums`).
 #[inline(always)]
 pub fn dot_q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     let mut sums = LaneSums::default();
     for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(Q8K_BLOCK)) {
-        let scale = |j: usize| wb[192 + j] as i8 as i32;
-        let mut l = lanes(|i| scale(i / 16) * q6_code(wb, i) * q8k_value(ab, i));
-        for (k, lane) in l.iter_mut().enumerate() {
-            let bias =
-                scale(2 * k) * q8k_bsum(ab, 2 * k) + scale(2 * k + 1) * q8k_bsum(ab, 2 * k + 1);
-            *lane -= bias << 5;
-        }
-        sums.add_block(q8k_d(ab) * f16_at(wb, 208), l);
+        sums.add_block(q8k_d(ab) * f16_at(wb, 208), q6_k_lanes(wb, ab));
     }
     sums.total()
+}
+
+/// Q6_K × Q8_K in llama.cpp's order for batches of 8 tokens or more (`TiledSums`, no
+/// min): the same integers, one per block.
+#[inline(always)]
+pub fn dot_q6_k_q8_k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let mut sums = TiledSums::default();
+    for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(Q8K_BLOCK)) {
+        let sum = q6_k_lanes(wb, ab).iter().sum();
+        sums.add_block(f16_at(wb, 208), sum, 0.0, 0, q8k_d(ab));
+    }
+    sums.acc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::packed::has_packed_layout;
-    use crate::{matmul_with, pack, packable, quantize, Isa, QMatrix};
+    use crate::{matmul_many_with, pack, packable, quantize, Isa, QMatrix, TokenOrder};
     use gguf::GgmlType::{self, *};
     use rand::{Rng, SeedableRng};
 
@@ -269,14 +291,27 @@ mod tests {
                     }
                 }
                 let m = QMatrix::new(ty, &w, rows, cols).unwrap();
-                for n in [1, 2, 3, 5, 8, 15] {
+                for (n, pattern) in [1, 2, 3, 5, 8, 15].into_iter().flat_map(|n| {
+                    // Every token one-token, every token batched, and a mix.
+                    [0, 1, 2].map(|p| (n, p))
+                }) {
+                    let orders: Vec<TokenOrder> = (0..n)
+                        .map(|t| match (pattern, t % 3) {
+                            (1, _) | (2, 0) => TokenOrder::Batched,
+                            _ => TokenOrder::OneToken,
+                        })
+                        .collect();
                     let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
                     let act = quantize(Q8_K, &x).unwrap();
                     let act_row = act.len() / n;
                     let want: Vec<f32> = (0..n * rows)
                         .map(|i| {
                             let (t, r) = (i / rows, i % rows);
-                            scalar(m.row(r), &act[t * act_row..(t + 1) * act_row])
+                            let dot = match (ty, orders[t]) {
+                                (Q6_K, TokenOrder::Batched) => dot_q6_k_q8_k_tiled,
+                                _ => scalar,
+                            };
+                            dot(m.row(r), &act[t * act_row..(t + 1) * act_row])
                         })
                         .collect();
                     let packed = has_packed_layout(ty).then(|| pack(ty, &w, rows, cols));
@@ -290,14 +325,14 @@ mod tests {
                         }
                         for (layout, m) in layouts {
                             let mut got = vec![0.0; n * rows];
-                            matmul_with(isa, &m, &x, &mut got);
+                            matmul_many_with(isa, &[m], &x, &mut [&mut got], &orders);
                             let same = got
                                 .iter()
                                 .zip(&want)
                                 .all(|(a, b)| a.to_bits() == b.to_bits());
                             assert!(
                                 same,
-                                "{ty} {} {layout} rows {rows} cols {cols} tokens {n}",
+                                "{ty} {} {layout} rows {rows} cols {cols} tokens {n} {orders:?}",
                                 isa.name()
                             );
                         }

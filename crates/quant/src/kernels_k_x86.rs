@@ -2,8 +2,8 @@
 //! against N tokens, each 256-value block unpacked once into eight registers of 32 byte
 //! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The
 //! integer sums are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K
-//! and Q4_K, `TiledSums` for Q5_K, `LaneSums` for the others), so the results are
-//! bit-identical to theirs.
+//! and Q4_K, `TiledSums` for Q5_K, `LaneSums` for Q3_K and IQ4_XS, either for Q6_K), so
+//! the results are bit-identical to theirs.
 
 use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, MinSums, TiledSums, Q8K_BLOCK};
@@ -332,7 +332,9 @@ macro_rules! x86_k_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q6_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                // `LaneSums` (a decoding token), or `TiledSums` (a prompt's).
                 let mut acc = [_mm256_setzero_ps(); N];
+                let mut tiled: [TiledSums; N] = std::array::from_fn(|_| TiledSums::default());
                 let low4 = _mm256_set1_epi8(0x0f);
                 let low2 = _mm256_set1_epi8(3);
                 for (b, wb) in w.chunks_exact(210).enumerate() {
@@ -363,11 +365,18 @@ macro_rules! x86_k_kernels {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
                         let bias = _mm256_madd_epi16(load(&x[260..]), scales_i16);
                         let sum = _mm256_sub_epi32(lanes(&u, x), _mm256_slli_epi32::<5>(bias));
-                        let l = _mm256_cvtepi32_ps(sum);
-                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
+                        if g.batched {
+                            tiled[n].add_block(dw, lane_total(sum), 0.0, 0, q8k_d(x));
+                        } else {
+                            let l = _mm256_cvtepi32_ps(sum);
+                            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
+                        }
                     }
                 }
-                std::array::from_fn(|n| total(acc[n], 0.0))
+                match g.batched {
+                    true => tiled.map(|t| t.acc),
+                    false => std::array::from_fn(|n| total(acc[n], 0.0)),
+                }
             }
         }
     };

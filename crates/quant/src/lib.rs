@@ -52,7 +52,7 @@ pub use attention_quantized::{quantized_attend, quantized_scores, KvQuant, Quant
 pub use dot::dot_f32;
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
-pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix};
+pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix, TokenOrder};
 pub use nonlinear::{exp_poly, gelu_mul, gelu_tanh, rms_norm_scale, silu_mul, softcap, softmax};
 pub use packed::{pack, packable, packed_len};
 pub use rope::{rope_angles, rope_rotate, rope_theta_scale, YarnRamp};

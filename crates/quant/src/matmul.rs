@@ -148,6 +148,7 @@ impl OutPtr {
 pub(crate) struct Activations {
     bytes: Vec<u8>,
     n_tokens: usize,
+    groups: Vec<TokenRun>,
     /// Group starting at token t: its scales start at `t · blocks_per_row`.
     d: Vec<f32>,
     s: Vec<f32>,
@@ -167,21 +168,37 @@ pub(crate) struct Activations {
 
 /// The token groups of a call: 8 at a time, then the rest in one group, so that every
 /// batch of up to eight tokens (a few decoding sequences, a speculative check) is one
-/// pass over the weights.
-fn token_groups(n_tokens: usize) -> impl Iterator<Item = (usize, usize)> {
+/// pass over the weights; a group never mixes tokens of both `TokenOrder`s (`batched[t]`
+/// for token t; none batched when `batched` is empty).
+fn token_groups(batched: &[bool], n_tokens: usize) -> Vec<TokenRun> {
+    let is_batched = |t: usize| batched.get(t).copied().unwrap_or(false);
+    let mut groups = Vec::with_capacity(n_tokens.div_ceil(TOKEN_BLOCK));
     let mut t = 0;
-    std::iter::from_fn(move || {
-        let size = n_tokens.checked_sub(t)?.min(TOKEN_BLOCK);
-        if size == 0 {
-            return None;
-        }
-        t += size;
-        Some((t - size, size))
-    })
+    while t < n_tokens {
+        let run = (t..n_tokens)
+            .take(TOKEN_BLOCK)
+            .take_while(|&u| is_batched(u) == is_batched(t))
+            .count();
+        groups.push(TokenRun {
+            start: t,
+            len: run,
+            batched: is_batched(t),
+        });
+        t += run;
+    }
+    groups
+}
+
+/// One token group of a call (`token_groups`).
+#[derive(Clone, Copy)]
+struct TokenRun {
+    start: usize,
+    len: usize,
+    batched: bool,
 }
 
 impl Activations {
-    fn new(ty: GgmlType, x: &[f32], n_tokens: usize) -> Activations {
+    fn new(ty: GgmlType, x: &[f32], n_tokens: usize, batched: &[bool]) -> Activations {
         let bytes = if ty == GgmlType::F16 {
             // Rounded to f16 and widened back to f32 once (exact): see `kernels_float`.
             // The half crate's slice conversions use F16C where the CPU has it.
@@ -207,9 +224,10 @@ impl Activations {
         let mut d_wide = Vec::new();
         let mut lane_bias = Vec::new();
         let mut sums = Vec::new();
-        for (t0, size) in token_groups(n_tokens).filter(|_| block > 0) {
+        let groups = token_groups(batched, n_tokens);
+        for g in groups.iter().filter(|_| block > 0) {
             for b in 0..per_row {
-                for t in t0..t0 + size {
+                for t in g.start..g.start + g.len {
                     let at = (t * per_row + b) * block;
                     let values = &bytes[at..at + block];
                     match ty {
@@ -255,6 +273,7 @@ impl Activations {
         Activations {
             bytes,
             n_tokens,
+            groups,
             d,
             s,
             qs,
@@ -264,13 +283,15 @@ impl Activations {
         }
     }
 
-    fn group<const N: usize>(&self, t: usize) -> TokenGroup<'_, N> {
+    /// The group of N tokens starting at token t, which `token_groups` made.
+    fn group<const N: usize>(&self, t: usize, batched: bool) -> TokenGroup<'_, N> {
         let row = self.bytes.len() / self.n_tokens;
         let scales = self.d.len() / self.n_tokens.max(1);
         let range = t * scales..(t + N) * scales;
         let sums_per_block = self.sums.len() / self.d.len().max(1);
         TokenGroup {
             rows: std::array::from_fn(|i| &self.bytes[(t + i) * row..(t + i + 1) * row]),
+            batched,
             d: self.d.get(range.clone()).unwrap_or(&[]),
             s: self.s.get(range.clone()).unwrap_or(&[]),
             qs: self.qs.get(range.start * 32..range.end * 32).unwrap_or(&[]),
@@ -295,16 +316,16 @@ impl Activations {
 /// independent sums in flight.
 #[inline(always)]
 fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
-    for (t, size) in token_groups(x.n_tokens) {
-        match size {
-            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, t, r0, out),
-            7 => tokens::<K, 7, 1>(w, x, t, r0, out),
-            6 => tokens::<K, 6, 1>(w, x, t, r0, out),
-            5 => tokens::<K, 5, 1>(w, x, t, r0, out),
-            4 => tokens::<K, 4, 2>(w, x, t, r0, out),
-            3 => tokens::<K, 3, 2>(w, x, t, r0, out),
-            2 => tokens::<K, 2, 2>(w, x, t, r0, out),
-            _ => tokens::<K, 1, 4>(w, x, t, r0, out),
+    for &run in &x.groups {
+        match run.len {
+            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, run, r0, out),
+            7 => tokens::<K, 7, 1>(w, x, run, r0, out),
+            6 => tokens::<K, 6, 1>(w, x, run, r0, out),
+            5 => tokens::<K, 5, 1>(w, x, run, r0, out),
+            4 => tokens::<K, 4, 2>(w, x, run, r0, out),
+            3 => tokens::<K, 3, 2>(w, x, run, r0, out),
+            2 => tokens::<K, 2, 2>(w, x, run, r0, out),
+            _ => tokens::<K, 1, 4>(w, x, run, r0, out),
         }
     }
 }
@@ -315,11 +336,12 @@ fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
 fn tokens<K: Kernel, const N: usize, const R: usize>(
     w: &QMatrix,
     x: &Activations,
-    t: usize,
+    run: TokenRun,
     r0: usize,
     out: OutPtr,
 ) {
-    let group = x.group::<N>(t);
+    let t = run.start;
+    let group = x.group::<N>(t, run.batched);
     let end = (r0 + ROW_TILE).min(w.rows);
     let mut r = r0;
     // Two spelled-out branches: one generic step for both made the compiler's code for
@@ -500,16 +522,16 @@ macro_rules! x86_tile {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn packed_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
-    for (t, size) in token_groups(x.n_tokens) {
-        match size {
-            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, t, r0, out),
-            7 => packed_tokens::<7, AVX512>(w, x, t, r0, out),
-            6 => packed_tokens::<6, AVX512>(w, x, t, r0, out),
-            5 => packed_tokens::<5, AVX512>(w, x, t, r0, out),
-            4 => packed_tokens::<4, AVX512>(w, x, t, r0, out),
-            3 => packed_tokens::<3, AVX512>(w, x, t, r0, out),
-            2 => packed_tokens::<2, AVX512>(w, x, t, r0, out),
-            _ => packed_tokens::<1, AVX512>(w, x, t, r0, out),
+    for &run in &x.groups {
+        match run.len {
+            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, run, r0, out),
+            7 => packed_tokens::<7, AVX512>(w, x, run, r0, out),
+            6 => packed_tokens::<6, AVX512>(w, x, run, r0, out),
+            5 => packed_tokens::<5, AVX512>(w, x, run, r0, out),
+            4 => packed_tokens::<4, AVX512>(w, x, run, r0, out),
+            3 => packed_tokens::<3, AVX512>(w, x, run, r0, out),
+            2 => packed_tokens::<2, AVX512>(w, x, run, r0, out),
+            _ => packed_tokens::<1, AVX512>(w, x, run, r0, out),
         }
     }
 }
@@ -531,14 +553,15 @@ fn packed_tile_avx2(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
 fn packed_tokens<const N: usize, const AVX512: bool>(
     w: &QMatrix,
     x: &Activations,
-    t: usize,
+    run: TokenRun,
     r0: usize,
     out: OutPtr,
 ) {
+    let t = run.start;
     use crate::kernels_packed_k as avx512_k;
     use crate::kernels_packed_k_avx2 as avx2_k;
     use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
-    let group = x.group::<N>(t);
+    let group = x.group::<N>(t, run.batched);
     let rows = group_rows(w.ty);
     let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
     for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
@@ -569,6 +592,20 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                     match w.ty {
                         GgmlType::Q4_K => avx512_k::dot16_q4_k_packed::<false, N>(data, &group),
                         _ => avx512_k::dot16_q4_k_packed::<true, N>(data, &group),
+                    }
+                };
+                write_group(v, w.rows, t, r, out)
+            }
+            GgmlType::Q6_K => {
+                // SAFETY: as above (an AVX-512 CPU also has AVX2).
+                let v = unsafe {
+                    match (run.batched, AVX512) {
+                        (true, true) => avx512_k::dot16_q6_k_tiled::<N>(data, &group),
+                        (true, false) => avx2_k::dot16_q6_k_tiled::<N>(data, &group),
+                        // The one-token order keeps eight accumulators per row and token:
+                        // one token at a time (the group stays in the L1 for the next).
+                        (false, true) => group.rows.map(|x| avx512_k::dot16_q6_k_lanes(data, x)),
+                        (false, false) => group.rows.map(|x| avx2_k::dot16_q6_k_lanes(data, x)),
                     }
                 };
                 write_group(v, w.rows, t, r, out)
@@ -672,24 +709,45 @@ x86_tile!(
     true
 );
 
-/// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`.
+/// Which of llama.cpp's two float orders a token's products follow, for the weight types
+/// for which its CPU backend has two (Q6_K: its tiled kernels for batches of 8 tokens or
+/// more, its `vec_dot` for fewer; see `kernels_k`). Callers pick it by the token's role,
+/// never by the batch it is in, so that results stay batch-invariant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenOrder {
+    /// llama.cpp's order for a batch of fewer than 8 tokens (a decoding token).
+    #[default]
+    OneToken,
+    /// llama.cpp's order for a batch of 8 tokens or more (a prompt).
+    Batched,
+}
+
+/// `out[t·rows + r] = Σ_c w[r][c] · x[t·cols + c]` for every token `t` of `x`, each in
+/// `TokenOrder::OneToken`.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    matmul_many_with(selected_isa(), &[*w], x, &mut [out])
+    matmul_many_with(selected_isa(), &[*w], x, &mut [out], &[])
 }
 
 /// `matmul` with the kernels compiled for `isa` (which must be available).
 pub fn matmul_with(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    matmul_many_with(isa, &[*w], x, &mut [out])
+    matmul_many_with(isa, &[*w], x, &mut [out], &[])
 }
 
 /// Several matrices applied to the same activations (Q, K and V; gate and up) in one
 /// parallel pass: one fork/join and one activation quantization per activation format,
-/// instead of one per matrix. Results are those of separate `matmul` calls.
-pub fn matmul_many(ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
-    matmul_many_with(selected_isa(), ws, x, outs)
+/// instead of one per matrix. Results are those of separate `matmul` calls. Token t's
+/// products follow `orders[t]` (`TokenOrder::OneToken` for all when `orders` is empty).
+pub fn matmul_many(ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f32]], orders: &[TokenOrder]) {
+    matmul_many_with(selected_isa(), ws, x, outs, orders)
 }
 
-pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+pub fn matmul_many_with(
+    isa: Isa,
+    ws: &[QMatrix],
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+    orders: &[TokenOrder],
+) {
     assert_eq!(ws.len(), outs.len(), "one output per matrix");
     assert!(
         isa.is_available(),
@@ -704,6 +762,11 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         isa.name()
     );
     let n_tokens = x.len() / first.cols;
+    assert!(
+        orders.is_empty() || orders.len() == n_tokens,
+        "one order per token"
+    );
+    let batched: Vec<bool> = orders.iter().map(|&o| o == TokenOrder::Batched).collect();
     let mut quantized: Vec<(GgmlType, Activations)> = Vec::new();
     let mut tiles = Vec::new();
     let mut ptrs = Vec::with_capacity(ws.len());
@@ -715,7 +778,7 @@ pub fn matmul_many_with(isa: Isa, ws: &[QMatrix], x: &[f32], outs: &mut [&mut [f
         let q = match quantized.iter().position(|(t, _)| *t == act) {
             Some(i) => i,
             None => {
-                quantized.push((act, Activations::new(act, x, n_tokens)));
+                quantized.push((act, Activations::new(act, x, n_tokens, &batched)));
                 quantized.len() - 1
             }
         };

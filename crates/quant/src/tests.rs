@@ -364,7 +364,7 @@ fn matmul_many_equals_separate_matmuls() {
         .collect();
     let mut a = vec![0.0; 3 * 20];
     let mut b = vec![0.0; 3 * 33];
-    matmul_many(&ms, &x, &mut [&mut a, &mut b]);
+    matmul_many(&ms, &x, &mut [&mut a, &mut b], &[]);
     let (mut a1, mut b1) = (vec![0.0; 3 * 20], vec![0.0; 3 * 33]);
     matmul(&ms[0], &x, &mut a1);
     matmul(&ms[1], &x, &mut b1);
@@ -374,6 +374,6 @@ fn matmul_many_equals_separate_matmuls() {
     let xk: Vec<f32> = (0..256).map(|i| i as f32 / 256.0).collect();
     let (mut one, mut many) = (vec![0.0; 5], vec![0.0; 5]);
     matmul(&k, &xk, &mut one);
-    matmul_many(&[k], &xk, &mut [&mut many]);
+    matmul_many(&[k], &xk, &mut [&mut many], &[]);
     assert_eq!(one, many);
 }
