@@ -205,30 +205,19 @@ pub unsafe fn dot16_q6_k_tiled<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot16_q6_k_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
     let mut acc = [_mm512_setzero_ps(); 8];
-    let low16 = _mm512_set1_epi32(0xffff);
     for b in 0..w.len() / Q6_K_GROUP {
         let p = w.as_ptr().add(b * Q6_K_GROUP);
         let scales = q6_k_scales(p);
         let xb = x.as_ptr().add(b * Q8K_BLOCK);
-        let mut lanes = [_mm512_setzero_si512(); 8];
-        for (j, scale) in scales.iter().enumerate() {
-            prefetch_part::<_MM_HINT_T1>(p, Q6_K_GROUP, j, 16);
-            let codes = q6_k_codes(p, j);
-            // Both i16 of each lane: the sub-block's scale, for `vpdpwssd` to multiply
-            // each pair of code·x products by it.
-            let scale = _mm512_or_si512(
-                _mm512_and_si512(*scale, low16),
-                _mm512_slli_epi32::<16>(*scale),
-            );
-            let xj = xb.add(4 + 16 * j) as *const i32;
-            for (k, codes) in codes.iter().enumerate() {
-                let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
-                // Two code·x products per i16 stay within range (2 · 63 · 128 < 2^15).
-                let pairs = _mm512_maddubs_epi16(*codes, xk);
-                let lane = &mut lanes[4 * (j % 2) + k];
-                *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
-            }
+        // Lanes 0..4 take the first sixteen values of each 32, lanes 4..8 the last
+        // sixteen: sub-blocks 2i and 2i + 1.
+        let mut first = [_mm512_setzero_si512(); 4];
+        let mut second = [_mm512_setzero_si512(); 4];
+        for i in 0..8 {
+            q6_k_add_lanes(&mut first, p, &scales, xb, 2 * i);
+            q6_k_add_lanes(&mut second, p, &scales, xb, 2 * i + 1);
         }
+        let lanes: [__m512i; 8] = std::array::from_fn(|k| [first, second][k / 4][k % 4]);
         let pairs = q6_k_scale_pairs(&scales);
         let d = _mm512_mul_ps(
             _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
@@ -249,9 +238,38 @@ pub unsafe fn dot16_q6_k_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
     out
 }
 
+/// Adds sub-block j's products to four of a token's lanes (`dot16_q6_k_lanes`): each
+/// pair of code·x products (within i16: 2 · 63 · 128 < 2^15) times the sub-block's
+/// scale, by `vpdpwssd`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k_add_lanes(
+    lanes: &mut [__m512i; 4],
+    p: *const u8,
+    scales: &[__m512i; 16],
+    xb: *const u8,
+    j: usize,
+) {
+    prefetch_part::<_MM_HINT_T1>(p, Q6_K_GROUP, j, 16);
+    let codes = q6_k_codes(p, j);
+    // Both i16 of each lane: the sub-block's scale.
+    let low16 = _mm512_set1_epi32(0xffff);
+    let scale = _mm512_or_si512(
+        _mm512_and_si512(scales[j], low16),
+        _mm512_slli_epi32::<16>(scales[j]),
+    );
+    let xj = xb.add(4 + 16 * j) as *const i32;
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
+        let pairs = _mm512_maddubs_epi16(codes[k], xk);
+        *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+    }
+}
+
 /// Each row's sixteen signed 8-bit sub-block scales of a Q6_K group, sub-block j as an
 /// i32 in each lane (byte j % 4 of scale word j / 4).
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_scales(p: *const u8) -> [__m512i; 16] {
     let words: [__m512i; 4] =
         std::array::from_fn(|i| _mm512_loadu_si512(p.add(32 + 64 * i) as *const _));
@@ -263,7 +281,8 @@ unsafe fn q6_k_scales(p: *const u8) -> [__m512i; 16] {
 
 /// The scales of sub-blocks 2e and 2e + 1 as an i16 pair in each lane, against a
 /// token's pair of activation sums of 16 (the offset of 32's correction).
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_scale_pairs(scales: &[__m512i; 16]) -> [__m512i; 8] {
     let low16 = _mm512_set1_epi32(0xffff);
     std::array::from_fn(|e| {
@@ -277,7 +296,8 @@ unsafe fn q6_k_scale_pairs(scales: &[__m512i; 16]) -> [__m512i; 8] {
 /// stream q = (j % 8) / 2 of four, whose low four bits are the low (q < 2) or high
 /// nibbles of ql bytes 64·half + 32·(q % 2) + l and whose top two are bits 2q, 2q + 1 of
 /// qh bytes 32·half + l, for l in 16·(j % 2)..+16.
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q6_k_codes(p: *const u8, j: usize) -> [__m512i; 4] {
     let (half, q, l) = (j / 8, (j % 8) / 2, 16 * (j % 2));
     std::array::from_fn(|k| {
@@ -309,7 +329,8 @@ unsafe fn q6_k_codes(p: *const u8, j: usize) -> [__m512i; 4] {
 /// Σ_e pairs[e] · sums[e], lane by lane: register e holds each row's two i16 factors of
 /// two sub-blocks, `sums` one token's activation sums of the same two (an i32 of two
 /// i16 per e).
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn pair_products<const E: usize>(pairs: &[__m512i; E], sums: *const i32) -> __m512i {
     let mut total = _mm512_setzero_si512();
     for (e, m) in pairs.iter().enumerate() {

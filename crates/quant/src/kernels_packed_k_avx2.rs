@@ -1,5 +1,5 @@
-//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q2_K, Q4_K,
-//! Q5_K or Q6_K rows (one packed group) against N tokens, taken as two halves of eight
+//! AVX2 kernels over K-quant weights in the packed layout (`packed`): sixteen Q2_K, Q4_K
+//! or Q5_K rows (one packed group) against N tokens, taken as two halves of eight
 //! rows, one row per 32-bit lane. A sub-block of eight rows is a few registers of codes,
 //! each holding four consecutive codes of every row, so one `vpmaddubsw` with four
 //! broadcast activation bytes adds four products to every row, and no sum ever crosses
@@ -9,12 +9,12 @@
 //! `MinSums` for Q2_K and Q4_K (a super-block's Σ scale·q·a and Σ min·a are exact
 //! integers, each added to its own accumulator with one fused multiply-add by d_w·d_a
 //! and dmin_w·d_a), `TiledSums` for Q5_K (the same integers as
-//! `(sum · d_w − dmin_w · min_sum) · d_a`, added to one accumulator), Q6_K either by the
-//! tokens' `TokenOrder` (`TiledSums` without a min, or `LaneSums`). So the packed results
-//! equal the row-major ones bit for bit.
+//! `(sum · d_w − dmin_w · min_sum) · d_a`, added to one accumulator). So the packed
+//! results equal the row-major ones bit for bit. (Q6_K is packed for AVX-512 only: its
+//! AVX2 kernels over this layout decoded at 0.56× the row-major one.)
 
 use crate::kernels::TokenGroup;
-use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_k::Q8K_BLOCK;
 use core::arch::x86_64::*;
 use gguf::GgmlType;
 
@@ -93,161 +93,6 @@ unsafe fn dot16_min_sums<const BITS: usize, const N: usize>(
         }
     }
     out
-}
-
-/// Bytes of one packed Q6_K group: d[16] (f16) · scales[4][16][4] · ql[32][16][4] ·
-/// qh[16][16][4].
-const Q6_K_GROUP: usize = 16 * 210;
-
-/// Sixteen Q6_K rows (one packed group) · N tokens in `TiledSums`' order (a prompt's
-/// tokens, `TokenOrder::Batched`), as `kernels_packed_k::dot16_q6_k_tiled` with two
-/// halves of eight rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q6_k_tiled<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [[f32; 16]; N] {
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    for b in 0..w.len() / Q6_K_GROUP {
-        let p = w.as_ptr().add(b * Q6_K_GROUP);
-        let xs: [*const u8; N] = std::array::from_fn(|n| g.rows[n].as_ptr().add(b * Q8K_BLOCK));
-        for half in 0..2 {
-            let words = q6_k_scale_words(p, half);
-            let mut sums = [_mm256_setzero_si256(); N];
-            for j in 0..16 {
-                prefetch_part::<_MM_HINT_T0>(p, Q6_K_GROUP, 16 * half + j, 32);
-                let codes = q6_k_codes(p, half, j);
-                // Two pairs of code·x stay within i16 (2 · 2 · 63 · 128 < 2^15).
-                let scale = q6_k_scale_twice(&words, j);
-                add_sub_block::<4, 2, N>(&codes, scale, &xs, 4 + 16 * j, &mut sums);
-            }
-            let pairs = q6_k_scale_pairs(&words);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
-            for n in 0..N {
-                let bias = pair_products(&pairs, xs[n].add(260) as *const i32);
-                let sum = _mm256_sub_epi32(sums[n], _mm256_slli_epi32::<5>(bias));
-                let da = _mm256_set1_ps(*g.d.get_unchecked(b * N + n));
-                let block = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), dw);
-                let acc = &mut acc[n][half];
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(block, da));
-            }
-        }
-    }
-    let mut out = [[0.0f32; 16]; N];
-    for (o, acc) in out.iter_mut().zip(acc) {
-        for half in 0..2 {
-            _mm256_storeu_ps(o[8 * half..].as_mut_ptr(), acc[half]);
-        }
-    }
-    out
-}
-
-/// Sixteen Q6_K rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`'
-/// order (a decoding token, `TokenOrder::OneToken`), as
-/// `kernels_packed_k::dot16_q6_k_lanes` with two halves of eight rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot16_q6_k_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
-    let mut acc = [[_mm256_setzero_ps(); 8]; 2];
-    for b in 0..w.len() / Q6_K_GROUP {
-        let p = w.as_ptr().add(b * Q6_K_GROUP);
-        let xb = x.as_ptr().add(b * Q8K_BLOCK);
-        let da = _mm256_set1_ps(q8k_d(&x[b * Q8K_BLOCK..]));
-        for (half, acc) in acc.iter_mut().enumerate() {
-            let words = q6_k_scale_words(p, half);
-            let mut lanes = [_mm256_setzero_si256(); 8];
-            for j in 0..16 {
-                prefetch_part::<_MM_HINT_T0>(p, Q6_K_GROUP, 16 * half + j, 32);
-                let codes = q6_k_codes(p, half, j);
-                let scale = q6_k_scale_twice(&words, j);
-                let xj = xb.add(4 + 16 * j) as *const i32;
-                for (k, codes) in codes.iter().enumerate() {
-                    let xk = _mm256_set1_epi32(xj.add(k).read_unaligned());
-                    // Two code·x products per i16 stay within range (2 · 63 · 128 < 2^15).
-                    let pairs = _mm256_maddubs_epi16(*codes, xk);
-                    let lane = &mut lanes[4 * (j % 2) + k];
-                    *lane = _mm256_add_epi32(*lane, _mm256_madd_epi16(pairs, scale));
-                }
-            }
-            let pairs = q6_k_scale_pairs(&words);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * half) as *const __m128i));
-            let d = _mm256_mul_ps(da, dw);
-            for (k, (lane, acc)) in lanes.iter().zip(acc.iter_mut()).enumerate() {
-                let s = _mm256_set1_epi32(xb.add(260 + 4 * k).cast::<i32>().read_unaligned());
-                let bias = _mm256_madd_epi16(pairs[k], s);
-                let lane = _mm256_sub_epi32(*lane, _mm256_slli_epi32::<5>(bias));
-                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lane), *acc);
-            }
-        }
-    }
-    // `kernels::lane_tree` for each row, then `LaneSums::total`'s offsets (zero).
-    let mut out = [0.0f32; 16];
-    for (half, acc) in acc.iter().enumerate() {
-        let s: [__m256; 4] = std::array::from_fn(|k| _mm256_add_ps(acc[k], acc[k + 4]));
-        let tree = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
-        let total = _mm256_add_ps(tree, _mm256_setzero_ps());
-        _mm256_storeu_ps(out[8 * half..].as_mut_ptr(), total);
-    }
-    out
-}
-
-/// The four words of sixteen scale bytes of one half (eight rows) of a Q6_K group.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_scale_words(p: *const u8, half: usize) -> [__m256i; 4] {
-    std::array::from_fn(|i| _mm256_loadu_si256(p.add(32 + 64 * i + 32 * half) as *const _))
-}
-
-/// Sub-block j's signed scale twice in each lane, as i16: byte j % 4 of word j / 4
-/// moved to the top of each i16, then shifted down with its sign.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_scale_twice(words: &[__m256i; 4], j: usize) -> __m256i {
-    let e = (j % 4) as i32;
-    let lane = |l: i32| 0x80 | ((4 * l + e) << 8) | (0x80 << 16) | ((4 * l + e) << 24);
-    let m = _mm_setr_epi32(lane(0), lane(1), lane(2), lane(3));
-    _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(words[j / 4], _mm256_set_m128i(m, m)))
-}
-
-/// The scales of sub-blocks 2e and 2e + 1 as a signed i16 pair in each lane, against a
-/// token's pair of activation sums of 16 (the offset of 32's correction).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_scale_pairs(words: &[__m256i; 4]) -> [__m256i; 8] {
-    std::array::from_fn(|e| {
-        let a = 2 * (e % 2) as i32;
-        let pair = _mm256_shuffle_epi8(words[e / 2], pick(a, a + 1));
-        // `pick` widens without the sign: put it back.
-        _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(pair))
-    })
-}
-
-/// Sub-block j's codes of half (eight rows) of a Q6_K group: register k holds codes
-/// 4k..4k+4 of its sixteen values for each row (see `kernels_packed_k::q6_k_codes`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_codes(p: *const u8, rows_half: usize, j: usize) -> [__m256i; 4] {
-    let (half, q, l) = (j / 8, (j % 8) / 2, 16 * (j % 2));
-    std::array::from_fn(|k| {
-        let ql_byte = 64 * half + 32 * (q % 2) + l + 4 * k;
-        let qh_byte = 32 * half + l + 4 * k;
-        let at = 32 * rows_half;
-        let ql = _mm256_loadu_si256(p.add(288 + 16 * ql_byte + at) as *const _);
-        let qh = _mm256_loadu_si256(p.add(2336 + 16 * qh_byte + at) as *const _);
-        let low = if q < 2 {
-            ql
-        } else {
-            _mm256_srli_epi16::<4>(ql)
-        };
-        let high = match q {
-            0 => _mm256_slli_epi16::<4>(qh),
-            1 => _mm256_slli_epi16::<2>(qh),
-            2 => qh,
-            _ => _mm256_srli_epi16::<2>(qh),
-        };
-        _mm256_or_si256(
-            _mm256_and_si256(low, _mm256_set1_epi8(0x0f)),
-            _mm256_and_si256(high, _mm256_set1_epi8(0x30)),
-        )
-    })
 }
 
 /// Asks for step `step` of `steps` of the group's cache lines a fixed distance ahead
@@ -402,7 +247,7 @@ unsafe fn add_sub_block<const K: usize, const I16: usize, const N: usize>(
 }
 
 /// Σ_e pairs[e] · sums[e], lane by lane: register e holds each row's two i16 factors
-/// (mins, or Q6_K's scales) of two sub-blocks, `sums` one token's activation sums of the
+/// (mins) of two sub-blocks, `sums` one token's activation sums of the
 /// same two (an i32 of two i16 per e).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

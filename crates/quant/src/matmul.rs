@@ -597,15 +597,13 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                 write_group(v, w.rows, t, r, out)
             }
             GgmlType::Q6_K => {
-                // SAFETY: as above (an AVX-512 CPU also has AVX2).
+                // SAFETY: as above (Q6_K is packed for AVX-512 only).
                 let v = unsafe {
-                    match (run.batched, AVX512) {
-                        (true, true) => avx512_k::dot16_q6_k_tiled::<N>(data, &group),
-                        (true, false) => avx2_k::dot16_q6_k_tiled::<N>(data, &group),
+                    match run.batched {
+                        true => avx512_k::dot16_q6_k_tiled::<N>(data, &group),
                         // The one-token order keeps eight accumulators per row and token:
                         // one token at a time (the group stays in the L1 for the next).
-                        (false, true) => group.rows.map(|x| avx512_k::dot16_q6_k_lanes(data, x)),
-                        (false, false) => group.rows.map(|x| avx2_k::dot16_q6_k_lanes(data, x)),
+                        false => group.rows.map(|x| avx512_k::dot16_q6_k_lanes(data, x)),
                     }
                 };
                 write_group(v, w.rows, t, r, out)

@@ -32,12 +32,12 @@ use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
-/// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the
-/// sixteen-row groups (as two halves of eight rows).
+/// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
+/// groups but Q6_K's (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q4_K | Q5_K | Q6_K),
-        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K | Q6_K),
+        Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K),
         _ => false,
     }
 }
