@@ -567,7 +567,10 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
-        let k_quant = matches!(w.ty, GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
+        let k_quant = matches!(
+            w.ty,
+            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+        );
         if AVX512 && !k_quant {
             // Only the AVX-512 kernels of the 32-value types leave this to the loop; the
             // AVX2 and K-quant kernels prefetch as they go.
