@@ -75,7 +75,8 @@ fn every_weight_type_runs_and_agrees_with_f32() {
 
 /// Q6_K weights are summed in llama.cpp's batched order for a prompt's tokens and in its
 /// one-token order for a generated token (`model::matmul_order`): a batch that holds
-/// both gives each the logits it gets alone, and the two orders do differ.
+/// both gives each the logits it gets alone. (The same tokens scored as generated ones
+/// do give other bits, from the matmul's order and attention's both.)
 #[test]
 fn a_q6_k_prompt_and_a_decoding_token_in_one_batch_equal_each_alone() {
     use engine::model::SeqBatch;

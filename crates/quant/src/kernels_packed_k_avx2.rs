@@ -47,7 +47,12 @@ unsafe fn dot16_min_sums<const BITS: usize, const N: usize>(
     w: &[u8],
     g: &TokenGroup<N>,
 ) -> [[f32; 16]; N] {
-    let group = 16 * [0, 0, 84, 0, 144, 176][BITS];
+    let group = 16
+        * match BITS {
+            2 => 84,
+            5 => 176,
+            _ => 144,
+        };
     // Both halves of a block before the next block: the weights then stream from
     // memory at an even pace, where a second pass over the row group would leave the
     // memory idle while it computes.

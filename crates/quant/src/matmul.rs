@@ -168,10 +168,10 @@ pub(crate) struct Activations {
 
 /// The token groups of a call: 8 at a time, then the rest in one group, so that every
 /// batch of up to eight tokens (a few decoding sequences, a speculative check) is one
-/// pass over the weights; a group never mixes tokens of both `TokenOrder`s (`batched[t]`
-/// for token t; none batched when `batched` is empty).
-fn token_groups(batched: &[bool], n_tokens: usize) -> Vec<TokenRun> {
-    let is_batched = |t: usize| batched.get(t).copied().unwrap_or(false);
+/// pass over the weights; a group never mixes tokens of both `TokenOrder`s (`orders[t]`
+/// for token t; all `OneToken` when `orders` is empty).
+fn token_groups(orders: &[TokenOrder], n_tokens: usize) -> Vec<TokenRun> {
+    let is_batched = |t: usize| orders.get(t) == Some(&TokenOrder::Batched);
     let mut groups = Vec::with_capacity(n_tokens.div_ceil(TOKEN_BLOCK));
     let mut t = 0;
     while t < n_tokens {
@@ -198,7 +198,7 @@ struct TokenRun {
 }
 
 impl Activations {
-    fn new(ty: GgmlType, x: &[f32], n_tokens: usize, batched: &[bool]) -> Activations {
+    fn new(ty: GgmlType, x: &[f32], n_tokens: usize, orders: &[TokenOrder]) -> Activations {
         let bytes = if ty == GgmlType::F16 {
             // Rounded to f16 and widened back to f32 once (exact): see `kernels_float`.
             // The half crate's slice conversions use F16C where the CPU has it.
@@ -224,7 +224,7 @@ impl Activations {
         let mut d_wide = Vec::new();
         let mut lane_bias = Vec::new();
         let mut sums = Vec::new();
-        let groups = token_groups(batched, n_tokens);
+        let groups = token_groups(orders, n_tokens);
         for g in groups.iter().filter(|_| block > 0) {
             for b in 0..per_row {
                 for t in g.start..g.start + g.len {
@@ -557,10 +557,10 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     r0: usize,
     out: OutPtr,
 ) {
-    let t = run.start;
     use crate::kernels_packed_k as avx512_k;
     use crate::kernels_packed_k_avx2 as avx2_k;
     use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
+    let t = run.start;
     let group = x.group::<N>(t, run.batched);
     let rows = group_rows(w.ty);
     let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
@@ -767,7 +767,6 @@ pub fn matmul_many_with(
         orders.is_empty() || orders.len() == n_tokens,
         "one order per token"
     );
-    let batched: Vec<bool> = orders.iter().map(|&o| o == TokenOrder::Batched).collect();
     let mut quantized: Vec<(GgmlType, Activations)> = Vec::new();
     let mut tiles = Vec::new();
     let mut ptrs = Vec::with_capacity(ws.len());
@@ -779,7 +778,7 @@ pub fn matmul_many_with(
         let q = match quantized.iter().position(|(t, _)| *t == act) {
             Some(i) => i,
             None => {
-                quantized.push((act, Activations::new(act, x, n_tokens, &batched)));
+                quantized.push((act, Activations::new(act, x, n_tokens, orders)));
                 quantized.len() - 1
             }
         };

@@ -23,17 +23,17 @@
 //! j + 16. The K-quants (256-value blocks) are laid out the same way: a register holds
 //! four bytes of each of sixteen rows (AVX-512) or eight (AVX2, and Q2_K on AVX-512
 //! too), of their codes (and high bits) or of one 32-bit word of their packed scales
-//! and mins, so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored plus 128,
-//! as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes; the kernel
-//! subtracts 128·Σx. A matrix is `cols / block` groups per group of rows; the last
-//! group's missing rows are zeros.
+//! and mins, so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored
+//! plus 128, as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes;
+//! the kernel subtracts 128·Σx. A matrix is `cols / block` groups per group of rows; the
+//! last group's missing rows are zeros.
 
 use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
 /// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
-/// groups but Q6_K's (as two halves of eight rows).
+/// groups except Q6_K's (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(ty, Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q4_K | Q5_K | Q6_K),
