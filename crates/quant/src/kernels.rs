@@ -18,7 +18,6 @@ use crate::iquants::{iq4_code, IQ4_LEVELS};
 use crate::kernels_float::dot_f16_f16;
 use crate::kernels_k::{
     dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
-    dot_q6_k_q8_k_tiled,
 };
 use gguf::GgmlType;
 
@@ -113,27 +112,30 @@ kernel!(Q5_1Q8_1, dot_q5_1_q8_1);
 kernel!(Q8_0Q8_0, dot_q8_0_q8_0);
 kernel!(IQ4NLQ8_0, dot_iq4_nl_q8_0);
 kernel!(Q2KQ8K, dot_q2_k_q8_k);
-kernel!(Q3KQ8K, dot_q3_k_q8_k);
 kernel!(Q4KQ8K, dot_q4_k_q8_k);
 kernel!(Q5KQ8K, dot_q5_k_q8_k);
 
-/// Q6_K, in the order its tokens' `TokenOrder` asks for.
-pub struct Q6KQ8K;
-impl Kernel for Q6KQ8K {
-    #[inline(always)]
-    fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-        dot_q6_k_q8_k(w, a)
-    }
+/// A kernel whose order follows its tokens' `TokenOrder` (`kernels_k::dot_by_order`).
+macro_rules! ordered_kernel {
+    ($name:ident, $f:ident) => {
+        pub struct $name;
+        impl Kernel for $name {
+            #[inline(always)]
+            fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                $f(w, a, false)
+            }
 
-    #[inline(always)]
-    fn dotn<const N: usize>(_: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-        match g.batched {
-            true => g.rows.map(|a| dot_q6_k_q8_k_tiled(w, a)),
-            false => g.rows.map(|a| dot_q6_k_q8_k(w, a)),
+            #[inline(always)]
+            fn dotn<const N: usize>(_: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                g.rows.map(|a| $f(w, a, g.batched))
+            }
         }
-    }
+    };
 }
-kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
+
+ordered_kernel!(Q3KQ8K, dot_q3_k_q8_k);
+ordered_kernel!(Q6KQ8K, dot_q6_k_q8_k);
+ordered_kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
 kernel!(F16F16, dot_f16_f16);
 
 /// Every other weight type: decode both sides to f32.

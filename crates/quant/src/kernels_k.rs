@@ -9,11 +9,10 @@
 //!   with one fused multiply-add; the result is `acc − acc_min` (`MinSums`).
 //! - Q5_K (its tiled kernels for batches of eight tokens or more): `TiledSums`, the
 //!   block's integers scaled by d_w, dmin_w and d_a and added to one accumulator.
-//! - Q3_K, IQ4_XS (its `vec_dot` kernels): `LaneSums`, eight integer lanes per block
+//! - Q3_K, Q6_K and IQ4_XS both, by the token's `TokenOrder` (`dot_by_order`): for a
+//!   decoding token its `vec_dot` kernels' `LaneSums`, eight integer lanes per block
 //!   (lane k holds the values whose position in their 32 is 4k..4k+4), one fused
-//!   multiply-add per lane and block.
-//! - Q6_K both, by the token's `TokenOrder`: `LaneSums` for a decoding token (`vec_dot`),
-//!   `TiledSums` for a prompt's (llama.cpp's tiled kernels).
+//!   multiply-add per lane and block; for a prompt's its tiled kernels' `TiledSums`.
 //!
 //! The x86 twins (`kernels_k_x86`) compute the same integers with SIMD and the same
 //! float operations, and tests compare them on random data.
@@ -96,7 +95,7 @@ impl MinSums {
 
 /// The summation order of llama.cpp's tiled kernels (`ggml-cpu/tiled`, which its
 /// AVX-512 VNNI build runs for batches of eight tokens or more), used for Q5_K, and for
-/// Q6_K's `TokenOrder::Batched`:
+/// the `TokenOrder::Batched` tokens of Q3_K, Q6_K and IQ4_XS (no min):
 /// per block, the exact integers Σ scale·q·a and Σ min·a become
 /// `(sum · d_w − dmin_w · min_sum) · d_a` (a product, a fused multiply-add, a product)
 /// added to one accumulator. Its `vec_dot` kernels, which it runs for fewer tokens, add
@@ -171,35 +170,26 @@ pub fn dot_q5_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
     sums.acc
 }
 
-/// Q3_K × Q8_K.
+/// A Q3_K block's `LaneSums` lanes against a Q8_K block: Σ scale·(code − 4)·a, the
+/// code's third bit from `hmask`.
 #[inline(always)]
-pub fn dot_q3_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = LaneSums::default();
-    for (wb, ab) in w.chunks_exact(110).zip(a.chunks_exact(Q8K_BLOCK)) {
-        let scales = q3_k_scales(&wb[96..108]);
-        let l = lanes(|i| {
-            let (chunk, l) = (i / 32, i % 32);
-            let low = ((wb[32 + (chunk / 4) * 32 + l] >> (2 * (chunk % 4))) & 3) as i32;
-            let high = wb[l] & (1 << chunk) != 0;
-            scales[i / 16] * (low - if high { 0 } else { 4 }) * q8k_value(ab, i)
-        });
-        sums.add_block(q8k_d(ab) * f16_at(wb, 108), l);
-    }
-    sums.total()
+fn q3_k_lanes(wb: &[u8], ab: &[u8]) -> [i32; 8] {
+    let scales = q3_k_scales(&wb[96..108]);
+    lanes(|i| {
+        let (chunk, l) = (i / 32, i % 32);
+        let low = ((wb[32 + (chunk / 4) * 32 + l] >> (2 * (chunk % 4))) & 3) as i32;
+        let high = wb[l] & (1 << chunk) != 0;
+        scales[i / 16] * (low - if high { 0 } else { 4 }) * q8k_value(ab, i)
+    })
 }
 
-/// IQ4_XS × Q8_K: `LaneSums`, as llama.cpp's `vec_dot` for this type.
+/// An IQ4_XS block's `LaneSums` lanes against a Q8_K block.
 #[inline(always)]
-pub fn dot_iq4_xs_q8_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = LaneSums::default();
-    for (wb, ab) in w.chunks_exact(136).zip(a.chunks_exact(Q8K_BLOCK)) {
-        let l = lanes(|i| {
-            let level = IQ4_LEVELS[iq4_code(&wb[8 + 16 * (i / 32)..], i % 32)] as i32;
-            iq4_xs_scale(wb, i / 32) * level * q8k_value(ab, i)
-        });
-        sums.add_block(f16_at(wb, 0) * q8k_d(ab), l);
-    }
-    sums.total()
+fn iq4_xs_lanes(wb: &[u8], ab: &[u8]) -> [i32; 8] {
+    lanes(|i| {
+        let level = IQ4_LEVELS[iq4_code(&wb[8 + 16 * (i / 32)..], i % 32)] as i32;
+        iq4_xs_scale(wb, i / 32) * level * q8k_value(ab, i)
+    })
 }
 
 /// Value i's unsigned 6-bit code (0..64) in a Q6_K block.
@@ -229,26 +219,51 @@ fn q6_k_lanes(wb: &[u8], ab: &[u8]) -> [i32; 8] {
     l
 }
 
-/// Q6_K × Q8_K in llama.cpp's one-token order (`vec_dot`, `LaneSums`).
+/// One weight row (blocks of `size` bytes, whose f16 d is at `d_at`) × one Q8_K row,
+/// for the types without a min whose order follows the token's role: `LaneSums` of the
+/// block's lanes (`block_lanes`) for a decoding token (llama.cpp's `vec_dot`), or
+/// `TiledSums` of their exact total for a prompt's (`batched`, its tiled kernels).
 #[inline(always)]
-pub fn dot_q6_k_q8_k(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = LaneSums::default();
-    for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(Q8K_BLOCK)) {
-        sums.add_block(q8k_d(ab) * f16_at(wb, 208), q6_k_lanes(wb, ab));
+fn dot_by_order(
+    w: &[u8],
+    a: &[u8],
+    (size, d_at): (usize, usize),
+    block_lanes: impl Fn(&[u8], &[u8]) -> [i32; 8],
+    batched: bool,
+) -> f32 {
+    let blocks = w.chunks_exact(size).zip(a.chunks_exact(Q8K_BLOCK));
+    if batched {
+        let mut sums = TiledSums::default();
+        for (wb, ab) in blocks {
+            let sum = block_lanes(wb, ab).iter().sum();
+            sums.add_block(f16_at(wb, d_at), sum, 0.0, 0, q8k_d(ab));
+        }
+        sums.acc
+    } else {
+        let mut sums = LaneSums::default();
+        for (wb, ab) in blocks {
+            sums.add_block(q8k_d(ab) * f16_at(wb, d_at), block_lanes(wb, ab));
+        }
+        sums.total()
     }
-    sums.total()
 }
 
-/// Q6_K × Q8_K in llama.cpp's order for batches of 8 tokens or more (`TiledSums`, no
-/// min): the same integers, one per block.
+/// Q3_K × Q8_K (`dot_by_order`).
 #[inline(always)]
-pub fn dot_q6_k_q8_k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = TiledSums::default();
-    for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(Q8K_BLOCK)) {
-        let sum = q6_k_lanes(wb, ab).iter().sum();
-        sums.add_block(f16_at(wb, 208), sum, 0.0, 0, q8k_d(ab));
-    }
-    sums.acc
+pub fn dot_q3_k_q8_k(w: &[u8], a: &[u8], batched: bool) -> f32 {
+    dot_by_order(w, a, (110, 108), q3_k_lanes, batched)
+}
+
+/// IQ4_XS × Q8_K (`dot_by_order`).
+#[inline(always)]
+pub fn dot_iq4_xs_q8_k(w: &[u8], a: &[u8], batched: bool) -> f32 {
+    dot_by_order(w, a, (136, 0), iq4_xs_lanes, batched)
+}
+
+/// Q6_K × Q8_K (`dot_by_order`).
+#[inline(always)]
+pub fn dot_q6_k_q8_k(w: &[u8], a: &[u8], batched: bool) -> f32 {
+    dot_by_order(w, a, (210, 208), q6_k_lanes, batched)
 }
 
 #[cfg(test)]
@@ -259,15 +274,16 @@ mod tests {
     use gguf::GgmlType::{self, *};
     use rand::{Rng, SeedableRng};
 
-    type Dot = fn(&[u8], &[u8]) -> f32;
+    /// A scalar kernel (whether the token is `TokenOrder::Batched`).
+    type Dot = fn(&[u8], &[u8], bool) -> f32;
 
     /// Where each type keeps its f16 scales, and its scalar kernel.
     fn layout(ty: GgmlType) -> (&'static [usize], Dot) {
         match ty {
-            Q2_K => (&[80, 82], dot_q2_k_q8_k),
+            Q2_K => (&[80, 82], |w, a, _| dot_q2_k_q8_k(w, a)),
             Q3_K => (&[108], dot_q3_k_q8_k),
-            Q4_K => (&[0, 2], dot_q4_k_q8_k),
-            Q5_K => (&[0, 2], dot_q5_k_q8_k),
+            Q4_K => (&[0, 2], |w, a, _| dot_q4_k_q8_k(w, a)),
+            Q5_K => (&[0, 2], |w, a, _| dot_q5_k_q8_k(w, a)),
             IQ4_XS => (&[0], dot_iq4_xs_q8_k),
             _ => (&[208], dot_q6_k_q8_k),
         }
@@ -307,11 +323,8 @@ mod tests {
                     let want: Vec<f32> = (0..n * rows)
                         .map(|i| {
                             let (t, r) = (i / rows, i % rows);
-                            let dot = match (ty, orders[t]) {
-                                (Q6_K, TokenOrder::Batched) => dot_q6_k_q8_k_tiled,
-                                _ => scalar,
-                            };
-                            dot(m.row(r), &act[t * act_row..(t + 1) * act_row])
+                            let batched = orders[t] == TokenOrder::Batched;
+                            scalar(m.row(r), &act[t * act_row..(t + 1) * act_row], batched)
                         })
                         .collect();
                     let packed = has_packed_layout(ty).then(|| pack(ty, &w, rows, cols));

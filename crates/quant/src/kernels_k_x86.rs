@@ -2,7 +2,7 @@
 //! against N tokens, each 256-value block unpacked once into eight registers of 32 byte
 //! codes and per-value i16 scales, then multiplied with every token's Q8_K block. The
 //! integer sums are exact, and the float steps are the scalar twins' (`MinSums` for Q2_K
-//! and Q4_K, `TiledSums` for Q5_K, `LaneSums` for Q3_K and IQ4_XS, either for Q6_K), so
+//! and Q4_K, `TiledSums` for Q5_K, either for Q3_K, Q6_K and IQ4_XS), so
 //! the results are bit-identical to theirs.
 
 use crate::kernels::TokenGroup;
@@ -79,6 +79,46 @@ macro_rules! x86_k_kernels {
                 let p = _mm_add_epi32(p, _mm_shuffle_epi32::<0b01_00_11_10>(p));
                 let p = _mm_add_epi32(p, _mm_shuffle_epi32::<0b10_11_00_01>(p));
                 _mm_cvtsi128_si32(p)
+            }
+
+            /// One token's sums for the types whose order follows the token's role
+            /// (`kernels_k::dot_by_order`): eight float lanes (`LaneSums`) for a
+            /// decoding token, `TiledSums` for a prompt's.
+            struct OrderedSums {
+                lanes: __m256,
+                tiled: TiledSums,
+            }
+
+            impl OrderedSums {
+                fn new() -> Self {
+                    // SAFETY: only built inside kernels with these target features.
+                    let lanes = unsafe { _mm256_setzero_ps() };
+                    OrderedSums {
+                        lanes,
+                        tiled: TiledSums::default(),
+                    }
+                }
+
+                /// Adds a block's eight integer lanes, scaled by `d_w` and `d_a`.
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn add_block(&mut self, batched: bool, lanes: __m256i, d_w: f32, d_a: f32) {
+                    if batched {
+                        self.tiled.add_block(d_w, lane_total(lanes), 0.0, 0, d_a);
+                    } else {
+                        let l = _mm256_cvtepi32_ps(lanes);
+                        self.lanes = _mm256_fmadd_ps(_mm256_set1_ps(d_a * d_w), l, self.lanes);
+                    }
+                }
+
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn total(self, batched: bool) -> f32 {
+                    match batched {
+                        true => self.tiled.acc,
+                        false => total(self.lanes, 0.0),
+                    }
+                }
             }
 
             /// The 32 low (`HIGH` false) or high nibbles of 32 bytes.
@@ -238,7 +278,7 @@ macro_rules! x86_k_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_iq4_xs_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                let mut acc = [_mm256_setzero_ps(); N];
+                let mut sums: [OrderedSums; N] = std::array::from_fn(|_| OrderedSums::new());
                 let low4 = _mm256_set1_epi8(0x0f);
                 for (b, wb) in w.chunks_exact(136).enumerate() {
                     prefetch_block(wb);
@@ -260,11 +300,11 @@ macro_rules! x86_k_kernels {
                     let dw = f16_at(wb, 0);
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
-                        let l = _mm256_cvtepi32_ps(signed_lanes(&u, &levels, x));
-                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(dw * q8k_d(x)), l, acc[n]);
+                        let l = signed_lanes(&u, &levels, x);
+                        sums[n].add_block(g.batched, l, dw, q8k_d(x));
                     }
                 }
-                std::array::from_fn(|n| total(acc[n], 0.0))
+                sums.map(|s| s.total(g.batched))
             }
 
             #[inline]
@@ -298,7 +338,7 @@ macro_rules! x86_k_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q3_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                let mut acc = [_mm256_setzero_ps(); N];
+                let mut sums: [OrderedSums; N] = std::array::from_fn(|_| OrderedSums::new());
                 for (b, wb) in w.chunks_exact(110).enumerate() {
                     prefetch_block(wb);
                     let hmask = load(&wb[0..]);
@@ -322,19 +362,17 @@ macro_rules! x86_k_kernels {
                     };
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
-                        let l = _mm256_cvtepi32_ps(signed_lanes(&u, &signed, x));
-                        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
+                        let l = signed_lanes(&u, &signed, x);
+                        sums[n].add_block(g.batched, l, dw, q8k_d(x));
                     }
                 }
-                std::array::from_fn(|n| total(acc[n], 0.0))
+                sums.map(|s| s.total(g.batched))
             }
 
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_q6_k_q8_k<const N: usize>(w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                // `LaneSums` (a decoding token), or `TiledSums` (a prompt's).
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut tiled: [TiledSums; N] = std::array::from_fn(|_| TiledSums::default());
+                let mut sums: [OrderedSums; N] = std::array::from_fn(|_| OrderedSums::new());
                 let low4 = _mm256_set1_epi8(0x0f);
                 let low2 = _mm256_set1_epi8(3);
                 for (b, wb) in w.chunks_exact(210).enumerate() {
@@ -365,18 +403,10 @@ macro_rules! x86_k_kernels {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
                         let bias = _mm256_madd_epi16(load(&x[260..]), scales_i16);
                         let sum = _mm256_sub_epi32(lanes(&u, x), _mm256_slli_epi32::<5>(bias));
-                        if g.batched {
-                            tiled[n].add_block(dw, lane_total(sum), 0.0, 0, q8k_d(x));
-                        } else {
-                            let l = _mm256_cvtepi32_ps(sum);
-                            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(q8k_d(x) * dw), l, acc[n]);
-                        }
+                        sums[n].add_block(g.batched, sum, dw, q8k_d(x));
                     }
                 }
-                match g.batched {
-                    true => tiled.map(|t| t.acc),
-                    false => std::array::from_fn(|n| total(acc[n], 0.0)),
-                }
+                sums.map(|s| s.total(g.batched))
             }
         }
     };

@@ -454,17 +454,18 @@ macro_rules! x86_tile {
                     }
                 };
             }
-            /// A K-quant kernel: `$f` takes one row at a time.
+            /// A K-quant kernel: `$f` takes one row at a time; `$twin` is its portable
+            /// twin.
             macro_rules! simd_k_kernel {
-                ($k:ident, $f:ident) => {
+                ($k:ident, $f:ident, $twin:ident) => {
                     pub struct $k;
                     impl Kernel for $k {
                         const PREFETCHES: bool = true;
 
                         #[inline(always)]
-                        fn dot(_: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                        fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
                             // `tile` only calls `dotn`; the scalar twin gives the same bits.
-                            crate::kernels_k::$f(w, a)
+                            $twin::dot(ty, w, a)
                         }
 
                         #[inline(always)]
@@ -486,12 +487,12 @@ macro_rules! x86_tile {
             simd_kernel!(Q8_0, dot_q8_0_q8_0);
             simd_kernel!(IQ4NL, dot_iq4_nl_q8_0);
             use crate::kernels_k_x86::$module as simd_k;
-            simd_k_kernel!(Q2K, dot_q2_k_q8_k);
-            simd_k_kernel!(Q3K, dot_q3_k_q8_k);
-            simd_k_kernel!(Q4K, dot_q4_k_q8_k);
-            simd_k_kernel!(Q5K, dot_q5_k_q8_k);
-            simd_k_kernel!(Q6K, dot_q6_k_q8_k);
-            simd_k_kernel!(IQ4XS, dot_iq4_xs_q8_k);
+            simd_k_kernel!(Q2K, dot_q2_k_q8_k, Q2KQ8K);
+            simd_k_kernel!(Q3K, dot_q3_k_q8_k, Q3KQ8K);
+            simd_k_kernel!(Q4K, dot_q4_k_q8_k, Q4KQ8K);
+            simd_k_kernel!(Q5K, dot_q5_k_q8_k, Q5KQ8K);
+            simd_k_kernel!(Q6K, dot_q6_k_q8_k, Q6KQ8K);
+            simd_k_kernel!(IQ4XS, dot_iq4_xs_q8_k, IQ4XSQ8K);
 
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
