@@ -30,6 +30,8 @@ mod kernels_packed_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_k;
 #[cfg(target_arch = "x86_64")]
+mod kernels_packed_k16;
+#[cfg(target_arch = "x86_64")]
 mod kernels_packed_k_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kernels_x86;

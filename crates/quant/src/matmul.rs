@@ -559,6 +559,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     out: OutPtr,
 ) {
     use crate::kernels_packed_k as avx512_k;
+    use crate::kernels_packed_k16 as avx512_k16;
     use crate::kernels_packed_k_avx2 as avx2_k;
     use crate::{kernels_packed as avx512, kernels_packed_avx2 as avx2};
     let t = run.start;
@@ -570,7 +571,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         let data = &w.data[at..at + bytes];
         let k_quant = matches!(
             w.ty,
-            GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
         );
         if AVX512 && !k_quant {
             // Only the AVX-512 kernels of the 32-value types leave this to the loop; the
@@ -600,14 +601,20 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                 };
                 write_group(v, w.rows, t, r, out)
             }
-            GgmlType::Q6_K => {
-                // SAFETY: as above (Q6_K is packed for AVX-512 only).
+            GgmlType::Q3_K | GgmlType::Q6_K => {
+                // SAFETY: as above (Q3_K and Q6_K are packed for AVX-512 only).
                 let v = unsafe {
-                    match run.batched {
-                        true => avx512_k::dot16_q6_k_tiled::<N>(data, &group),
+                    match (w.ty == GgmlType::Q3_K, run.batched) {
+                        (true, true) => avx512_k16::dot16_k16_tiled::<true, N>(data, &group),
+                        (false, true) => avx512_k16::dot16_k16_tiled::<false, N>(data, &group),
                         // The one-token order keeps eight accumulators per row and token:
                         // one token at a time (the group stays in the L1 for the next).
-                        false => group.rows.map(|x| avx512_k::dot16_q6_k_lanes(data, x)),
+                        (true, false) => group
+                            .rows
+                            .map(|x| avx512_k16::dot16_k16_lanes::<true>(data, x)),
+                        (false, false) => group
+                            .rows
+                            .map(|x| avx512_k16::dot16_k16_lanes::<false>(data, x)),
                     }
                 };
                 write_group(v, w.rows, t, r, out)

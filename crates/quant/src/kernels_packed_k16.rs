@@ -1,0 +1,267 @@
+//! The AVX-512 VNNI kernels over the packed K-quants whose sub-blocks are sixteen values
+//! with a signed scale and no min: Q3_K (`Q3`) and Q6_K. Sixteen rows (one packed group,
+//! `packed`), one per 32-bit lane of a 512-bit register; a register of codes holds four
+//! consecutive codes of every row.
+//!
+//! Both follow the order of the tokens' `TokenOrder` (`kernels_k::dot_by_order`), bit for
+//! bit: the tiled kernel (`TiledSums`, a prompt's tokens) sums each block in one exact
+//! integer, sixteen rows and up to eight tokens at once; the lane kernel (`LaneSums`, a
+//! decoding token) keeps each row's eight lanes in eight registers of sixteen rows, so
+//! nothing is summed across a register. Codes are multiplied unsigned (Q6_K 0..64, Q3_K
+//! 0..8); the offset they carry (32, 4) comes off as llama.cpp takes it off.
+
+use crate::kernels::TokenGroup;
+use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_packed_k::pair_products;
+use crate::kernels_packed_k_avx2::prefetch_part;
+use core::arch::x86_64::*;
+
+/// Bytes of one packed group: Q6_K d[16] (f16) · scales[4][16][4] · ql[32][16][4] ·
+/// qh[16][16][4]; Q3_K d[16] (f16) · scales[3][16][4] · hmask[8][16][4] · qs[16][16][4].
+const fn group_bytes(q3: bool) -> usize {
+    if q3 {
+        16 * 110
+    } else {
+        16 * 210
+    }
+}
+
+/// log2 of the offset the codes carry.
+const fn offset_shift(q3: bool) -> i32 {
+    if q3 {
+        2
+    } else {
+        5
+    }
+}
+
+/// Sixteen rows (one packed group) · N tokens in `TiledSums`' order (a prompt's tokens,
+/// `TokenOrder::Batched`): `out[n][i]` is row i · token n. The offset comes off each
+/// block's sum as offset · Σ scale·(activation sum of 16), from the sums that Q8_K
+/// stores.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_k16_tiled<const Q3: bool, const N: usize>(
+    w: &[u8],
+    g: &TokenGroup<N>,
+) -> [[f32; 16]; N] {
+    let group = group_bytes(Q3);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
+        let scales = k16_scales::<Q3>(p);
+        let xs: [*const u8; N] = std::array::from_fn(|n| g.rows[n].as_ptr().add(b * Q8K_BLOCK));
+        let mut sums = [_mm512_setzero_si512(); N];
+        for (j, scale) in scales.iter().enumerate() {
+            prefetch_part::<_MM_HINT_T1>(p, group, j, 16);
+            let codes = k16_codes::<Q3>(p, j);
+            for (sum, x) in sums.iter_mut().zip(&xs) {
+                let x = x.add(4 + 16 * j) as *const i32;
+                let mut sub_block = _mm512_setzero_si512();
+                for (k, codes) in codes.iter().enumerate() {
+                    let xk = _mm512_set1_epi32(x.add(k).read_unaligned());
+                    sub_block = _mm512_dpbusd_epi32(sub_block, *codes, xk);
+                }
+                *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(sub_block, *scale));
+            }
+        }
+        let pairs = scale_pairs(&scales);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        for n in 0..N {
+            let bias = pair_products(&pairs, xs[n].add(260) as *const i32);
+            let shift = _mm_cvtsi32_si128(offset_shift(Q3));
+            let sum = _mm512_sub_epi32(sums[n], _mm512_sll_epi32(bias, shift));
+            let da = _mm512_set1_ps(*g.d.get_unchecked(b * N + n));
+            let block = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
+            acc[n] = _mm512_add_ps(acc[n], _mm512_mul_ps(block, da));
+        }
+    }
+    let mut out = [[0.0f32; 16]; N];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+    out
+}
+
+/// Sixteen rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`' order
+/// (a decoding token, `TokenOrder::OneToken`): per block, each row's eight lanes (lane
+/// k: the values whose position in their 32 is 4k..4k+4) are integers, each added to
+/// its own float accumulator with one fused multiply-add by d_a·d_w; the lanes' tree at
+/// the end.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
+    let group = group_bytes(Q3);
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for b in 0..w.len() / group {
+        let p = w.as_ptr().add(b * group);
+        let scales = k16_scales::<Q3>(p);
+        let xb = x.as_ptr().add(b * Q8K_BLOCK);
+        // Lanes 0..4 take the first sixteen values of each 32, lanes 4..8 the last
+        // sixteen: sub-blocks 2i and 2i + 1.
+        let mut first = [_mm512_setzero_si512(); 4];
+        let mut second = [_mm512_setzero_si512(); 4];
+        for i in 0..8 {
+            add_lanes::<Q3>(&mut first, p, &scales, xb, 2 * i);
+            add_lanes::<Q3>(&mut second, p, &scales, xb, 2 * i + 1);
+        }
+        let lanes: [__m512i; 8] = std::array::from_fn(|k| [first, second][k / 4][k % 4]);
+        let pairs = scale_pairs(&scales);
+        let d = _mm512_mul_ps(
+            _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+        );
+        for (k, (lane, acc)) in lanes.iter().zip(acc.iter_mut()).enumerate() {
+            // Q6_K's lanes carry its offset until here, as llama.cpp's do: 32 · Σ scale·a
+            // over sub-blocks 2k and 2k + 1 comes off lane k (`kernels_k::q6_k_lanes`).
+            let lane = if Q3 {
+                *lane
+            } else {
+                let s = _mm512_set1_epi32(xb.add(260 + 4 * k).cast::<i32>().read_unaligned());
+                let bias = _mm512_madd_epi16(pairs[k], s);
+                _mm512_sub_epi32(*lane, _mm512_slli_epi32::<5>(bias))
+            };
+            *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
+        }
+    }
+    // `kernels::lane_tree` for each row, then `LaneSums::total`'s offsets (zero).
+    let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(acc[k], acc[k + 4]));
+    let tree = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+    let mut out = [0.0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(tree, _mm512_setzero_ps()));
+    out
+}
+
+/// Adds sub-block j's products to four of a token's lanes (`dot16_k16_lanes`): each pair
+/// of code·x products (within i16: 2 · 63 · 128 < 2^15) times the sub-block's scale, by
+/// `vpdpwssd`. Q3_K's lanes hold its values exactly (code − 4), so 4 · the pair's Σ x
+/// comes off each pair first.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn add_lanes<const Q3: bool>(
+    lanes: &mut [__m512i; 4],
+    p: *const u8,
+    scales: &[__m512i; 16],
+    xb: *const u8,
+    j: usize,
+) {
+    prefetch_part::<_MM_HINT_T1>(p, group_bytes(Q3), j, 16);
+    let codes = k16_codes::<Q3>(p, j);
+    // Both i16 of each lane: the sub-block's scale.
+    let low16 = _mm512_set1_epi32(0xffff);
+    let scale = _mm512_or_si512(
+        _mm512_and_si512(scales[j], low16),
+        _mm512_slli_epi32::<16>(scales[j]),
+    );
+    let xj = xb.add(4 + 16 * j) as *const i32;
+    for (k, lane) in lanes.iter_mut().enumerate() {
+        let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
+        let mut pairs = _mm512_maddubs_epi16(codes[k], xk);
+        if Q3 {
+            let x_pairs = _mm512_maddubs_epi16(_mm512_set1_epi8(1), xk);
+            pairs = _mm512_sub_epi16(pairs, _mm512_slli_epi16::<2>(x_pairs));
+        }
+        *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+    }
+}
+
+// The helpers below carry the kernels' target features rather than only
+// `#[inline(always)]`: closures inside a helper without them (`from_fn`) do not inline
+// the intrinsics they call, and a Q6_K prompt ran 5× slower that way.
+
+/// Each row's sixteen signed sub-block scales of a group, sub-block j as an i32 in each
+/// lane. Q6_K: byte j % 4 of scale word j / 4. Q3_K: six bits, the low four from nibble
+/// j / 8 of byte j % 8 of words 0..2 and the top two from bits 2·(j / 4) of byte j % 4 of
+/// word 2, less 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k16_scales<const Q3: bool>(p: *const u8) -> [__m512i; 16] {
+    let word = |i: usize| _mm512_loadu_si512(p.add(32 + 64 * i) as *const _);
+    if !Q3 {
+        let words: [__m512i; 4] = std::array::from_fn(word);
+        return std::array::from_fn(|j| {
+            let up = _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32);
+            _mm512_srai_epi32::<24>(_mm512_sll_epi32(words[j / 4], up))
+        });
+    }
+    let words: [__m512i; 3] = std::array::from_fn(word);
+    let low4 = _mm512_set1_epi8(0x0f);
+    let top2 = _mm512_set1_epi8(0x03);
+    // Word q holds scales 4q..4q + 4, a byte each.
+    let unpacked: [__m512i; 4] = std::array::from_fn(|q| {
+        let low = _mm512_srl_epi32(words[q % 2], _mm_cvtsi32_si128(4 * (q / 2) as i32));
+        let high = _mm512_srl_epi32(words[2], _mm_cvtsi32_si128(2 * q as i32));
+        _mm512_or_si512(
+            _mm512_and_si512(low, low4),
+            _mm512_slli_epi32::<4>(_mm512_and_si512(high, top2)),
+        )
+    });
+    std::array::from_fn(|j| {
+        let byte = _mm512_srl_epi32(unpacked[j / 4], _mm_cvtsi32_si128(8 * (j % 4) as i32));
+        let byte = _mm512_and_si512(byte, _mm512_set1_epi32(0xff));
+        _mm512_sub_epi32(byte, _mm512_set1_epi32(32))
+    })
+}
+
+/// The scales of sub-blocks 2e and 2e + 1 as an i16 pair in each lane, against a
+/// token's pair of activation sums of 16 (the offset's correction).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn scale_pairs(scales: &[__m512i; 16]) -> [__m512i; 8] {
+    let low16 = _mm512_set1_epi32(0xffff);
+    std::array::from_fn(|e| {
+        let second = _mm512_slli_epi32::<16>(scales[2 * e + 1]);
+        _mm512_or_si512(_mm512_and_si512(scales[2 * e], low16), second)
+    })
+}
+
+/// Sub-block j's unsigned codes (values 16j..16j+16) of a group's sixteen rows: register
+/// k holds codes 4k..4k+4 of each row, from bytes l = 16·(j % 2) + 4k.. of the row's
+/// streams.
+///
+/// Q6_K: in their half (128 values) of the block the values are stream q = (j % 8) / 2 of
+/// four, whose low four bits are the low (q < 2) or high nibbles of ql bytes
+/// 64·half + 32·(q % 2) + l and whose top two are bits 2q, 2q + 1 of qh bytes
+/// 32·half + l. Q3_K: 32-value chunk c = j / 2, whose low two bits are bits 2·(c % 4) of
+/// qs bytes 32·(c / 4) + l and whose third is bit c of hmask byte l.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k16_codes<const Q3: bool>(p: *const u8, j: usize) -> [__m512i; 4] {
+    let load = |byte: usize| _mm512_loadu_si512(p.add(16 * byte) as *const _);
+    if Q3 {
+        let c = j / 2;
+        let shift = _mm_cvtsi32_si128(2 * (c % 4) as i32);
+        return std::array::from_fn(|k| {
+            let l = 16 * (j % 2) + 4 * k;
+            let low = _mm512_and_si512(
+                _mm512_srl_epi16(load(46 + 32 * (c / 4) + l), shift),
+                _mm512_set1_epi8(3),
+            );
+            let third = _mm512_test_epi8_mask(load(14 + l), _mm512_set1_epi8(1 << c));
+            _mm512_mask_add_epi8(low, third, low, _mm512_set1_epi8(4))
+        });
+    }
+    let (half, q, l) = (j / 8, (j % 8) / 2, 16 * (j % 2));
+    std::array::from_fn(|k| {
+        let ql = load(18 + 64 * half + 32 * (q % 2) + l + 4 * k);
+        let qh = load(146 + 32 * half + l + 4 * k);
+        let low = if q < 2 {
+            ql
+        } else {
+            _mm512_srli_epi16::<4>(ql)
+        };
+        // Bits 2q, 2q + 1 to bits 4, 5 (what the 16-bit shifts carry across bytes is
+        // masked off).
+        let high = match q {
+            0 => _mm512_slli_epi16::<4>(qh),
+            1 => _mm512_slli_epi16::<2>(qh),
+            2 => qh,
+            _ => _mm512_srli_epi16::<2>(qh),
+        };
+        let low4 = _mm512_set1_epi8(0x0f);
+        _mm512_or_si512(
+            _mm512_and_si512(low, low4),
+            _mm512_and_si512(high, _mm512_set1_epi8(0x30)),
+        )
+    })
+}
