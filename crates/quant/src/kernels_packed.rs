@@ -90,13 +90,13 @@ pub unsafe fn dot16_q4_packed<const N: usize, const NL: bool>(
 }
 
 /// `IQ4_LEVELS` plus 128, as unsigned bytes.
-fn iq4_levels_plus_128() -> [u8; 16] {
+pub(crate) fn iq4_levels_plus_128() -> [u8; 16] {
     crate::iquants::IQ4_LEVELS.map(|l| (l as i16 + 128) as u8)
 }
 
 /// 16 bytes at `p`, repeated in the four 128-bit lanes.
 #[inline(always)]
-unsafe fn repeat16(p: *const u8) -> __m512i {
+pub(crate) unsafe fn repeat16(p: *const u8) -> __m512i {
     _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i))
 }
 

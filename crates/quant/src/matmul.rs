@@ -558,6 +558,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     r0: usize,
     out: OutPtr,
 ) {
+    use crate::kernels_packed_iq4_xs as avx512_iq4_xs;
     use crate::kernels_packed_k as avx512_k;
     use crate::kernels_packed_k16 as avx512_k16;
     use crate::kernels_packed_k_avx2 as avx2_k;
@@ -571,7 +572,12 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         let data = &w.data[at..at + bytes];
         let k_quant = matches!(
             w.ty,
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+            GgmlType::Q2_K
+                | GgmlType::Q3_K
+                | GgmlType::Q4_K
+                | GgmlType::Q5_K
+                | GgmlType::Q6_K
+                | GgmlType::IQ4_XS
         );
         if AVX512 && !k_quant {
             // Only the AVX-512 kernels of the 32-value types leave this to the loop; the
@@ -597,6 +603,18 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                     match w.ty {
                         GgmlType::Q4_K => avx512_k::dot16_q4_k_packed::<false, N>(data, &group),
                         _ => avx512_k::dot16_q4_k_packed::<true, N>(data, &group),
+                    }
+                };
+                write_group(v, w.rows, t, r, out)
+            }
+            GgmlType::IQ4_XS => {
+                // SAFETY: as above (IQ4_XS is packed for AVX-512 only).
+                let v = unsafe {
+                    match run.batched {
+                        true => avx512_iq4_xs::dot16_iq4_xs_tiled::<N>(data, &group),
+                        false => group
+                            .rows
+                            .map(|x| avx512_iq4_xs::dot16_iq4_xs_lanes(data, x)),
                     }
                 };
                 write_group(v, w.rows, t, r, out)

@@ -11,6 +11,7 @@
 //! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
 //! | Q4_K | 16 | 2304 | d[16] · dmin[16] (f16) · scales[3][16][4] · qs[32][16][4] |
 //! | Q2_K | 16 | 1344 | d[16] · dmin[16] (f16) · scales[4][16][4] · qs[16][16][4] |
+//! | IQ4_XS | 16 | 2176 | d[16] · scales_h[16] (u16) · scales_l[16][4] · qs[32][16][4] |
 //! | Q3_K | 16 | 1760 | d[16] (f16) · scales[3][16][4] · hmask[8][16][4] · qs[16][16][4] |
 //! | Q5_K | 16 | 2816 | d[16] · dmin[16] (f16) · scales[3][16][4] · qh[8][16][4] · qs[32][16][4] |
 //! | Q6_K | 16 | 3360 | d[16] (f16) · scales[4][16][4] · ql[32][16][4] · qh[16][16][4] |
@@ -30,7 +31,7 @@
 //! last group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0};
+use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
 /// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
@@ -39,7 +40,7 @@ pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(
             ty,
-            Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+            Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS
         ),
         Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K),
         _ => false,
@@ -54,7 +55,7 @@ pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => 16,
+        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => 16,
         _ => 4,
     }
 }
@@ -81,6 +82,9 @@ fn position(ty: GgmlType, i: usize, j: usize) -> usize {
         (Q3_K, 0..32) => 224 + j / 4 * 64 + 4 * i + j % 4,
         (Q3_K, _) => 736 + (j - 32) / 4 * 64 + 4 * i + (j - 32) % 4,
         (Q6_K, 208..210) => 2 * i + j - 208,
+        (IQ4_XS, 2..4) => 32 + 2 * i + j - 2,
+        (IQ4_XS, 4..8) => 64 + 4 * i + j - 4,
+        (IQ4_XS, 8..) => 128 + (j - 8) / 4 * 64 + 4 * i + (j - 8) % 4,
         (Q6_K, 192..208) => 32 + (j - 192) / 4 * 64 + 4 * i + (j - 192) % 4,
         (Q6_K, 128..192) => 2336 + (j - 128) / 4 * 64 + 4 * i + (j - 128) % 4,
         (Q6_K, _) => 288 + j / 4 * 64 + 4 * i + j % 4,
@@ -148,7 +152,9 @@ mod tests {
 
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
-        for ty in [Q4_0, IQ4_NL, Q4_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
+        for ty in [
+            Q4_0, IQ4_NL, Q4_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS,
+        ] {
             let (rows, cols) = (19, 3 * ty.block_size());
             let size = ty.type_size();
             let blocks = cols / ty.block_size();
