@@ -115,13 +115,19 @@ fn stored(ty: GgmlType, j: usize, byte: u8) -> u8 {
 pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     assert!(has_packed_layout(ty), "{ty} has no packed layout");
     let (blocks, size, n) = (cols / ty.block_size(), ty.type_size(), group_rows(ty));
+    // `position` once per byte of a group, not once per byte of the matrix: packing is
+    // most of a model's load time otherwise.
+    let positions: Vec<u16> = (0..n * size)
+        .map(|k| position(ty, k / size, k % size) as u16)
+        .collect();
     let mut out = vec![0u8; packed_len(ty, rows, cols)];
     for (g, group_row) in out.chunks_exact_mut(blocks * group_bytes(ty)).enumerate() {
         for (b, group) in group_row.chunks_exact_mut(group_bytes(ty)).enumerate() {
             for i in 0..n.min(rows - g * n) {
                 let block = &data[((g * n + i) * blocks + b) * size..][..size];
-                for (j, &byte) in block.iter().enumerate() {
-                    group[position(ty, i, j)] = stored(ty, j, byte);
+                let at = &positions[i * size..(i + 1) * size];
+                for (j, (&byte, &to)) in block.iter().zip(at).enumerate() {
+                    group[to as usize] = stored(ty, j, byte);
                 }
             }
         }
