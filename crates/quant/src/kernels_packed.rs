@@ -1,6 +1,6 @@
 //! AVX-512 VNNI kernels over packed weights (`packed`), one group of rows against N tokens
 //! per pass:
-//! - `dot4_packed`: four Q4_1 or Q8_0 rows. Each (row, token) result follows `LaneSums`
+//! - `dot4_packed`: four Q4_1, Q5_0 or Q8_0 rows. Each (row, token) result follows `LaneSums`
 //!   operation for operation — the same integer lane sums, one fused multiply-add per
 //!   lane and block in block order, the same final tree — so it equals the row-major
 //!   kernels' result, and llama.cpp's, bit for bit.
@@ -15,8 +15,9 @@ use gguf::GgmlType;
 /// The formats of `rows4`, as its const parameter.
 const Q4_1: u8 = 1;
 const Q8_0: u8 = 2;
+const Q5_0: u8 = 3;
 
-/// Four Q4_1 or Q8_0 rows (one group) · N tokens: `out[n][i]` is row i · token n.
+/// Four Q4_1, Q5_0 or Q8_0 rows (one group) · N tokens: `out[n][i]` is row i · token n.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot4_packed<const N: usize>(
@@ -27,7 +28,8 @@ pub unsafe fn dot4_packed<const N: usize>(
     match ty {
         GgmlType::Q4_1 => rows4::<N, Q4_1>(w, g),
         GgmlType::Q8_0 => rows4::<N, Q8_0>(w, g),
-        _ => unreachable!("only Q4_1 and Q8_0 are packed four rows to a group"),
+        GgmlType::Q5_0 => rows4::<N, Q5_0>(w, g),
+        _ => unreachable!("only Q4_1, Q5_0 and Q8_0 are packed four rows to a group"),
     }
 }
 
@@ -111,6 +113,7 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
     // Group bytes; activation block bytes and where its 32 values start.
     let (group, act_block, act_values) = match KIND {
         Q4_1 => (80, 36, 4),
+        Q5_0 => (88, 34, 2),
         _ => (136, 34, 2),
     };
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -144,6 +147,21 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
                 _mm512_loadu_si512(p.add(8) as *const _),
                 _mm512_loadu_si512(p.add(72) as *const _),
             )
+        } else if KIND == Q5_0 {
+            // The fifth bits of values 0..16 and 16..32, bit 16i + l for row i's value l
+            // (or 16 + l): one byte mask each.
+            let fifth_lo = p.add(8).cast::<u64>().read_unaligned();
+            let fifth_hi = p.add(16).cast::<u64>().read_unaligned();
+            let q = _mm512_loadu_si512(p.add(24) as *const _);
+            let (lo, hi) = (
+                _mm512_and_si512(q, low4),
+                _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
+            );
+            let sixteen = _mm512_set1_epi8(16);
+            (
+                _mm512_mask_add_epi8(lo, fifth_lo, lo, sixteen),
+                _mm512_mask_add_epi8(hi, fifth_hi, hi, sixteen),
+            )
         } else {
             let q = _mm512_loadu_si512(p.add(16) as *const _);
             (
@@ -156,8 +174,14 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
             let (init_lo, init_hi) = if KIND == Q4_1 {
                 (_mm512_setzero_si512(), _mm512_setzero_si512())
             } else {
+                // −128 · each lane's Σx, for Q8_0's codes stored plus 128; −16 · Σx (an
+                // eighth of it, exact) for Q5_0's, which carry 16.
                 let bias = g.lane_bias.as_ptr().add((b * N + n) * 8) as *const u8;
-                (repeat16(bias), repeat16(bias.add(16)))
+                let (lo, hi) = (repeat16(bias), repeat16(bias.add(16)));
+                match KIND {
+                    Q5_0 => (_mm512_srai_epi32::<3>(lo), _mm512_srai_epi32::<3>(hi)),
+                    _ => (lo, hi),
+                }
             };
             let lanes_lo = _mm512_dpbusd_epi32(init_lo, w_lo, repeat16(x));
             let lanes_hi = _mm512_dpbusd_epi32(init_hi, w_hi, repeat16(x.add(16)));

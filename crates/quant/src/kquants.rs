@@ -5,7 +5,7 @@
 //! The quantizers here pick scales from each sub-block's range (no iterative search as
 //! in GGML's reference), so they are a little less accurate but write the same layout.
 
-use crate::legacy::round_half_even;
+use crate::legacy::{round_half_even, signed_absmax};
 use crate::{f16_at, put_f16, round_f16};
 
 pub const QK_K: usize = 256;
@@ -13,13 +13,6 @@ pub const QK_K: usize = 256;
 fn sub_min_max(x: &[f32]) -> (f32, f32) {
     x.iter()
         .fold((0.0f32, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-}
-
-fn signed_absmax(x: &[f32]) -> f32 {
-    x.iter().fold(
-        0.0f32,
-        |best, &v| if v.abs() > best.abs() { v } else { best },
-    )
 }
 
 fn div_or_zero(a: f32, b: f32) -> f32 {

@@ -72,11 +72,31 @@ pub fn dequantize_q8_1(block: &[u8], out: &mut [f32]) {
 }
 
 /// The value of largest magnitude, with its sign.
-fn signed_absmax(x: &[f32]) -> f32 {
-    x.iter().fold(
-        0.0f32,
-        |best, &v| if v.abs() > best.abs() { v } else { best },
-    )
+/// The first value of largest magnitude (0 if there is none but zeros), as GGML picks
+/// it: the largest magnitude first, in sixteen independent maxima that vectorize (a
+/// running "keep the larger" choice does not), then the first value that has it.
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let mut maxima = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, v) in maxima.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let largest = rest
+        .iter()
+        .fold(maxima.into_iter().fold(0.0f32, f32::max), |m, v| {
+            m.max(v.abs())
+        });
+    match largest {
+        0.0 => 0.0,
+        _ => x
+            .iter()
+            .copied()
+            .find(|v| v.abs() == largest)
+            .unwrap_or(0.0),
+    }
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
@@ -194,5 +214,26 @@ mod tests {
         for x in [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -127.5, 127.49999] {
             assert_eq!(super::round_half_even(x), x.round_ties_even(), "{x}");
         }
+    }
+
+    #[test]
+    fn signed_absmax_is_the_first_value_of_largest_magnitude() {
+        let mut x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919 % 23) as f32 - 11.0) / 4.0)
+            .collect();
+        let naive = |x: &[f32]| {
+            x.iter()
+                .fold(0.0f32, |b, &v| if v.abs() > b.abs() { v } else { b })
+        };
+        assert_eq!(super::signed_absmax(&x), naive(&x));
+        x[30] = -9.0;
+        x[33] = 9.0;
+        assert_eq!(super::signed_absmax(&x), -9.0);
+        x[3] = 9.0;
+        assert_eq!(super::signed_absmax(&x), 9.0);
+        assert_eq!(
+            super::signed_absmax(&[0.0, -0.0]).to_bits(),
+            0.0f32.to_bits()
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---:|---:|---|
 //! | Q4_1 | 4 | 80 | d[4] · m[4] (f16) · qs[4][16] |
 //! | Q8_0 | 4 | 136 | d[4] (f16) · (q+128)[4][0..16] · (q+128)[4][16..32] |
+//! | Q5_0 | 4 | 88 | d[4] (f16) · qh[4][0..2] · qh[4][2..4] · qs[4][16] |
 //! | Q4_0, IQ4_NL | 16 | 288 | d[16] (f16) · qs[4][16][4] |
 //! | Q4_K | 16 | 2304 | d[16] · dmin[16] (f16) · scales[3][16][4] · qs[32][16][4] |
 //! | Q2_K | 16 | 1344 | d[16] · dmin[16] (f16) · scales[4][16][4] · qs[16][16][4] |
@@ -16,8 +17,10 @@
 //! | Q5_K | 16 | 2816 | d[16] · dmin[16] (f16) · scales[3][16][4] · qh[8][16][4] · qs[32][16][4] |
 //! | Q6_K | 16 | 3360 | d[16] (f16) · scales[4][16][4] · ql[32][16][4] · qh[16][16][4] |
 //!
-//! Q4_1 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float order): a
-//! 512-bit register holds the first (or last) 16 values of each of four rows. Q4_0 and
+//! Q4_1, Q5_0 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float
+//! order): a 512-bit register holds the first (or last) 16 values of each of four rows;
+//! Q5_0's fifth bits of the first (last) 16 values of the four rows make one 64-bit
+//! byte mask. Q4_0 and
 //! IQ4_NL (blocks of the same shape) put four bytes of each of 16 rows in a register
 //! (`[k][row][4]`: bytes 4k..4k+4 of every row's codes), so one `vpdpbusd` adds four
 //! products to each of 16 rows' block sums; AVX2 takes half a group (eight rows, 32
@@ -31,7 +34,7 @@
 //! last group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q8_0};
+use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0};
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
 /// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
@@ -40,7 +43,7 @@ pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(
             ty,
-            Q4_0 | IQ4_NL | Q4_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS
+            Q4_0 | IQ4_NL | Q4_1 | Q5_0 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS
         ),
         Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K),
         _ => false,
@@ -91,6 +94,9 @@ fn position(ty: GgmlType, i: usize, j: usize) -> usize {
         (_, 0..2) => 2 * i + j,
         (Q4_1, 2..4) => 8 + 2 * i + j - 2,
         (Q4_1, _) => 16 + 16 * i + j - 4,
+        (Q5_0, 2..4) => 8 + 2 * i + j - 2,
+        (Q5_0, 4..6) => 16 + 2 * i + j - 4,
+        (Q5_0, _) => 24 + 16 * i + j - 6,
         (Q8_0, 2..18) => 8 + 16 * i + j - 2,
         (Q8_0, _) => 72 + 16 * i + j - 18,
         (Q4_K | Q5_K, 2..4) => 32 + 2 * i + j - 2,
@@ -159,7 +165,7 @@ mod tests {
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
         for ty in [
-            Q4_0, IQ4_NL, Q4_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS,
+            Q4_0, IQ4_NL, Q4_1, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS,
         ] {
             let (rows, cols) = (19, 3 * ty.block_size());
             let size = ty.type_size();
