@@ -248,7 +248,25 @@ pub fn dequantize_q8_k(b: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Q8_K, the activations of every K-quant matrix: with AVX2 where the CPU has it (the
+/// same operations, vectorized; the portable build's baseline is SSE2).
 pub fn quantize_q8_k(x: &[f32], b: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { quantize_q8_k_avx2(x, b) };
+    }
+    quantize_q8_k_block(x, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_k_avx2(x: &[f32], b: &mut [u8]) {
+    quantize_q8_k_block(x, b)
+}
+
+#[inline(always)]
+fn quantize_q8_k_block(x: &[f32], b: &mut [u8]) {
     let max = signed_absmax(&x[..QK_K]);
     b[..292].fill(0);
     if max == 0.0 {

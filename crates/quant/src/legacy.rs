@@ -75,6 +75,7 @@ pub fn dequantize_q8_1(block: &[u8], out: &mut [f32]) {
 /// The first value of largest magnitude (0 if there is none but zeros), as GGML picks
 /// it: the largest magnitude first, in sixteen independent maxima that vectorize (a
 /// running "keep the larger" choice does not), then the first value that has it.
+#[inline]
 pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let mut maxima = [0.0f32; 16];
     let chunks = x.chunks_exact(16);
