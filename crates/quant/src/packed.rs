@@ -35,6 +35,7 @@
 
 use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0};
+use rayon::prelude::*;
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
 /// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
@@ -121,13 +122,14 @@ fn stored(ty: GgmlType, j: usize, byte: u8) -> u8 {
 pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     assert!(has_packed_layout(ty), "{ty} has no packed layout");
     let (blocks, size, n) = (cols / ty.block_size(), ty.type_size(), group_rows(ty));
-    // `position` once per byte of a group, not once per byte of the matrix: packing is
-    // most of a model's load time otherwise.
+    // `position` once per byte of a group, not once per byte of the matrix.
     let positions: Vec<u16> = (0..n * size)
         .map(|k| position(ty, k / size, k % size) as u16)
         .collect();
     let mut out = vec![0u8; packed_len(ty, rows, cols)];
-    for (g, group_row) in out.chunks_exact_mut(blocks * group_bytes(ty)).enumerate() {
+    // Groups of rows on all threads: a model's load is mostly packing.
+    let group_rows = out.par_chunks_exact_mut(blocks * group_bytes(ty));
+    group_rows.enumerate().for_each(|(g, group_row)| {
         for (b, group) in group_row.chunks_exact_mut(group_bytes(ty)).enumerate() {
             for i in 0..n.min(rows - g * n) {
                 let block = &data[((g * n + i) * blocks + b) * size..][..size];
@@ -137,7 +139,7 @@ pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                 }
             }
         }
-    }
+    });
     out
 }
 
