@@ -14,7 +14,8 @@ use crate::iquants::IQ4_LEVELS;
 use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::kernels_packed::{iq4_levels_plus_128, repeat16};
-use crate::kernels_packed_k::pair_products;
+use crate::kernels_packed_k::dot_codes;
+use crate::kernels_packed_k16::{add_tiled_blocks, lanes_total};
 use crate::kernels_packed_k_avx2::prefetch_part;
 use core::arch::x86_64::*;
 
@@ -37,15 +38,7 @@ pub unsafe fn dot16_iq4_xs_tiled<const N: usize>(w: &[u8], g: &TokenGroup<N>) ->
             prefetch_part::<_MM_HINT_T1>(p, GROUP, s, 8);
             let codes = codes(p, s).map(|c| _mm512_shuffle_epi8(table, c));
             for (sum, x) in sums.iter_mut().zip(&xs) {
-                let x = x.add(4 + 32 * s) as *const i32;
-                let mut even = _mm512_setzero_si512();
-                let mut odd = _mm512_setzero_si512();
-                for k in (0..8).step_by(2) {
-                    let (x0, x1) = (x.add(k).read_unaligned(), x.add(k + 1).read_unaligned());
-                    even = _mm512_dpbusd_epi32(even, codes[k], _mm512_set1_epi32(x0));
-                    odd = _mm512_dpbusd_epi32(odd, codes[k + 1], _mm512_set1_epi32(x1));
-                }
-                let sub_block = _mm512_add_epi32(even, odd);
+                let sub_block = dot_codes(&codes, x.add(4 + 32 * s));
                 *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(sub_block, *scale));
             }
         }
@@ -56,20 +49,14 @@ pub unsafe fn dot16_iq4_xs_tiled<const N: usize>(w: &[u8], g: &TokenGroup<N>) ->
                 _mm512_slli_epi32::<16>(s),
             )
         });
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        for n in 0..N {
-            let bias = pair_products(&pairs, xs[n].add(260) as *const i32);
-            let sum = _mm512_sub_epi32(sums[n], _mm512_slli_epi32::<7>(bias));
-            let da = _mm512_set1_ps(*g.d.get_unchecked(b * N + n));
-            let block = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
-            acc[n] = _mm512_add_ps(acc[n], _mm512_mul_ps(block, da));
-        }
+        let shift = _mm_cvtsi32_si128(7);
+        add_tiled_blocks(&mut acc, p, &sums, &pairs, shift, &xs, g, b);
     }
-    let mut out = [[0.0f32; 16]; N];
-    for (o, acc) in out.iter_mut().zip(acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), acc);
-    }
-    out
+    acc.map(|acc| {
+        let mut out = [0.0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    })
 }
 
 /// Sixteen rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`' order
@@ -113,12 +100,7 @@ pub unsafe fn dot16_iq4_xs_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
             *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(*lane), *acc);
         }
     }
-    // `kernels::lane_tree` for each row, then `LaneSums::total`'s offsets (zero).
-    let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(acc[k], acc[k + 4]));
-    let tree = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
-    let mut out = [0.0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(tree, _mm512_setzero_ps()));
-    out
+    lanes_total(&acc)
 }
 
 // The helpers below carry the kernels' target features rather than only

@@ -95,7 +95,7 @@ pub unsafe fn dot16_q4_k_packed<const Q5: bool, const N: usize>(
 /// products with the activation bytes from `x` (four per register, broadcast), in i32
 /// lanes: two chains of four, so that the dot products do not all wait on each other.
 #[inline(always)]
-unsafe fn dot_codes(codes: &[__m512i; 8], x: *const u8) -> __m512i {
+pub(crate) unsafe fn dot_codes(codes: &[__m512i; 8], x: *const u8) -> __m512i {
     let x = x as *const i32;
     let mut even = _mm512_setzero_si512();
     let mut odd = _mm512_setzero_si512();

@@ -66,21 +66,40 @@ pub unsafe fn dot16_k16_tiled<const Q3: bool, const N: usize>(
             }
         }
         let pairs = scale_pairs(&scales);
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        for n in 0..N {
-            let bias = pair_products(&pairs, xs[n].add(260) as *const i32);
-            let shift = _mm_cvtsi32_si128(offset_shift(Q3));
-            let sum = _mm512_sub_epi32(sums[n], _mm512_sll_epi32(bias, shift));
-            let da = _mm512_set1_ps(*g.d.get_unchecked(b * N + n));
-            let block = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
-            acc[n] = _mm512_add_ps(acc[n], _mm512_mul_ps(block, da));
-        }
+        let shift = _mm_cvtsi32_si128(offset_shift(Q3));
+        add_tiled_blocks(&mut acc, p, &sums, &pairs, shift, &xs, g, b);
     }
-    let mut out = [[0.0f32; 16]; N];
-    for (o, acc) in out.iter_mut().zip(acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    acc.map(|acc| {
+        let mut out = [0.0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    })
+}
+
+/// Adds a block of a group to each token's `TiledSums` (sixteen rows each), after taking
+/// the offset off its sums: 2^`shift` · Σ pairs[e] · (the token's activation sums of 16 of
+/// pair e). The group's f16 d_w are its first 32 bytes (`p`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn add_tiled_blocks<const E: usize, const N: usize>(
+    acc: &mut [__m512; N],
+    p: *const u8,
+    sums: &[__m512i; N],
+    pairs: &[__m512i; E],
+    shift: __m128i,
+    xs: &[*const u8; N],
+    g: &TokenGroup<N>,
+    b: usize,
+) {
+    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+    for n in 0..N {
+        let bias = pair_products(pairs, xs[n].add(260) as *const i32);
+        let sum = _mm512_sub_epi32(sums[n], _mm512_sll_epi32(bias, shift));
+        let da = _mm512_set1_ps(*g.d.get_unchecked(b * N + n));
+        let block = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), dw);
+        acc[n] = _mm512_add_ps(acc[n], _mm512_mul_ps(block, da));
     }
-    out
 }
 
 /// Sixteen rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`' order
@@ -124,7 +143,14 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
             *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
         }
     }
-    // `kernels::lane_tree` for each row, then `LaneSums::total`'s offsets (zero).
+    lanes_total(&acc)
+}
+
+/// `LaneSums::total` of sixteen rows whose lane k is register k: `kernels::lane_tree`,
+/// then the offsets (zero).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn lanes_total(acc: &[__m512; 8]) -> [f32; 16] {
     let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(acc[k], acc[k + 4]));
     let tree = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
     let mut out = [0.0f32; 16];
