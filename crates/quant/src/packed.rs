@@ -37,9 +37,9 @@ use crate::Isa;
 use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0};
 use rayon::prelude::*;
 
-/// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the four 32-value
-/// types and the K-quants (Q2_K through the AVX2 kernel), AVX2 for the sixteen-row
-/// groups except Q6_K's (as two halves of eight rows).
+/// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the five 32-value
+/// types, the K-quants (Q2_K through the AVX2 kernel) and IQ4_XS; AVX2 for Q4_0, IQ4_NL,
+/// Q2_K, Q4_K and Q5_K (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(
