@@ -126,6 +126,11 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
         }
         let lanes: [__m512i; 8] = std::array::from_fn(|k| [first, second][k / 4][k % 4]);
         let pairs = scale_pairs(&scales);
+        let q3_offsets = if Q3 {
+            q3_k_lane_offsets(&scales, xb)
+        } else {
+            [_mm512_setzero_si512(); 8]
+        };
         let d = _mm512_mul_ps(
             _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
             _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
@@ -134,7 +139,7 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
             // Q6_K's lanes carry its offset until here, as llama.cpp's do: 32 · Σ scale·a
             // over sub-blocks 2k and 2k + 1 comes off lane k (`kernels_k::q6_k_lanes`).
             let lane = if Q3 {
-                *lane
+                _mm512_sub_epi32(*lane, q3_offsets[k])
             } else {
                 let s = _mm512_set1_epi32(xb.add(260 + 4 * k).cast::<i32>().read_unaligned());
                 let bias = _mm512_madd_epi16(pairs[k], s);
@@ -160,8 +165,7 @@ pub(crate) unsafe fn lanes_total(acc: &[__m512; 8]) -> [f32; 16] {
 
 /// Adds sub-block j's products to four of a token's lanes (`dot16_k16_lanes`): each pair
 /// of code·x products (within i16: 2 · 63 · 128 < 2^15) times the sub-block's scale, by
-/// `vpdpwssd`. Q3_K's lanes hold its values exactly (code − 4), so 4 · the pair's Σ x
-/// comes off each pair first.
+/// `vpdpwssd`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn add_lanes<const Q3: bool>(
@@ -182,13 +186,52 @@ unsafe fn add_lanes<const Q3: bool>(
     let xj = xb.add(4 + 16 * j) as *const i32;
     for (k, lane) in lanes.iter_mut().enumerate() {
         let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
-        let mut pairs = _mm512_maddubs_epi16(codes[k], xk);
-        if Q3 {
-            let x_pairs = _mm512_maddubs_epi16(_mm512_set1_epi8(1), xk);
-            pairs = _mm512_sub_epi16(pairs, _mm512_slli_epi16::<2>(x_pairs));
-        }
+        let pairs = _mm512_maddubs_epi16(codes[k], xk);
         *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
     }
+}
+
+/// What Q3_K's offset of 4 takes off each of a block's eight lanes (its lanes hold the
+/// values code − 4 exactly, as llama.cpp's do): lane L's Σ over its eight sub-blocks j of
+/// 4 · scale_j · (the sum of j's four activations that fall in lane L). Those sums do
+/// not depend on the row, so one pass per block and token serves the sixteen rows, by
+/// `vpdpwssd` over pairs of sub-blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q3_k_lane_offsets(scales: &[__m512i; 16], xb: *const u8) -> [__m512i; 8] {
+    // Sums of four activations: f = 16r..16r + 16 in register r. Lane L's are f = 8i + L
+    // (sub-block j = 2i + L / 4, positions 4·(L % 4)..), so register r holds those of
+    // i = 2r (element L) and 2r + 1 (element 8 + L), paired as two i16 (|sum| ≤ 4·127).
+    let mut pair_sums = [0i32; 32];
+    for r in 0..4 {
+        let x = _mm512_loadu_si512(xb.add(4 + 64 * r) as *const _);
+        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), x);
+        let (low, high) = (
+            _mm512_castsi512_si256(sums),
+            _mm512_extracti64x4_epi64::<1>(sums),
+        );
+        let pair = _mm256_or_si256(
+            _mm256_and_si256(low, _mm256_set1_epi32(0xffff)),
+            _mm256_slli_epi32::<16>(high),
+        );
+        _mm256_storeu_si256(pair_sums.as_mut_ptr().add(8 * r) as *mut __m256i, pair);
+    }
+    // The scales of sub-blocks 4r + parity and 4r + 2 + parity as an i16 pair.
+    let low16 = _mm512_set1_epi32(0xffff);
+    let scale_pairs: [[__m512i; 4]; 2] = std::array::from_fn(|parity| {
+        std::array::from_fn(|r| {
+            let second = _mm512_slli_epi32::<16>(scales[4 * r + 2 + parity]);
+            _mm512_or_si512(_mm512_and_si512(scales[4 * r + parity], low16), second)
+        })
+    });
+    std::array::from_fn(|lane| {
+        let mut offset = _mm512_setzero_si512();
+        for (r, pair) in scale_pairs[lane / 4].iter().enumerate() {
+            let sums = _mm512_set1_epi32(pair_sums[8 * r + lane]);
+            offset = _mm512_dpwssd_epi32(offset, *pair, sums);
+        }
+        _mm512_slli_epi32::<2>(offset)
+    })
 }
 
 // The helpers below carry the kernels' target features rather than only
