@@ -125,26 +125,17 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
             add_lanes::<Q3>(&mut second, p, &scales, xb, 2 * i + 1);
         }
         let lanes: [__m512i; 8] = std::array::from_fn(|k| [first, second][k / 4][k % 4]);
-        let pairs = scale_pairs(&scales);
-        let q3_offsets = if Q3 {
+        let offsets = if Q3 {
             q3_k_lane_offsets(&scales, xb)
         } else {
-            [_mm512_setzero_si512(); 8]
+            q6_k_lane_offsets(&scales, xb)
         };
         let d = _mm512_mul_ps(
             _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
             _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
         );
-        for (k, (lane, acc)) in lanes.iter().zip(acc.iter_mut()).enumerate() {
-            // Q6_K's lanes carry its offset until here, as llama.cpp's do: 32 · Σ scale·a
-            // over sub-blocks 2k and 2k + 1 comes off lane k (`kernels_k::q6_k_lanes`).
-            let lane = if Q3 {
-                _mm512_sub_epi32(*lane, q3_offsets[k])
-            } else {
-                let s = _mm512_set1_epi32(xb.add(260 + 4 * k).cast::<i32>().read_unaligned());
-                let bias = _mm512_madd_epi16(pairs[k], s);
-                _mm512_sub_epi32(*lane, _mm512_slli_epi32::<5>(bias))
-            };
+        for ((lane, offset), acc) in lanes.iter().zip(offsets).zip(acc.iter_mut()) {
+            let lane = _mm512_sub_epi32(*lane, offset);
             *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
         }
     }
@@ -189,6 +180,19 @@ unsafe fn add_lanes<const Q3: bool>(
         let pairs = _mm512_maddubs_epi16(codes[k], xk);
         *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
     }
+}
+
+/// What Q6_K's offset of 32 takes off each of a block's eight lanes, as llama.cpp's
+/// lanes carry it: 32 · Σ scale·a over sub-blocks 2k and 2k + 1 off lane k
+/// (`kernels_k::q6_k_lanes`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_k_lane_offsets(scales: &[__m512i; 16], xb: *const u8) -> [__m512i; 8] {
+    let pairs = scale_pairs(scales);
+    std::array::from_fn(|k| {
+        let sums = _mm512_set1_epi32(xb.add(260 + 4 * k).cast::<i32>().read_unaligned());
+        _mm512_slli_epi32::<5>(_mm512_madd_epi16(pairs[k], sums))
+    })
 }
 
 /// What Q3_K's offset of 4 takes off each of a block's eight lanes (its lanes hold the

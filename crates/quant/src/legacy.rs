@@ -71,7 +71,6 @@ pub fn dequantize_q8_1(block: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The value of largest magnitude, with its sign.
 /// The first value of largest magnitude (0 if there is none but zeros), as GGML picks
 /// it: the largest magnitude first, in sixteen independent maxima that vectorize (a
 /// running "keep the larger" choice does not), then the first value that has it.
