@@ -318,6 +318,29 @@ struct RandomWeights {
 }
 
 impl RandomWeights {
+    /// `n` random values of magnitude `scale` in `ty`: quantized, or for the codebook
+    /// i-quants, which we read but do not write, random codes.
+    fn encoded(&mut self, ty: GgmlType, n: usize, scale: f32) -> Result<Vec<u8>> {
+        if !quant::is_lattice(ty) {
+            return Ok(quant::quantize(ty, &self.values(n, scale))?);
+        }
+        // Any bytes make a block once its step is set; the step that gives each block
+        // the RMS of uniform values in [-scale, scale) is measured on the block itself.
+        let mut out = Vec::with_capacity(n / ty.block_size() * ty.type_size() + 8);
+        while out.len() < n / ty.block_size() * ty.type_size() {
+            out.extend_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
+        out.truncate(n / ty.block_size() * ty.type_size());
+        let mut values = vec![0.0f32; ty.block_size()];
+        for block in out.chunks_exact_mut(ty.type_size()) {
+            quant::set_lattice_step(ty, block, 1.0);
+            quant::dequantize(ty, block, &mut values)?;
+            let rms = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
+            quant::set_lattice_step(ty, block, scale / 3f32.sqrt() / rms.max(1e-6));
+        }
+        Ok(out)
+    }
+
     fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.rng.next(scale)).collect()
     }
@@ -329,11 +352,11 @@ impl RandomWeights {
             return Ok(quant::quantize(ty, &values)?);
         }
         if rows * cols <= POOL_VALUES {
-            return Ok(quant::quantize(ty, &self.values(rows * cols, scale))?);
+            return self.encoded(ty, rows * cols, scale);
         }
         let pool = match self.pools.remove(&(ty, scale.to_bits())) {
             Some(pool) => pool,
-            None => quant::quantize(ty, &self.values(POOL_VALUES, scale))?,
+            None => self.encoded(ty, POOL_VALUES, scale)?,
         };
         let row_bytes = cols / ty.block_size() * ty.type_size();
         let blocks_in_pool = pool.len() / ty.type_size();

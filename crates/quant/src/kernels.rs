@@ -15,6 +15,7 @@
 
 use crate::f16_at;
 use crate::iquants::{iq4_code, IQ4_LEVELS};
+use crate::iquants_lattice::dot_lattice_q8_k;
 use crate::kernels_float::dot_f16_f16;
 use crate::kernels_k::{
     dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
@@ -28,6 +29,7 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
         Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
         Q4_1 | Q5_1 => Q8_1,
         Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => Q8_K,
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => Q8_K,
         F16 => F16,
         BF16 => BF16,
         _ => F32,
@@ -137,6 +139,20 @@ ordered_kernel!(Q3KQ8K, dot_q3_k_q8_k);
 ordered_kernel!(Q6KQ8K, dot_q6_k_q8_k);
 ordered_kernel!(IQ4XSQ8K, dot_iq4_xs_q8_k);
 kernel!(F16F16, dot_f16_f16);
+
+/// The codebook i-quants (`iquants_lattice`): each block decoded once for all tokens.
+pub struct LatticeQ8K;
+impl Kernel for LatticeQ8K {
+    #[inline(always)]
+    fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+        dot_lattice_q8_k(ty, w, [a], false)[0]
+    }
+
+    #[inline(always)]
+    fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+        dot_lattice_q8_k(ty, w, g.rows, g.batched)
+    }
+}
 
 /// Every other weight type: decode both sides to f32.
 pub struct Dequantizing;

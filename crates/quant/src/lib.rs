@@ -1,6 +1,7 @@
 //! GGML block formats and the CPU math over them: scalar reference dequantize and
 //! quantize for every supported type (`legacy` 32-value blocks, `kquants` 256-value
-//! super-blocks, `iquants` the non-linear IQ4 formats, plain floats here), a matmul of quantized weights by f32 activations
+//! super-blocks, `iquants` the non-linear IQ4 formats, `iquants_lattice` the codebook
+//! i-quants, which are read but not written; plain floats here), a matmul of quantized weights by f32 activations
 //! (`matmul`), and the rest of a transformer layer's arithmetic (`attention`, `rope`,
 //! `nonlinear`) rounded as llama.cpp rounds it.
 
@@ -15,6 +16,7 @@ mod attention_quantized;
 mod attention_quantized_avx2;
 mod dot;
 mod iquants;
+mod iquants_lattice;
 mod isa;
 mod kernels;
 mod kernels_float;
@@ -38,6 +40,7 @@ mod kernels_packed_k_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kernels_x86;
 mod kquants;
+mod lattice_codebooks;
 mod legacy;
 mod matmul;
 mod nonlinear;
@@ -54,6 +57,7 @@ pub use attention::{
 pub use attention_flash::flash_attend;
 pub use attention_quantized::{quantized_attend, quantized_scores, KvQuant, QuantizedKvHead};
 pub use dot::dot_f32;
+pub use iquants_lattice::{is_lattice, set_step as set_lattice_step};
 pub use isa::{selected_isa, Isa};
 pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix, TokenOrder};
@@ -65,6 +69,11 @@ use gguf::GgmlType;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QuantError {
+    #[error(
+        "{0} can be read but not written here: its quantizer (a search over the format's \
+         codebook, which llama-quantize runs with an importance matrix) is not implemented"
+    )]
+    NotWritable(GgmlType),
     #[error("tensor type {0} is not supported for computation (supported: {SUPPORTED})")]
     Unsupported(GgmlType),
     #[error("{ty} needs a multiple of {block} values, got {len}")]
@@ -85,15 +94,31 @@ pub enum QuantError {
 
 const SUPPORTED: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, \
-     IQ4_XS";
+     IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M";
 
 pub type Result<T, E = QuantError> = std::result::Result<T, E>;
 
 type BlockFn = fn(&[u8], &mut [f32]);
 type QuantFn = fn(&[f32], &mut [u8]);
 
-/// The scalar reference (dequantize, quantize) pair of a block type.
-fn block_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
+/// The scalar reference dequantizer of a block type, and its quantizer where we write
+/// the type.
+fn block_fns(ty: GgmlType) -> Option<(BlockFn, Option<QuantFn>)> {
+    use GgmlType::*;
+    let read_only: BlockFn = match ty {
+        IQ2_XXS => iquants_lattice::dequantize_iq2_xxs,
+        IQ2_XS => iquants_lattice::dequantize_iq2_xs,
+        IQ2_S => iquants_lattice::dequantize_iq2_s,
+        IQ3_XXS => iquants_lattice::dequantize_iq3_xxs,
+        IQ3_S => iquants_lattice::dequantize_iq3_s,
+        IQ1_S => iquants_lattice::dequantize_iq1_s,
+        IQ1_M => iquants_lattice::dequantize_iq1_m,
+        _ => return read_write_fns(ty).map(|(read, write)| (read, Some(write))),
+    };
+    Some((read_only, None))
+}
+
+fn read_write_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
     use GgmlType::*;
     Some(match ty {
         F32 => (
@@ -123,9 +148,14 @@ fn block_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
     })
 }
 
-/// Whether this crate can dequantize and quantize `ty`.
+/// Whether this crate can dequantize `ty` and multiply by it.
 pub fn is_supported(ty: GgmlType) -> bool {
     block_fns(ty).is_some()
+}
+
+/// Whether this crate can also write `ty` (`quantize`).
+pub fn can_quantize(ty: GgmlType) -> bool {
+    matches!(block_fns(ty), Some((_, Some(_))))
 }
 
 fn check_len(ty: GgmlType, len: usize) -> Result<()> {
@@ -168,7 +198,11 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     // Blocks are independent, so a long input (a prompt's or a batch's activations, a
     // weight matrix) is split across threads in runs of this many; the bytes are the same.
     const BLOCKS_PER_TASK: usize = 64;
-    let (_, quant) = block_fns(ty).ok_or(QuantError::Unsupported(ty))?;
+    let quant = match block_fns(ty) {
+        Some((_, Some(quant))) => quant,
+        Some((_, None)) => return Err(QuantError::NotWritable(ty)),
+        None => return Err(QuantError::Unsupported(ty)),
+    };
     check_len(ty, x.len())?;
     let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
     if x.len() < 2 * BLOCKS_PER_TASK * ty.block_size() {

@@ -6,6 +6,7 @@
 //! weight block is read from memory once per call. A row's result never depends on the
 //! batch size or the tiling, which keeps results batch-invariant.
 
+use crate::iquants_lattice::is_lattice;
 use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
@@ -412,6 +413,7 @@ fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
         GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, r0, out),
         GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, r0, out),
         GgmlType::F16 => tile::<F16F16>(w, x, r0, out),
+        ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, r0, out),
         _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
@@ -510,6 +512,7 @@ macro_rules! x86_tile {
                     GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
                     GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
                     GgmlType::F16 => f16_tile::<$avx512>(w, x, r0, out),
+                    ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }

@@ -18,7 +18,8 @@ use std::path::Path;
 pub struct Args {
     /// `IN OUT TYPE` (input: a path, store name or digest prefix), or `TYPE OUT` with
     /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q3_K_M, Q4_K_M,
-    /// Q5_K_M, IQ4_NL, IQ4_XS, F16, BF16, F32.
+    /// Q5_K_M, IQ4_NL, IQ4_XS, F16, BF16, F32; with --synthetic also IQ1_S, IQ1_M,
+    /// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (random codes).
     #[arg(num_args = 2..=3, value_name = "ARGS", required = true)]
     args: Vec<String>,
     /// Write random weights in this model's shape instead of converting a file.
@@ -26,21 +27,32 @@ pub struct Args {
     synthetic: Option<String>,
 }
 
-fn weight_mix(name: &str) -> Result<WeightMix> {
-    WeightMix::parse(name)
+/// The mix `name` stands for, if quantize can write it: a conversion quantizes, so it
+/// takes only types we quantize; random weights also take the codebook i-quants
+/// (IQ1_S … IQ3_S), written as random codes.
+fn weight_mix(name: &str, synthetic: bool) -> Result<WeightMix> {
+    let mix = WeightMix::parse(name)
         .filter(|mix| match mix {
             WeightMix::Uniform(t) => {
                 quant::is_supported(*t) && *t != GgmlType::Q8_1 && *t != GgmlType::Q8_K
             }
             _ => true,
         })
-        .ok_or_else(|| usage(format!("{name:?} is not a type quantize can write")))
+        .ok_or_else(|| usage(format!("{name:?} is not a type quantize can write")))?;
+    match mix {
+        WeightMix::Uniform(t) if !synthetic && !quant::can_quantize(t) => Err(usage(format!(
+            "{t} can be read but not written here: its quantizer (a search over the \
+             format's codebook, which llama-quantize runs with an importance matrix) is \
+             not implemented; --synthetic writes random {t} weights"
+        ))),
+        mix => Ok(mix),
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
     match (&args.synthetic, args.args.as_slice()) {
-        (Some(shape), [ty, output]) => synthetic(shape, weight_mix(ty)?, Path::new(output)),
-        (None, [input, output, ty]) => convert(input, Path::new(output), weight_mix(ty)?),
+        (Some(shape), [ty, output]) => synthetic(shape, weight_mix(ty, true)?, Path::new(output)),
+        (None, [input, output, ty]) => convert(input, Path::new(output), weight_mix(ty, false)?),
         (Some(_), _) => Err(usage("quantize --synthetic SHAPE takes TYPE OUT")),
         (None, _) => Err(usage("quantize takes IN OUT TYPE")),
     }

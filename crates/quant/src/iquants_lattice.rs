@@ -1,0 +1,431 @@
+//! GGML's 1-, 2- and 3-bit i-quants: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and
+//! IQ1_M, super-blocks of 256 values. Each group of 8 (or 4) values is the index of a
+//! point of a codebook (`lattice_codebooks`) with stored signs (IQ2, IQ3) or a ±1/8
+//! shift (IQ1); each 32 or 16 values share an odd integer scale; the block has one f16
+//! step. Every type decodes to one `LatticeBlock` of small integers:
+//!
+//! value i = step · scale(i) · code(i) · `factor(ty)`, code = the signed codebook
+//! coordinate, or 8·coordinate ± 1 for IQ1 (its shift of ±1/8 made an integer).
+//!
+//! The kernels multiply those integers with Q8_K activations in llama.cpp's two orders,
+//! chosen by the token's role as for Q3_K (`kernels_k::dot_by_order`): for a decoding
+//! token its AVX2 `vec_dot` kernels' eight lanes per block (`LaneSums`, the sum × the
+//! factor at the end; IQ1's shifts summed apart and added last), for a prompt's its tiled
+//! kernels' `TiledSums`, one exact integer per block scaled by step · factor and d_a.
+//! Nothing here quantizes: llama.cpp itself needs an importance matrix for most of
+//! these types, and `quantize` refuses them (see docs/architecture.md).
+
+use crate::f16_at;
+use crate::kernels::{lane_tree, LaneSums};
+use crate::kernels_k::{q8k_d, TiledSums, Q8K_BLOCK};
+use crate::lattice_codebooks::{
+    even_signs, IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID,
+};
+use gguf::GgmlType;
+
+/// One super-block decoded as 32 groups of 8 values: what the kernels, in scalar or
+/// SIMD form, and the dequantizer read.
+pub struct LatticeBlock {
+    /// The block's f16 step, widened.
+    pub step: f32,
+    /// Each group's 8 codebook coordinates as bytes, first in the low byte: magnitudes
+    /// for IQ2 and IQ3 (an IQ3 group is two points of 4), −1, 0 or 1 for IQ1.
+    pub points: [u64; 32],
+    /// Bit j negates coordinate j of the group (always 0 for IQ1).
+    pub signs: [u8; 32],
+    /// IQ1's shift of each group, ±1 eighth; 0 for the other types.
+    pub shifts: [i8; 32],
+    /// The odd integer scale of each 16 values.
+    pub scales: [i16; 16],
+}
+
+impl Default for LatticeBlock {
+    fn default() -> Self {
+        LatticeBlock {
+            step: 0.0,
+            points: [0; 32],
+            signs: [0; 32],
+            shifts: [0; 32],
+            scales: [0; 16],
+        }
+    }
+}
+
+/// Whether `ty` is one of this module's types.
+pub fn is_lattice(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M
+    )
+}
+
+/// Sets the f16 step of a block of `ty` (IQ1_M keeps it in the top nibbles of its four
+/// scale words): with random bytes around it, a random block of the type.
+pub fn set_step(ty: GgmlType, block: &mut [u8], step: f32) {
+    let bits = half::f16::from_f32(step).to_bits();
+    if ty == GgmlType::IQ1_M {
+        for k in 0..4 {
+            let top = &mut block[49 + 2 * k];
+            *top = (*top & 0x0f) | ((((bits >> (4 * k)) & 15) as u8) << 4);
+        }
+    } else {
+        block[..2].copy_from_slice(&bits.to_le_bytes());
+    }
+}
+
+/// The power of two that turns step · scale · code into the value.
+pub fn factor(ty: GgmlType) -> f32 {
+    match ty {
+        GgmlType::IQ3_XXS => 0.25,
+        GgmlType::IQ3_S => 1.0,
+        _ => 0.125,
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u32 {
+    u16::from_le_bytes([b[at], b[at + 1]]) as u32
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn word8(point: &[i8; 8]) -> u64 {
+    u64::from_le_bytes(point.map(|v| v as u8))
+}
+
+/// Two IQ3 points of 4 as one group of 8.
+fn word4x2(first: &[i8; 4], second: &[i8; 4]) -> u64 {
+    let word = |p: &[i8; 4]| u32::from_le_bytes(p.map(|v| v as u8)) as u64;
+    word(first) | (word(second) << 32)
+}
+
+/// Sets the scale of sub-block `s` (32 values) to 2·`code` + 1 for both its halves.
+#[inline(always)]
+fn scale32(out: &mut LatticeBlock, s: usize, code: u32) {
+    out.scales[2 * s] = 2 * code as i16 + 1;
+    out.scales[2 * s + 1] = 2 * code as i16 + 1;
+}
+
+/// Decodes one block of `ty` (one of `is_lattice`'s types).
+#[inline(always)]
+pub fn decode(ty: GgmlType, b: &[u8], out: &mut LatticeBlock) {
+    use GgmlType::*;
+    match ty {
+        IQ2_XXS => {
+            out.step = f16_at(b, 0);
+            for s in 0..8 {
+                let meta = u32_at(b, 6 + 8 * s);
+                scale32(out, s, meta >> 28);
+                for l in 0..4 {
+                    out.points[4 * s + l] = word8(&IQ2XXS_GRID[b[2 + 8 * s + l] as usize]);
+                    out.signs[4 * s + l] = even_signs(meta >> (7 * l));
+                }
+            }
+        }
+        IQ2_XS | IQ2_S => {
+            out.step = f16_at(b, 0);
+            for s in 0..8 {
+                let scales = b[if ty == IQ2_XS { 66 } else { 74 } + s] as i16;
+                out.scales[2 * s] = 2 * (scales & 15) + 1;
+                out.scales[2 * s + 1] = 2 * (scales >> 4) + 1;
+                for l in 0..4 {
+                    let g = 4 * s + l;
+                    if ty == IQ2_XS {
+                        let q = u16_at(b, 2 + 2 * g);
+                        out.points[g] = word8(&IQ2XS_GRID[(q & 511) as usize]);
+                        out.signs[g] = even_signs(q >> 9);
+                    } else {
+                        let high = (b[66 + s] as usize) << (8 - 2 * l);
+                        out.points[g] = word8(&IQ2S_GRID[b[2 + g] as usize | (high & 0x300)]);
+                        out.signs[g] = b[34 + g];
+                    }
+                }
+            }
+        }
+        IQ3_XXS => {
+            out.step = f16_at(b, 0);
+            for s in 0..8 {
+                let meta = u32_at(b, 66 + 4 * s);
+                scale32(out, s, meta >> 28);
+                for l in 0..4 {
+                    let at = 2 + 8 * s + 2 * l;
+                    let points = (
+                        &IQ3XXS_GRID[b[at] as usize],
+                        &IQ3XXS_GRID[b[at + 1] as usize],
+                    );
+                    out.points[4 * s + l] = word4x2(points.0, points.1);
+                    out.signs[4 * s + l] = even_signs(meta >> (7 * l));
+                }
+            }
+        }
+        IQ3_S => {
+            out.step = f16_at(b, 0);
+            for s in 0..8 {
+                scale32(out, s, ((b[106 + s / 2] >> (4 * (s % 2))) & 15) as u32);
+                let high = b[66 + s] as usize;
+                for l in 0..4 {
+                    let at = 2 + 8 * s + 2 * l;
+                    let first = b[at] as usize | ((high << (8 - 2 * l)) & 256);
+                    let second = b[at + 1] as usize | ((high << (7 - 2 * l)) & 256);
+                    out.points[4 * s + l] = word4x2(&IQ3S_GRID[first], &IQ3S_GRID[second]);
+                    out.signs[4 * s + l] = b[74 + 4 * s + l];
+                }
+            }
+        }
+        IQ1_S => {
+            out.step = f16_at(b, 0);
+            for s in 0..8 {
+                let high = u16_at(b, 34 + 2 * s);
+                scale32(out, s, (high >> 12) & 7);
+                let shift = if high & 0x8000 != 0 { -1 } else { 1 };
+                for l in 0..4 {
+                    let index =
+                        b[2 + 4 * s + l] as usize | ((((high >> (3 * l)) & 7) as usize) << 8);
+                    out.points[4 * s + l] = word8(&IQ1S_GRID[index]);
+                    out.shifts[4 * s + l] = shift;
+                }
+            }
+        }
+        IQ1_M => {
+            let sc: [u32; 4] = std::array::from_fn(|k| u16_at(b, 48 + 2 * k));
+            let step_bits =
+                (sc[0] >> 12) | ((sc[1] >> 8) & 0xf0) | ((sc[2] >> 4) & 0xf00) | (sc[3] & 0xf000);
+            out.step = crate::f16_bits_to_f32(step_bits as u16);
+            for s in 0..8 {
+                let bits = sc[s / 2] >> (6 * (s % 2));
+                out.scales[2 * s] = 2 * (bits & 7) as i16 + 1;
+                out.scales[2 * s + 1] = 2 * ((bits >> 3) & 7) as i16 + 1;
+                for l in 0..4 {
+                    let high = b[32 + 2 * s + l / 2] as usize >> (4 * (l % 2));
+                    let index = b[4 * s + l] as usize | ((high & 7) << 8);
+                    out.points[4 * s + l] = word8(&IQ1S_GRID[index]);
+                    out.shifts[4 * s + l] = if high & 8 != 0 { -1 } else { 1 };
+                }
+            }
+        }
+        _ => unreachable!("{ty} is not a lattice i-quant"),
+    }
+}
+
+/// Value i's signed codebook coordinate.
+#[inline(always)]
+fn value(block: &LatticeBlock, i: usize) -> i32 {
+    let v = (block.points[i / 8] >> (8 * (i % 8))) as u8 as i8 as i32;
+    if (block.signs[i / 8] >> (i % 8)) & 1 == 1 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Value i's integer code: the coordinate, or 8 · coordinate + shift for IQ1.
+#[inline(always)]
+fn code(block: &LatticeBlock, i: usize) -> i32 {
+    match block.shifts[i / 8] as i32 {
+        0 => value(block, i),
+        shift => 8 * value(block, i) + shift,
+    }
+}
+
+/// The scalar reference dequantizer of `ty`: step · scale is rounded once, as in
+/// llama.cpp, and the exact code · factor multiplies it.
+pub fn dequantize(ty: GgmlType, b: &[u8], out: &mut [f32]) {
+    let mut block = LatticeBlock::default();
+    decode(ty, b, &mut block);
+    for (i, y) in out.iter_mut().enumerate() {
+        let step = block.step * block.scales[i / 16] as f32;
+        *y = step * (code(&block, i) as f32 * factor(ty));
+    }
+}
+
+macro_rules! dequantizers {
+    ($($name:ident: $ty:ident),*) => {
+        $(pub fn $name(b: &[u8], out: &mut [f32]) {
+            dequantize(GgmlType::$ty, b, out)
+        })*
+    };
+}
+
+dequantizers!(
+    dequantize_iq2_xxs: IQ2_XXS, dequantize_iq2_xs: IQ2_XS, dequantize_iq2_s: IQ2_S,
+    dequantize_iq3_xxs: IQ3_XXS, dequantize_iq3_s: IQ3_S, dequantize_iq1_s: IQ1_S,
+    dequantize_iq1_m: IQ1_M
+);
+
+/// Per-token state of the `vec_dot` order: the lanes of the values, and IQ1's shifts
+/// (IQ1_M: eight lanes of their own; IQ1_S: one float sum).
+#[derive(Default)]
+struct VecDotSums {
+    values: LaneSums,
+    shift_lanes: LaneSums,
+    shift_sum: f32,
+}
+
+/// Σ scale · value · activation over each lane (positions 4k..4k+4 of every 32), and
+/// the same for the shifts.
+#[inline(always)]
+fn lanes(block: &LatticeBlock, a: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let x = |i: usize| a[4 + i] as i8 as i32;
+    let mut values = [0i32; 8];
+    let mut shifts = [0i32; 8];
+    for s in 0..8 {
+        for k in 0..8 {
+            let scale = block.scales[2 * s + k / 4] as i32;
+            let at = 32 * s + 4 * k;
+            let v: i32 = (at..at + 4).map(|i| value(block, i) * x(i)).sum();
+            let x_sum: i32 = (at..at + 4).map(x).sum();
+            values[k] += scale * v;
+            shifts[k] += scale * block.shifts[at / 8] as i32 * x_sum;
+        }
+    }
+    (values, shifts)
+}
+
+/// Σ scale · code · activation over the block: the tiled kernels' integer.
+#[inline(always)]
+fn block_sum(block: &LatticeBlock, a: &[u8]) -> i32 {
+    let x = |i: usize| a[4 + i] as i8 as i32;
+    let half = |h: usize| {
+        (16 * h..16 * h + 16)
+            .map(|i| code(block, i) * x(i))
+            .sum::<i32>()
+    };
+    (0..16).map(|h| block.scales[h] as i32 * half(h)).sum()
+}
+
+/// One weight row of `ty` against N Q8_K activation rows, each block decoded once, in
+/// the order of the tokens' role (`batched`: the tiled kernels').
+#[inline(always)]
+pub fn dot_lattice_q8_k<const N: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    rows: [&[u8]; N],
+    batched: bool,
+) -> [f32; N] {
+    let mut block = LatticeBlock::default();
+    let size = ty.type_size();
+    let factor = factor(ty);
+    if batched {
+        let mut sums: [TiledSums; N] = std::array::from_fn(|_| TiledSums::default());
+        for (b, wb) in w.chunks_exact(size).enumerate() {
+            decode(ty, wb, &mut block);
+            let d_w = block.step * factor;
+            for (sums, a) in sums.iter_mut().zip(rows) {
+                let ab = &a[b * Q8K_BLOCK..][..Q8K_BLOCK];
+                sums.add_block(d_w, block_sum(&block, ab), 0.0, 0, q8k_d(ab));
+            }
+        }
+        return sums.map(|s| s.acc);
+    }
+    let mut sums: [VecDotSums; N] = std::array::from_fn(|_| VecDotSums::default());
+    for (b, wb) in w.chunks_exact(size).enumerate() {
+        decode(ty, wb, &mut block);
+        for (sums, a) in sums.iter_mut().zip(rows) {
+            let ab = &a[b * Q8K_BLOCK..][..Q8K_BLOCK];
+            let d = block.step * q8k_d(ab);
+            let (values, shifts) = lanes(&block, ab);
+            sums.values.add_block(d, values);
+            match ty {
+                GgmlType::IQ1_M => sums.shift_lanes.add_block(d, shifts),
+                GgmlType::IQ1_S => {
+                    let shift_sum: i32 = shifts.iter().sum();
+                    sums.shift_sum = d.mul_add(shift_sum as f32, sums.shift_sum);
+                }
+                _ => {}
+            }
+        }
+    }
+    sums.map(|s| match ty {
+        GgmlType::IQ1_M => lane_tree(s.values.acc) + 0.125 * lane_tree(s.shift_lanes.acc),
+        GgmlType::IQ1_S => lane_tree(s.values.acc) + 0.125 * s.shift_sum,
+        _ => factor * lane_tree(s.values.acc),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dequantize, matmul_many_with, quantize, Isa, QMatrix, TokenOrder};
+    use rand::{Rng, SeedableRng};
+
+    const TYPES: [GgmlType; 7] = {
+        use GgmlType::*;
+        [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M]
+    };
+
+    /// Random blocks of `ty`: any bytes are a block once its f16 step is finite.
+    fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..blocks * ty.type_size()).map(|_| rng.gen()).collect();
+        for block in w.chunks_exact_mut(ty.type_size()) {
+            set_step(ty, block, rng.gen_range(-0.02..0.02));
+        }
+        w
+    }
+
+    /// Both orders, on every ISA, for odd row counts and 1–15 tokens, against the f64 dot
+    /// of the dequantized weights and activations: what the integer sums must give up to
+    /// the rounding of the float steps.
+    #[test]
+    fn every_order_and_isa_equals_the_dot_of_dequantized_values() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for ty in TYPES {
+            for (rows, blocks) in [(1, 1), (7, 2), (19, 3)] {
+                let cols = 256 * blocks;
+                let w = random_blocks(ty, rows * blocks, &mut rng);
+                let m = QMatrix::new(ty, &w, rows, cols).unwrap();
+                let mut wf = vec![0.0f32; rows * cols];
+                dequantize(ty, &w, &mut wf).unwrap();
+                for n in [1, 3, 8, 15] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                    let mut xq = vec![0.0f32; x.len()];
+                    dequantize(
+                        GgmlType::Q8_K,
+                        &quantize(GgmlType::Q8_K, &x).unwrap(),
+                        &mut xq,
+                    )
+                    .unwrap();
+                    let orders: Vec<TokenOrder> = (0..n)
+                        .map(|t| match t % 2 {
+                            0 => TokenOrder::Batched,
+                            _ => TokenOrder::OneToken,
+                        })
+                        .collect();
+                    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                        if !isa.is_available() {
+                            continue;
+                        }
+                        let mut got = vec![0.0; n * rows];
+                        matmul_many_with(isa, &[m], &x, &mut [&mut got], &orders);
+                        for t in 0..n {
+                            for r in 0..rows {
+                                let (wr, xr) = (&wf[r * cols..][..cols], &xq[t * cols..][..cols]);
+                                let want: f64 =
+                                    wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                                let size: f64 = wr
+                                    .iter()
+                                    .zip(xr)
+                                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                    .sum();
+                                let got = got[t * rows + r] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * size + 1e-6,
+                                    "{ty} {} row {r} token {t} ({:?}): {got} vs {want}",
+                                    isa.name(),
+                                    orders[t]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn writing_a_lattice_type_is_refused_with_its_name() {
+        let err = quantize(GgmlType::IQ2_XXS, &[0.0; 256]).unwrap_err();
+        assert!(err.to_string().contains("IQ2_XXS"), "{err}");
+    }
+}
