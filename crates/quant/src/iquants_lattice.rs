@@ -23,17 +23,14 @@ use crate::lattice_codebooks::{
 };
 use gguf::GgmlType;
 
-/// One super-block decoded as 32 groups of 8 values: what the kernels, in scalar or
-/// SIMD form, and the dequantizer read.
+/// One super-block decoded as 32 groups of 8 values (`group`): what the scalar kernels
+/// and the dequantizer read.
 pub struct LatticeBlock {
     /// The block's f16 step, widened.
     pub step: f32,
-    /// Each group's 8 codebook coordinates as bytes, first in the low byte: magnitudes
-    /// for IQ2 and IQ3 (an IQ3 group is two points of 4), −1, 0 or 1 for IQ1.
+    /// Each group's `Group::point`, `signs` and `shift`.
     pub points: [u64; 32],
-    /// Bit j negates coordinate j of the group (always 0 for IQ1).
     pub signs: [u8; 32],
-    /// IQ1's shift of each group, ±1 eighth; 0 for the other types.
     pub shifts: [i8; 32],
     /// The odd integer scale of each 16 values.
     pub scales: [i16; 16],
@@ -51,13 +48,15 @@ impl Default for LatticeBlock {
     }
 }
 
+/// This module's types.
+pub const LATTICE_TYPES: [GgmlType; 7] = {
+    use GgmlType::*;
+    [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M]
+};
+
 /// Whether `ty` is one of this module's types.
 pub fn is_lattice(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M
-    )
+    LATTICE_TYPES.contains(&ty)
 }
 
 /// Sets the f16 step of a block of `ty` (IQ1_M keeps it in the top nibbles of its four
@@ -83,129 +82,143 @@ pub fn factor(ty: GgmlType) -> f32 {
     }
 }
 
+#[inline(always)]
 fn u16_at(b: &[u8], at: usize) -> u32 {
-    u16::from_le_bytes([b[at], b[at + 1]]) as u32
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("two bytes")) as u32
 }
 
+#[inline(always)]
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes"))
 }
 
+#[inline(always)]
 fn word8(point: &[i8; 8]) -> u64 {
     u64::from_le_bytes(point.map(|v| v as u8))
 }
 
 /// Two IQ3 points of 4 as one group of 8.
+#[inline(always)]
 fn word4x2(first: &[i8; 4], second: &[i8; 4]) -> u64 {
     let word = |p: &[i8; 4]| u32::from_le_bytes(p.map(|v| v as u8)) as u64;
     word(first) | (word(second) << 32)
 }
 
-/// Sets the scale of sub-block `s` (32 values) to 2·`code` + 1 for both its halves.
+/// Group g of a block (values 8g..8g+8): its codebook coordinates as bytes, first in
+/// the low byte (magnitudes for IQ2 and IQ3, whose IQ3 groups are two points of 4;
+/// −1, 0 or 1 for IQ1), the sign bits of IQ2 and IQ3 (bit j negates coordinate j), and
+/// IQ1's shift (±1 eighth; 0 for the other types).
+#[derive(Clone, Copy)]
+pub struct Group {
+    pub point: u64,
+    pub signs: u8,
+    pub shift: i8,
+}
+
+/// Group `g` of a block of `ty`.
 #[inline(always)]
-fn scale32(out: &mut LatticeBlock, s: usize, code: u32) {
-    out.scales[2 * s] = 2 * code as i16 + 1;
-    out.scales[2 * s + 1] = 2 * code as i16 + 1;
+pub fn group(ty: GgmlType, b: &[u8], g: usize) -> Group {
+    use GgmlType::*;
+    let (s, l) = (g / 4, g % 4);
+    let signed = |point: u64, signs: u8| Group {
+        point,
+        signs,
+        shift: 0,
+    };
+    let shifted = |point: &[i8; 8], negative: bool| Group {
+        point: word8(point),
+        signs: 0,
+        shift: if negative { -1 } else { 1 },
+    };
+    match ty {
+        IQ2_XXS => {
+            let meta = u32_at(b, 6 + 8 * s);
+            let point = word8(&IQ2XXS_GRID[b[2 + 8 * s + l] as usize]);
+            signed(point, even_signs(meta >> (7 * l)))
+        }
+        IQ2_XS => {
+            let q = u16_at(b, 2 + 2 * g);
+            signed(word8(&IQ2XS_GRID[(q & 511) as usize]), even_signs(q >> 9))
+        }
+        IQ2_S => {
+            let high = (b[66 + s] as usize) << (8 - 2 * l);
+            signed(
+                word8(&IQ2S_GRID[b[2 + g] as usize | (high & 0x300)]),
+                b[34 + g],
+            )
+        }
+        IQ3_XXS => {
+            let meta = u32_at(b, 66 + 4 * s);
+            let at = 2 + 8 * s + 2 * l;
+            let point = word4x2(
+                &IQ3XXS_GRID[b[at] as usize],
+                &IQ3XXS_GRID[b[at + 1] as usize],
+            );
+            signed(point, even_signs(meta >> (7 * l)))
+        }
+        IQ3_S => {
+            let (at, high) = (2 + 8 * s + 2 * l, b[66 + s] as usize);
+            let first = b[at] as usize | ((high << (8 - 2 * l)) & 256);
+            let second = b[at + 1] as usize | ((high << (7 - 2 * l)) & 256);
+            signed(word4x2(&IQ3S_GRID[first], &IQ3S_GRID[second]), b[74 + g])
+        }
+        IQ1_S => {
+            let high = u16_at(b, 34 + 2 * s) as usize;
+            let index = b[2 + g] as usize | (((high >> (3 * l)) & 7) << 8);
+            shifted(&IQ1S_GRID[index], high & 0x8000 != 0)
+        }
+        IQ1_M => {
+            let high = b[32 + 2 * s + l / 2] as usize >> (4 * (l % 2));
+            shifted(&IQ1S_GRID[b[g] as usize | ((high & 7) << 8)], high & 8 != 0)
+        }
+        _ => unreachable!("{ty} is not a lattice i-quant"),
+    }
+}
+
+/// The odd integer scale of values 16h..16h+16 of a block of `ty`.
+#[inline(always)]
+pub fn scale(ty: GgmlType, b: &[u8], h: usize) -> i16 {
+    use GgmlType::*;
+    let (s, half) = (h / 2, h % 2);
+    let code = match ty {
+        IQ2_XXS => u32_at(b, 6 + 8 * s) >> 28,
+        IQ2_XS => (b[66 + s] as u32 >> (4 * half)) & 15,
+        IQ2_S => (b[74 + s] as u32 >> (4 * half)) & 15,
+        IQ3_XXS => u32_at(b, 66 + 4 * s) >> 28,
+        IQ3_S => (b[106 + s / 2] as u32 >> (4 * (s % 2))) & 15,
+        IQ1_S => (u16_at(b, 34 + 2 * s) >> 12) & 7,
+        IQ1_M => (u16_at(b, 48 + 2 * (s / 2)) >> (6 * (s % 2) + 3 * half)) & 7,
+        _ => unreachable!("{ty} is not a lattice i-quant"),
+    };
+    2 * code as i16 + 1
+}
+
+/// The f16 step of a block of `ty`, widened (IQ1_M spreads it over the top nibbles of
+/// its four scale words).
+#[inline(always)]
+pub fn step(ty: GgmlType, b: &[u8]) -> f32 {
+    if ty != GgmlType::IQ1_M {
+        return f16_at(b, 0);
+    }
+    let sc: [u32; 4] = std::array::from_fn(|k| u16_at(b, 48 + 2 * k));
+    let bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0xf0) | ((sc[2] >> 4) & 0xf00) | (sc[3] & 0xf000);
+    crate::f16_bits_to_f32(bits as u16)
 }
 
 /// Decodes one block of `ty` (one of `is_lattice`'s types).
 #[inline(always)]
 pub fn decode(ty: GgmlType, b: &[u8], out: &mut LatticeBlock) {
-    use GgmlType::*;
-    match ty {
-        IQ2_XXS => {
-            out.step = f16_at(b, 0);
-            for s in 0..8 {
-                let meta = u32_at(b, 6 + 8 * s);
-                scale32(out, s, meta >> 28);
-                for l in 0..4 {
-                    out.points[4 * s + l] = word8(&IQ2XXS_GRID[b[2 + 8 * s + l] as usize]);
-                    out.signs[4 * s + l] = even_signs(meta >> (7 * l));
-                }
-            }
-        }
-        IQ2_XS | IQ2_S => {
-            out.step = f16_at(b, 0);
-            for s in 0..8 {
-                let scales = b[if ty == IQ2_XS { 66 } else { 74 } + s] as i16;
-                out.scales[2 * s] = 2 * (scales & 15) + 1;
-                out.scales[2 * s + 1] = 2 * (scales >> 4) + 1;
-                for l in 0..4 {
-                    let g = 4 * s + l;
-                    if ty == IQ2_XS {
-                        let q = u16_at(b, 2 + 2 * g);
-                        out.points[g] = word8(&IQ2XS_GRID[(q & 511) as usize]);
-                        out.signs[g] = even_signs(q >> 9);
-                    } else {
-                        let high = (b[66 + s] as usize) << (8 - 2 * l);
-                        out.points[g] = word8(&IQ2S_GRID[b[2 + g] as usize | (high & 0x300)]);
-                        out.signs[g] = b[34 + g];
-                    }
-                }
-            }
-        }
-        IQ3_XXS => {
-            out.step = f16_at(b, 0);
-            for s in 0..8 {
-                let meta = u32_at(b, 66 + 4 * s);
-                scale32(out, s, meta >> 28);
-                for l in 0..4 {
-                    let at = 2 + 8 * s + 2 * l;
-                    let points = (
-                        &IQ3XXS_GRID[b[at] as usize],
-                        &IQ3XXS_GRID[b[at + 1] as usize],
-                    );
-                    out.points[4 * s + l] = word4x2(points.0, points.1);
-                    out.signs[4 * s + l] = even_signs(meta >> (7 * l));
-                }
-            }
-        }
-        IQ3_S => {
-            out.step = f16_at(b, 0);
-            for s in 0..8 {
-                scale32(out, s, ((b[106 + s / 2] >> (4 * (s % 2))) & 15) as u32);
-                let high = b[66 + s] as usize;
-                for l in 0..4 {
-                    let at = 2 + 8 * s + 2 * l;
-                    let first = b[at] as usize | ((high << (8 - 2 * l)) & 256);
-                    let second = b[at + 1] as usize | ((high << (7 - 2 * l)) & 256);
-                    out.points[4 * s + l] = word4x2(&IQ3S_GRID[first], &IQ3S_GRID[second]);
-                    out.signs[4 * s + l] = b[74 + 4 * s + l];
-                }
-            }
-        }
-        IQ1_S => {
-            out.step = f16_at(b, 0);
-            for s in 0..8 {
-                let high = u16_at(b, 34 + 2 * s);
-                scale32(out, s, (high >> 12) & 7);
-                let shift = if high & 0x8000 != 0 { -1 } else { 1 };
-                for l in 0..4 {
-                    let index =
-                        b[2 + 4 * s + l] as usize | ((((high >> (3 * l)) & 7) as usize) << 8);
-                    out.points[4 * s + l] = word8(&IQ1S_GRID[index]);
-                    out.shifts[4 * s + l] = shift;
-                }
-            }
-        }
-        IQ1_M => {
-            let sc: [u32; 4] = std::array::from_fn(|k| u16_at(b, 48 + 2 * k));
-            let step_bits =
-                (sc[0] >> 12) | ((sc[1] >> 8) & 0xf0) | ((sc[2] >> 4) & 0xf00) | (sc[3] & 0xf000);
-            out.step = crate::f16_bits_to_f32(step_bits as u16);
-            for s in 0..8 {
-                let bits = sc[s / 2] >> (6 * (s % 2));
-                out.scales[2 * s] = 2 * (bits & 7) as i16 + 1;
-                out.scales[2 * s + 1] = 2 * ((bits >> 3) & 7) as i16 + 1;
-                for l in 0..4 {
-                    let high = b[32 + 2 * s + l / 2] as usize >> (4 * (l % 2));
-                    let index = b[4 * s + l] as usize | ((high & 7) << 8);
-                    out.points[4 * s + l] = word8(&IQ1S_GRID[index]);
-                    out.shifts[4 * s + l] = if high & 8 != 0 { -1 } else { 1 };
-                }
-            }
-        }
-        _ => unreachable!("{ty} is not a lattice i-quant"),
+    out.step = step(ty, b);
+    for g in 0..32 {
+        let Group {
+            point,
+            signs,
+            shift,
+        } = group(ty, b, g);
+        (out.points[g], out.signs[g], out.shifts[g]) = (point, signs, shift);
+    }
+    for h in 0..16 {
+        out.scales[h] = scale(ty, b, h);
     }
 }
 
@@ -350,11 +363,6 @@ mod tests {
     use crate::{dequantize, matmul_many_with, quantize, Isa, QMatrix, TokenOrder};
     use rand::{Rng, SeedableRng};
 
-    const TYPES: [GgmlType; 7] = {
-        use GgmlType::*;
-        [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M]
-    };
-
     /// Random blocks of `ty`: any bytes are a block once its f16 step is finite.
     fn random_blocks(ty: GgmlType, blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
         let mut w: Vec<u8> = (0..blocks * ty.type_size()).map(|_| rng.gen()).collect();
@@ -364,13 +372,14 @@ mod tests {
         w
     }
 
-    /// Both orders, on every ISA, for odd row counts and 1–15 tokens, against the f64 dot
-    /// of the dequantized weights and activations: what the integer sums must give up to
-    /// the rounding of the float steps.
+    /// Both orders, for odd row counts and 1–15 tokens: the scalar twin against the f64 dot
+    /// of the dequantized weights and activations (what the integer sums must give up to
+    /// the rounding of the float steps), and every SIMD ISA against the scalar twin, bit
+    /// for bit.
     #[test]
     fn every_order_and_isa_equals_the_dot_of_dequantized_values() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for ty in TYPES {
+        for ty in LATTICE_TYPES {
             for (rows, blocks) in [(1, 1), (7, 2), (19, 3)] {
                 let cols = 256 * blocks;
                 let w = random_blocks(ty, rows * blocks, &mut rng);
@@ -392,31 +401,33 @@ mod tests {
                             _ => TokenOrder::OneToken,
                         })
                         .collect();
-                    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                    let mut scalar = vec![0.0; n * rows];
+                    matmul_many_with(Isa::Scalar, &[m], &x, &mut [&mut scalar], &orders);
+                    for t in 0..n {
+                        for r in 0..rows {
+                            let (wr, xr) = (&wf[r * cols..][..cols], &xq[t * cols..][..cols]);
+                            let products = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64);
+                            let want: f64 = products.clone().sum();
+                            let size: f64 = products.map(f64::abs).sum();
+                            let got = scalar[t * rows + r] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * size + 1e-6,
+                                "{ty} row {r} token {t} ({:?}): {got} vs {want}",
+                                orders[t]
+                            );
+                        }
+                    }
+                    for isa in [Isa::Avx2, Isa::Avx512] {
                         if !isa.is_available() {
                             continue;
                         }
                         let mut got = vec![0.0; n * rows];
                         matmul_many_with(isa, &[m], &x, &mut [&mut got], &orders);
-                        for t in 0..n {
-                            for r in 0..rows {
-                                let (wr, xr) = (&wf[r * cols..][..cols], &xq[t * cols..][..cols]);
-                                let want: f64 =
-                                    wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                                let size: f64 = wr
-                                    .iter()
-                                    .zip(xr)
-                                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                                    .sum();
-                                let got = got[t * rows + r] as f64;
-                                assert!(
-                                    (got - want).abs() <= 1e-5 * size + 1e-6,
-                                    "{ty} {} row {r} token {t} ({:?}): {got} vs {want}",
-                                    isa.name(),
-                                    orders[t]
-                                );
-                            }
-                        }
+                        let same = got
+                            .iter()
+                            .zip(&scalar)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{ty} {} rows {rows} tokens {n}", isa.name());
                     }
                 }
             }

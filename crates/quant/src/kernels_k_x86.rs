@@ -13,9 +13,9 @@ use core::arch::x86_64::*;
 
 /// A block's 256 codes as eight registers of 32 (values 32c..32c+32 in register c) and,
 /// for each, the i16 scale of every byte pair.
-struct Unpacked {
-    codes: [__m256i; 8],
-    scales: [__m256i; 8],
+pub(crate) struct Unpacked {
+    pub(crate) codes: [__m256i; 8],
+    pub(crate) scales: [__m256i; 8],
 }
 
 /// How far ahead of the block being multiplied a kernel asks for the weights.
@@ -26,7 +26,7 @@ const PREFETCH_DISTANCE: usize = 16384;
 /// time. A burst of several rows' lines at once (as `matmul` prefetches for the other
 /// kernels) stalled on the fill buffers: a Q6_K file decoded 1.6× slower with it.
 #[inline(always)]
-fn prefetch_block(block: &[u8]) {
+pub(crate) fn prefetch_block(block: &[u8]) {
     let ahead = block.as_ptr().wrapping_add(PREFETCH_DISTANCE);
     for line in 0..block.len().div_ceil(64) {
         // SAFETY: prefetching has no effect but on the caches, whatever the address.
@@ -56,7 +56,11 @@ macro_rules! x86_k_kernels {
             /// codes themselves, whose signs move onto the activations.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn signed_lanes(u: &Unpacked, signs: &[__m256i; 8], x: &[u8]) -> __m256i {
+            pub(crate) unsafe fn signed_lanes(
+                u: &Unpacked,
+                signs: &[__m256i; 8],
+                x: &[u8],
+            ) -> __m256i {
                 let mut acc = _mm256_setzero_si256();
                 for c in 0..8 {
                     let x = _mm256_sign_epi8(load(&x[4 + 32 * c..]), signs[c]);
@@ -84,13 +88,13 @@ macro_rules! x86_k_kernels {
             /// One token's sums for the types whose order follows the token's role
             /// (`kernels_k::dot_by_order`): eight float lanes (`LaneSums`) for a
             /// decoding token, `TiledSums` for a prompt's.
-            struct OrderedSums {
+            pub(crate) struct OrderedSums {
                 lanes: __m256,
                 tiled: TiledSums,
             }
 
             impl OrderedSums {
-                fn new() -> Self {
+                pub(crate) fn new() -> Self {
                     // SAFETY: only built inside kernels with these target features.
                     let lanes = unsafe { _mm256_setzero_ps() };
                     OrderedSums {
@@ -102,7 +106,13 @@ macro_rules! x86_k_kernels {
                 /// Adds a block's eight integer lanes, scaled by `d_w` and `d_a`.
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn add_block(&mut self, batched: bool, lanes: __m256i, d_w: f32, d_a: f32) {
+                pub(crate) unsafe fn add_block(
+                    &mut self,
+                    batched: bool,
+                    lanes: __m256i,
+                    d_w: f32,
+                    d_a: f32,
+                ) {
                     if batched {
                         self.tiled.add_block(d_w, lane_total(lanes), 0.0, 0, d_a);
                     } else {
@@ -113,7 +123,7 @@ macro_rules! x86_k_kernels {
 
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn total(self, batched: bool) -> f32 {
+                pub(crate) unsafe fn total(self, batched: bool) -> f32 {
                     match batched {
                         true => self.tiled.acc,
                         false => total(self.lanes, 0.0),
@@ -145,7 +155,7 @@ macro_rules! x86_k_kernels {
             /// element `first(c)` for its first 16 bytes, `second(c)` for the last 16.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn spread(
+            pub(crate) unsafe fn spread(
                 s: __m256i,
                 first: impl Fn(usize) -> usize,
                 second: impl Fn(usize) -> usize,

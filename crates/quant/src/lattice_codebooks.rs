@@ -57,9 +57,18 @@ const fn expand<const N: usize, const W: usize, const WORDS: usize>(
 /// j, and the eighth sign is whatever makes the count of negated values even.
 #[inline(always)]
 pub fn even_signs(bits: u32) -> u8 {
-    let bits = (bits & 127) as u8;
-    bits | (((bits.count_ones() & 1) as u8) << 7)
+    EVEN_SIGNS[(bits & 127) as usize]
 }
+
+static EVEN_SIGNS: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut bits = 0;
+    while bits < 128 {
+        table[bits] = bits as u8 | (((bits as u8).count_ones() as u8 & 1) << 7);
+        bits += 1;
+    }
+    table
+};
 
 const IQ2XXS_POINTS: [u64; 103] = [
     0x4141441055141555,

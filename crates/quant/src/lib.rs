@@ -26,6 +26,8 @@ mod kernels_k;
 #[cfg(target_arch = "x86_64")]
 mod kernels_k_x86;
 #[cfg(target_arch = "x86_64")]
+mod kernels_lattice_x86;
+#[cfg(target_arch = "x86_64")]
 mod kernels_packed;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_avx2;

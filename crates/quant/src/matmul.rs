@@ -496,6 +496,24 @@ macro_rules! x86_tile {
             simd_k_kernel!(Q6K, dot_q6_k_q8_k, Q6KQ8K);
             simd_k_kernel!(IQ4XS, dot_iq4_xs_q8_k, IQ4XSQ8K);
 
+            /// The codebook i-quants, all types in one kernel.
+            pub struct Lattice;
+            impl Kernel for Lattice {
+                const PREFETCHES: bool = true;
+
+                #[inline(always)]
+                fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                    // `tile` only calls `dotn`; the scalar twin gives the same bits.
+                    LatticeQ8K::dot(ty, w, a)
+                }
+
+                #[inline(always)]
+                fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                    // SAFETY: as above.
+                    unsafe { crate::kernels_lattice_x86::$module::dot_lattice_q8_k::<N>(ty, w, g) }
+                }
+            }
+
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
                 match w.ty {
@@ -512,7 +530,7 @@ macro_rules! x86_tile {
                     GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
                     GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
                     GgmlType::F16 => f16_tile::<$avx512>(w, x, r0, out),
-                    ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, r0, out),
+                    ty if is_lattice(ty) => tile::<Lattice>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }

@@ -1,0 +1,181 @@
+//! x86 SIMD twins of the codebook i-quant kernels (`iquants_lattice::dot_lattice_q8_k`):
+//! each block decoded once through the format's accessors (`group`, `scale`, `step`), its
+//! 32 groups of coordinates and sign bytes gathered into eight registers each, then multiplied with every token's Q8_K
+//! block as the K-quant kernels do (`maddubs` of the magnitudes with the activations
+//! signed by the weights). The integer sums are exact and the float steps are the scalar
+//! twin's, so the results are bit-identical to it.
+
+use crate::iquants_lattice::{factor, group, scale, step, Group, LATTICE_TYPES};
+use crate::kernels::TokenGroup;
+use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_k_x86::{prefetch_block, Unpacked};
+use core::arch::x86_64::*;
+use gguf::GgmlType;
+
+/// One in every byte: IQ1's coordinate magnitudes are its coordinates' low bits.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// For each sign byte, the word whose byte j is −1 where bit j is set, else 1: what
+/// `_mm256_sign_epi8` needs to negate an activation or keep it.
+static SIGN_WORDS: [u64; 256] = {
+    let mut words = [0u64; 256];
+    let mut bits = 0;
+    while bits < 256 {
+        let mut j = 0;
+        while j < 8 {
+            let byte: u64 = if (bits >> j) & 1 == 1 { 0xff } else { 0x01 };
+            words[bits] |= byte << (8 * j);
+            j += 1;
+        }
+        bits += 1;
+    }
+    words
+};
+
+/// Which words `words_of` gives for a group.
+#[derive(Clone, Copy)]
+enum Words {
+    /// The magnitudes of its coordinates, and the sign of each.
+    Values,
+    /// Nothing, and its shift's sign in every byte (IQ1).
+    Shifts,
+}
+
+/// Group `k`'s `words` as `_mm256_sign_epi8` and `_mm256_maddubs_epi16` read them.
+#[inline(always)]
+fn words_of(ty: GgmlType, wb: &[u8], k: usize, words: Words) -> (u64, u64) {
+    let Group {
+        point,
+        signs,
+        shift,
+    } = group(ty, wb, k);
+    let iq1 = matches!(ty, GgmlType::IQ1_S | GgmlType::IQ1_M);
+    match (words, iq1) {
+        (Words::Values, true) => (point & ONES, point),
+        (Words::Values, false) => (point, SIGN_WORDS[signs as usize]),
+        (Words::Shifts, _) if shift < 0 => (0, u64::MAX),
+        (Words::Shifts, _) => (0, ONES),
+    }
+}
+
+macro_rules! x86_lattice_kernels {
+    ($module:ident, $features:literal) => {
+        pub mod $module {
+            use super::*;
+            use crate::kernels_k_x86::$module::{signed_lanes, spread, OrderedSums};
+            use crate::kernels_x86::$module::{lane_total, lane_tree};
+
+            /// A block's codes and signs (`Words`) as eight registers each.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn registers(ty: GgmlType, wb: &[u8], words: Words) -> [[__m256i; 8]; 2] {
+                let mut out = [[_mm256_setzero_si256(); 8]; 2];
+                for c in 0..8 {
+                    let w0 = words_of(ty, wb, 4 * c, words);
+                    let w1 = words_of(ty, wb, 4 * c + 1, words);
+                    let w2 = words_of(ty, wb, 4 * c + 2, words);
+                    let w3 = words_of(ty, wb, 4 * c + 3, words);
+                    let set = |a: u64, b: u64, c: u64, d: u64| {
+                        _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
+                    };
+                    out[0][c] = set(w0.0, w1.0, w2.0, w3.0);
+                    out[1][c] = set(w0.1, w1.1, w2.1, w3.1);
+                }
+                out
+            }
+
+            /// One kernel per type, so that each decodes without asking which it is.
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_lattice_q8_k<const N: usize>(
+                ty: GgmlType,
+                w: &[u8],
+                g: &TokenGroup<N>,
+            ) -> [f32; N] {
+                use GgmlType::*;
+                match ty {
+                    IQ2_XXS => dot::<0, N>(w, g),
+                    IQ2_XS => dot::<1, N>(w, g),
+                    IQ2_S => dot::<2, N>(w, g),
+                    IQ3_XXS => dot::<3, N>(w, g),
+                    IQ3_S => dot::<4, N>(w, g),
+                    IQ1_S => dot::<5, N>(w, g),
+                    _ => dot::<6, N>(w, g),
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot<const KIND: usize, const N: usize>(
+                w: &[u8],
+                g: &TokenGroup<N>,
+            ) -> [f32; N] {
+                let ty = LATTICE_TYPES[KIND];
+                let iq1 = matches!(ty, GgmlType::IQ1_S | GgmlType::IQ1_M);
+                let factor = factor(ty);
+                let mut sums: [OrderedSums; N] = std::array::from_fn(|_| OrderedSums::new());
+                // IQ1's shifts for decoding tokens: eight lanes (IQ1_M) or one sum (IQ1_S).
+                let mut shift_lanes = [_mm256_setzero_ps(); N];
+                let mut shift_sums = [0.0f32; N];
+                let ones = _mm256_set1_epi8(1);
+                for (b, wb) in w.chunks_exact(ty.type_size()).enumerate() {
+                    prefetch_block(wb);
+                    let step = step(ty, wb);
+                    let scales: [i16; 16] = std::array::from_fn(|h| scale(ty, wb, h));
+                    let scales = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
+                    let scales = spread(scales, |c| 2 * c, |c| 2 * c + 1);
+                    let [codes, signs] = registers(ty, wb, Words::Values);
+                    let u = Unpacked { codes, scales };
+                    let shifts = iq1.then(|| {
+                        let shifts = Unpacked {
+                            codes: [ones; 8],
+                            scales,
+                        };
+                        (shifts, registers(ty, wb, Words::Shifts)[1])
+                    });
+                    for n in 0..N {
+                        let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+                        let d_a = q8k_d(x);
+                        let lanes = signed_lanes(&u, &signs, x);
+                        let Some((shifts, shift_signs)) = &shifts else {
+                            let d_w = if g.batched { step * factor } else { step };
+                            sums[n].add_block(g.batched, lanes, d_w, d_a);
+                            continue;
+                        };
+                        let shift = signed_lanes(shifts, shift_signs, x);
+                        if g.batched {
+                            // The tiled kernels' codes are 8 · coordinate + shift.
+                            let codes = _mm256_add_epi32(_mm256_slli_epi32::<3>(lanes), shift);
+                            sums[n].add_block(true, codes, step * factor, d_a);
+                            continue;
+                        }
+                        sums[n].add_block(false, lanes, step, d_a);
+                        if ty == GgmlType::IQ1_M {
+                            let (d, shift) =
+                                (_mm256_set1_ps(d_a * step), _mm256_cvtepi32_ps(shift));
+                            shift_lanes[n] = _mm256_fmadd_ps(d, shift, shift_lanes[n]);
+                        } else {
+                            let sum = lane_total(shift) as f32;
+                            shift_sums[n] = (d_a * step).mul_add(sum, shift_sums[n]);
+                        }
+                    }
+                }
+                std::array::from_fn(|n| {
+                    let (shift_lanes, shift_sum) = (shift_lanes[n], shift_sums[n]);
+                    let sums = std::mem::replace(&mut sums[n], OrderedSums::new());
+                    match (g.batched, ty) {
+                        (true, _) => sums.total(true),
+                        (false, GgmlType::IQ1_M) => {
+                            sums.total(false) + 0.125 * lane_tree(shift_lanes)
+                        }
+                        (false, GgmlType::IQ1_S) => sums.total(false) + 0.125 * shift_sum,
+                        (false, _) => factor * sums.total(false),
+                    }
+                })
+            }
+        }
+    };
+}
+
+x86_lattice_kernels!(avx2, "avx2,fma,f16c");
+x86_lattice_kernels!(avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
