@@ -32,29 +32,19 @@ static SIGN_WORDS: [u64; 256] = {
     words
 };
 
-/// Which words `words_of` gives for a group.
-#[derive(Clone, Copy)]
-enum Words {
-    /// The magnitudes of its coordinates, and the sign of each.
-    Values,
-    /// Nothing, and its shift's sign in every byte (IQ1).
-    Shifts,
-}
-
-/// Group `k`'s `words` as `_mm256_sign_epi8` and `_mm256_maddubs_epi16` read them.
+/// Group `k`'s words as `_mm256_maddubs_epi16` and `_mm256_sign_epi8` read them: the
+/// magnitudes of its coordinates, their signs, and (IQ1) its shift's sign in every byte.
 #[inline(always)]
-fn words_of(ty: GgmlType, wb: &[u8], k: usize, words: Words) -> (u64, u64) {
+fn words_of(ty: GgmlType, wb: &[u8], k: usize) -> [u64; 3] {
     let Group {
         point,
         signs,
         shift,
     } = group(ty, wb, k);
-    let iq1 = matches!(ty, GgmlType::IQ1_S | GgmlType::IQ1_M);
-    match (words, iq1) {
-        (Words::Values, true) => (point & ONES, point),
-        (Words::Values, false) => (point, SIGN_WORDS[signs as usize]),
-        (Words::Shifts, _) if shift < 0 => (0, u64::MAX),
-        (Words::Shifts, _) => (0, ONES),
+    let shift = if shift < 0 { u64::MAX } else { ONES };
+    match ty {
+        GgmlType::IQ1_S | GgmlType::IQ1_M => [point & ONES, point, shift],
+        _ => [point, SIGN_WORDS[signs as usize], shift],
     }
 }
 
@@ -65,26 +55,27 @@ macro_rules! x86_lattice_kernels {
             use crate::kernels_k_x86::$module::{signed_lanes, spread, OrderedSums};
             use crate::kernels_x86::$module::{lane_total, lane_tree};
 
-            /// A block's codes and signs (`Words`) as eight registers each.
+            /// A block's `words_of` as eight registers each.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn registers(ty: GgmlType, wb: &[u8], words: Words) -> [[__m256i; 8]; 2] {
-                let mut out = [[_mm256_setzero_si256(); 8]; 2];
+            unsafe fn registers<const KIND: usize>(wb: &[u8]) -> [[__m256i; 8]; 3] {
+                let ty = LATTICE_TYPES[KIND];
+                let mut out = [[_mm256_setzero_si256(); 8]; 3];
                 for c in 0..8 {
-                    let w0 = words_of(ty, wb, 4 * c, words);
-                    let w1 = words_of(ty, wb, 4 * c + 1, words);
-                    let w2 = words_of(ty, wb, 4 * c + 2, words);
-                    let w3 = words_of(ty, wb, 4 * c + 3, words);
-                    let set = |a: u64, b: u64, c: u64, d: u64| {
-                        _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
-                    };
-                    out[0][c] = set(w0.0, w1.0, w2.0, w3.0);
-                    out[1][c] = set(w0.1, w1.1, w2.1, w3.1);
+                    let w0 = words_of(ty, wb, 4 * c);
+                    let w1 = words_of(ty, wb, 4 * c + 1);
+                    let w2 = words_of(ty, wb, 4 * c + 2);
+                    let w3 = words_of(ty, wb, 4 * c + 3);
+                    for (i, out) in out.iter_mut().enumerate() {
+                        let (a, b, c2, d) = (w0[i], w1[i], w2[i], w3[i]);
+                        out[c] = _mm256_set_epi64x(d as i64, c2 as i64, b as i64, a as i64);
+                    }
                 }
                 out
             }
 
-            /// One kernel per type, so that each decodes without asking which it is.
+            /// One kernel per type and order, so that each decodes without asking which
+            /// type it is and adds without asking which order.
             #[inline]
             #[target_feature(enable = $features)]
             pub unsafe fn dot_lattice_q8_k<const N: usize>(
@@ -93,20 +84,27 @@ macro_rules! x86_lattice_kernels {
                 g: &TokenGroup<N>,
             ) -> [f32; N] {
                 use GgmlType::*;
-                match ty {
-                    IQ2_XXS => dot::<0, N>(w, g),
-                    IQ2_XS => dot::<1, N>(w, g),
-                    IQ2_S => dot::<2, N>(w, g),
-                    IQ3_XXS => dot::<3, N>(w, g),
-                    IQ3_S => dot::<4, N>(w, g),
-                    IQ1_S => dot::<5, N>(w, g),
-                    _ => dot::<6, N>(w, g),
+                match (ty, g.batched) {
+                    (IQ2_XXS, false) => dot::<0, N, false>(w, g),
+                    (IQ2_XS, false) => dot::<1, N, false>(w, g),
+                    (IQ2_S, false) => dot::<2, N, false>(w, g),
+                    (IQ3_XXS, false) => dot::<3, N, false>(w, g),
+                    (IQ3_S, false) => dot::<4, N, false>(w, g),
+                    (IQ1_S, false) => dot::<5, N, false>(w, g),
+                    (_, false) => dot::<6, N, false>(w, g),
+                    (IQ2_XXS, true) => dot::<0, N, true>(w, g),
+                    (IQ2_XS, true) => dot::<1, N, true>(w, g),
+                    (IQ2_S, true) => dot::<2, N, true>(w, g),
+                    (IQ3_XXS, true) => dot::<3, N, true>(w, g),
+                    (IQ3_S, true) => dot::<4, N, true>(w, g),
+                    (IQ1_S, true) => dot::<5, N, true>(w, g),
+                    (_, true) => dot::<6, N, true>(w, g),
                 }
             }
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn dot<const KIND: usize, const N: usize>(
+            unsafe fn dot<const KIND: usize, const N: usize, const BATCHED: bool>(
                 w: &[u8],
                 g: &TokenGroup<N>,
             ) -> [f32; N] {
@@ -124,26 +122,24 @@ macro_rules! x86_lattice_kernels {
                     let scales: [i16; 16] = std::array::from_fn(|h| scale(ty, wb, h));
                     let scales = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
                     let scales = spread(scales, |c| 2 * c, |c| 2 * c + 1);
-                    let [codes, signs] = registers(ty, wb, Words::Values);
+                    let [codes, signs, shift_signs] = registers::<KIND>(wb);
                     let u = Unpacked { codes, scales };
-                    let shifts = iq1.then(|| {
-                        let shifts = Unpacked {
-                            codes: [ones; 8],
-                            scales,
-                        };
-                        (shifts, registers(ty, wb, Words::Shifts)[1])
-                    });
+                    let shift_codes = Unpacked {
+                        codes: [ones; 8],
+                        scales,
+                    };
+                    let shifts = iq1.then_some((shift_codes, shift_signs));
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
                         let d_a = q8k_d(x);
                         let lanes = signed_lanes(&u, &signs, x);
                         let Some((shifts, shift_signs)) = &shifts else {
-                            let d_w = if g.batched { step * factor } else { step };
-                            sums[n].add_block(g.batched, lanes, d_w, d_a);
+                            let d_w = if BATCHED { step * factor } else { step };
+                            sums[n].add_block(BATCHED, lanes, d_w, d_a);
                             continue;
                         };
                         let shift = signed_lanes(shifts, shift_signs, x);
-                        if g.batched {
+                        if BATCHED {
                             // The tiled kernels' codes are 8 · coordinate + shift.
                             let codes = _mm256_add_epi32(_mm256_slli_epi32::<3>(lanes), shift);
                             sums[n].add_block(true, codes, step * factor, d_a);
@@ -163,7 +159,7 @@ macro_rules! x86_lattice_kernels {
                 std::array::from_fn(|n| {
                     let (shift_lanes, shift_sum) = (shift_lanes[n], shift_sums[n]);
                     let sums = std::mem::replace(&mut sums[n], OrderedSums::new());
-                    match (g.batched, ty) {
+                    match (BATCHED, ty) {
                         (true, _) => sums.total(true),
                         (false, GgmlType::IQ1_M) => {
                             sums.total(false) + 0.125 * lane_tree(shift_lanes)

@@ -18,20 +18,21 @@ const IQ3S_LEVELS: [i8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
 /// Coordinates of the IQ1 lattice (ternary, signed).
 const IQ1_LEVELS: [i8; 3] = [-1, 0, 1];
 
-pub static IQ2XXS_GRID: [[i8; 8]; 256] = expand(&IQ2XXS_POINTS, &IQ2_LEVELS);
-pub static IQ2XS_GRID: [[i8; 8]; 512] = expand(&IQ2XS_POINTS, &IQ2_LEVELS);
-pub static IQ2S_GRID: [[i8; 8]; 1024] = expand(&IQ2S_POINTS, &IQ2_LEVELS);
-pub static IQ3XXS_GRID: [[i8; 4]; 256] = expand(&IQ3XXS_POINTS, &IQ3XXS_LEVELS);
-pub static IQ3S_GRID: [[i8; 4]; 512] = expand(&IQ3S_POINTS, &IQ3S_LEVELS);
-pub static IQ1S_GRID: [[i8; 8]; 2048] = expand(&IQ1S_POINTS, &IQ1_LEVELS);
+pub static IQ2XXS_GRID: [u64; 256] = expand::<256, 8, _>(&IQ2XXS_POINTS, &IQ2_LEVELS);
+pub static IQ2XS_GRID: [u64; 512] = expand::<512, 8, _>(&IQ2XS_POINTS, &IQ2_LEVELS);
+pub static IQ2S_GRID: [u64; 1024] = expand::<1024, 8, _>(&IQ2S_POINTS, &IQ2_LEVELS);
+pub static IQ3XXS_GRID: [u64; 256] = expand::<256, 4, _>(&IQ3XXS_POINTS, &IQ3XXS_LEVELS);
+pub static IQ3S_GRID: [u64; 512] = expand::<512, 4, _>(&IQ3S_POINTS, &IQ3S_LEVELS);
+pub static IQ1S_GRID: [u64; 2048] = expand::<2048, 8, _>(&IQ1S_POINTS, &IQ1_LEVELS);
 
-/// The codebook of `N` points marked in `points`, each `W` coordinates from `levels`.
+/// The codebook of `N` points marked in `points`, each `W` coordinates from `levels`,
+/// as words whose byte j is coordinate j (W ≤ 8).
 const fn expand<const N: usize, const W: usize, const WORDS: usize>(
     points: &[u64; WORDS],
     levels: &[i8],
-) -> [[i8; W]; N] {
+) -> [u64; N] {
     let base = levels.len();
-    let mut out = [[0i8; W]; N];
+    let mut out = [0u64; N];
     let mut n = 0;
     let mut code = 0;
     while code < WORDS * 64 {
@@ -40,7 +41,7 @@ const fn expand<const N: usize, const W: usize, const WORDS: usize>(
             let mut digits = code;
             let mut i = 0;
             while i < W {
-                out[n][i] = levels[digits % base];
+                out[n] |= (levels[digits % base] as u8 as u64) << (8 * i);
                 digits /= base;
                 i += 1;
             }
@@ -629,20 +630,22 @@ mod tests {
 
     #[test]
     fn codebooks_hold_distinct_points_in_increasing_order() {
-        fn increasing<const W: usize>(grid: &[[i8; W]], levels: &[i8]) {
-            let code = |p: &[i8; W]| {
-                p.iter().rev().fold(0usize, |c, v| {
-                    c * levels.len() + levels.iter().position(|l| l == v).unwrap()
+        fn increasing(grid: &[u64], width: usize, levels: &[i8]) {
+            let code = |p: u64| {
+                (0..width).rev().fold(0usize, |c, j| {
+                    let v = (p >> (8 * j)) as u8 as i8;
+                    c * levels.len() + levels.iter().position(|&l| l == v).unwrap()
                 })
             };
-            assert!(grid.windows(2).all(|w| code(&w[0]) < code(&w[1])));
+            assert!(grid.windows(2).all(|w| code(w[0]) < code(w[1])));
+            assert!(grid.iter().all(|p| width == 8 || p >> 32 == 0));
         }
-        increasing(&IQ2XXS_GRID, &IQ2_LEVELS);
-        increasing(&IQ2XS_GRID, &IQ2_LEVELS);
-        increasing(&IQ2S_GRID, &IQ2_LEVELS);
-        increasing(&IQ3XXS_GRID, &IQ3XXS_LEVELS);
-        increasing(&IQ3S_GRID, &IQ3S_LEVELS);
-        increasing(&IQ1S_GRID, &IQ1_LEVELS);
+        increasing(&IQ2XXS_GRID, 8, &IQ2_LEVELS);
+        increasing(&IQ2XS_GRID, 8, &IQ2_LEVELS);
+        increasing(&IQ2S_GRID, 8, &IQ2_LEVELS);
+        increasing(&IQ3XXS_GRID, 4, &IQ3XXS_LEVELS);
+        increasing(&IQ3S_GRID, 4, &IQ3S_LEVELS);
+        increasing(&IQ1S_GRID, 8, &IQ1_LEVELS);
     }
 
     #[test]
