@@ -114,11 +114,17 @@ macro_rules! x86_k_kernels {
                     d_a: f32,
                 ) {
                     if batched {
-                        self.tiled.add_block(d_w, lane_total(lanes), 0.0, 0, d_a);
+                        self.add_tiled(lane_total(lanes), d_w, d_a);
                     } else {
                         let l = _mm256_cvtepi32_ps(lanes);
                         self.lanes = _mm256_fmadd_ps(_mm256_set1_ps(d_a * d_w), l, self.lanes);
                     }
+                }
+
+                /// Adds a block's exact integer Σ scale·q·a in the tiled order.
+                #[inline(always)]
+                pub(crate) fn add_tiled(&mut self, sum: i32, d_w: f32, d_a: f32) {
+                    self.tiled.add_block(d_w, sum, 0.0, 0, d_a);
                 }
 
                 #[inline]

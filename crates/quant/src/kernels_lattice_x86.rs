@@ -48,8 +48,65 @@ fn words_of(ty: GgmlType, wb: &[u8], k: usize) -> [u64; 3] {
     }
 }
 
+/// The tiled order's exact integer Σ scale·code·x of one block for N tokens, with
+/// AVX-512 VNNI: `codes` (signed, as the tiled kernels read them) are biased by 128 to
+/// unsigned bytes for `vpdpbusd`, four products per i32 lane, each lane scaled by its
+/// 16 values' scale; the bias comes off as 128 · Σ scale · (Q8_K's sums of 16).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tiled_sums_avx512<const N: usize>(
+    codes: &[__m256i; 8],
+    scales: __m256i,
+    rows: &[&[u8]; N],
+    b: usize,
+) -> [i32; N] {
+    let bias = _mm256_set1_epi8(-128);
+    let scales32 = _mm512_cvtepi16_epi32(scales);
+    let mut biased = [_mm512_setzero_si512(); 4];
+    let mut lane_scales = [_mm512_setzero_si512(); 4];
+    for r in 0..4 {
+        let low = _mm256_xor_si256(codes[2 * r], bias);
+        let high = _mm256_xor_si256(codes[2 * r + 1], bias);
+        biased[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+        // Lane j of register r holds values 64r + 4j..+4, of scale 4r + j/4.
+        let h = 4 * r as i32;
+        let pick = _mm512_setr_epi32(
+            h,
+            h,
+            h,
+            h,
+            h + 1,
+            h + 1,
+            h + 1,
+            h + 1,
+            h + 2,
+            h + 2,
+            h + 2,
+            h + 2,
+            h + 3,
+            h + 3,
+            h + 3,
+            h + 3,
+        );
+        lane_scales[r] = _mm512_permutexvar_epi32(pick, scales32);
+    }
+    let mut out = [0i32; N];
+    for n in 0..N {
+        let x = &rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
+        let mut acc = _mm512_setzero_si512();
+        for r in 0..4 {
+            let xs = _mm512_loadu_si512(x[4 + 64 * r..].as_ptr() as *const __m512i);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), biased[r], xs);
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(p, lane_scales[r]));
+        }
+        let bsums = _mm256_loadu_si256(x[260..].as_ptr() as *const __m256i);
+        let offset = _mm256_slli_epi32::<7>(_mm256_madd_epi16(bsums, scales));
+        out[n] = _mm512_reduce_add_epi32(_mm512_sub_epi32(acc, _mm512_zextsi256_si512(offset)));
+    }
+    out
+}
+
 macro_rules! x86_lattice_kernels {
-    ($module:ident, $features:literal) => {
+    ($module:ident, $features:literal, $avx512:literal) => {
         pub mod $module {
             use super::*;
             use crate::kernels_k_x86::$module::{signed_lanes, spread, OrderedSums};
@@ -120,9 +177,27 @@ macro_rules! x86_lattice_kernels {
                     prefetch_block(wb);
                     let step = step(ty, wb);
                     let scales: [i16; 16] = std::array::from_fn(|h| scale(ty, wb, h));
-                    let scales = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
-                    let scales = spread(scales, |c| 2 * c, |c| 2 * c + 1);
+                    let scales16 = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
+                    let scales = spread(scales16, |c| 2 * c, |c| 2 * c + 1);
                     let [codes, signs, shift_signs] = registers::<KIND>(wb);
+                    if BATCHED && $avx512 {
+                        let mut tiled = [_mm256_setzero_si256(); 8];
+                        for c in 0..8 {
+                            tiled[c] = if iq1 {
+                                // 8 · coordinate + shift.
+                                let eights = _mm256_sign_epi8(_mm256_set1_epi8(8), signs[c]);
+                                _mm256_add_epi8(eights, _mm256_sign_epi8(ones, shift_signs[c]))
+                            } else {
+                                _mm256_sign_epi8(codes[c], signs[c])
+                            };
+                        }
+                        let block = tiled_sums_avx512::<N>(&tiled, scales16, &g.rows, b);
+                        for n in 0..N {
+                            let d_a = q8k_d(&g.rows[n][b * Q8K_BLOCK..]);
+                            sums[n].add_tiled(block[n], step * factor, d_a);
+                        }
+                        continue;
+                    }
                     let u = Unpacked { codes, scales };
                     let shift_codes = Unpacked {
                         codes: [ones; 8],
@@ -173,5 +248,9 @@ macro_rules! x86_lattice_kernels {
     };
 }
 
-x86_lattice_kernels!(avx2, "avx2,fma,f16c");
-x86_lattice_kernels!(avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+x86_lattice_kernels!(avx2, "avx2,fma,f16c", false);
+x86_lattice_kernels!(
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    true
+);
