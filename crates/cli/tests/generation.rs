@@ -410,6 +410,32 @@ fn quantize_rewrites_weights_and_the_result_runs() {
         &["quantize", source.to_str().unwrap(), "/tmp/x.gguf", "Q9_9"],
         "Q9_9",
     );
+    usage_error(
+        &[
+            "quantize",
+            source.to_str().unwrap(),
+            "/tmp/x.gguf",
+            "IQ2_XXS",
+        ],
+        "IQ2_XXS can be read but not written",
+    );
+}
+
+#[test]
+fn codebook_i_quant_files_are_written_as_random_codes_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for ty in ["IQ2_XXS", "IQ3_S", "IQ1_M"] {
+        let path = dir.path().join(format!("{ty}.gguf"));
+        let path = path.to_str().unwrap();
+        // Qwen3's tiny shape has 256-wide rows, so its matrices take the type.
+        let out = llama_gpu(&["quantize", "--synthetic", "qwen3-tiny", ty, path]);
+        assert!(out.status.success(), "{ty}: {}", stderr(&out));
+        let info = llama_gpu(&["inspect", path, "--json"]);
+        let r: serde_json::Value = serde_json::from_str(&stdout(&info)).unwrap();
+        assert!(r["tensor_types"][ty].as_u64() > Some(0), "{ty}: {r}");
+        let run = llama_gpu(&["run", "-m", path, "--raw", "--temp", "0", "-n", "4", "hi"]);
+        assert!(run.status.success(), "{ty}: {}", stderr(&run));
+    }
 }
 
 #[test]

@@ -220,7 +220,7 @@ impl WeightMix {
 
     /// `type_for` a tensor whose rows hold `cols` values. Where a row is not a whole
     /// number of that type's blocks, llama-quantize's fallback: a 32-value type of about
-    /// the same size (IQ4_XS → IQ4_NL, Q2_K and Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+    /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K and Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
     /// Q6_K → Q8_0), and F16 where even that does not fit.
     pub fn type_for_rows(&self, name: &str, layers: usize, cols: usize) -> GgmlType {
         use GgmlType::*;
@@ -228,7 +228,7 @@ impl WeightMix {
         let ty = self.type_for(name, layers);
         let fallback = match ty {
             _ if fits(ty) => return ty,
-            IQ4_XS => IQ4_NL,
+            IQ4_XS | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S => IQ4_NL,
             Q2_K | Q3_K => Q4_0,
             Q4_K => Q5_0,
             Q5_K => Q5_1,
