@@ -220,8 +220,8 @@ impl WeightMix {
 
     /// `type_for` a tensor whose rows hold `cols` values. Where a row is not a whole
     /// number of that type's blocks, llama-quantize's fallback: a 32-value type of about
-    /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K and Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
-    /// Q6_K → Q8_0), and F16 where even that does not fit.
+    /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K and Q3_K → Q4_0,
+    /// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and F16 where even that does not fit.
     pub fn type_for_rows(&self, name: &str, layers: usize, cols: usize) -> GgmlType {
         use GgmlType::*;
         let fits = |ty: GgmlType| cols.is_multiple_of(ty.block_size());

@@ -2,7 +2,9 @@
 //! IQ1_M, super-blocks of 256 values. Each group of 8 (or 4) values is the index of a
 //! point of a codebook (`lattice_codebooks`) with stored signs (IQ2, IQ3) or a ±1/8
 //! shift (IQ1); each 32 or 16 values share an odd integer scale; the block has one f16
-//! step. Every type decodes to one `LatticeBlock` of small integers:
+//! step. Three accessors (`group`, `scale`, `step`) are the only code that knows a
+//! format's bytes; the scalar kernels read a block through them as one `LatticeBlock`,
+//! the SIMD ones (`kernels_lattice_x86`) straight into registers. In their terms:
 //!
 //! value i = step · scale(i) · code(i) · `factor(ty)`, code = the signed codebook
 //! coordinate, or 8·coordinate ± 1 for IQ1 (its shift of ±1/8 made an integer).
@@ -12,8 +14,9 @@
 //! token its AVX2 `vec_dot` kernels' eight lanes per block (`LaneSums`, the sum × the
 //! factor at the end; IQ1's shifts summed apart and added last), for a prompt's its tiled
 //! kernels' `TiledSums`, one exact integer per block scaled by step · factor and d_a.
-//! Nothing here quantizes: llama.cpp itself needs an importance matrix for most of
-//! these types, and `quantize` refuses them (see docs/architecture.md).
+//! Nothing here quantizes: that searches the codebook for every group, which
+//! llama-quantize does with an importance matrix for most of these types; `quantize`
+//! refuses them (see docs/architecture.md).
 
 use crate::f16_at;
 use crate::kernels::{lane_tree, LaneSums};

@@ -1,9 +1,9 @@
 //! GGML block formats and the CPU math over them: scalar reference dequantize and
 //! quantize for every supported type (`legacy` 32-value blocks, `kquants` 256-value
 //! super-blocks, `iquants` the non-linear IQ4 formats, `iquants_lattice` the codebook
-//! i-quants, which are read but not written; plain floats here), a matmul of quantized weights by f32 activations
-//! (`matmul`), and the rest of a transformer layer's arithmetic (`attention`, `rope`,
-//! `nonlinear`) rounded as llama.cpp rounds it.
+//! i-quants, which are read but not written; plain floats here), a matmul of quantized
+//! weights by f32 activations (`matmul`), and the rest of a transformer layer's
+//! arithmetic (`attention`, `rope`, `nonlinear`) rounded as llama.cpp rounds it.
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
