@@ -1,9 +1,9 @@
 //! K-quant, i-quant and F16 models against llama.cpp: the logits of small random-weight
 //! models whose matrices are Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, the codebook
 //! i-quants IQ1_S … IQ3_S, Q8_0 or F16 (`identical` lists those that are bit-identical),
-//! at every position of one prompt,
-//! against the logits llama.cpp's CPU build computes for the same files (`tests/data/refs/kquants/`, written by
-//! `scripts/synthetic-refs.py` from the files this test leaves in `target/test-models/`).
+//! at every position of one prompt, against the logits llama.cpp's CPU build computes
+//! for the same files (`tests/data/refs/kquants/`, written by `scripts/synthetic-refs.py`
+//! from the files this test leaves in `target/test-models/`).
 
 mod common;
 
@@ -78,11 +78,7 @@ fn k_quant_logits_equal_llama_cpp_at_every_position() {
             assert!(ours == reference, "{name}: not bit-identical");
             continue;
         }
-        let max_diff = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_diff = max_diff(&ours, &reference);
         let differing = ours
             .iter()
             .zip(&reference)

@@ -28,27 +28,13 @@ use gguf::GgmlType;
 
 /// One super-block decoded as 32 groups of 8 values (`group`): what the scalar kernels
 /// and the dequantizer read.
+#[derive(Default)]
 pub struct LatticeBlock {
     /// The block's f16 step, widened.
     pub step: f32,
-    /// Each group's `Group::point`, `signs` and `shift`.
-    pub points: [u64; 32],
-    pub signs: [u8; 32],
-    pub shifts: [i8; 32],
+    pub groups: [Group; 32],
     /// The odd integer scale of each 16 values.
     pub scales: [i16; 16],
-}
-
-impl Default for LatticeBlock {
-    fn default() -> Self {
-        LatticeBlock {
-            step: 0.0,
-            points: [0; 32],
-            signs: [0; 32],
-            shifts: [0; 32],
-            scales: [0; 16],
-        }
-    }
 }
 
 /// This module's types.
@@ -115,7 +101,7 @@ fn word4x2(first: u64, second: u64) -> u64 {
 /// the low byte (magnitudes for IQ2 and IQ3, whose IQ3 groups are two points of 4;
 /// −1, 0 or 1 for IQ1), the sign bits of IQ2 and IQ3 (bit j negates coordinate j), and
 /// IQ1's shift (±1 eighth; 0 for the other types).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Group {
     pub point: u64,
     pub signs: u8,
@@ -222,13 +208,8 @@ pub fn step(ty: GgmlType, b: &[u8]) -> f32 {
 #[inline(always)]
 pub fn decode(ty: GgmlType, b: &[u8], out: &mut LatticeBlock) {
     out.step = step(ty, b);
-    for g in 0..32 {
-        let Group {
-            point,
-            signs,
-            shift,
-        } = group(ty, b, g);
-        (out.points[g], out.signs[g], out.shifts[g]) = (point, signs, shift);
+    for (g, slot) in out.groups.iter_mut().enumerate() {
+        *slot = group(ty, b, g);
     }
     for h in 0..16 {
         out.scales[h] = scale(ty, b, h);
@@ -238,8 +219,9 @@ pub fn decode(ty: GgmlType, b: &[u8], out: &mut LatticeBlock) {
 /// Value i's signed codebook coordinate.
 #[inline(always)]
 fn value(block: &LatticeBlock, i: usize) -> i32 {
-    let v = (block.points[i / 8] >> (8 * (i % 8))) as u8 as i8 as i32;
-    if (block.signs[i / 8] >> (i % 8)) & 1 == 1 {
+    let Group { point, signs, .. } = block.groups[i / 8];
+    let v = (point >> (8 * (i % 8))) as u8 as i8 as i32;
+    if (signs >> (i % 8)) & 1 == 1 {
         -v
     } else {
         v
@@ -249,7 +231,7 @@ fn value(block: &LatticeBlock, i: usize) -> i32 {
 /// Value i's integer code: the coordinate, or 8 · coordinate + shift for IQ1.
 #[inline(always)]
 fn code(block: &LatticeBlock, i: usize) -> i32 {
-    match block.shifts[i / 8] as i32 {
+    match block.groups[i / 8].shift as i32 {
         0 => value(block, i),
         shift => 8 * value(block, i) + shift,
     }
@@ -303,7 +285,7 @@ fn lanes(block: &LatticeBlock, a: &[u8]) -> ([i32; 8], [i32; 8]) {
             let v: i32 = (at..at + 4).map(|i| value(block, i) * x(i)).sum();
             let x_sum: i32 = (at..at + 4).map(x).sum();
             values[k] += scale * v;
-            shifts[k] += scale * block.shifts[at / 8] as i32 * x_sum;
+            shifts[k] += scale * block.groups[at / 8].shift as i32 * x_sum;
         }
     }
     (values, shifts)

@@ -1,7 +1,7 @@
 //! x86 SIMD twins of the codebook i-quant kernels (`iquants_lattice::dot_lattice_q8_k`):
 //! each block decoded once through the format's accessors (`group`, `scale`, `step`), its
-//! 32 groups of coordinates and sign bytes gathered into eight registers each, then multiplied with every token's Q8_K
-//! block as the K-quant kernels do (`maddubs` of the magnitudes with the activations
+//! 32 groups of coordinates and sign bytes gathered into eight registers each, then
+//! multiplied with every token's Q8_K block as the K-quant kernels do (`maddubs` of the magnitudes with the activations
 //! signed by the weights). The integer sums are exact and the float steps are the scalar
 //! twin's, so the results are bit-identical to it.
 
@@ -61,6 +61,7 @@ unsafe fn tiled_sums_avx512<const N: usize>(
 ) -> [i32; N] {
     let bias = _mm256_set1_epi8(-128);
     let scales32 = _mm512_cvtepi16_epi32(scales);
+    let quarter = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let mut biased = [_mm512_setzero_si512(); 4];
     let mut lane_scales = [_mm512_setzero_si512(); 4];
     for r in 0..4 {
@@ -68,25 +69,7 @@ unsafe fn tiled_sums_avx512<const N: usize>(
         let high = _mm256_xor_si256(codes[2 * r + 1], bias);
         biased[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
         // Lane j of register r holds values 64r + 4j..+4, of scale 4r + j/4.
-        let h = 4 * r as i32;
-        let pick = _mm512_setr_epi32(
-            h,
-            h,
-            h,
-            h,
-            h + 1,
-            h + 1,
-            h + 1,
-            h + 1,
-            h + 2,
-            h + 2,
-            h + 2,
-            h + 2,
-            h + 3,
-            h + 3,
-            h + 3,
-            h + 3,
-        );
+        let pick = _mm512_add_epi32(_mm512_set1_epi32(4 * r as i32), quarter);
         lane_scales[r] = _mm512_permutexvar_epi32(pick, scales32);
     }
     let mut out = [0i32; N];
@@ -140,22 +123,28 @@ macro_rules! x86_lattice_kernels {
                 w: &[u8],
                 g: &TokenGroup<N>,
             ) -> [f32; N] {
+                match g.batched {
+                    true => by_type::<N, true>(ty, w, g),
+                    false => by_type::<N, false>(ty, w, g),
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn by_type<const N: usize, const BATCHED: bool>(
+                ty: GgmlType,
+                w: &[u8],
+                g: &TokenGroup<N>,
+            ) -> [f32; N] {
                 use GgmlType::*;
-                match (ty, g.batched) {
-                    (IQ2_XXS, false) => dot::<0, N, false>(w, g),
-                    (IQ2_XS, false) => dot::<1, N, false>(w, g),
-                    (IQ2_S, false) => dot::<2, N, false>(w, g),
-                    (IQ3_XXS, false) => dot::<3, N, false>(w, g),
-                    (IQ3_S, false) => dot::<4, N, false>(w, g),
-                    (IQ1_S, false) => dot::<5, N, false>(w, g),
-                    (_, false) => dot::<6, N, false>(w, g),
-                    (IQ2_XXS, true) => dot::<0, N, true>(w, g),
-                    (IQ2_XS, true) => dot::<1, N, true>(w, g),
-                    (IQ2_S, true) => dot::<2, N, true>(w, g),
-                    (IQ3_XXS, true) => dot::<3, N, true>(w, g),
-                    (IQ3_S, true) => dot::<4, N, true>(w, g),
-                    (IQ1_S, true) => dot::<5, N, true>(w, g),
-                    (_, true) => dot::<6, N, true>(w, g),
+                match ty {
+                    IQ2_XXS => dot::<0, N, BATCHED>(w, g),
+                    IQ2_XS => dot::<1, N, BATCHED>(w, g),
+                    IQ2_S => dot::<2, N, BATCHED>(w, g),
+                    IQ3_XXS => dot::<3, N, BATCHED>(w, g),
+                    IQ3_S => dot::<4, N, BATCHED>(w, g),
+                    IQ1_S => dot::<5, N, BATCHED>(w, g),
+                    _ => dot::<6, N, BATCHED>(w, g),
                 }
             }
 
@@ -178,7 +167,6 @@ macro_rules! x86_lattice_kernels {
                     let step = step(ty, wb);
                     let scales: [i16; 16] = std::array::from_fn(|h| scale(ty, wb, h));
                     let scales16 = _mm256_loadu_si256(scales.as_ptr() as *const __m256i);
-                    let scales = spread(scales16, |c| 2 * c, |c| 2 * c + 1);
                     let [codes, signs, shift_signs] = registers::<KIND>(wb);
                     if BATCHED && $avx512 {
                         let mut tiled = [_mm256_setzero_si256(); 8];
@@ -198,6 +186,7 @@ macro_rules! x86_lattice_kernels {
                         }
                         continue;
                     }
+                    let scales = spread(scales16, |c| 2 * c, |c| 2 * c + 1);
                     let u = Unpacked { codes, scales };
                     let shift_codes = Unpacked {
                         codes: [ones; 8],
