@@ -30,6 +30,7 @@ pub fn requantize(
     let layers = Config::from_metadata(&file.gguf.metadata)
         .map(|c| c.n_layers)
         .unwrap_or(0);
+    let tied = !file.gguf.tensors.iter().any(|t| t.name == "output.weight");
     let mut writer = GgufWriter::new();
     for (key, value) in file.gguf.metadata.iter() {
         writer.add_metadata(key, value.clone());
@@ -38,16 +39,16 @@ pub fn requantize(
     let (mut converted, mut kept, mut fell_back) = (0, 0, 0);
     for view in file.tensors() {
         let info = view.info;
-        let target = mix.type_for_rows(&info.name, layers, info.row_len() as usize);
+        let target = mix.type_for_rows(&info.name, layers, tied, info.row_len() as usize);
         let matrix = info.dims.len() >= 2 && quant::is_supported(info.ty);
         let (ty, data) = if matrix && info.ty != target {
-            if target != mix.type_for(&info.name, layers) {
+            if target != mix.type_for(&info.name, layers, tied) {
                 fell_back += 1;
             }
             let mut values = vec![0.0f32; info.n_elements() as usize];
             quant::dequantize(info.ty, view.data, &mut values)?;
             converted += 1;
-            (target, quant::quantize(target, &values)?)
+            (target, quant::quantize_weights(target, &values)?)
         } else {
             kept += 1;
             (info.ty, view.data.to_vec())

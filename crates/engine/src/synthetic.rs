@@ -222,10 +222,10 @@ impl WeightMix {
     /// number of that type's blocks, llama-quantize's fallback: a 32-value type of about
     /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K and Q3_K → Q4_0,
     /// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and F16 where even that does not fit.
-    pub fn type_for_rows(&self, name: &str, layers: usize, cols: usize) -> GgmlType {
+    pub fn type_for_rows(&self, name: &str, layers: usize, tied: bool, cols: usize) -> GgmlType {
         use GgmlType::*;
         let fits = |ty: GgmlType| cols.is_multiple_of(ty.block_size());
-        let ty = self.type_for(name, layers);
+        let ty = self.type_for(name, layers, tied);
         let fallback = match ty {
             _ if fits(ty) => return ty,
             IQ4_XS | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S => IQ4_NL,
@@ -242,8 +242,10 @@ impl WeightMix {
         }
     }
 
-    /// The type of tensor `name` (`blk.N.…`, `output.weight`, …) in a model of `layers`.
-    pub fn type_for(&self, name: &str, layers: usize) -> GgmlType {
+    /// The type of tensor `name` (`blk.N.…`, `output.weight`, …) in a model of `layers`;
+    /// `tied`: the model has no `output.weight`, its `token_embd.weight` serving as the
+    /// output too, so a mix gives it the output's type (as llama-quantize does).
+    pub fn type_for(&self, name: &str, layers: usize, tied: bool) -> GgmlType {
         use GgmlType::*;
         let layer = name
             .strip_prefix("blk.")
@@ -256,11 +258,12 @@ impl WeightMix {
                 .is_some_and(|i| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2)
         };
         let first = |fraction: usize| layer.is_some_and(|i| i < layers / fraction);
+        let output = name == "output.weight" || (tied && name == "token_embd.weight");
         match *self {
             WeightMix::Uniform(ty) => ty,
             WeightMix::Q4KM | WeightMix::Q5KM => {
-                let wide = name == "output.weight"
-                    || ((role("attn_v.weight") || role("ffn_down.weight")) && more_bits());
+                let wide =
+                    output || ((role("attn_v.weight") || role("ffn_down.weight")) && more_bits());
                 match (wide, *self) {
                     (true, _) => Q6_K,
                     (false, WeightMix::Q4KM) => Q4_K,
@@ -268,7 +271,7 @@ impl WeightMix {
                 }
             }
             WeightMix::Q3KM => {
-                if name == "output.weight" {
+                if output {
                     Q6_K
                 } else if role("attn_v.weight") {
                     if layer.is_some_and(|i| i < 2) {
@@ -489,7 +492,7 @@ impl SyntheticModel {
             let ty = if rows == 1 {
                 GgmlType::F32
             } else {
-                mix.type_for_rows(name, layers, cols)
+                mix.type_for_rows(name, layers, !self.separate_output, cols)
             };
             let data = weights.tensor(ty, cols, rows, scale)?;
             let dims: Vec<u64> = if rows == 1 {
@@ -571,7 +574,7 @@ mod tests {
             assert_eq!(WeightMix::parse(&mix.to_string()), Some(mix));
             names
                 .iter()
-                .map(|n| mix.type_for(n, 16))
+                .map(|n| mix.type_for(n, 16, false))
                 .collect::<Vec<_>>()
         };
         let q3 = types(
@@ -600,6 +603,12 @@ mod tests {
         );
         assert_eq!(q5, [Q6_K, Q6_K, Q5_K, Q6_K, Q5_K]);
         assert_eq!(WeightMix::parse("IQ4_XS"), Some(WeightMix::Uniform(IQ4_XS)));
+        // Without an output.weight, the token embeddings are the output: they get its type.
+        let embeddings = |mix: WeightMix, tied| mix.type_for("token_embd.weight", 16, tied);
+        assert_eq!(embeddings(WeightMix::Q4KM, true), Q6_K);
+        assert_eq!(embeddings(WeightMix::Q4KM, false), Q4_K);
+        assert_eq!(embeddings(WeightMix::Q3KM, true), Q6_K);
+        assert_eq!(embeddings(WeightMix::Uniform(Q4_0), true), Q4_0);
     }
 
     #[test]
@@ -612,10 +621,11 @@ mod tests {
             ("blk.3.attn_q.weight", 100),
         ]
         .iter()
-        .map(|&(name, cols)| q4km.type_for_rows(name, 16, cols))
+        .map(|&(name, cols)| q4km.type_for_rows(name, 16, false, cols))
         .collect();
         assert_eq!(types, [Q5_0, Q4_K, Q8_0, F16]);
-        let fallback = |ty| WeightMix::Uniform(ty).type_for_rows("blk.0.ffn_up.weight", 16, 640);
+        let fallback =
+            |ty| WeightMix::Uniform(ty).type_for_rows("blk.0.ffn_up.weight", 16, false, 640);
         assert_eq!(
             [IQ4_XS, Q2_K, Q3_K, Q5_K, Q8_0].map(fallback),
             [IQ4_NL, Q4_0, Q4_0, Q5_1, Q8_0]

@@ -12,14 +12,15 @@
 //! The quantizers choose each block's step by a weighted least-squares search over
 //! candidate steps, as GGML's do without an importance matrix (weights x²).
 
-use crate::{f16_at, put_f16, round_f16};
+use crate::kquants_search::nearest;
+use crate::{f16_at, put_f16};
 
 /// The sixteen levels a 4-bit code stands for (the format's definition).
 pub const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
-/// Code of the level nearest to `v` (the lower one on a tie).
+/// Code of the level nearest to `v` (the upper one on a tie, as GGML picks).
 fn nearest_level(v: f32) -> u8 {
     let above = IQ4_LEVELS.partition_point(|&l| (l as f32) < v);
     match above {
@@ -27,7 +28,7 @@ fn nearest_level(v: f32) -> u8 {
         16 => 15,
         _ => {
             let (lo, hi) = (IQ4_LEVELS[above - 1] as f32, IQ4_LEVELS[above] as f32);
-            if v - lo <= hi - v {
+            if v - lo < hi - v {
                 above as u8 - 1
             } else {
                 above as u8
@@ -81,7 +82,7 @@ fn best_step(x: &[f32]) -> f32 {
         (qx, qq)
     };
     let first = IQ4_LEVELS[0] as f32;
-    let (qx, qq) = fit(first / extreme);
+    let (qx, qq) = fit(1.0 / (-extreme / first));
     let mut step = if qq > 0.0 { qx / qq } else { 0.0 };
     let mut best = step * qx;
     for shift in -7..=7 {
@@ -104,7 +105,8 @@ pub fn dequantize_iq4_nl(b: &[u8], out: &mut [f32]) {
 }
 
 pub fn quantize_iq4_nl(x: &[f32], b: &mut [u8]) {
-    let d = round_f16(best_step(&x[..32]));
+    // Codes are picked against the step before its rounding to f16, as GGML does.
+    let d = best_step(&x[..32]);
     let mut codes = [0u8; 32];
     codes_at(&x[..32], d, &mut codes);
     put_f16(b, 0, d);
@@ -138,13 +140,14 @@ pub fn quantize_iq4_xs(x: &[f32], b: &mut [u8]) {
         .iter()
         .fold(0.0f32, |m, &s| if s.abs() > m.abs() { s } else { m });
     // The largest step becomes scale code −32, the end of the range with room for it.
-    let d = round_f16(-largest / 32.0);
+    // Scales and codes are picked against d before its rounding to f16, as GGML does.
+    let d = -largest / 32.0;
     let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
     b[..136].fill(0);
     put_f16(b, 0, d);
     let mut high = 0u16;
     for (j, &step) in steps.iter().enumerate() {
-        let scale = (step * inverse).round().clamp(-32.0, 31.0) as i32;
+        let scale = nearest(step * inverse).clamp(-32, 31);
         let mut codes = [0u8; 32];
         codes_at(&x[32 * j..32 * j + 32], d * scale as f32, &mut codes);
         pack_codes(&codes, &mut b[8 + 16 * j..24 + 16 * j]);

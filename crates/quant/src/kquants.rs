@@ -2,49 +2,31 @@
 //! Q5_K, Q6_K and Q8_K. Each super-block holds sub-blocks of 16 or 32 values whose own
 //! scales (and mins) are quantized against the super-block's f16 `d` (and `dmin`).
 //!
-//! The quantizers here pick scales from each sub-block's range (no iterative search as
-//! in GGML's reference), so they are a little less accurate but write the same layout.
+//! The quantizers search each sub-block's scale as GGML's reference quantizers do
+//! (`kquants_search.rs`), then quantize the sub-block scales against the super-block's
+//! and re-round every value against the scale it will be read with: the bytes are
+//! llama.cpp's (without an importance matrix).
 
+use crate::kquants_search::{
+    affine_search, largest, nearest, refined_search, symmetric_search, Miss, ScaleGrid, ZERO_GROUP,
+};
 use crate::legacy::{round_half_even, signed_absmax};
-use crate::{f16_at, put_f16, round_f16};
+use crate::{f16_at, put_f16};
 
 pub const QK_K: usize = 256;
 
-fn sub_min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((0.0f32, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+/// The largest of `values` and zero (a sub-block search's scales and offsets are ≥ 0).
+fn positive_max(values: &[f32]) -> f32 {
+    values.iter().fold(0.0, |m, &v| if v > m { v } else { m })
 }
 
-fn div_or_zero(a: f32, b: f32) -> f32 {
-    if b != 0.0 {
-        a / b
-    } else {
-        0.0
+/// Writes the 2-bit codes of Q2_K and Q3_K: value `i` at bits 2·((i % 128) / 32) of byte
+/// (i / 128)·32 + i % 32 of `qs`.
+fn pack_2bit(codes: &[u8; QK_K], qs: &mut [u8]) {
+    qs[..64].fill(0);
+    for (i, &q) in codes.iter().enumerate() {
+        qs[(i / 128) * 32 + i % 32] |= (q & 3) << (2 * ((i % 128) / 32));
     }
-}
-
-/// Quantizes each sub-block's (scale, -min) pair to `levels`-level codes against
-/// shared maxima; returns (d, dmin, scale codes, min codes).
-fn affine_scales(x: &[f32], sub: usize, q_max: f32, levels: f32) -> (f32, f32, Vec<u8>, Vec<u8>) {
-    let ranges: Vec<(f32, f32)> = x
-        .chunks(sub)
-        .map(|c| {
-            let (lo, hi) = sub_min_max(c);
-            ((hi - lo) / q_max, -lo)
-        })
-        .collect();
-    let max_scale = ranges.iter().fold(0.0f32, |m, r| m.max(r.0));
-    let max_min = ranges.iter().fold(0.0f32, |m, r| m.max(r.1));
-    let d = round_f16(max_scale / levels);
-    let dmin = round_f16(max_min / levels);
-    let code = |v: f32, step: f32| div_or_zero(v, step).round().clamp(0.0, levels) as u8;
-    let ls = ranges.iter().map(|r| code(r.0, d)).collect();
-    let lm = ranges.iter().map(|r| code(r.1, dmin)).collect();
-    (d, dmin, ls, lm)
-}
-
-fn affine_code(x: f32, dl: f32, ml: f32, q_max: u8) -> u8 {
-    div_or_zero(x + ml, dl).round().clamp(0.0, q_max as f32) as u8
 }
 
 // ---- Q2_K: scales[16] (scale | min<<4), qs[64], d, dmin ----
@@ -59,18 +41,47 @@ pub fn dequantize_q2_k(b: &[u8], out: &mut [f32]) {
 }
 
 pub fn quantize_q2_k(x: &[f32], b: &mut [u8]) {
-    let (d, dmin, ls, lm) = affine_scales(x, 16, 3.0, 15.0);
-    b[..84].fill(0);
-    for j in 0..16 {
-        b[j] = ls[j] | (lm[j] << 4);
+    let mut codes = [0u8; QK_K];
+    let (mut scales, mut offsets) = ([0.0f32; 16], [0.0f32; 16]);
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        let weights: [f32; 16] = std::array::from_fn(|i| x[i].abs());
+        let grid = ScaleGrid {
+            first: -0.5,
+            step: 0.1,
+            steps: 15,
+        };
+        (scales[j], offsets[j]) = affine_search(x, &weights, 3, grid, Miss::Absolute, codes);
     }
-    for (i, &v) in x[..QK_K].iter().enumerate() {
-        let s = i / 16;
-        let q = affine_code(v, d * ls[s] as f32, dmin * lm[s] as f32, 3);
-        b[16 + (i / 128) * 32 + i % 32] |= q << (2 * ((i % 128) / 32));
+    let (max_scale, max_offset) = (positive_max(&scales), positive_max(&offsets));
+    b[..16].fill(0);
+    let (mut d, mut dmin) = (0.0, 0.0);
+    if max_scale > 0.0 {
+        let inverse = 15.0 / max_scale;
+        for (packed, &scale) in b.iter_mut().zip(&scales) {
+            *packed = nearest(inverse * scale) as u8;
+        }
+        d = max_scale / 15.0;
+    }
+    if max_offset > 0.0 {
+        let inverse = 15.0 / max_offset;
+        for (packed, &offset) in b.iter_mut().zip(&offsets) {
+            *packed |= (nearest(inverse * offset) as u8) << 4;
+        }
+        dmin = max_offset / 15.0;
     }
     put_f16(b, 80, d);
     put_f16(b, 82, dmin);
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        let step = f16_at(b, 80) * (b[j] & 0xf) as f32;
+        if step == 0.0 {
+            continue;
+        }
+        let offset = f16_at(b, 82) * (b[j] >> 4) as f32;
+        for (q, &v) in codes.iter_mut().zip(x) {
+            *q = nearest((v + offset) / step).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&codes, &mut b[16..80]);
 }
 
 // ---- Q3_K: hmask[32], qs[64], scales[12] (16 six-bit codes), d ----
@@ -100,28 +111,40 @@ pub fn dequantize_q3_k(b: &[u8], out: &mut [f32]) {
 }
 
 pub fn quantize_q3_k(x: &[f32], b: &mut [u8]) {
-    let sub_scales: Vec<f32> = x.chunks(16).map(|c| signed_absmax(c) / -4.0).collect();
-    let d = round_f16(signed_absmax(&sub_scales) / -32.0);
-    let ls: Vec<i32> = sub_scales
-        .iter()
-        .map(|&s| div_or_zero(s, d).round().clamp(-32.0, 31.0) as i32)
-        .collect();
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0.0f32; 16];
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        scales[j] = refined_search(x, 4, codes);
+    }
+    let max_scale = largest(&scales);
     b[..110].fill(0);
-    for i in 0..4 {
-        let s = |k: usize| (ls[k] + 32) as u8;
-        b[96 + i] = (s(i) & 0xf) | ((s(8 + i) & 0xf) << 4);
-        b[100 + i] = (s(4 + i) & 0xf) | ((s(12 + i) & 0xf) << 4);
-        b[104 + i] =
-            (s(i) >> 4) | ((s(4 + i) >> 4) << 2) | ((s(8 + i) >> 4) << 4) | ((s(12 + i) >> 4) << 6);
+    if max_scale != 0.0 {
+        let inverse = -32.0 / max_scale;
+        let s = |j: usize| (nearest(inverse * scales[j]).clamp(-32, 31) + 32) as u8;
+        for i in 0..4 {
+            b[96 + i] = (s(i) & 0xf) | ((s(8 + i) & 0xf) << 4);
+            b[100 + i] = (s(4 + i) & 0xf) | ((s(12 + i) & 0xf) << 4);
+            b[104 + i] = (s(i) >> 4)
+                | ((s(4 + i) >> 4) << 2)
+                | ((s(8 + i) >> 4) << 4)
+                | ((s(12 + i) >> 4) << 6);
+        }
+        put_f16(b, 108, 1.0 / inverse);
     }
-    for (i, &v) in x[..QK_K].iter().enumerate() {
-        let dl = d * ls[i / 16] as f32;
-        let q = (div_or_zero(v, dl).round().clamp(-4.0, 3.0) as i32 + 4) as u8;
-        let (n, j, l) = (i / 128, (i % 128) / 32, i % 32);
-        b[32 + n * 32 + l] |= (q & 3) << (2 * j);
-        b[l] |= (q >> 2) << (n * 4 + j);
+    let sub_scales = q3_k_scales(&b[96..108]);
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        let step = f16_at(b, 108) * sub_scales[j] as f32;
+        if step == 0.0 {
+            continue;
+        }
+        for (q, &v) in codes.iter_mut().zip(x) {
+            *q = (nearest(v / step).clamp(-4, 3) + 4) as u8;
+        }
     }
-    put_f16(b, 108, d);
+    pack_2bit(&codes, &mut b[32..96]);
+    for (i, &q) in codes.iter().enumerate() {
+        b[i % 32] |= (q >> 2) << (i / 32);
+    }
 }
 
 // ---- Q4_K / Q5_K: d, dmin, scales[12] (eight 6-bit scale/min pairs), [qh[32]], qs[128] ----
@@ -173,29 +196,67 @@ pub fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
     }
 }
 
-fn quantize_k4(x: &[f32], b: &mut [u8], q_max: u8, qs_at: usize) -> Vec<u8> {
-    let (d, dmin, ls, lm) = affine_scales(x, 32, q_max as f32, 63.0);
-    put_f16(b, 0, d);
-    put_f16(b, 2, dmin);
+/// Q4_K and Q5_K's scales and codes (in [0, nmax]); writes d, dmin and the scales and
+/// returns the codes for the caller to pack.
+fn quantize_k4(x: &[f32], b: &mut [u8], nmax: i32, grid_first: f32, grid_steps: i32) -> [u8; QK_K] {
+    let mut codes = [0u8; QK_K];
+    let (mut scales, mut offsets) = ([0.0f32; 8], [0.0f32; 8]);
+    for (j, (x, codes)) in x[..QK_K].chunks(32).zip(codes.chunks_mut(32)).enumerate() {
+        let mut sum_x2 = 0.0f32;
+        for &v in x {
+            sum_x2 += v * v;
+        }
+        let spread = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| spread + x[i].abs());
+        let grid = ScaleGrid {
+            first: grid_first,
+            step: 0.1,
+            steps: grid_steps,
+        };
+        (scales[j], offsets[j]) = affine_search(x, &weights, nmax, grid, Miss::Squared, codes);
+    }
+    let (max_scale, max_offset) = (positive_max(&scales), positive_max(&offsets));
+    let to_code = |v: f32, max: f32| {
+        let inverse = if max > 0.0 { 63.0 / max } else { 0.0 };
+        (nearest(inverse * v) as u8).min(63)
+    };
+    let ls: [u8; 8] = std::array::from_fn(|j| to_code(scales[j], max_scale));
+    let lm: [u8; 8] = std::array::from_fn(|j| to_code(offsets[j], max_offset));
     pack_scale_min_k4(&ls, &lm, &mut b[4..16]);
-    b[qs_at..qs_at + 128].fill(0);
-    let mut codes = vec![0u8; QK_K];
-    for (i, &v) in x[..QK_K].iter().enumerate() {
-        let s = i / 32;
-        let q = affine_code(v, d * ls[s] as f32, dmin * lm[s] as f32, q_max);
-        codes[i] = q;
-        let shift = if (i % 64) < 32 { 0 } else { 4 };
-        b[qs_at + (i / 64) * 32 + i % 32] |= (q & 0xf) << shift;
+    put_f16(b, 0, max_scale / 63.0);
+    put_f16(b, 2, max_offset / 63.0);
+    for (j, (x, codes)) in x[..QK_K].chunks(32).zip(codes.chunks_mut(32)).enumerate() {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        let step = f16_at(b, 0) * sc as f32;
+        if step == 0.0 {
+            continue;
+        }
+        let offset = f16_at(b, 2) * m as f32;
+        for (q, &v) in codes.iter_mut().zip(x) {
+            *q = nearest((v + offset) / step).clamp(0, nmax) as u8;
+        }
     }
     codes
 }
 
+/// Writes the low nibbles of Q4_K/Q5_K codes: value `i` in byte (i / 64)·32 + i % 32,
+/// the high nibble for the second 32 of each 64.
+fn pack_k4_nibbles(codes: &[u8; QK_K], qs: &mut [u8]) {
+    qs[..128].fill(0);
+    for (i, &q) in codes.iter().enumerate() {
+        let shift = if (i % 64) < 32 { 0 } else { 4 };
+        qs[(i / 64) * 32 + i % 32] |= (q & 0xf) << shift;
+    }
+}
+
 pub fn quantize_q4_k(x: &[f32], b: &mut [u8]) {
-    quantize_k4(x, b, 15, 16);
+    let codes = quantize_k4(x, b, 15, -1.0, 20);
+    pack_k4_nibbles(&codes, &mut b[16..144]);
 }
 
 pub fn quantize_q5_k(x: &[f32], b: &mut [u8]) {
-    let codes = quantize_k4(x, b, 31, 48);
+    let codes = quantize_k4(x, b, 31, -0.5, 15);
+    pack_k4_nibbles(&codes, &mut b[48..176]);
     b[16..48].fill(0);
     for (i, q) in codes.iter().enumerate() {
         b[16 + i % 32] |= (q >> 4) << (i / 32);
@@ -223,20 +284,35 @@ pub fn dequantize_q6_k(b: &[u8], out: &mut [f32]) {
 }
 
 pub fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
-    let sub_scales: Vec<f32> = x.chunks(16).map(|c| signed_absmax(c) / -32.0).collect();
-    let d = round_f16(signed_absmax(&sub_scales) / -128.0);
-    b[..210].fill(0);
-    for (j, &s) in sub_scales.iter().enumerate() {
-        b[192 + j] = div_or_zero(s, d).round().clamp(-128.0, 127.0) as i8 as u8;
+    let mut codes = [0u8; QK_K];
+    let mut scales = [0.0f32; 16];
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        scales[j] = symmetric_search(x, 32, codes);
     }
-    for (i, &v) in x[..QK_K].iter().enumerate() {
-        let dl = d * (b[192 + i / 16] as i8) as f32;
-        let q = (div_or_zero(v, dl).round().clamp(-32.0, 31.0) as i32 + 32) as u8;
+    b[..210].fill(0);
+    let max_scale = largest(&scales);
+    if max_scale.abs() < ZERO_GROUP {
+        return;
+    }
+    let inverse = -128.0 / max_scale;
+    put_f16(b, 208, 1.0 / inverse);
+    for (packed, &scale) in b[192..208].iter_mut().zip(&scales) {
+        *packed = nearest(inverse * scale).min(127) as i8 as u8;
+    }
+    for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
+        let step = f16_at(b, 208) * (b[192 + j] as i8) as f32;
+        if step == 0.0 {
+            continue;
+        }
+        for (q, &v) in codes.iter_mut().zip(x) {
+            *q = (nearest(v / step).clamp(-32, 31) + 32) as u8;
+        }
+    }
+    for (i, &q) in codes.iter().enumerate() {
         let (ql, high, qh, shift) = q6_k_position(i);
         b[ql] |= if high { (q & 0xf) << 4 } else { q & 0xf };
         b[128 + qh] |= (q >> 4) << shift;
     }
-    put_f16(b, 208, d);
 }
 
 // ---- Q8_K: d (f32), qs[256] (i8), bsums[16] (i16) ----

@@ -192,8 +192,22 @@ fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
     (d, sum)
 }
 
+/// Q8_0 as activations and a quantized KV cache are written (GGML's x86 code).
 pub fn quantize_q8_0(x: &[f32], block: &mut [u8]) {
     let (d, _) = q8_codes(x, &mut block[2..34]);
+    put_f16(block, 0, d);
+}
+
+/// Q8_0 as llama-quantize writes weights into a file (GGML's reference quantizer): codes
+/// are x · (1/d) rounded halves away from zero, which differs from `quantize_q8_0` where
+/// a value lands on a half (as values re-quantized from a 4-bit file do).
+pub fn quantize_q8_0_weights(x: &[f32], block: &mut [u8]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (c, v) in block[2..34].iter_mut().zip(x) {
+        *c = (v * id).round() as i8 as u8;
+    }
     put_f16(block, 0, d);
 }
 

@@ -42,6 +42,7 @@ mod kernels_packed_k_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kernels_x86;
 mod kquants;
+mod kquants_search;
 mod lattice_codebooks;
 mod legacy;
 mod matmul;
@@ -194,17 +195,31 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// Encodes `x` (a whole number of blocks) as `ty`.
+/// Encodes `x` (a whole number of blocks) as `ty`, as activations are quantized for a
+/// product (and a quantized KV cache is written).
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    match block_fns(ty) {
+        Some((_, Some(quant))) => quantize_with(quant, ty, x),
+        Some((_, None)) => Err(QuantError::NotWritable(ty)),
+        None => Err(QuantError::Unsupported(ty)),
+    }
+}
+
+/// Encodes weights `x` as `ty` the way llama-quantize writes them into a file: as
+/// `quantize`, except Q8_0, whose file quantizer in GGML rounds differently from its
+/// activation quantizer (`legacy::quantize_q8_0_weights`).
+pub fn quantize_weights(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    match ty {
+        GgmlType::Q8_0 => quantize_with(legacy::quantize_q8_0_weights, ty, x),
+        _ => quantize(ty, x),
+    }
+}
+
+fn quantize_with(quant: QuantFn, ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     use rayon::prelude::*;
     // Blocks are independent, so a long input (a prompt's or a batch's activations, a
     // weight matrix) is split across threads in runs of this many; the bytes are the same.
     const BLOCKS_PER_TASK: usize = 64;
-    let quant = match block_fns(ty) {
-        Some((_, Some(quant))) => quant,
-        Some((_, None)) => return Err(QuantError::NotWritable(ty)),
-        None => return Err(QuantError::Unsupported(ty)),
-    };
     check_len(ty, x.len())?;
     let mut out = vec![0u8; x.len() / ty.block_size() * ty.type_size()];
     if x.len() < 2 * BLOCKS_PER_TASK * ty.block_size() {

@@ -1,6 +1,7 @@
 //! `llama-gpu quantize IN OUT TYPE`: rewrites a GGUF file with its weight matrices in
-//! another block format (through f32). Norms and other vectors stay as they are, and a
-//! matrix whose rows are not whole blocks of the type falls back to a 32-value type as
+//! another block format (through f32), byte for byte as llama-quantize writes it
+//! (docs/architecture.md, "Writing files"). Norms and other vectors stay as they are, and
+//! a matrix whose rows are not whole blocks of the type falls back to a 32-value type as
 //! llama-quantize does (`WeightMix::type_for_rows`).
 //!
 //! `llama-gpu quantize --synthetic SHAPE TYPE OUT` writes a model of a real model's shape
@@ -19,7 +20,8 @@ pub struct Args {
     /// `IN OUT TYPE` (input: a path, store name or digest prefix), or `TYPE OUT` with
     /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q3_K_M, Q4_K_M,
     /// Q5_K_M, IQ4_NL, IQ4_XS, F16, BF16, F32; with --synthetic also IQ1_S, IQ1_M,
-    /// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (random codes).
+    /// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (random codes). The bytes are
+    /// llama-quantize's (without an importance matrix; a single type as with its --pure).
     #[arg(num_args = 2..=3, value_name = "ARGS", required = true)]
     args: Vec<String>,
     /// Write random weights in this model's shape instead of converting a file.
