@@ -12,7 +12,8 @@
 //! The quantizers choose each block's step by a weighted least-squares search over
 //! candidate steps, as GGML's do without an importance matrix (weights x²).
 
-use crate::kquants_search::nearest;
+use crate::kquants_search::{nearest, ZERO_GROUP};
+use crate::legacy::signed_absmax;
 use crate::{f16_at, put_f16};
 
 /// The sixteen levels a 4-bit code stands for (the format's definition).
@@ -65,10 +66,8 @@ fn codes_at(x: &[f32], d: f32, codes: &mut [u8]) {
 /// the steps that map the block's largest magnitude onto level 0 (−127) shifted by
 /// −7..=7, and for each the step that best fits the codes it picks.
 fn best_step(x: &[f32]) -> f32 {
-    let extreme = x
-        .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    if extreme.abs() < 1e-15 {
+    let extreme = signed_absmax(x);
+    if extreme.abs() < ZERO_GROUP {
         return 0.0;
     }
     let fit = |inverse: f32| {
@@ -136,12 +135,9 @@ pub fn dequantize_iq4_xs(b: &[u8], out: &mut [f32]) {
 
 pub fn quantize_iq4_xs(x: &[f32], b: &mut [u8]) {
     let steps: [f32; 8] = std::array::from_fn(|j| best_step(&x[32 * j..32 * j + 32]));
-    let largest = steps
-        .iter()
-        .fold(0.0f32, |m, &s| if s.abs() > m.abs() { s } else { m });
     // The largest step becomes scale code −32, the end of the range with room for it.
     // Scales and codes are picked against d before its rounding to f16, as GGML does.
-    let d = -largest / 32.0;
+    let d = -signed_absmax(&steps) / 32.0;
     let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
     b[..136].fill(0);
     put_f16(b, 0, d);

@@ -59,22 +59,22 @@ pub unsafe fn dot16_iq4_xs_tiled<const N: usize>(w: &[u8], g: &TokenGroup<N>) ->
     })
 }
 
-/// Sixteen rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`' order
-/// (a decoding token, `TokenOrder::OneToken`): per block, each row's eight lanes (lane
-/// k: the values whose position in their 32 is 4k..4k+4) are integers, each added to
-/// its own float accumulator with one fused multiply-add by d_a·d_w; the lanes' tree at
-/// the end.
+/// Sixteen rows (one packed group) · N tokens (`xs`, their Q8_K rows) in `LaneSums`'
+/// order (decoding tokens, `TokenOrder::OneToken`): per block, each row's eight lanes
+/// (lane k: the values whose position in their 32 is 4k..4k+4) are integers, each added
+/// to its own float accumulator with one fused multiply-add by d_a·d_w; the lanes' tree
+/// at the end. Each sub-block's levels are looked up once for all N tokens; every
+/// token's sums are those of a lone token.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_iq4_xs_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
+pub unsafe fn dot16_iq4_xs_lanes<const N: usize>(w: &[u8], xs: &[&[u8]; N]) -> [[f32; 16]; N] {
     let table = repeat16(IQ4_LEVELS.as_ptr() as *const u8);
     let low16 = _mm512_set1_epi32(0xffff);
-    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut acc = [[_mm512_setzero_ps(); 8]; N];
     for b in 0..w.len() / GROUP {
         let p = w.as_ptr().add(b * GROUP);
         let scales = scales(p);
-        let xb = x.as_ptr().add(b * Q8K_BLOCK);
-        let mut lanes = [_mm512_setzero_si512(); 8];
+        let mut lanes = [[_mm512_setzero_si512(); 8]; N];
         for (s, scale) in scales.iter().enumerate() {
             prefetch_part::<_MM_HINT_T1>(p, GROUP, s, 8);
             // Both i16 of each lane: the sub-block's scale.
@@ -82,25 +82,34 @@ pub unsafe fn dot16_iq4_xs_lanes(w: &[u8], x: &[u8]) -> [f32; 16] {
                 _mm512_and_si512(*scale, low16),
                 _mm512_slli_epi32::<16>(*scale),
             );
+            // The levels' magnitudes, and their signs to move onto the activations.
             let levels = codes(p, s).map(|c| _mm512_shuffle_epi8(table, c));
-            let xs = xb.add(4 + 32 * s) as *const i32;
-            for (k, (lane, levels)) in lanes.iter_mut().zip(levels).enumerate() {
-                let xk = _mm512_set1_epi32(xs.add(k).read_unaligned());
-                let negative = _mm512_movepi8_mask(levels);
-                let signed_x = _mm512_mask_sub_epi8(xk, negative, _mm512_setzero_si512(), xk);
-                let pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(levels), signed_x);
-                *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+            let negative = levels.map(|l| _mm512_movepi8_mask(l));
+            let magnitudes = levels.map(|l| _mm512_abs_epi8(l));
+            for (lanes, x) in lanes.iter_mut().zip(xs) {
+                let xs = x.as_ptr().add(b * Q8K_BLOCK + 4 + 32 * s) as *const i32;
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    let xk = _mm512_set1_epi32(xs.add(k).read_unaligned());
+                    let signed_x =
+                        _mm512_mask_sub_epi8(xk, negative[k], _mm512_setzero_si512(), xk);
+                    let pairs = _mm512_maddubs_epi16(magnitudes[k], signed_x);
+                    *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+                }
             }
         }
-        let d = _mm512_mul_ps(
-            _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
-            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-        );
-        for (lane, acc) in lanes.iter().zip(acc.iter_mut()) {
-            *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(*lane), *acc);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        for ((lanes, acc), x) in lanes.iter().zip(acc.iter_mut()).zip(xs) {
+            let d = _mm512_mul_ps(_mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])), dw);
+            for (lane, acc) in lanes.iter().zip(acc.iter_mut()) {
+                *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(*lane), *acc);
+            }
         }
     }
-    lanes_total(&acc)
+    let mut out = [[0.0f32; 16]; N];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        *out = lanes_total(acc);
+    }
+    out
 }
 
 // The helpers below carry the kernels' target features rather than only

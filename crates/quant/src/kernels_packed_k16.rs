@@ -102,44 +102,65 @@ pub(crate) unsafe fn add_tiled_blocks<const E: usize, const N: usize>(
     }
 }
 
-/// Sixteen rows (one packed group) · one token (`x`, its Q8_K row) in `LaneSums`' order
-/// (a decoding token, `TokenOrder::OneToken`): per block, each row's eight lanes (lane
-/// k: the values whose position in their 32 is 4k..4k+4) are integers, each added to
-/// its own float accumulator with one fused multiply-add by d_a·d_w; the lanes' tree at
-/// the end.
+/// Sixteen rows (one packed group) · N tokens (`xs`, their Q8_K rows) in `LaneSums`'
+/// order (decoding tokens, `TokenOrder::OneToken`): per block, each row's eight lanes
+/// (lane k: the values whose position in their 32 is 4k..4k+4) are integers, each added
+/// to its own float accumulator with one fused multiply-add by d_a·d_w; the lanes' tree
+/// at the end. Each sub-block's codes are decoded once for all N tokens (several
+/// sequences decoding in one step); every token's sums are those of a lone token.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot16_k16_lanes<const Q3: bool>(w: &[u8], x: &[u8]) -> [f32; 16] {
+pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
+    w: &[u8],
+    xs: &[&[u8]; N],
+) -> [[f32; 16]; N] {
     let group = group_bytes(Q3);
-    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut acc = [[_mm512_setzero_ps(); 8]; N];
+    let low16 = _mm512_set1_epi32(0xffff);
     for b in 0..w.len() / group {
         let p = w.as_ptr().add(b * group);
         let scales = k16_scales::<Q3>(p);
-        let xb = x.as_ptr().add(b * Q8K_BLOCK);
-        // Lanes 0..4 take the first sixteen values of each 32, lanes 4..8 the last
-        // sixteen: sub-blocks 2i and 2i + 1.
-        let mut first = [_mm512_setzero_si512(); 4];
-        let mut second = [_mm512_setzero_si512(); 4];
-        for i in 0..8 {
-            add_lanes::<Q3>(&mut first, p, &scales, xb, 2 * i);
-            add_lanes::<Q3>(&mut second, p, &scales, xb, 2 * i + 1);
+        let xbs: [*const u8; N] = std::array::from_fn(|n| xs[n].as_ptr().add(b * Q8K_BLOCK));
+        // Lanes 0..4 take the first sixteen values of each 32 (even sub-blocks), lanes
+        // 4..8 the last sixteen (odd ones).
+        let mut lanes = [[_mm512_setzero_si512(); 8]; N];
+        for j in 0..16 {
+            prefetch_part::<_MM_HINT_T1>(p, group, j, 16);
+            let codes = k16_codes::<Q3>(p, j);
+            // Both i16 of each lane: the sub-block's scale.
+            let scale = _mm512_or_si512(
+                _mm512_and_si512(scales[j], low16),
+                _mm512_slli_epi32::<16>(scales[j]),
+            );
+            for (lanes, xb) in lanes.iter_mut().zip(&xbs) {
+                let xj = xb.add(4 + 16 * j) as *const i32;
+                for (k, codes) in codes.iter().enumerate() {
+                    let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
+                    let pairs = _mm512_maddubs_epi16(*codes, xk);
+                    let lane = &mut lanes[4 * (j % 2) + k];
+                    *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+                }
+            }
         }
-        let lanes: [__m512i; 8] = std::array::from_fn(|k| [first, second][k / 4][k % 4]);
-        let offsets = if Q3 {
-            q3_k_lane_offsets(&scales, xb)
-        } else {
-            q6_k_lane_offsets(&scales, xb)
-        };
-        let d = _mm512_mul_ps(
-            _mm512_set1_ps(q8k_d(&x[b * Q8K_BLOCK..])),
-            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-        );
-        for ((lane, offset), acc) in lanes.iter().zip(offsets).zip(acc.iter_mut()) {
-            let lane = _mm512_sub_epi32(*lane, offset);
-            *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        for n in 0..N {
+            let offsets = if Q3 {
+                q3_k_lane_offsets(&scales, xbs[n])
+            } else {
+                q6_k_lane_offsets(&scales, xbs[n])
+            };
+            let d = _mm512_mul_ps(_mm512_set1_ps(q8k_d(&xs[n][b * Q8K_BLOCK..])), dw);
+            for ((lane, offset), acc) in lanes[n].iter().zip(offsets).zip(acc[n].iter_mut()) {
+                let lane = _mm512_sub_epi32(*lane, offset);
+                *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lane), *acc);
+            }
         }
     }
-    lanes_total(&acc)
+    let mut out = [[0.0f32; 16]; N];
+    for (out, acc) in out.iter_mut().zip(&acc) {
+        *out = lanes_total(acc);
+    }
+    out
 }
 
 /// `LaneSums::total` of sixteen rows whose lane k is register k: `kernels::lane_tree`,
@@ -152,34 +173,6 @@ pub(crate) unsafe fn lanes_total(acc: &[__m512; 8]) -> [f32; 16] {
     let mut out = [0.0f32; 16];
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(tree, _mm512_setzero_ps()));
     out
-}
-
-/// Adds sub-block j's products to four of a token's lanes (`dot16_k16_lanes`): each pair
-/// of code·x products (within i16: 2 · 63 · 128 < 2^15) times the sub-block's scale, by
-/// `vpdpwssd`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn add_lanes<const Q3: bool>(
-    lanes: &mut [__m512i; 4],
-    p: *const u8,
-    scales: &[__m512i; 16],
-    xb: *const u8,
-    j: usize,
-) {
-    prefetch_part::<_MM_HINT_T1>(p, group_bytes(Q3), j, 16);
-    let codes = k16_codes::<Q3>(p, j);
-    // Both i16 of each lane: the sub-block's scale.
-    let low16 = _mm512_set1_epi32(0xffff);
-    let scale = _mm512_or_si512(
-        _mm512_and_si512(scales[j], low16),
-        _mm512_slli_epi32::<16>(scales[j]),
-    );
-    let xj = xb.add(4 + 16 * j) as *const i32;
-    for (k, lane) in lanes.iter_mut().enumerate() {
-        let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
-        let pairs = _mm512_maddubs_epi16(codes[k], xk);
-        *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
-    }
 }
 
 /// What Q6_K's offset of 32 takes off each of a block's eight lanes, as llama.cpp's

@@ -8,7 +8,7 @@
 //! llama.cpp's (without an importance matrix).
 
 use crate::kquants_search::{
-    affine_search, largest, nearest, refined_search, symmetric_search, Miss, ScaleGrid, ZERO_GROUP,
+    affine_search, nearest, refined_search, symmetric_search, Miss, ScaleGrid, ZERO_GROUP,
 };
 use crate::legacy::{round_half_even, signed_absmax};
 use crate::{f16_at, put_f16};
@@ -116,7 +116,7 @@ pub fn quantize_q3_k(x: &[f32], b: &mut [u8]) {
     for (j, (x, codes)) in x[..QK_K].chunks(16).zip(codes.chunks_mut(16)).enumerate() {
         scales[j] = refined_search(x, 4, codes);
     }
-    let max_scale = largest(&scales);
+    let max_scale = signed_absmax(&scales);
     b[..110].fill(0);
     if max_scale != 0.0 {
         let inverse = -32.0 / max_scale;
@@ -290,7 +290,7 @@ pub fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
         scales[j] = symmetric_search(x, 32, codes);
     }
     b[..210].fill(0);
-    let max_scale = largest(&scales);
+    let max_scale = signed_absmax(&scales);
     if max_scale.abs() < ZERO_GROUP {
         return;
     }

@@ -6,7 +6,7 @@
 //! in the same order, so a file we write holds the bytes theirs holds
 //! (`tests/quantize_refs.rs`).
 
-use crate::legacy::round_half_even;
+use crate::legacy::{round_half_even, signed_absmax};
 
 /// Values whose largest magnitude is below this quantize to zero codes and scale.
 pub(crate) const ZERO_GROUP: f32 = 1e-15;
@@ -16,23 +16,12 @@ pub(crate) fn nearest(v: f32) -> i32 {
     round_half_even(v) as i32
 }
 
-/// The value of largest magnitude, the first one where magnitudes tie.
-pub(crate) fn largest(x: &[f32]) -> f32 {
-    let mut best = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > best.0 {
-            best = (v.abs(), v);
-        }
-    }
-    best.1
-}
-
 /// Symmetric codes `l ∈ [-nmax, nmax)` (stored as `l + nmax`) and the scale `s` with
 /// `x ≈ s·l`, minimising Σ x²·(x − s·l)². Candidate scales put the largest value at code
 /// −(nmax + k/10) for k in −9..=9; each is fitted by least squares and the best kept.
 /// Q6_K's sub-blocks (GGML's `make_qx_quants`, weighted by x²).
 pub(crate) fn symmetric_search(x: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
-    let max = largest(x);
+    let max = signed_absmax(x);
     if max.abs() < ZERO_GROUP {
         codes.fill(0);
         return 0.0;
@@ -74,7 +63,7 @@ pub(crate) fn symmetric_search(x: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
 /// alone to the code the other codes' fit asks for when that lowers the error, for up to
 /// five passes. Q3_K's sub-blocks (GGML's `make_q3_quants`).
 pub(crate) fn refined_search(x: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
-    let max = largest(x);
+    let max = signed_absmax(x);
     if max.abs() < ZERO_GROUP {
         codes.fill(0);
         return 0.0;

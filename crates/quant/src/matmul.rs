@@ -633,9 +633,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                 let v = unsafe {
                     match run.batched {
                         true => avx512_iq4_xs::dot16_iq4_xs_tiled::<N>(data, &group),
-                        false => group
-                            .rows
-                            .map(|x| avx512_iq4_xs::dot16_iq4_xs_lanes(data, x)),
+                        false => avx512_iq4_xs::dot16_iq4_xs_lanes::<N>(data, &group.rows),
                     }
                 };
                 write_group(v, w.rows, t, r, out)
@@ -646,14 +644,10 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                     match (w.ty == GgmlType::Q3_K, run.batched) {
                         (true, true) => avx512_k16::dot16_k16_tiled::<true, N>(data, &group),
                         (false, true) => avx512_k16::dot16_k16_tiled::<false, N>(data, &group),
-                        // The one-token order keeps eight accumulators per row and token:
-                        // one token at a time (the group stays in the L1 for the next).
-                        (true, false) => group
-                            .rows
-                            .map(|x| avx512_k16::dot16_k16_lanes::<true>(data, x)),
-                        (false, false) => group
-                            .rows
-                            .map(|x| avx512_k16::dot16_k16_lanes::<false>(data, x)),
+                        (true, false) => avx512_k16::dot16_k16_lanes::<true, N>(data, &group.rows),
+                        (false, false) => {
+                            avx512_k16::dot16_k16_lanes::<false, N>(data, &group.rows)
+                        }
                     }
                 };
                 write_group(v, w.rows, t, r, out)
