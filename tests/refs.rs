@@ -12,3 +12,13 @@ pub fn refs(name: &str) -> PathBuf {
     }
     .join(name)
 }
+
+/// A reference file of little-endian f32 values (logits, dequantized blocks, inputs).
+#[allow(dead_code)] // not every test binary reads one
+pub fn f32_file(name: &str) -> Vec<f32> {
+    std::fs::read(refs(name))
+        .unwrap_or_else(|e| panic!("reference file {name}: {e}"))
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}

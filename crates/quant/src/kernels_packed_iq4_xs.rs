@@ -15,7 +15,7 @@ use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::kernels_packed::{iq4_levels_plus_128, repeat16};
 use crate::kernels_packed_k::dot_codes;
-use crate::kernels_packed_k16::{add_tiled_blocks, lanes_total};
+use crate::kernels_packed_k16::{add_tiled_blocks, lanes_totals};
 use crate::kernels_packed_k_avx2::prefetch_part;
 use core::arch::x86_64::*;
 
@@ -105,11 +105,7 @@ pub unsafe fn dot16_iq4_xs_lanes<const N: usize>(w: &[u8], xs: &[&[u8]; N]) -> [
             }
         }
     }
-    let mut out = [[0.0f32; 16]; N];
-    for (out, acc) in out.iter_mut().zip(&acc) {
-        *out = lanes_total(acc);
-    }
-    out
+    lanes_totals(&acc)
 }
 
 // The helpers below carry the kernels' target features rather than only

@@ -156,22 +156,20 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
             }
         }
     }
-    let mut out = [[0.0f32; 16]; N];
-    for (out, acc) in out.iter_mut().zip(&acc) {
-        *out = lanes_total(acc);
-    }
-    out
+    lanes_totals(&acc)
 }
 
-/// `LaneSums::total` of sixteen rows whose lane k is register k: `kernels::lane_tree`,
-/// then the offsets (zero).
+/// `LaneSums::total` of sixteen rows per token, whose lane k is register k:
+/// `kernels::lane_tree`, then the offsets (zero).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn lanes_total(acc: &[__m512; 8]) -> [f32; 16] {
-    let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(acc[k], acc[k + 4]));
-    let tree = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
-    let mut out = [0.0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(tree, _mm512_setzero_ps()));
+pub(crate) unsafe fn lanes_totals<const N: usize>(acc: &[[__m512; 8]; N]) -> [[f32; 16]; N] {
+    let mut out = [[0.0f32; 16]; N];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        let s: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(acc[k], acc[k + 4]));
+        let tree = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+        _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(tree, _mm512_setzero_ps()));
+    }
     out
 }
 

@@ -14,11 +14,7 @@ fn lattice_dequantization_equals_llama_cpp_bit_for_bit() {
     for ty in [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M] {
         let name = ty.to_string().to_lowercase();
         let blocks = std::fs::read(refs::refs(&format!("iquants/{name}.blocks"))).unwrap();
-        let want: Vec<f32> = std::fs::read(refs::refs(&format!("iquants/{name}.f32")))
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let want = refs::f32_file(&format!("iquants/{name}.f32"));
         assert_eq!(blocks.len() / ty.type_size() * 256, want.len(), "{ty}");
         let mut got = vec![0.0f32; want.len()];
         quant::dequantize(ty, &blocks, &mut got).unwrap();

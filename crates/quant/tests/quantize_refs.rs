@@ -8,18 +8,10 @@ mod refs;
 
 use gguf::GgmlType;
 
-fn read_f32(name: &str) -> Vec<f32> {
-    std::fs::read(refs::refs(name))
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
 #[test]
 fn quantizers_write_llama_cpp_bytes() {
     use GgmlType::*;
-    let input = read_f32("quantize/input.f32");
+    let input = refs::f32_file("quantize/input.f32");
     let mut mismatched = Vec::new();
     for ty in [
         Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
@@ -44,7 +36,7 @@ fn quantizers_write_llama_cpp_bytes() {
 /// writes.
 #[test]
 fn q8_0_activation_quantizer_is_not_the_files() {
-    let input = read_f32("quantize/input.f32");
+    let input = refs::f32_file("quantize/input.f32");
     let want = std::fs::read(refs::refs("quantize/q8_0.blocks")).unwrap();
     assert_ne!(quant::quantize(GgmlType::Q8_0, &input).unwrap(), want);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[path = "../../../../tests/refs.rs"]
 mod refs_dir;
 #[allow(unused_imports)] // not every test binary reads reference data
-pub use refs_dir::refs;
+pub use refs_dir::{f32_file, refs};
 
 /// The default model, pulled into the tests' shared store on first use
 /// (`LLAMA_GPU_TEST_MODEL` names a GGUF file to use instead, e.g. on a GPU machine).
@@ -68,14 +68,6 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .expect("a JSON array of ids")
         .iter()
         .map(|x| x.as_u64().expect("a token id") as u32)
-        .collect()
-}
-
-pub fn f32_file(name: &str) -> Vec<f32> {
-    std::fs::read(refs(name))
-        .expect("reference logits")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
 
