@@ -1,4 +1,4 @@
-"""Writes llama.cpp's dequantization of random IQ1/IQ2/IQ3 blocks into tests/data/refs/iquants/.
+"""Writes llama.cpp's dequantization of random IQ1/IQ2/IQ3 and TQ1_0/TQ2_0 blocks into tests/data/refs/iquants/.
 
 For each type, 32 blocks of random bytes (their f16 step set to a random value of a
 plausible size) go to TYPE.blocks, and the 256 · 32 values that llama.cpp's
@@ -19,7 +19,10 @@ LIB = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libg
 BLOCKS = 32
 
 # type name: block bytes
-TYPES = {"iq2_xxs": 66, "iq2_xs": 74, "iq2_s": 82, "iq3_xxs": 98, "iq3_s": 110, "iq1_s": 50, "iq1_m": 56}
+TYPES = {"iq2_xxs": 66, "iq2_xs": 74, "iq2_s": 82, "iq3_xxs": 98, "iq3_s": 110, "iq1_s": 50, "iq1_m": 56,
+         "tq1_0": 54, "tq2_0": 66}
+# Where the f16 step sits, where it is not the first two bytes.
+STEP_AT = {"tq1_0": 52, "tq2_0": 64}
 
 rng = np.random.default_rng(20261204)
 for name, size in TYPES.items():
@@ -32,7 +35,8 @@ for name, size in TYPES.items():
             for k in range(4):
                 b[48 + 2 * k + 1] = (b[48 + 2 * k + 1] & 0x0F) | (((bits >> (4 * k)) & 0xF) << 4)
         else:
-            b[0], b[1] = bits & 0xFF, bits >> 8
+            at = STEP_AT.get(name, 0)
+            b[at], b[at + 1] = bits & 0xFF, bits >> 8
     out = np.zeros(BLOCKS * 256, dtype=np.float32)
     fn = getattr(LIB, f"dequantize_row_{name}")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]

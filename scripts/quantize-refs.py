@@ -1,12 +1,12 @@
 """Writes llama.cpp's quantization of random values into tests/data/refs/quantize/.
 
-`input.f32` holds 48 blocks of 256 values drawn to cover what real weights and the
+`input.f32` holds 49 blocks of 256 values drawn to cover what real weights and the
 quantizers' corner cases look like (normal rows of many sizes, heavy tails, a lone
 outlier, one-signed rows, sparse rows, constant, zero and denormal-small rows, values
-on exact halves). For each
+on exact halves, ternary ties). For each
 type, TYPE.blocks holds the bytes that llama.cpp (without an importance matrix, as
-`llama-quantize` runs) writes for them: `quantize_row_TYPE_ref` for the legacy and
-K-quant types, `quantize_TYPE` for IQ4_NL and IQ4_XS (whose search runs even without
+`llama-quantize` runs) writes for them: `quantize_row_TYPE_ref` for the legacy,
+K-quant and ternary types, `quantize_TYPE` for IQ4_NL and IQ4_XS (whose search runs even without
 one). The test `quantizers_write_llama_cpp_bytes` in crates/quant reads them. Run with a
 Python that has llama-cpp-python 0.3.36 (the venv scripts/compare-llama-cpp.sh builds),
 from the repository root:
@@ -24,7 +24,7 @@ OUT = "tests/data/refs/quantize"
 
 # type name: bytes per 256 values
 ROW_REF = {"q4_0": 144, "q4_1": 160, "q5_0": 176, "q5_1": 192, "q8_0": 272,
-           "q2_K": 84, "q3_K": 110, "q4_K": 144, "q5_K": 176, "q6_K": 210}
+           "q2_K": 84, "q3_K": 110, "q4_K": 144, "q5_K": 176, "q6_K": 210, "tq1_0": 54, "tq2_0": 66}
 SEARCHED = {"iq4_nl": 144, "iq4_xs": 136}
 
 rng = np.random.default_rng(20261205)
@@ -58,6 +58,9 @@ halves[::32] = 127 / 128
 blocks.append(halves)
 while len(blocks) < 48:
     blocks.append(rng.normal(rng.normal(0.0, 0.02), rng.uniform(0.005, 0.1), 256))
+# Ternary ties (added after the first 48, which stay as they were): values at exactly
+# half the largest, where TQ1_0/TQ2_0 round away from zero.
+blocks.append(rng.choice([-0.5, -0.25, -0.125, 0.0, 0.125, 0.25, 0.5], 256))
 x = np.ascontiguousarray(np.concatenate(blocks).astype(np.float32))
 n = x.size
 

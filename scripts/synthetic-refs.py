@@ -21,10 +21,10 @@ PROMPT = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1]  # as in both tests
 
 # (reference file, model file, flash attention, context, RoPE settings)
 CASES = [(f"kquants/{q}", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q4_k_m", "q4_k", "q5_k", "q6_k", "q3_k", "q2_k", "iq4_xs", "iq4_nl", "f16",
-    "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m"]]
+    "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "tq1_0", "tq2_0"]]
 # The same files fed one token at a time (llama.cpp's one-token kernels, `vec_dot`).
 CASES += [(f"kquants/{q}-sequential", f"kquant-{q}", False, 32, {}) for q in ["q8_0", "q3_k", "q6_k", "iq4_xs",
-    "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m"]]
+    "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "tq1_0", "tq2_0"]]
 CASES += [
     ("families/qwen3", "family-qwen3", False, 32, {}),
     ("families/gemma3", "family-gemma3", False, 32, {}),

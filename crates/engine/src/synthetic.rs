@@ -220,8 +220,9 @@ impl WeightMix {
 
     /// `type_for` a tensor whose rows hold `cols` values. Where a row is not a whole
     /// number of that type's blocks, llama-quantize's fallback: a 32-value type of about
-    /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K and Q3_K → Q4_0,
-    /// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and F16 where even that does not fit.
+    /// the same size (IQ4_XS and the codebook i-quants → IQ4_NL, Q2_K, Q3_K, TQ1_0 and
+    /// TQ2_0 → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and F16 where even that does
+    /// not fit.
     pub fn type_for_rows(&self, name: &str, layers: usize, tied: bool, cols: usize) -> GgmlType {
         use GgmlType::*;
         let fits = |ty: GgmlType| cols.is_multiple_of(ty.block_size());
@@ -229,7 +230,7 @@ impl WeightMix {
         let fallback = match ty {
             _ if fits(ty) => return ty,
             IQ4_XS | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S => IQ4_NL,
-            Q2_K | Q3_K => Q4_0,
+            Q2_K | Q3_K | TQ1_0 | TQ2_0 => Q4_0,
             Q4_K => Q5_0,
             Q5_K => Q5_1,
             Q6_K => Q8_0,
@@ -627,8 +628,8 @@ mod tests {
         let fallback =
             |ty| WeightMix::Uniform(ty).type_for_rows("blk.0.ffn_up.weight", 16, false, 640);
         assert_eq!(
-            [IQ4_XS, Q2_K, Q3_K, Q5_K, Q8_0].map(fallback),
-            [IQ4_NL, Q4_0, Q4_0, Q5_1, Q8_0]
+            [IQ4_XS, Q2_K, Q3_K, Q5_K, Q8_0, TQ1_0].map(fallback),
+            [IQ4_NL, Q4_0, Q4_0, Q5_1, Q8_0, Q4_0]
         );
     }
 }

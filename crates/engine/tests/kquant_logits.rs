@@ -1,6 +1,6 @@
 //! K-quant, i-quant and F16 models against llama.cpp: the logits of small random-weight
 //! models whose matrices are Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, IQ4_NL, the codebook
-//! i-quants IQ1_S … IQ3_S, Q8_0 or F16 (`identical` lists those that are bit-identical),
+//! i-quants IQ1_S … IQ3_S, the ternary TQ1_0 and TQ2_0, Q8_0 or F16 (`identical` lists those that are bit-identical),
 //! at every position of one prompt, against the logits llama.cpp's CPU build computes
 //! for the same files (`tests/data/refs/kquants/`, written by `scripts/synthetic-refs.py`
 //! from the files this test leaves in `target/test-models/`).
@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// The prompt, as token ids of the byte-level vocabulary.
 const PROMPT: [u32; 12] = [40, 69, 76, 76, 79, 0, 87, 79, 82, 76, 68, 1];
 
-fn cases() -> [(&'static str, WeightMix); 17] {
+fn cases() -> [(&'static str, WeightMix); 19] {
     [
         ("q8_0", WeightMix::Uniform(GgmlType::Q8_0)),
         ("q4_k_m", WeightMix::Q4KM),
@@ -34,6 +34,8 @@ fn cases() -> [(&'static str, WeightMix); 17] {
         ("iq3_s", WeightMix::Uniform(GgmlType::IQ3_S)),
         ("iq1_s", WeightMix::Uniform(GgmlType::IQ1_S)),
         ("iq1_m", WeightMix::Uniform(GgmlType::IQ1_M)),
+        ("tq1_0", WeightMix::Uniform(GgmlType::TQ1_0)),
+        ("tq2_0", WeightMix::Uniform(GgmlType::TQ2_0)),
     ]
 }
 
@@ -73,7 +75,7 @@ fn k_quant_logits_equal_llama_cpp_at_every_position() {
         assert_eq!(ours.len(), reference.len(), "{name}: logits count");
         let identical = [
             "q8_0", "q3_k", "q5_k", "iq4_nl", "f16", "iq2_xxs", "iq3_xxs", "iq3_s", "iq1_s",
-            "iq1_m",
+            "iq1_m", "tq1_0", "tq2_0",
         ];
         if identical.contains(&name) {
             assert!(ours == reference, "{name}: not bit-identical");
@@ -116,7 +118,7 @@ fn logits_of_tokens_decoded_one_at_a_time_equal_llama_cpp() {
     std::fs::create_dir_all(&dir).unwrap();
     let sequential = [
         "q8_0", "q3_k", "q6_k", "iq4_xs", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s",
-        "iq1_s", "iq1_m",
+        "iq1_s", "iq1_m", "tq1_0", "tq2_0",
     ];
     for (name, mix) in cases() {
         if !sequential.contains(&name) {

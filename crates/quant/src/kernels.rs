@@ -20,6 +20,7 @@ use crate::kernels_float::dot_f16_f16;
 use crate::kernels_k::{
     dot_iq4_xs_q8_k, dot_q2_k_q8_k, dot_q3_k_q8_k, dot_q4_k_q8_k, dot_q5_k_q8_k, dot_q6_k_q8_k,
 };
+use crate::ternary::dot_ternary_q8_k;
 use gguf::GgmlType;
 
 /// The format activations are quantized to before a dot product with `weight`.
@@ -29,7 +30,7 @@ pub fn activation_type(weight: GgmlType) -> GgmlType {
         Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Q8_0,
         Q4_1 | Q5_1 => Q8_1,
         Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_XS => Q8_K,
-        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => Q8_K,
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M | TQ1_0 | TQ2_0 => Q8_K,
         F16 => F16,
         BF16 => BF16,
         _ => F32,
@@ -151,6 +152,20 @@ impl Kernel for LatticeQ8K {
     #[inline(always)]
     fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
         dot_lattice_q8_k(ty, w, g.rows, g.batched)
+    }
+}
+
+/// The ternary types (`ternary`): each block decoded once for all tokens.
+pub struct TernaryQ8K;
+impl Kernel for TernaryQ8K {
+    #[inline(always)]
+    fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+        dot_ternary_q8_k(ty, w, [a])[0]
+    }
+
+    #[inline(always)]
+    fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+        dot_ternary_q8_k(ty, w, g.rows)
     }
 }
 

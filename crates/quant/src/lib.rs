@@ -40,6 +40,8 @@ mod kernels_packed_k16;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_k_avx2;
 #[cfg(target_arch = "x86_64")]
+mod kernels_ternary_x86;
+#[cfg(target_arch = "x86_64")]
 mod kernels_x86;
 mod kquants;
 mod kquants_search;
@@ -53,6 +55,7 @@ mod nonlinear_avx2;
 mod nonlinear_avx512;
 mod packed;
 mod rope;
+mod ternary;
 
 pub use attention::{
     attend, attention_scores, dot_f16, AttendScratch, F16Order, KvHead, Query, KV_BLOCK,
@@ -67,6 +70,7 @@ pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMa
 pub use nonlinear::{exp_poly, gelu_mul, gelu_tanh, rms_norm_scale, silu_mul, softcap, softmax};
 pub use packed::{pack, packable, packed_len};
 pub use rope::{rope_angles, rope_rotate, rope_theta_scale, YarnRamp};
+pub use ternary::is_ternary;
 
 use gguf::GgmlType;
 
@@ -97,7 +101,7 @@ pub enum QuantError {
 
 const SUPPORTED: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, \
-     IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M";
+     IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0";
 
 pub type Result<T, E = QuantError> = std::result::Result<T, E>;
 
@@ -147,6 +151,8 @@ fn read_write_fns(ty: GgmlType) -> Option<(BlockFn, QuantFn)> {
         Q8_K => (kquants::dequantize_q8_k, kquants::quantize_q8_k),
         IQ4_NL => (iquants::dequantize_iq4_nl, iquants::quantize_iq4_nl),
         IQ4_XS => (iquants::dequantize_iq4_xs, iquants::quantize_iq4_xs),
+        TQ1_0 => (ternary::dequantize_tq1_0, ternary::quantize_tq1_0),
+        TQ2_0 => (ternary::dequantize_tq2_0, ternary::quantize_tq2_0),
         _ => return None,
     })
 }

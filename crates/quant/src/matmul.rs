@@ -13,6 +13,7 @@ use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::packed::{
     group_bytes, group_rows, has_packed_layout, packable, packed_len, unpack_block,
 };
+use crate::ternary::is_ternary;
 use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
@@ -414,6 +415,7 @@ fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
         GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, r0, out),
         GgmlType::F16 => tile::<F16F16>(w, x, r0, out),
         ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, r0, out),
+        ty if is_ternary(ty) => tile::<TernaryQ8K>(w, x, r0, out),
         _ => tile::<Dequantizing>(w, x, r0, out),
     }
 }
@@ -514,6 +516,24 @@ macro_rules! x86_tile {
                 }
             }
 
+            /// TQ1_0 and TQ2_0, both in one kernel.
+            pub struct Ternary;
+            impl Kernel for Ternary {
+                const PREFETCHES: bool = true;
+
+                #[inline(always)]
+                fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                    // `tile` only calls `dotn`; the scalar twin gives the same bits.
+                    TernaryQ8K::dot(ty, w, a)
+                }
+
+                #[inline(always)]
+                fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
+                    // SAFETY: as above.
+                    unsafe { crate::kernels_ternary_x86::$module::dot_ternary_q8_k::<N>(ty, w, g) }
+                }
+            }
+
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
                 match w.ty {
@@ -531,6 +551,7 @@ macro_rules! x86_tile {
                     GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
                     GgmlType::F16 => f16_tile::<$avx512>(w, x, r0, out),
                     ty if is_lattice(ty) => tile::<Lattice>(w, x, r0, out),
+                    ty if is_ternary(ty) => tile::<Ternary>(w, x, r0, out),
                     _ => tile::<Dequantizing>(w, x, r0, out),
                 }
             }

@@ -4,9 +4,9 @@ use super::*;
 use gguf::GgmlType::{self, *};
 use rand::{Rng, SeedableRng};
 
-const ALL: [GgmlType; 17] = [
+const ALL: [GgmlType; 19] = [
     F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL,
-    IQ4_XS,
+    IQ4_XS, TQ1_0, TQ2_0,
 ];
 
 fn relative_rms_error(ty: GgmlType, x: &[f32]) -> f32 {

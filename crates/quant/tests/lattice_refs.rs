@@ -1,5 +1,5 @@
-//! The codebook i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) decode
-//! exactly as llama.cpp decodes them: random blocks against the values llama.cpp's
+//! The codebook i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) and the
+//! ternary types (TQ1_0, TQ2_0) decode exactly as llama.cpp decodes them: random blocks against the values llama.cpp's
 //! `dequantize_row_*` gave for the same bytes (`tests/data/refs/iquants/`, written by
 //! `scripts/iquant-refs.py`).
 
@@ -9,9 +9,11 @@ mod refs;
 use gguf::GgmlType;
 
 #[test]
-fn lattice_dequantization_equals_llama_cpp_bit_for_bit() {
+fn random_blocks_dequantize_as_llama_cpp_bit_for_bit() {
     use GgmlType::*;
-    for ty in [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M] {
+    for ty in [
+        IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, TQ1_0, TQ2_0,
+    ] {
         let name = ty.to_string().to_lowercase();
         let blocks = std::fs::read(refs::refs(&format!("iquants/{name}.blocks"))).unwrap();
         let want = refs::f32_file(&format!("iquants/{name}.f32"));

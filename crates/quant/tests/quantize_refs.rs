@@ -1,5 +1,5 @@
 //! The quantizers write the bytes llama.cpp writes (without an importance matrix, as
-//! `llama-quantize` runs): 48 blocks of values chosen to cover real weights and the
+//! `llama-quantize` runs): 49 blocks of values chosen to cover real weights and the
 //! searches' corner cases, against llama.cpp's output for them (`tests/data/refs/quantize/`,
 //! written by `scripts/quantize-refs.py`).
 
@@ -14,7 +14,7 @@ fn quantizers_write_llama_cpp_bytes() {
     let input = refs::f32_file("quantize/input.f32");
     let mut mismatched = Vec::new();
     for ty in [
-        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+        Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0,
     ] {
         let name = ty.to_string().to_lowercase();
         let want = std::fs::read(refs::refs(&format!("quantize/{name}.blocks"))).unwrap();

@@ -19,7 +19,7 @@ use std::path::Path;
 pub struct Args {
     /// `IN OUT TYPE` (input: a path, store name or digest prefix), or `TYPE OUT` with
     /// --synthetic. TYPE: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q3_K_M, Q4_K_M,
-    /// Q5_K_M, IQ4_NL, IQ4_XS, F16, BF16, F32; with --synthetic also IQ1_S, IQ1_M,
+    /// Q5_K_M, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, F16, BF16, F32; with --synthetic also IQ1_S, IQ1_M,
     /// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S (random codes). The bytes are
     /// llama-quantize's (without an importance matrix; a single type as with its --pure).
     #[arg(num_args = 2..=3, value_name = "ARGS", required = true)]
