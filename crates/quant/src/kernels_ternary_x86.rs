@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 use gguf::GgmlType;
 
 /// For each of a TQ1_0 block's eight registers of codes (`tq1_codes`), each byte's
-/// multiplier 3ⁿ (n: which of its source byte's codes it is), times 256.
+/// multiplier 3ⁿ (n: which of its source byte's codes it is), times 256 (`trits`).
 static TRIT_POWERS: [[u16; 32]; 8] = {
     let mut out = [[0u16; 32]; 8];
     let mut r = 0;
@@ -39,26 +39,30 @@ macro_rules! x86_ternary_kernels {
             use super::*;
             use crate::kernels_x86::$module::{f16_at, lane_tree};
 
-            /// Code n of every TQ1_0 byte of `v`, where each 16-bit lane's multiplier
-            /// (3ⁿ, the same for its two bytes) is in `powers`: the top two bits of
-            /// 3 · (byte · 3ⁿ mod 256), computed per 16-bit lane for the even and the odd
-            /// byte apart (x86 has no byte multiply).
+            /// The codes of 32 TQ1_0 bytes, each byte's code n picked by its power in
+            /// `powers` (3ⁿ · 256): with each byte widened to 16 bits, the product's high
+            /// byte is byte · 3ⁿ mod 256, and the high half of that times 3 is the code.
+            /// AVX-512 takes the 32 bytes in one register, AVX2 in two halves.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn trits(v: __m256i, powers: __m256i) -> __m256i {
-                let three = _mm256_set1_epi16(3);
-                // Each byte · 3ⁿ mod 256, moved to the high byte of its lane.
-                let even = _mm256_slli_epi16::<8>(_mm256_mullo_epi16(v, powers));
-                let odd = _mm256_mullo_epi16(_mm256_and_si256(v, _mm256_set1_epi16(-256)), powers);
-                // (high byte · 3) >> 8, i.e. (t · 256 · 3) >> 16.
-                let even = _mm256_mulhi_epu16(even, three);
-                let odd = _mm256_mulhi_epu16(odd, three);
-                _mm256_or_si256(even, _mm256_slli_epi16::<8>(odd))
+            unsafe fn trits(bytes: __m256i, powers: &[u16; 32]) -> __m256i {
+                if $avx512 {
+                    let powers = _mm512_loadu_si512(powers.as_ptr() as *const __m512i);
+                    let shifted = _mm512_mullo_epi16(_mm512_cvtepu8_epi16(bytes), powers);
+                    return _mm512_cvtepi16_epi8(_mm512_mulhi_epu16(shifted, _mm512_set1_epi16(3)));
+                }
+                let half = |bytes: __m128i, powers: &[u16]| {
+                    let powers = _mm256_loadu_si256(powers.as_ptr() as *const __m256i);
+                    let shifted = _mm256_mullo_epi16(_mm256_cvtepu8_epi16(bytes), powers);
+                    _mm256_mulhi_epu16(shifted, _mm256_set1_epi16(3))
+                };
+                let low = half(_mm256_castsi256_si128(bytes), &powers[..16]);
+                let high = half(_mm256_extracti128_si256::<1>(bytes), &powers[16..]);
+                // `packus` interleaves the halves' 128-bit lanes; the permute restores order.
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(low, high))
             }
 
-            /// A TQ1_0 block's codes, 32 values per register: AVX-512 widens each byte
-            /// to 16 bits, so that one multiply takes 32 bytes at a time
-            /// (`trits_widened`); AVX2 splits even and odd bytes (`trits`).
+            /// A TQ1_0 block's codes, 32 values per register.
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn tq1_codes(b: &[u8]) -> [__m256i; 8] {
@@ -69,50 +73,8 @@ macro_rules! x86_ternary_kernels {
                 let qh = i32::from_le_bytes([b[48], b[49], b[50], b[51]]);
                 // Values 224..240 are code 4 of `rest`, 240..256 code j/4 of qh byte j%4.
                 let last = _mm256_inserti128_si256::<1>(rest, _mm_set1_epi32(qh));
-                if $avx512 {
-                    let [first, rest, last] = [first, rest, last].map(|v| _mm512_cvtepu8_epi16(v));
-                    let p = |n: usize| &TRIT_POWERS[n];
-                    return [
-                        trits_widened(first, p(0)),
-                        trits_widened(first, p(1)),
-                        trits_widened(first, p(2)),
-                        trits_widened(first, p(3)),
-                        trits_widened(first, p(4)),
-                        trits_widened(rest, p(5)),
-                        trits_widened(rest, p(6)),
-                        trits_widened(last, p(7)),
-                    ];
-                }
-                let p = |low: i16, high: i16| {
-                    _mm256_setr_epi16(
-                        low, low, low, low, low, low, low, low, high, high, high, high, high, high,
-                        high, high,
-                    )
-                };
-                [
-                    trits(first, _mm256_set1_epi16(1)),
-                    trits(first, _mm256_set1_epi16(3)),
-                    trits(first, _mm256_set1_epi16(9)),
-                    trits(first, _mm256_set1_epi16(27)),
-                    trits(first, _mm256_set1_epi16(81)),
-                    trits(rest, p(1, 3)),
-                    trits(rest, p(9, 27)),
-                    trits(
-                        last,
-                        _mm256_setr_epi16(81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27),
-                    ),
-                ]
-            }
-
-            /// `trits` of 32 bytes widened to 16 bits, with each byte's power of three
-            /// times 256: the product's high byte is the byte · 3ⁿ mod 256, and the high
-            /// half of that times 3 is the code.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn trits_widened(x: __m512i, powers: &[u16; 32]) -> __m256i {
-                let powers = _mm512_loadu_si512(powers.as_ptr() as *const __m512i);
-                let shifted = _mm512_mullo_epi16(x, powers);
-                _mm512_cvtepi16_epi8(_mm512_mulhi_epu16(shifted, _mm512_set1_epi16(3)))
+                let sources = [first, first, first, first, first, rest, rest, last];
+                std::array::from_fn(|r| trits(sources[r], &TRIT_POWERS[r]))
             }
 
             /// A TQ2_0 block's codes, 32 values per register.
