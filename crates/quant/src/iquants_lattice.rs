@@ -412,17 +412,12 @@ mod tests {
                             );
                         }
                     }
-                    for isa in [Isa::Avx2, Isa::Avx512] {
-                        if !isa.is_available() {
-                            continue;
-                        }
-                        let mut got = vec![0.0; n * rows];
-                        matmul_many_with(isa, &[m], &x, &mut [&mut got], &orders);
-                        let same = got
-                            .iter()
-                            .zip(&scalar)
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(same, "{ty} {} rows {rows} tokens {n}", isa.name());
+                    for isa in [Isa::Avx2, Isa::Avx512]
+                        .into_iter()
+                        .filter(|i| i.is_available())
+                    {
+                        let what = format!("{ty} rows {rows} tokens {n}");
+                        crate::tests::assert_matmul_bits(isa, m, &x, &orders, &scalar, &what);
                     }
                 }
             }

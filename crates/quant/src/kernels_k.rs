@@ -270,7 +270,7 @@ pub fn dot_q6_k_q8_k(w: &[u8], a: &[u8], batched: bool) -> f32 {
 mod tests {
     use super::*;
     use crate::packed::has_packed_layout;
-    use crate::{matmul_many_with, pack, packable, quantize, Isa, QMatrix, TokenOrder};
+    use crate::{pack, packable, quantize, Isa, QMatrix, TokenOrder};
     use gguf::GgmlType::{self, *};
     use rand::{Rng, SeedableRng};
 
@@ -337,17 +337,10 @@ mod tests {
                             layouts.push(("packed", QMatrix::packed(ty, p, rows, cols).unwrap()));
                         }
                         for (layout, m) in layouts {
-                            let mut got = vec![0.0; n * rows];
-                            matmul_many_with(isa, &[m], &x, &mut [&mut got], &orders);
-                            let same = got
-                                .iter()
-                                .zip(&want)
-                                .all(|(a, b)| a.to_bits() == b.to_bits());
-                            assert!(
-                                same,
-                                "{ty} {} {layout} rows {rows} cols {cols} tokens {n} {orders:?}",
-                                isa.name()
+                            let what = format!(
+                                "{ty} {layout} rows {rows} cols {cols} tokens {n} {orders:?}"
                             );
+                            crate::tests::assert_matmul_bits(isa, m, &x, &orders, &want, &what);
                         }
                     }
                 }

@@ -4,6 +4,25 @@ use super::*;
 use gguf::GgmlType::{self, *};
 use rand::{Rng, SeedableRng};
 
+/// Multiplies `x` (tokens in `orders`) by `m` with `isa`'s kernels and asserts that every
+/// result has the bits of `want`'s (`what` names the case in the failure).
+pub(crate) fn assert_matmul_bits(
+    isa: Isa,
+    m: QMatrix,
+    x: &[f32],
+    orders: &[TokenOrder],
+    want: &[f32],
+    what: &str,
+) {
+    let mut got = vec![0.0; want.len()];
+    matmul_many_with(isa, &[m], x, &mut [&mut got], orders);
+    let same = got
+        .iter()
+        .zip(want)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{what} on {}", isa.name());
+}
+
 const ALL: [GgmlType; 19] = [
     F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL,
     IQ4_XS, TQ1_0, TQ2_0,
