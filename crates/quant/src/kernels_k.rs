@@ -37,7 +37,7 @@ fn q8k_value(a: &[u8], i: usize) -> i32 {
 
 /// Σ of activation values 16j..16j+16 (stored in the block).
 #[inline(always)]
-fn q8k_bsum(a: &[u8], j: usize) -> i32 {
+pub(crate) fn q8k_bsum(a: &[u8], j: usize) -> i32 {
     i16::from_le_bytes([a[260 + 2 * j], a[261 + 2 * j]]) as i32
 }
 

@@ -19,7 +19,7 @@
 
 use crate::f16_at;
 use crate::kernels::LaneSums;
-use crate::kernels_k::{q8k_d, Q8K_BLOCK};
+use crate::kernels_k::{q8k_bsum, q8k_d, Q8K_BLOCK};
 use crate::put_f16;
 use gguf::GgmlType;
 
@@ -130,8 +130,8 @@ pub fn dot_ternary_q8_k<const N: usize>(ty: GgmlType, w: &[u8], rows: [&[u8]; N]
         for (sums, a) in sums.iter_mut().zip(rows) {
             let ab = &a[b * Q8K_BLOCK..][..Q8K_BLOCK];
             let x = |i: usize| ab[4 + i] as i8 as i32;
-            let bsum = |j: usize| i16::from_le_bytes([ab[260 + 2 * j], ab[261 + 2 * j]]) as i32;
-            let mut lanes: [i32; 8] = std::array::from_fn(|k| -bsum(2 * k) - bsum(2 * k + 1));
+            let mut lanes: [i32; 8] =
+                std::array::from_fn(|k| -q8k_bsum(ab, 2 * k) - q8k_bsum(ab, 2 * k + 1));
             for (i, &code) in codes.iter().enumerate() {
                 lanes[(i % 32) / 4] += code as i32 * x(i);
             }
