@@ -7,7 +7,7 @@
 use crate::kernels::TokenGroup;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::kernels_k_x86::prefetch_block;
-use crate::ternary::{TQ1_D, TQ2_D};
+use crate::ternary::scale_at;
 use core::arch::x86_64::*;
 use gguf::GgmlType;
 
@@ -123,13 +123,12 @@ macro_rules! x86_ternary_kernels {
                 } else {
                     GgmlType::TQ2_0
                 };
-                let d_at = if TQ1 { TQ1_D } else { TQ2_D };
                 let ones = _mm256_set1_epi16(1);
                 let mut acc = [_mm256_setzero_ps(); N];
                 for (b, wb) in w.chunks_exact(ty.type_size()).enumerate() {
                     prefetch_block(wb);
                     let codes = if TQ1 { tq1_codes(wb) } else { tq2_codes(wb) };
-                    let d_w = f16_at(wb, d_at);
+                    let d_w = f16_at(wb, scale_at(ty));
                     for n in 0..N {
                         let x = &g.rows[n][b * Q8K_BLOCK..(b + 1) * Q8K_BLOCK];
                         let mut sum16 = _mm256_setzero_si256();

@@ -498,41 +498,36 @@ macro_rules! x86_tile {
             simd_k_kernel!(Q6K, dot_q6_k_q8_k, Q6KQ8K);
             simd_k_kernel!(IQ4XS, dot_iq4_xs_q8_k, IQ4XSQ8K);
 
-            /// The codebook i-quants, all types in one kernel.
-            pub struct Lattice;
-            impl Kernel for Lattice {
-                const PREFETCHES: bool = true;
+            /// A kernel for a family of types, one function for all of them that decodes
+            /// each block once for every token of a pass: `$f` in `$file`'s copy for this
+            /// ISA; `$twin` is its portable twin.
+            macro_rules! family_kernel {
+                ($k:ident, $file:ident, $f:ident, $twin:ident) => {
+                    pub struct $k;
+                    impl Kernel for $k {
+                        const PREFETCHES: bool = true;
 
-                #[inline(always)]
-                fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-                    // `tile` only calls `dotn`; the scalar twin gives the same bits.
-                    LatticeQ8K::dot(ty, w, a)
-                }
+                        #[inline(always)]
+                        fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+                            // `tile` only calls `dotn`; the scalar twin gives the same bits.
+                            $twin::dot(ty, w, a)
+                        }
 
-                #[inline(always)]
-                fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                    // SAFETY: as above.
-                    unsafe { crate::kernels_lattice_x86::$module::dot_lattice_q8_k::<N>(ty, w, g) }
-                }
+                        #[inline(always)]
+                        fn dotn<const N: usize>(
+                            ty: GgmlType,
+                            w: &[u8],
+                            g: &TokenGroup<N>,
+                        ) -> [f32; N] {
+                            // SAFETY: as above.
+                            unsafe { crate::$file::$module::$f::<N>(ty, w, g) }
+                        }
+                    }
+                };
             }
-
-            /// TQ1_0 and TQ2_0, both in one kernel.
-            pub struct Ternary;
-            impl Kernel for Ternary {
-                const PREFETCHES: bool = true;
-
-                #[inline(always)]
-                fn dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-                    // `tile` only calls `dotn`; the scalar twin gives the same bits.
-                    TernaryQ8K::dot(ty, w, a)
-                }
-
-                #[inline(always)]
-                fn dotn<const N: usize>(ty: GgmlType, w: &[u8], g: &TokenGroup<N>) -> [f32; N] {
-                    // SAFETY: as above.
-                    unsafe { crate::kernels_ternary_x86::$module::dot_ternary_q8_k::<N>(ty, w, g) }
-                }
-            }
+            // The codebook i-quants; TQ1_0 and TQ2_0.
+            family_kernel!(Lattice, kernels_lattice_x86, dot_lattice_q8_k, LatticeQ8K);
+            family_kernel!(Ternary, kernels_ternary_x86, dot_ternary_q8_k, TernaryQ8K);
 
             #[target_feature(enable = $features)]
             pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {

@@ -23,9 +23,11 @@ use crate::kernels_k::{q8k_bsum, q8k_d, Q8K_BLOCK};
 use crate::put_f16;
 use gguf::GgmlType;
 
-/// Where a TQ1_0 block (54 bytes) and a TQ2_0 block (66 bytes) keep their scale.
-pub(crate) const TQ1_D: usize = 52;
-pub(crate) const TQ2_D: usize = 64;
+/// Where a block of `ty` keeps its f16 scale: after the codes, at byte 52 of TQ1_0's 54
+/// and byte 64 of TQ2_0's 66.
+pub(crate) fn scale_at(ty: GgmlType) -> usize {
+    ty.type_size() - 2
+}
 
 /// Code n (0..5) of a TQ1_0 byte.
 #[inline(always)]
@@ -45,7 +47,7 @@ pub(crate) fn codes(ty: GgmlType, b: &[u8]) -> ([u8; 256], f32) {
                 let (half, l, m) = (i / 128, (i % 128) / 32, i % 32);
                 *code = (b[32 * half + m] >> (2 * l)) & 3;
             }
-            (out, f16_at(b, TQ2_D))
+            (out, f16_at(b, scale_at(ty)))
         }
         GgmlType::TQ1_0 => {
             for (i, code) in out.iter_mut().enumerate() {
@@ -55,7 +57,7 @@ pub(crate) fn codes(ty: GgmlType, b: &[u8]) -> ([u8; 256], f32) {
                     _ => trit(b[48 + (i - 240) % 4], ((i - 240) / 4) as u32),
                 };
             }
-            (out, f16_at(b, TQ1_D))
+            (out, f16_at(b, scale_at(ty)))
         }
         _ => unreachable!("{ty} is not a ternary type"),
     }
@@ -91,7 +93,7 @@ fn scale_and_codes(x: &[f32], b: &mut [u8], d_at: usize) -> [u8; 256] {
 }
 
 pub fn quantize_tq2_0(x: &[f32], b: &mut [u8]) {
-    let codes = scale_and_codes(x, b, TQ2_D);
+    let codes = scale_and_codes(x, b, scale_at(GgmlType::TQ2_0));
     for (m, byte) in b[..64].iter_mut().enumerate() {
         let (half, m) = (m / 32, m % 32);
         *byte = (0..4).fold(0, |q, l| {
@@ -101,7 +103,7 @@ pub fn quantize_tq2_0(x: &[f32], b: &mut [u8]) {
 }
 
 pub fn quantize_tq1_0(x: &[f32], b: &mut [u8]) {
-    let codes = scale_and_codes(x, b, TQ1_D);
+    let codes = scale_and_codes(x, b, scale_at(GgmlType::TQ1_0));
     // Codes as a base-3 number (first most significant), padded to five trits, then
     // scaled to 0..256 rounding up, so that `trit` reads them back.
     let pack = |values: &mut dyn Iterator<Item = u8>, trits: u32| {
@@ -181,14 +183,13 @@ mod tests {
         use crate::{matmul_many_with, Isa, QMatrix, TokenOrder};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for ty in [GgmlType::TQ1_0, GgmlType::TQ2_0] {
-            let d_at = if ty == GgmlType::TQ1_0 { TQ1_D } else { TQ2_D };
             for (rows, blocks) in [(1, 1), (7, 2), (19, 3)] {
                 let cols = 256 * blocks;
                 let mut w: Vec<u8> = (0..rows * blocks * ty.type_size())
                     .map(|_| rng.gen())
                     .collect();
                 for block in w.chunks_exact_mut(ty.type_size()) {
-                    put_f16(block, d_at, rng.gen_range(-0.05..0.05));
+                    put_f16(block, scale_at(ty), rng.gen_range(-0.05..0.05));
                 }
                 let m = QMatrix::new(ty, &w, rows, cols).unwrap();
                 for n in [1, 3, 8, 15] {
