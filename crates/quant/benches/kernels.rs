@@ -24,9 +24,11 @@ fn kernels(c: &mut Criterion) {
         GgmlType::Q8_0,
         GgmlType::IQ4_NL,
         GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
     ] {
         let (rows, cols) = match ty.block_size() {
             32 => (1536, 576),

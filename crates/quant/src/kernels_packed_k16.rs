@@ -116,31 +116,18 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
 ) -> [[f32; 16]; N] {
     let group = group_bytes(Q3);
     let mut acc = [[_mm512_setzero_ps(); 8]; N];
-    let low16 = _mm512_set1_epi32(0xffff);
     for b in 0..w.len() / group {
         let p = w.as_ptr().add(b * group);
         let scales = k16_scales::<Q3>(p);
         let xbs: [*const u8; N] = std::array::from_fn(|n| xs[n].as_ptr().add(b * Q8K_BLOCK));
-        // Lanes 0..4 take the first sixteen values of each 32 (even sub-blocks), lanes
-        // 4..8 the last sixteen (odd ones).
         let mut lanes = [[_mm512_setzero_si512(); 8]; N];
-        for j in 0..16 {
-            prefetch_part::<_MM_HINT_T1>(p, group, j, 16);
-            let codes = k16_codes::<Q3>(p, j);
-            // Both i16 of each lane: the sub-block's scale.
-            let scale = _mm512_or_si512(
-                _mm512_and_si512(scales[j], low16),
-                _mm512_slli_epi32::<16>(scales[j]),
-            );
-            for (lanes, xb) in lanes.iter_mut().zip(&xbs) {
-                let xj = xb.add(4 + 16 * j) as *const i32;
-                for (k, codes) in codes.iter().enumerate() {
-                    let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
-                    let pairs = _mm512_maddubs_epi16(*codes, xk);
-                    let lane = &mut lanes[4 * (j % 2) + k];
-                    *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
-                }
-            }
+        // Sub-blocks in pairs, so that the lanes each adds to are known when compiling:
+        // indexed at run time, the lanes lived on the stack (a store per multiply-add).
+        // Unrolled further, the compiler decoded all sixteen sub-blocks' codes first and
+        // kept them on the stack instead.
+        for pair in 0..8 {
+            add_sub_block_lanes::<Q3, N, 0>(p, group, 2 * pair, &scales, &xbs, &mut lanes);
+            add_sub_block_lanes::<Q3, N, 1>(p, group, 2 * pair + 1, &scales, &xbs, &mut lanes);
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         for n in 0..N {
@@ -157,6 +144,38 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
         }
     }
     lanes_totals(&acc)
+}
+
+/// Adds sub-block `j` (whose parity is `PARITY`) of a group's block to each token's
+/// lanes: lanes 0..4 take the first sixteen values of each 32 (even sub-blocks), lanes
+/// 4..8 the last sixteen (odd ones).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn add_sub_block_lanes<const Q3: bool, const N: usize, const PARITY: usize>(
+    p: *const u8,
+    group: usize,
+    j: usize,
+    scales: &[__m512i; 16],
+    xbs: &[*const u8; N],
+    lanes: &mut [[__m512i; 8]; N],
+) {
+    prefetch_part::<_MM_HINT_T1>(p, group, j, 16);
+    let codes = k16_codes::<Q3>(p, j);
+    // Both i16 of each lane: the sub-block's scale.
+    let low16 = _mm512_set1_epi32(0xffff);
+    let scale = _mm512_or_si512(
+        _mm512_and_si512(scales[j], low16),
+        _mm512_slli_epi32::<16>(scales[j]),
+    );
+    for (lanes, xb) in lanes.iter_mut().zip(xbs) {
+        let xj = xb.add(4 + 16 * j) as *const i32;
+        for (k, codes) in codes.iter().enumerate() {
+            let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
+            let pairs = _mm512_maddubs_epi16(*codes, xk);
+            let lane = &mut lanes[4 * PARITY + k];
+            *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
+        }
+    }
 }
 
 /// `LaneSums::total` of sixteen rows per token, whose lane k is register k:
