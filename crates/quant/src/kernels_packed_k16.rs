@@ -129,12 +129,12 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
             // the stack instead. Several tokens' lanes do not fit in registers either way,
             // and run faster in the plain loop.
             for pair in 0..8 {
-                add_sub_block_lanes::<Q3, N>(p, group, 2 * pair, 0, &scales, &xbs, &mut lanes);
-                add_sub_block_lanes::<Q3, N>(p, group, 2 * pair + 1, 1, &scales, &xbs, &mut lanes);
+                add_sub_block_lanes::<Q3, N>(p, group, 2 * pair, &scales, &xbs, &mut lanes);
+                add_sub_block_lanes::<Q3, N>(p, group, 2 * pair + 1, &scales, &xbs, &mut lanes);
             }
         } else {
             for j in 0..16 {
-                add_sub_block_lanes::<Q3, N>(p, group, j, j % 2, &scales, &xbs, &mut lanes);
+                add_sub_block_lanes::<Q3, N>(p, group, j, &scales, &xbs, &mut lanes);
             }
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
@@ -154,16 +154,15 @@ pub unsafe fn dot16_k16_lanes<const Q3: bool, const N: usize>(
     lanes_totals(&acc)
 }
 
-/// Adds sub-block `j` (whose parity is `parity`) of a group's block to each token's
-/// lanes: lanes 0..4 take the first sixteen values of each 32 (even sub-blocks), lanes
-/// 4..8 the last sixteen (odd ones).
+/// Adds sub-block `j` of a group's block to each token's lanes: lanes 0..4 take the
+/// first sixteen values of each 32 (even sub-blocks), lanes 4..8 the last sixteen (odd
+/// ones).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn add_sub_block_lanes<const Q3: bool, const N: usize>(
     p: *const u8,
     group: usize,
     j: usize,
-    parity: usize,
     scales: &[__m512i; 16],
     xbs: &[*const u8; N],
     lanes: &mut [[__m512i; 8]; N],
@@ -181,7 +180,7 @@ unsafe fn add_sub_block_lanes<const Q3: bool, const N: usize>(
         for (k, codes) in codes.iter().enumerate() {
             let xk = _mm512_set1_epi32(xj.add(k).read_unaligned());
             let pairs = _mm512_maddubs_epi16(*codes, xk);
-            let lane = &mut lanes[4 * parity + k];
+            let lane = &mut lanes[4 * (j % 2) + k];
             *lane = _mm512_dpwssd_epi32(*lane, pairs, scale);
         }
     }
