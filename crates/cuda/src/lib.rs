@@ -9,12 +9,15 @@ mod device;
 mod gpu;
 pub mod kernels;
 mod ops;
+mod repack;
 
 pub use compile::{compile_ptx, nvrtc_version, KernelCache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
 pub use device::{driver_version, libraries, list_devices, DeviceInfo, Libraries};
 pub use gpu::Gpu;
-pub use ops::{format_supported, ActivationRounding, AttentionRows, DeviceWeight};
+pub use ops::{
+    format_supported, ActivationRounding, AttentionRows, DeviceActivations, DeviceWeight,
+};
 
 /// What can go wrong talking to a GPU.
 #[derive(Debug, thiserror::Error)]

@@ -2,12 +2,14 @@
 //! Every call is queued on the GPU's stream and returns at once.
 
 use crate::gpu::Gpu;
-use crate::kernels::WEIGHT_FORMATS;
+use crate::kernels::{FLOAT_FORMATS, INT8_FORMATS};
+use crate::repack::split_planes;
 use crate::{CudaError, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use gguf::GgmlType;
 
-/// A weight matrix on the device, in its GGUF format.
+/// A weight matrix on the device: float formats as GGUF stores them, quantized formats
+/// as the payload and header planes of `repack`.
 pub struct DeviceWeight {
     pub data: CudaSlice<u8>,
     pub ty: GgmlType,
@@ -16,13 +18,13 @@ pub struct DeviceWeight {
 }
 
 impl DeviceWeight {
-    fn row_bytes(&self) -> i64 {
-        (self.cols / self.ty.block_size() * self.ty.type_size()) as i64
+    fn is_int8(&self) -> bool {
+        INT8_FORMATS.contains(&self.ty.name())
     }
 }
 
-/// How activations are rounded to f16 before a matmul: as the CPU backend (after GGML)
-/// quantizes them for a weight of that type, so both devices compute the same function.
+/// How activations are prepared for a matmul: as the CPU backend (after GGML) quantizes
+/// them for a weight of that type, so both devices compute the same function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationRounding {
     /// Plain f16 (float weights).
@@ -31,6 +33,16 @@ pub enum ActivationRounding {
     Q8Block32,
     /// Q8_K blocks of 256 (k-quant weights).
     Q8K,
+}
+
+/// Activations as the matmul kernels read them: f16 values, or int8 codes with, per 32
+/// values, the scale and a sum (`ActMeta` in matmul_int8.cu).
+pub enum DeviceActivations {
+    F16(CudaSlice<u16>),
+    Int8 {
+        codes: CudaSlice<u8>,
+        meta: CudaSlice<f32>,
+    },
 }
 
 impl ActivationRounding {
@@ -46,7 +58,7 @@ impl ActivationRounding {
 
 /// Whether the GPU kernels read this weight format.
 pub fn format_supported(ty: GgmlType) -> bool {
-    WEIGHT_FORMATS.contains(&ty.name())
+    FLOAT_FORMATS.contains(&ty.name()) || INT8_FORMATS.contains(&ty.name())
 }
 
 /// Per-row inputs of `attention`: each row's position, and where its sequence's block
@@ -66,11 +78,17 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// Rows of one `qgemm` block, and tokens of a `qgemv` and a `qgemm` block (quant.cu).
+/// Rows of one `qgemm` block, and tokens of a `qgemv` and a `qgemm` block
+/// (matmul_float.cu).
 const QGEMM_ROWS: usize = 16;
 const QGEMV_TOKENS: usize = 8;
 const QGEMM_TOKENS: usize = 64;
 const QGEMM_THREADS: u32 = 256;
+/// Warps of a `matvec` block, and the tokens and rows per warp of `matvec1` and
+/// `matvec8` (matmul_int8.cu).
+const MATVEC_WARPS: usize = 4;
+const MATVEC1_SHAPE: (usize, usize) = (1, 1);
+const MATVEC8_SHAPE: (usize, usize) = (8, 4);
 const ATTENTION_THREADS: u32 = 128;
 const MAX_HEAD_DIM: usize = 256;
 
@@ -86,7 +104,7 @@ impl Gpu {
             return Err(CudaError::Unsupported(format!(
                 "weights of type {} are not supported on CUDA (supported: {})",
                 ty.name(),
-                WEIGHT_FORMATS.join(", ")
+                [FLOAT_FORMATS, INT8_FORMATS].concat().join(", ")
             )));
         }
         if !cols.is_multiple_of(32) {
@@ -94,55 +112,163 @@ impl Gpu {
                 "rows of {cols} values are not a multiple of 32"
             )));
         }
+        let data = match split_planes(ty, bytes) {
+            Some(planes) => self.upload(&planes, "weights")?,
+            None => self.upload(bytes, "weights")?,
+        };
         Ok(DeviceWeight {
-            data: self.upload(bytes, "weights")?,
+            data,
             ty,
             rows,
             cols,
         })
     }
 
-    /// `out[t] = w · x[t]` for `ntok` rows of f16 activations `x16`.
-    pub fn qgemm(
+    /// The first `ntok` rows of `k` values of `x`, prepared as `rounding` says, into
+    /// `into` (reused when it is of that kind and large enough, so a step's matmuls do
+    /// not allocate; the stream orders every use).
+    pub fn prepare_activations(
+        &self,
+        x: &CudaSlice<f32>,
+        ntok: usize,
+        k: usize,
+        rounding: ActivationRounding,
+        into: &mut Option<DeviceActivations>,
+    ) -> Result<()> {
+        let n = ntok * k;
+        let len = n as i64;
+        let block: i32 = match rounding {
+            ActivationRounding::F16 => 1,
+            ActivationRounding::Q8Block32 => 32,
+            ActivationRounding::Q8K => 256,
+        };
+        if !k.is_multiple_of(block as usize) {
+            return Err(CudaError::Unsupported(format!(
+                "rows of {k} values are not a multiple of the {block}-value activation blocks"
+            )));
+        }
+        let fits = match into {
+            Some(DeviceActivations::F16(x16)) => block == 1 && x16.len() >= n,
+            Some(DeviceActivations::Int8 { codes, .. }) => block > 1 && codes.len() >= n,
+            None => false,
+        };
+        if !fits {
+            *into = Some(if block == 1 {
+                DeviceActivations::F16(self.alloc_for_overwrite(n, "f16 activations")?)
+            } else {
+                DeviceActivations::Int8 {
+                    codes: self.alloc_for_overwrite(n, "int8 activations")?,
+                    meta: self.alloc_for_overwrite(n / 32 * 2, "activation scales")?,
+                }
+            });
+        }
+        match into.as_mut().expect("made above") {
+            // SAFETY: the arguments match the kernel's signature in ops.cu.
+            DeviceActivations::F16(out) => unsafe {
+                self.stream
+                    .launch_builder(self.function("to_f16")?)
+                    .arg(x)
+                    .arg(&len)
+                    .arg(out)
+                    .launch(elementwise(n))
+            }?,
+            // SAFETY: the arguments match the kernel's signature in matmul_int8.cu; one
+            // warp per block of values.
+            DeviceActivations::Int8 { codes, meta } => unsafe {
+                self.stream
+                    .launch_builder(self.function("quantize_q8")?)
+                    .arg(x)
+                    .arg(&len)
+                    .arg(&block)
+                    .arg(codes)
+                    .arg(meta)
+                    .launch(elementwise(n / block as usize * 32))
+            }?,
+        };
+        Ok(())
+    }
+    /// `out[t] = w · x[t]` for `ntok` rows of activations prepared for `w` (with the
+    /// rounding `ActivationRounding::for_weights` gives).
+    pub fn matmul(
         &self,
         w: &DeviceWeight,
-        x16: &CudaSlice<u16>,
+        x: &DeviceActivations,
         ntok: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if ntok == 0 {
             return Ok(());
         }
-        // Both instances give identical results for a token (see quant.cu): the choice
-        // only changes how many tokens share a pass over the weights.
-        let (kernel, per_block) = if ntok <= QGEMV_TOKENS {
-            ("qgemv", QGEMV_TOKENS)
-        } else {
-            ("qgemm", QGEMM_TOKENS)
-        };
-        let f = self.function(&format!("{kernel}_{}", w.ty.name()))?;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                w.rows.div_ceil(QGEMM_ROWS) as u32,
-                ntok.div_ceil(per_block) as u32,
-                1,
-            ),
-            block_dim: (QGEMM_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (rows, k, row_bytes, n) = (w.rows as i32, w.cols as i32, w.row_bytes(), ntok as i32);
-        unsafe {
-            self.stream
-                .launch_builder(f)
-                .arg(&w.data)
-                .arg(&rows)
-                .arg(&k)
-                .arg(&row_bytes)
-                .arg(x16)
-                .arg(&n)
-                .arg(out)
-                .launch(cfg)
-        }?;
+        let (rows, k, n) = (w.rows as i32, w.cols as i32, ntok as i32);
+        match x {
+            DeviceActivations::Int8 { codes, meta } if w.is_int8() => {
+                // Both instances give identical results for a token (matmul_int8.cu).
+                let (kernel, (tokens, rows_per_warp)) = if ntok == 1 {
+                    ("matvec1", MATVEC1_SHAPE)
+                } else {
+                    ("matvec8", MATVEC8_SHAPE)
+                };
+                let f = self.function(&format!("{kernel}_{}", w.ty.name()))?;
+                let blocks = w.rows.div_ceil(MATVEC_WARPS * rows_per_warp) * ntok.div_ceil(tokens);
+                let cfg = LaunchConfig {
+                    grid_dim: (blocks as u32, 1, 1),
+                    block_dim: ((MATVEC_WARPS * 32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the arguments match the kernels' signature in matmul_int8.cu.
+                unsafe {
+                    self.stream
+                        .launch_builder(f)
+                        .arg(&w.data)
+                        .arg(&rows)
+                        .arg(&k)
+                        .arg(codes)
+                        .arg(meta)
+                        .arg(&n)
+                        .arg(out)
+                        .launch(cfg)
+                }?;
+            }
+            DeviceActivations::F16(x16) if !w.is_int8() => {
+                // Both instances give identical results for a token (matmul_float.cu):
+                // the choice only changes how many tokens share a pass over the weights.
+                let (kernel, per_block) = if ntok <= QGEMV_TOKENS {
+                    ("qgemv", QGEMV_TOKENS)
+                } else {
+                    ("qgemm", QGEMM_TOKENS)
+                };
+                let f = self.function(&format!("{kernel}_{}", w.ty.name()))?;
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        w.rows.div_ceil(QGEMM_ROWS) as u32,
+                        ntok.div_ceil(per_block) as u32,
+                        1,
+                    ),
+                    block_dim: (QGEMM_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let row_bytes = (w.cols * w.ty.type_size() / w.ty.block_size()) as i64;
+                // SAFETY: the arguments match the kernels' signature in matmul_float.cu.
+                unsafe {
+                    self.stream
+                        .launch_builder(f)
+                        .arg(&w.data)
+                        .arg(&rows)
+                        .arg(&k)
+                        .arg(&row_bytes)
+                        .arg(x16)
+                        .arg(&n)
+                        .arg(out)
+                        .launch(cfg)
+                }?;
+            }
+            _ => {
+                return Err(CudaError::Unsupported(format!(
+                    "activations not prepared for {} weights",
+                    w.ty.name()
+                )))
+            }
+        }
         Ok(())
     }
 
@@ -155,17 +281,18 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let f = self.function(&format!("embed_{}", w.ty.name()))?;
-        let (k, row_bytes, n) = (w.cols as i32, w.row_bytes(), ntok as i32);
+        let (rows, k, n) = (w.rows as i32, w.cols as i32, ntok as i32);
+        // SAFETY: the arguments match the kernels' signature in matmul_*.cu.
         unsafe {
             self.stream
                 .launch_builder(f)
                 .arg(&w.data)
+                .arg(&rows)
                 .arg(&k)
-                .arg(&row_bytes)
                 .arg(tokens)
                 .arg(&n)
                 .arg(out)
-                .launch(elementwise(ntok * w.cols / 32))
+                .launch(elementwise(ntok * w.cols))
         }?;
         Ok(())
     }
@@ -239,44 +366,6 @@ impl Gpu {
                 .arg(&len)
                 .launch(elementwise(n))
         }?;
-        Ok(())
-    }
-
-    /// The first `n` values of `x` as f16, rounded as `rounding` says.
-    pub fn to_f16(
-        &self,
-        x: &CudaSlice<f32>,
-        n: usize,
-        rounding: ActivationRounding,
-        out: &mut CudaSlice<u16>,
-    ) -> Result<()> {
-        let len = n as i64;
-        let block: i32 = match rounding {
-            ActivationRounding::F16 => 1,
-            ActivationRounding::Q8Block32 => 32,
-            ActivationRounding::Q8K => 256,
-        };
-        // SAFETY: the arguments match the kernels' signatures in ops.cu.
-        let launch = unsafe {
-            if block == 1 {
-                self.stream
-                    .launch_builder(self.function("to_f16")?)
-                    .arg(x)
-                    .arg(&len)
-                    .arg(out)
-                    .launch(elementwise(n))
-            } else {
-                // One warp per block of values.
-                self.stream
-                    .launch_builder(self.function("to_f16_q8")?)
-                    .arg(x)
-                    .arg(&len)
-                    .arg(&block)
-                    .arg(out)
-                    .launch(elementwise(n / block as usize * 32))
-            }
-        };
-        launch?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! The CUDA backend: weights stay in their GGUF format on the device and are read by
-//! tensor-core kernels; activations are f32 (f16 inside the matmuls); the KV cache is a
-//! pool of f16 blocks. Operations are queued on one stream and only `to_host` waits.
+//! The CUDA backend: quantized weights live on the device as planes of codes and scales
+//! (multiplied by int8 activations, quantized as the CPU quantizes them), float weights
+//! as GGUF stores them (multiplied on the tensor cores in f16); activations are f32
+//! between matmuls; the KV cache is a pool of f16 blocks. Operations are queued on one stream and only `to_host` waits.
 //!
 //! Trait operations do not return errors (so the model reads plainly); the first device
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
@@ -11,7 +12,8 @@ use crate::backend::{
 };
 use crate::error::{EngineError, Result};
 use cuda::{
-    ActivationRounding, AttentionRows, CudaSlice, DeviceRepr, DeviceWeight, Gpu, KernelCache,
+    ActivationRounding, AttentionRows, CudaSlice, DeviceActivations, DeviceRepr, DeviceWeight, Gpu,
+    KernelCache,
 };
 use gguf::GgufFile;
 use quant::TokenOrder;
@@ -28,6 +30,8 @@ pub struct CudaBackend {
     /// for the same ones, so they are uploaded once per step.
     indices: Mutex<HashMap<&'static str, Option<Mirror<u32>>>>,
     rope_factors: Mutex<Option<Mirror<f32>>>,
+    /// The prepared activations of the last matmuls, one buffer per rounding, reused.
+    prepared: Mutex<[Option<DeviceActivations>; 3]>,
 }
 
 /// A host array and its device copy, reused while the host values stay the same.
@@ -80,6 +84,7 @@ impl CudaBackend {
             first_error: Mutex::new(None),
             indices: Mutex::new(HashMap::new()),
             rope_factors: Mutex::new(None),
+            prepared: Mutex::new([None, None, None]),
         })
     }
 
@@ -127,28 +132,32 @@ impl CudaBackend {
         mirror(&self.gpu, &mut cached, &rope.factors, "RoPE factors")
     }
 
-    /// Each matrix's product with `x`; the f16 copy of `x` is made once per rounding.
+    /// Each matrix's product with `x`; `x` is prepared (quantized or rounded) once per
+    /// rounding its weights need.
     fn matmuls(
         &self,
         ws: &[&CudaWeight],
         x: &CudaBuffer,
         outs: &mut [&mut CudaBuffer],
     ) -> cuda::Result<()> {
-        let n = x.rows * x.cols;
-        let mut copies: Vec<(ActivationRounding, CudaSlice<u16>)> = Vec::new();
+        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = [false; 3];
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             let w = matrix(w);
             let rounding = ActivationRounding::for_weights(w.ty);
-            if !copies.iter().any(|(r, _)| *r == rounding) {
-                let mut x16 = self.gpu.alloc_for_overwrite::<u16>(n, "f16 activations")?;
-                self.gpu.to_f16(&x.data, n, rounding, &mut x16)?;
-                copies.push((rounding, x16));
+            let slot = rounding as usize;
+            if !done[slot] {
+                self.gpu.prepare_activations(
+                    &x.data,
+                    x.rows,
+                    x.cols,
+                    rounding,
+                    &mut prepared[slot],
+                )?;
+                done[slot] = true;
             }
-            let (_, x16) = copies
-                .iter()
-                .find(|(r, _)| *r == rounding)
-                .expect("made above");
-            self.gpu.qgemm(w, x16, x.rows, &mut out.data)?;
+            let acts = prepared[slot].as_ref().expect("prepared above");
+            self.gpu.matmul(w, acts, x.rows, &mut out.data)?;
         }
         Ok(())
     }

@@ -30,6 +30,20 @@ __device__ __forceinline__ u32 load_u32_a2(const u8* p) {
     return (u32)load_u16(p) | ((u32)load_u16(p + 2) << 16);
 }
 
+// Σ a[i] · b[i] over the four signed bytes of a and b, plus c.
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int r;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// 16 bytes at a 16-byte aligned address, as four words (one 128-bit load).
+__device__ __forceinline__ void load16(const void* p, int* w) {
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+        : "l"(p));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

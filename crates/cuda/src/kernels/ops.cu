@@ -42,50 +42,6 @@ extern "C" __global__ void to_f16(const float* __restrict__ x, long long n, u16*
     if (i < n) out[i] = f32_to_f16(x[i]);
 }
 
-// f16 activations rounded as GGML's CPU dot products quantize them, so the GPU agrees
-// with the CPU backend (and llama.cpp): one warp per block of `block` values, either
-// Q8_0/Q8_1 (32 values, d = amax / 127 stored as f16, codes rounded half to even) or
-// Q8_K (256 values, scale from the signed maximum, codes rounded half away from zero).
-extern "C" __global__ void to_f16_q8(const float* __restrict__ x, long long n, int block,
-                                     u16* __restrict__ out) {
-    long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (b * block >= n) return;
-    const float* xb = x + b * block;
-    u16* ob = out + b * block;
-    int per_lane = block / 32;
-    float amax = 0.f, signed_max = 0.f;
-    for (int j = 0; j < per_lane; j++) {
-        float v = xb[lane * per_lane + j];
-        if (fabsf(v) > amax) {
-            amax = fabsf(v);
-            signed_max = v;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float other_amax = __shfl_xor_sync(0xffffffffu, amax, o);
-        float other_signed = __shfl_xor_sync(0xffffffffu, signed_max, o);
-        if (other_amax > amax || (other_amax == amax && other_signed > signed_max)) {
-            amax = other_amax;
-            signed_max = other_signed;
-        }
-    }
-    for (int j = 0; j < per_lane; j++) {
-        int i = lane * per_lane + j;
-        float v = xb[i], value;
-        if (amax == 0.f) {
-            value = 0.f;
-        } else if (block == 32) {
-            float d = f16_to_f32(f32_to_f16(amax / 127.f));
-            value = rintf(v * (127.f / amax)) * d;
-        } else {
-            float iscale = -127.f / signed_max;
-            value = fminf(roundf(iscale * v), 127.f) * (1.f / iscale);
-        }
-        ob[i] = f32_to_f16(value);
-    }
-}
-
 // Rotates pair p of every head of every row as the CPU backend (after GGML) does: by
 // freq_scale * theta_p / factors[p], where theta_0 = position and each next pair's theta
 // is the previous one times theta_scale, rounded in f32; each rotated value is one fused
