@@ -9,7 +9,7 @@ mod device;
 mod gpu;
 pub mod kernels;
 mod ops;
-mod repack;
+pub mod repack;
 
 pub use compile::{compile_ptx, nvrtc_version, KernelCache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
