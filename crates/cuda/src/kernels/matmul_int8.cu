@@ -91,82 +91,42 @@ __device__ __forceinline__ void legacy_codes(const u8* qs, u32 qh, u32 offset, i
     }
 }
 
-struct Q4_0 {
-    static const int BLOCK = 32, PAYLOAD = 16, HEADER = 2, UNITS = 1;
-    int w[8];
-    float d;
-    __device__ void load(const u8* p, const u8* h, int u) {
-        legacy_codes<false>(p + u * 16, 0, 8, w);
-        d = f16_to_f32(load_u16(h + u * 2));
-    }
-    typedef Acts<8> X;
-    static __device__ void load_x(const i8* x, const ActMeta* m, int u, X& a) { load_acts32(x, m, u, a); }
-    __device__ float dot(const X& a) const { return fmul(fmul((float)dot32(w, a.v), d), a.d); }
-    static __device__ float value(const u8* p, const u8* h, int i) {
-        int b = i >> 5;
-        return (float)(nibble(p + b * 16, i & 31) - 8) * f16_to_f32(load_u16(h + b * 2));
-    }
-};
-
-struct Q4_1 {
-    static const int BLOCK = 32, PAYLOAD = 16, HEADER = 4, UNITS = 1;
+// Q4_0, Q4_1, Q5_0, Q5_1: one block of 32 per unit. Header: d, then the min where MIN,
+// then the 32 fifth bits where FIVE; payload: 16 bytes of 4-bit codes. Codes are offset
+// by 8 (Q4_0) or 16 (Q5_0), or scaled and shifted by the min (Q4_1, Q5_1). The float
+// operations follow the CPU's order for each.
+template <bool FIVE, bool MIN>
+struct Legacy45 {
+    static const int BLOCK = 32, PAYLOAD = 16, HEADER = 2 + (MIN ? 2 : 0) + (FIVE ? 4 : 0);
+    static const int UNITS = 1, OFFSET = MIN ? 0 : (FIVE ? 16 : 8);
     int w[8];
     float d, min;
+    static __device__ u32 fifth(const u8* h, int u) {
+        return FIVE ? load_u32_a2(h + u * HEADER + (MIN ? 4 : 2)) : 0;
+    }
     __device__ void load(const u8* p, const u8* h, int u) {
-        legacy_codes<false>(p + u * 16, 0, 0, w);
-        d = f16_to_f32(load_u16(h + u * 4));
-        min = f16_to_f32(load_u16(h + u * 4 + 2));
+        legacy_codes<FIVE>(p + u * 16, fifth(h, u), OFFSET, w);
+        d = f16_to_f32(load_u16(h + u * HEADER));
+        min = MIN ? f16_to_f32(load_u16(h + u * HEADER + 2)) : 0.f;
     }
     typedef Acts<8> X;
     static __device__ void load_x(const i8* x, const ActMeta* m, int u, X& a) { load_acts32(x, m, u, a); }
     __device__ float dot(const X& a) const {
-        return fadd(fmul(fmul(d, a.d), (float)dot32(w, a.v)), fmul(min, a.s0));
-    }
-    static __device__ float value(const u8* p, const u8* h, int i) {
-        int b = i >> 5;
-        float c = (float)nibble(p + b * 16, i & 31);
-        return fadd(fmul(c, f16_to_f32(load_u16(h + b * 4))), f16_to_f32(load_u16(h + b * 4 + 2)));
-    }
-};
-
-struct Q5_0 {
-    static const int BLOCK = 32, PAYLOAD = 16, HEADER = 6, UNITS = 1;
-    int w[8];
-    float d;
-    __device__ void load(const u8* p, const u8* h, int u) {
-        legacy_codes<true>(p + u * 16, load_u32_a2(h + u * 6 + 2), 16, w);
-        d = f16_to_f32(load_u16(h + u * 6));
-    }
-    typedef Acts<8> X;
-    static __device__ void load_x(const i8* x, const ActMeta* m, int u, X& a) { load_acts32(x, m, u, a); }
-    __device__ float dot(const X& a) const { return fmul(fmul((float)dot32(w, a.v), d), a.d); }
-    static __device__ float value(const u8* p, const u8* h, int i) {
-        int b = i >> 5, j = i & 31;
-        int c = nibble(p + b * 16, j) | (((load_u32_a2(h + b * 6 + 2) >> j) & 1) << 4);
-        return (float)(c - 16) * f16_to_f32(load_u16(h + b * 6));
-    }
-};
-
-struct Q5_1 {
-    static const int BLOCK = 32, PAYLOAD = 16, HEADER = 8, UNITS = 1;
-    int w[8];
-    float d, min;
-    __device__ void load(const u8* p, const u8* h, int u) {
-        legacy_codes<true>(p + u * 16, *(const u32*)(h + u * 8 + 4), 0, w);
-        d = f16_to_f32(load_u16(h + u * 8));
-        min = f16_to_f32(load_u16(h + u * 8 + 2));
-    }
-    typedef Acts<8> X;
-    static __device__ void load_x(const i8* x, const ActMeta* m, int u, X& a) { load_acts32(x, m, u, a); }
-    __device__ float dot(const X& a) const {
-        return fadd(fmul(fmul(d, a.d), (float)dot32(w, a.v)), fmul(min, a.s0));
+        float s = (float)dot32(w, a.v);
+        return MIN ? fadd(fmul(fmul(d, a.d), s), fmul(min, a.s0)) : fmul(fmul(s, d), a.d);
     }
     static __device__ float value(const u8* p, const u8* h, int i) {
         int b = i >> 5, j = i & 31;
-        int c = nibble(p + b * 16, j) | (((*(const u32*)(h + b * 8 + 4)) >> j) & 1) << 4;
-        return fadd(fmul((float)c, f16_to_f32(load_u16(h + b * 8))), f16_to_f32(load_u16(h + b * 8 + 2)));
+        int c = nibble(p + b * 16, j) | (int)((fifth(h, b) >> j) & 1) << 4;
+        float d = f16_to_f32(load_u16(h + b * HEADER));
+        return MIN ? fadd(fmul((float)c, d), f16_to_f32(load_u16(h + b * HEADER + 2)))
+                   : (float)(c - OFFSET) * d;
     }
 };
+typedef Legacy45<false, false> Q4_0;
+typedef Legacy45<false, true> Q4_1;
+typedef Legacy45<true, false> Q5_0;
+typedef Legacy45<true, true> Q5_1;
 
 struct Q8_0 {
     static const int BLOCK = 32, PAYLOAD = 32, HEADER = 2, UNITS = 1;
