@@ -9,10 +9,10 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH
 export LLAMA_GPU_TEST_MODEL=$MODEL LLAMA_GPU_TEST_REFS=$PWD/tests/data/refs LLAMA_GPU_TEST_DEVICE=cuda
 $BIN/llama-gpu doctor
 if [ "${1:-all}" = kernels ]; then
-  $BIN/engine-cuda --test-threads=1 --skip default_model 2>&1 | grep -E "^test |result|panicked|skipped|assert|Δ"
+  $BIN/engine-cuda --test-threads=1 --skip default_model 2>&1 | grep -E "^test |result|panicked|skipped|assert| vs "
   exit
 fi
-$BIN/engine-cuda --test-threads=1 --nocapture 2>&1 | grep -E "GPU vs|^test |result|panicked|skipped|assert"
+$BIN/engine-cuda --test-threads=1 --nocapture 2>&1 | grep -E " vs |^test |result|panicked|skipped|assert"
 $BIN/batch_invariance 2>&1 | grep -E "^test |result|panicked"
 $BIN/serving 2>&1 | grep -E "^test |result|panicked"
 for d in cuda cpu; do

@@ -136,6 +136,9 @@ impl Gpu {
         into: &mut Option<DeviceActivations>,
     ) -> Result<()> {
         let n = ntok * k;
+        if n == 0 {
+            return Ok(());
+        }
         let len = n as i64;
         let block: i32 = match rounding {
             ActivationRounding::F16 => 1,
@@ -187,6 +190,7 @@ impl Gpu {
         };
         Ok(())
     }
+
     /// `out[t] = w · x[t]` for `ntok` rows of activations prepared for `w` (with the
     /// rounding `ActivationRounding::for_weights` gives).
     pub fn matmul(

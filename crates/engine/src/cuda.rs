@@ -1,7 +1,8 @@
 //! The CUDA backend: quantized weights live on the device as planes of codes and scales
 //! (multiplied by int8 activations, quantized as the CPU quantizes them), float weights
 //! as GGUF stores them (multiplied on the tensor cores in f16); activations are f32
-//! between matmuls; the KV cache is a pool of f16 blocks. Operations are queued on one stream and only `to_host` waits.
+//! between matmuls; the KV cache is a pool of f16 blocks. Operations are queued on one
+//! stream and only `to_host` waits.
 //!
 //! Trait operations do not return errors (so the model reads plainly); the first device
 //! error is kept and reported by `finish`, which the model calls at the end of each step.
