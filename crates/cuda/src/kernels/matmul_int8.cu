@@ -282,6 +282,15 @@ struct Q6_K {
 
 #define MATVEC_WARPS 4
 
+// Where row `row` of a matrix of `rows` rows of `blocks` blocks starts in each plane:
+// every row's payload first, then every row's header (`repack.rs`).
+template <class F>
+__device__ __forceinline__ void row_planes(const u8* w, int rows, int blocks, long long row,
+                                           const u8*& payload, const u8*& header) {
+    payload = w + row * blocks * F::PAYLOAD;
+    header = w + (long long)rows * blocks * F::PAYLOAD + row * blocks * F::HEADER;
+}
+
 // One lane's share of matvec: the sums over units lane, lane + 32, ... of each row's
 // products with each of the n tokens of x (n <= TOKENS), in that order.
 template <class F, int TOKENS, int ROWS>
@@ -327,9 +336,7 @@ __device__ void matvec(const u8* __restrict__ w, int rows, int k, const i8* __re
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         // Rows past the end repeat the last one; their sums are not written.
-        long long row = min(row0 + r, rows - 1);
-        payload[r] = w + row * blocks * F::PAYLOAD;
-        header[r] = w + (long long)rows * blocks * F::PAYLOAD + row * blocks * F::HEADER;
+        row_planes<F>(w, rows, blocks, min(row0 + r, rows - 1), payload[r], header[r]);
     }
     float acc[ROWS][TOKENS];
     lane_sums<F, TOKENS, ROWS>(payload, header, units, lane, xq + tok0 * (long long)k,
@@ -351,10 +358,8 @@ __device__ void embed(const u8* __restrict__ w, int rows, int k, const u32* __re
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ntok * k) return;
     int t = (int)(i / k), c = (int)(i % k);
-    const int blocks = k / F::BLOCK;
-    long long row = tokens[t];
-    const u8* payload = w + row * blocks * F::PAYLOAD;
-    const u8* header = w + (long long)rows * blocks * F::PAYLOAD + row * blocks * F::HEADER;
+    const u8 *payload, *header;
+    row_planes<F>(w, rows, k / F::BLOCK, tokens[t], payload, header);
     out[i] = F::value(payload, header, c);
 }
 
@@ -364,12 +369,12 @@ __device__ void embed(const u8* __restrict__ w, int rows, int k, const u32* __re
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                           \
         matvec1_##name(const u8* w, int rows, int k, const i8* xq, const ActMeta* xm,         \
                        int ntok, float* out) {                                                \
-        matvec<name, 1, 1>(w, rows, k, xq, xm, ntok, out);                                       \
+        matvec<name, 1, 1>(w, rows, k, xq, xm, ntok, out);                                    \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(MATVEC_WARPS * 32)                           \
         matvec8_##name(const u8* w, int rows, int k, const i8* xq, const ActMeta* xm,         \
                        int ntok, float* out) {                                                \
-        matvec<name, 8, 4>(w, rows, k, xq, xm, ntok, out);                                       \
+        matvec<name, 8, 4>(w, rows, k, xq, xm, ntok, out);                                    \
     }                                                                                         \
     extern "C" __global__ void embed_##name(const u8* w, int rows, int k, const u32* tokens,  \
                                             int ntok, float* out) {                           \
@@ -435,7 +440,7 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, long long n,
         q[b * block + i] = (i8)c;
         sum += c;
     }
-    // Σq per 32 values: lanes 32 / per_lane apart hold one group of 32.
+    // Σq per 32 values: each group of 32 / per_lane neighbouring lanes holds 32.
     const int lanes_per_32 = 32 / per_lane;
     for (int o = 1; o < lanes_per_32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (lane % lanes_per_32 == 0) {
