@@ -24,6 +24,8 @@ pub enum EngineError {
     Template(String),
     #[error("prompt of {tokens} tokens does not fit in the context of {context} tokens")]
     ContextOverflow { tokens: usize, context: usize },
+    #[error("cannot resume at position {position}: the windowed layers' KV cache keeps the last {kept} positions, and the window before it has been overwritten since")]
+    WindowGone { position: usize, kept: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("invalid sampling parameter: {0}")]

@@ -6,6 +6,7 @@ use crate::backend::{
 use crate::config::{yarn_magnitude, Activation, Config, RopeOverrides};
 use crate::error::{EngineError, Result};
 use crate::kv_groups::{KvLayout, KvPools};
+use crate::window_ring::{WindowRing, RING_CALL};
 use gguf::GgufFile;
 use quant::TokenOrder;
 use std::sync::Arc;
@@ -120,16 +121,30 @@ pub fn matmul_order(pos: usize, generated_from: usize) -> TokenOrder {
     }
 }
 
-/// The KV cache of a single sequence: pools of its own, used through a fixed block table.
+/// The KV cache of a single sequence: pools of its own, used through a fixed block table,
+/// and for windowed layers kept apart, a ring (`window_ring`) when the window is shorter
+/// than the context.
 pub struct KvCache<B: Backend> {
     pools: KvPools<B::KvPool>,
     blocks: Vec<u32>,
+    ring: Option<WindowRing>,
 }
 
 impl<B: Backend> KvCache<B> {
     /// Positions it can hold.
     pub fn capacity(&self) -> usize {
         self.blocks.len() * KV_BLOCK_SIZE
+    }
+
+    /// Positions the windowed layers keep, when they keep a ring rather than the context.
+    pub fn window_kept(&self) -> Option<usize> {
+        self.ring.as_ref().map(WindowRing::kept)
+    }
+
+    /// Whether a call can start at `start` (the positions before it that it needs are
+    /// still held): always, but where a windowed ring has overwritten them since.
+    pub fn resumable(&self, start: usize) -> bool {
+        self.ring.as_ref().is_none_or(|r| r.resumable(start, 1))
     }
 }
 
@@ -321,12 +336,19 @@ impl<B: Backend> Llama<B> {
         layers * (types.k.bytes(kv_dim) + types.v.bytes(kv_dim))
     }
 
-    /// A cache for one sequence of up to `context` positions.
+    /// A cache for one sequence of up to `context` positions; its windowed layers (when
+    /// kept apart) hold only the blocks of `WindowRing::blocks`.
     pub fn new_kv_cache(&self, context: usize) -> Result<KvCache<B>> {
         let blocks = context.div_ceil(KV_BLOCK_SIZE);
+        let ring = self
+            .kv_layout
+            .window()
+            .map(|w| (w, WindowRing::blocks(w)))
+            .filter(|&(_, ring_blocks)| ring_blocks < blocks);
         Ok(KvCache {
-            pools: self.new_kv_pool(blocks)?,
+            pools: self.new_kv_pools(blocks, ring.map_or(blocks, |(_, r)| r))?,
             blocks: (0..blocks as u32).collect(),
+            ring: ring.map(|(window, ring_blocks)| WindowRing::new(window, blocks, ring_blocks)),
         })
     }
 
@@ -384,15 +406,45 @@ impl<B: Backend> Llama<B> {
                 context: cache.capacity(),
             });
         }
-        let seq = SeqBatch {
-            tokens,
-            start,
-            blocks: &cache.blocks,
-            window_blocks: None,
-            logits,
-            generated_from,
+        let Some(ring) = cache.ring.as_mut().filter(|_| !tokens.is_empty()) else {
+            let seq = SeqBatch {
+                tokens,
+                start,
+                blocks: &cache.blocks,
+                window_blocks: None,
+                logits,
+                generated_from,
+            };
+            return self.forward_batch(&[seq], &mut cache.pools);
         };
-        self.forward_batch(&[seq], &mut cache.pools)
+        // Through a ring, in calls short enough that what one writes never overwrites
+        // what it sees.
+        let mut out = Vec::new();
+        for (i, piece) in tokens.chunks(RING_CALL).enumerate() {
+            let at = start + i * RING_CALL;
+            if !ring.resumable(at, piece.len()) {
+                return Err(EngineError::WindowGone {
+                    position: at,
+                    kept: ring.kept(),
+                });
+            }
+            let wanted = match logits {
+                Logits::Last if at + piece.len() < start + tokens.len() => Logits::None,
+                Logits::From(first) => Logits::From(first.saturating_sub(i * RING_CALL)),
+                other => other,
+            };
+            let seq = SeqBatch {
+                tokens: piece,
+                start: at,
+                blocks: &cache.blocks,
+                window_blocks: Some(ring.table()),
+                logits: wanted,
+                generated_from,
+            };
+            out.extend(self.forward_batch(&[seq], &mut cache.pools)?);
+            ring.wrote(at, at + piece.len());
+        }
+        Ok(out)
     }
 
     /// One step for several sequences at once: their tokens are the rows of one batch,

@@ -111,7 +111,11 @@ impl<'m, B: Backend> Session<'m, B> {
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count();
-        let start = common.min(prompt.len() - 1);
+        let mut start = common.min(prompt.len() - 1);
+        if !self.cache.resumable(start) {
+            // The windowed layers no longer hold what the window before it shows.
+            start = 0;
+        }
         self.cached.truncate(start);
         if crate::model::first_one_token_position(prompt.len()) == 0 {
             let logits = self.model.decode(prompt[0], 0, &mut self.cache)?;
@@ -275,6 +279,13 @@ impl<'m, B: Backend> Session<'m, B> {
         let out = self.model.forward(tokens, pos, &mut self.cache, logits)?;
         self.cached.extend_from_slice(tokens);
         Ok(out)
+    }
+
+    /// Whether `forward_at` and `decode_at` can start at `pos` from what the cache holds:
+    /// the tokens before it, and for a model with windowed layers, the window before it
+    /// (a ring keeps a limited way back, `window_ring`).
+    pub fn resumable(&self, pos: usize) -> bool {
+        pos <= self.cached.len() && self.cache.resumable(pos)
     }
 
     /// One generated `token` at `pos` (benchmarks, as `forward_at`).

@@ -173,3 +173,92 @@ fn a_prompt_beyond_the_window_is_the_same_whole_chunked_and_batched() {
         "the next token's logits differ"
     );
 }
+
+/// Run and chat keep the windowed layers' keys and values in a ring bounded by the
+/// window, whatever the context: a 2,300-token sequence through it gives the logits of
+/// a cache that keeps every position; going back further than the ring keeps is an
+/// error for a single call, and a session resuming there computes the prompt again.
+#[test]
+fn a_sequence_past_the_ring_is_the_same_as_with_every_position_kept() {
+    use engine::model::SeqBatch;
+    use engine::{EngineError, GenerateOptions, Sampler, SamplingParams, Session};
+    let (mut model, tokenizer) = model();
+    // The order of the sums is not what this is about; llama.cpp's matrix-product one
+    // reads long prompts faster.
+    model.attention_order = AttentionOrder::Matmul;
+    let text = std::fs::read_to_string(common::refs("ppl_text.txt")).unwrap();
+    let ids = tokenizer.encode_prompt(&text, false).unwrap()[..2300].to_vec();
+
+    let mut ring = model.new_kv_cache(2304).unwrap();
+    let kept = ring
+        .window_kept()
+        .expect("a ring for a context past the window");
+    assert!(
+        (512 + 512..2300).contains(&kept),
+        "the ring keeps {kept} positions"
+    );
+    assert_eq!(model.new_kv_cache(32768).unwrap().window_kept(), Some(kept));
+    let through_ring = model.forward(&ids, 0, &mut ring, Logits::Last).unwrap();
+    let next = argmax(&through_ring);
+    let after_ring = model.decode(next, ids.len(), &mut ring).unwrap();
+
+    let blocks: Vec<u32> = (0..2304 / 16).collect();
+    let mut pool = model.new_kv_pool(blocks.len()).unwrap();
+    let mut every = |tokens: &[u32], start| {
+        let seq = SeqBatch {
+            tokens,
+            start,
+            blocks: &blocks,
+            window_blocks: None,
+            logits: Logits::Last,
+            generated_from: ids.len(),
+        };
+        model.forward_batch(&[seq], &mut pool).unwrap()
+    };
+    assert!(every(&ids, 0) == through_ring, "the prompt's logits differ");
+    assert!(
+        every(&[next], ids.len()) == after_ring,
+        "the next token's differ"
+    );
+
+    // Back 1,000 positions: still in the ring. Back to 100: its window is gone.
+    let again = model.forward(&ids[1300..1310], 1300, &mut ring, Logits::Last);
+    assert!(
+        again.unwrap() == every(&ids[1300..1310], 1300),
+        "going back 1,000 positions changed the logits"
+    );
+    let gone = model.forward(&ids[100..110], 100, &mut ring, Logits::Last);
+    assert!(matches!(
+        gone,
+        Err(EngineError::WindowGone { position: 100, .. })
+    ));
+
+    // A session asked to continue a prompt that shares only its first 100 tokens with
+    // what it holds reads it again, and answers as a fresh session does.
+    let greedy = || {
+        Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let options = GenerateOptions {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, 4096).unwrap();
+    session
+        .generate(&tokenizer, &ids, &mut greedy(), &options, |_| true)
+        .unwrap();
+    let mut shorter = ids[..100].to_vec();
+    shorter.extend_from_slice(&ids[1300..1400]);
+    let resumed = session
+        .generate(&tokenizer, &shorter, &mut greedy(), &options, |_| true)
+        .unwrap();
+    assert_eq!(resumed.prompt_computed, shorter.len());
+    let fresh = Session::new(&model, 4096)
+        .unwrap()
+        .generate(&tokenizer, &shorter, &mut greedy(), &options, |_| true)
+        .unwrap();
+    assert_eq!(resumed.tokens, fresh.tokens);
+}
