@@ -26,7 +26,7 @@ pub mod synthetic;
 pub mod text;
 pub mod tokenizer;
 pub mod tools;
-mod window_ring;
+pub mod window_ring;
 
 pub use backend::{AttentionOrder, Backend, KvCacheType, KvShape, KvTypes};
 pub use chat::{ChatTemplate, Message};

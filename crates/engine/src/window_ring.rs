@@ -53,6 +53,11 @@ impl WindowRing {
         self.holds.len() * KV_BLOCK_SIZE
     }
 
+    /// Positions a ring for `window` holds.
+    pub fn kept_for(window: usize) -> usize {
+        WindowRing::blocks(window) * KV_BLOCK_SIZE
+    }
+
     /// The block table to run the windowed layers through.
     pub fn table(&self) -> &[u32] {
         &self.table

@@ -203,9 +203,10 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         model.kv_bytes_per_token(model.kv_types) as f64 / 1024.0,
         match model.kv_layout.window() {
             Some(w) => format!(
-                " ({:.1} KiB in full-attention layers, {:.1} KiB in windowed layers, which serving keeps for {w} positions only)",
+                " ({:.1} KiB in full-attention layers, {:.1} KiB in windowed layers, which serving keeps for {w} positions and a single sequence for {})",
                 full as f64 / engine::backend::KV_BLOCK_SIZE as f64 / 1024.0,
                 windowed as f64 / engine::backend::KV_BLOCK_SIZE as f64 / 1024.0,
+                engine::window_ring::WindowRing::kept_for(w).min(context),
             ),
             None => String::new(),
         }
