@@ -406,23 +406,20 @@ impl<B: Backend> Llama<B> {
                 context: cache.capacity(),
             });
         }
-        let Some(ring) = cache.ring.as_mut().filter(|_| !tokens.is_empty()) else {
-            let seq = SeqBatch {
-                tokens,
-                start,
-                blocks: &cache.blocks,
-                window_blocks: None,
-                logits,
-                generated_from,
-            };
-            return self.forward_batch(&[seq], &mut cache.pools);
-        };
         // Through a ring, in calls short enough that what one writes never overwrites
         // what it sees.
+        let pieces: Vec<&[u32]> = match cache.ring {
+            Some(_) if !tokens.is_empty() => tokens.chunks(RING_CALL).collect(),
+            _ => vec![tokens],
+        };
         let mut out = Vec::new();
-        for (i, piece) in tokens.chunks(RING_CALL).enumerate() {
+        for (i, piece) in pieces.into_iter().enumerate() {
             let at = start + i * RING_CALL;
-            if !ring.resumable(at, piece.len()) {
+            if let Some(ring) = cache
+                .ring
+                .as_ref()
+                .filter(|r| !r.resumable(at, piece.len()))
+            {
                 return Err(EngineError::WindowGone {
                     position: at,
                     kept: ring.kept(),
@@ -437,12 +434,19 @@ impl<B: Backend> Llama<B> {
                 tokens: piece,
                 start: at,
                 blocks: &cache.blocks,
-                window_blocks: Some(ring.table()),
+                window_blocks: cache.ring.as_ref().map(WindowRing::table),
                 logits: wanted,
                 generated_from,
             };
-            out.extend(self.forward_batch(&[seq], &mut cache.pools)?);
-            ring.wrote(at, at + piece.len());
+            let piece_logits = self.forward_batch(&[seq], &mut cache.pools)?;
+            if let Some(ring) = &mut cache.ring {
+                ring.wrote(at, at + piece.len());
+            }
+            // The one piece of most calls keeps its buffer (a vocabulary of logits).
+            match out.is_empty() {
+                true => out = piece_logits,
+                false => out.extend(piece_logits),
+            }
         }
         Ok(out)
     }
