@@ -11,7 +11,9 @@
 //! queries × columns accumulates in registers with one fused multiply-add per register,
 //! and the trees across lanes run at the end, eight columns side by side.
 
-use crate::attention::{prefetch, AttendScratch, F16Order, KvHead, Query, TileSpan, KV_BLOCK};
+use crate::attention::{
+    prefetch, prefetch_keys, AttendScratch, F16Order, KvHead, Query, TileSpan, KEYS_AHEAD, KV_BLOCK,
+};
 
 use core::arch::x86_64::*;
 use std::ops::Range;
@@ -179,13 +181,13 @@ unsafe fn scores_blocks<const C: usize>(
     let mut keys = [[[_mm256_setzero_ps(); 2]; C]; KV_BLOCK];
     // One query reads the keys straight from the cache; several, widened once per block.
     let staged = queries.len() > 1;
+    for b in first..last.min(first + KEYS_AHEAD) {
+        prefetch_keys(kv, b, 16 * C);
+    }
     for b in first..last {
         let at = b * KV_BLOCK;
-        if b + 8 < last {
-            let ahead = kv.key_block(b + 8).as_ptr();
-            for j in 0..KV_BLOCK {
-                prefetch(ahead.add(j * kv.kv_dim), 32 * C);
-            }
+        if b + KEYS_AHEAD < last {
+            prefetch_keys(kv, b + KEYS_AHEAD, 16 * C);
         }
         // Slots past the sequence's end hold whatever they hold: computed, not stored.
         let block = kv.key_block(b).as_ptr();

@@ -13,7 +13,9 @@
 //! tile of queries × columns accumulates in registers with one fused multiply-add per
 //! block; the trees across lanes run at the end, sixteen columns side by side.
 
-use crate::attention::{prefetch, AttendScratch, F16Order, KvHead, Query, TileSpan, KV_BLOCK};
+use crate::attention::{
+    prefetch, prefetch_keys, AttendScratch, F16Order, KvHead, Query, TileSpan, KEYS_AHEAD, KV_BLOCK,
+};
 
 use core::arch::x86_64::*;
 
@@ -107,14 +109,13 @@ unsafe fn scores_blocks<const C: usize>(
     let (first, last) = (blocks.start, blocks.end);
     let scale = _mm512_set1_ps(scale);
     let mut keys = [[_mm512_setzero_ps(); C]; KV_BLOCK];
+    for b in first..last.min(first + KEYS_AHEAD) {
+        prefetch_keys(kv, b, 16 * C);
+    }
     for b in first..last {
         let at = b * KV_BLOCK;
-        // Far enough ahead to cover the memory's latency.
-        if b + 8 < last {
-            let ahead = kv.key_block(b + 8).as_ptr();
-            for j in 0..KV_BLOCK {
-                prefetch(ahead.add(j * kv.kv_dim), 32 * C);
-            }
+        if b + KEYS_AHEAD < last {
+            prefetch_keys(kv, b + KEYS_AHEAD, 16 * C);
         }
         let block = kv.key_block(b).as_ptr();
         // Slots past the sequence's end hold whatever they hold: computed, not stored.
@@ -234,6 +235,10 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
     // Stretches start at multiples of `groups` blocks, so that a stretch's blocks g,
     // g + groups, … are slot group g's.
     let mut stretch = first / groups * groups;
+    // The blocks the first pass's prefetches do not reach (as `KEYS_AHEAD`).
+    for b in first..last.min(first + FETCH_AHEAD_BLOCKS) {
+        prefetch(kv.value_block(b).as_ptr(), block_bytes);
+    }
     while stretch < last {
         let stretch_end = (stretch + stretch_blocks).min(last);
         for c0 in (0..width).step_by(C) {
