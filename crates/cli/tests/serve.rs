@@ -584,6 +584,36 @@ fn thirty_two_concurrent_streams_all_complete_with_the_same_greedy_text() {
     });
 }
 
+#[test]
+fn speculating_servers_answer_the_same_text_and_count_their_proposals() {
+    let passage = "Repeat this list exactly, then stop:\n1. red apples\n2. green pears\n\
+                   3. yellow bananas\n4. purple plums\n5. orange oranges";
+    let body = chat(passage, json!({"max_tokens": 40, "temperature": 0}));
+    let texts: Vec<String> = [&[][..], &["--spec", "ngram", "--spec-k", "6"][..]]
+        .iter()
+        .map(|extra| {
+            let s = Server::start(extra);
+            let (status, r) = s.post("/v1/chat/completions", body.clone());
+            assert_eq!(status, 200, "{r}");
+            let proposed = s.metric("llama_gpu_speculative_proposed_tokens_total");
+            let kept = s.metric("llama_gpu_speculative_accepted_tokens_total");
+            assert_eq!(proposed > 0.0 && kept > 0.0, !extra.is_empty(), "{extra:?}");
+            r["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(texts[0], texts[1]);
+    let out = common::llama_gpu(&["serve", "--spec", "draft", "--draft-model", "default"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("n-gram lookup (--spec ngram)"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
 /// The official `openai` Python package against the server. CI installs it in a venv
 /// and names its interpreter in `LLAMA_GPU_TEST_PYTHON`; elsewhere the test looks for
 /// `python3` with `openai` importable, and says so when there is none.

@@ -161,38 +161,7 @@ fn probability(logits: &[f32], id: u32) -> f32 {
     quant::exp_poly(logits[id as usize] - max) / lanes.iter().sum::<f32>()
 }
 
-/// Chooses how many tokens to check, from what a pass of so many rows costs on this
-/// machine, what a proposal costs to make, and how often proposals are kept, all
-/// measured as generation goes: checking k proposals yields 1 + α + … + αᵏ tokens on
-/// average (α: the chance a proposal is kept after its predecessors were), for the time
-/// of a (k + 1)-row pass and of making k proposals.
-/// Where the cost of a pass has not been measured yet, it is taken as that of the
-/// largest measured smaller one, so that larger checks get tried when proposals are kept.
-#[derive(Clone, Debug, Default)]
-pub struct DraftTuner {
-    /// Decayed counts of proposals kept, and of proposals decided (kept or not).
-    kept: f64,
-    decided: f64,
-    /// Seconds of a pass of r rows at index r (decayed average; 0: not measured).
-    seconds: Vec<f64>,
-}
-
-impl DraftTuner {
-    /// A tuner that starts out expecting nine proposals in ten to be kept, for
-    /// proposals that cost time to make (a draft model's): with the even odds `default`
-    /// assumes, a draft costing a third of a target step is seldom tried (10 proposals
-    /// in 97 tokens on the default model's F16/Q4_0 pair), and its real acceptance is
-    /// hardly measured.
-    pub fn expecting_agreement() -> DraftTuner {
-        DraftTuner {
-            kept: 9.0,
-            decided: 10.0,
-            ..DraftTuner::default()
-        }
-    }
-}
-
-/// How much of the past the tuner's averages keep at each update.
+/// How much of the past the tuners' averages keep at each update.
 const DECAY: f64 = 0.8;
 
 /// A time average updated with `new` (`old` 0: nothing measured yet, `new` it is).
@@ -203,35 +172,16 @@ fn decayed_average(old: f64, new: f64) -> f64 {
     }
 }
 
-impl DraftTuner {
-    /// How many of `available` free proposals (n-gram lookup) to check (0: decode the
-    /// sampled token alone).
-    pub fn choose(&self, available: usize) -> usize {
-        self.choose_paying(available, 0.0)
-    }
+/// What a pass of so many rows costs on this machine, measured as generation goes.
+/// Where a size has not been measured yet, it is taken to cost as much as the largest
+/// measured smaller one, so that larger checks get tried when proposals are kept.
+#[derive(Clone, Debug, Default)]
+pub struct PassCosts {
+    /// Seconds of a pass of r rows at index r (decayed average; 0: not measured).
+    seconds: Vec<f64>,
+}
 
-    /// How many of `available` proposals to make and check when each costs
-    /// `per_proposal` seconds to make (a draft model's step).
-    pub fn choose_paying(&self, available: usize, per_proposal: f64) -> usize {
-        let measured = |r: usize| self.seconds.get(r).copied().filter(|&s| s > 0.0);
-        let Some(one) = measured(1) else {
-            return 0; // measure a plain step first
-        };
-        let keep = (self.kept + 1.0) / (self.decided + 2.0);
-        let (mut best, mut best_rate) = (0, 1.0 / one);
-        let (mut expected, mut chance, mut pass) = (1.0, 1.0, one);
-        for k in 1..=available {
-            chance *= keep;
-            expected += chance;
-            pass = measured(k + 1).unwrap_or(pass);
-            let cost = pass + k as f64 * per_proposal;
-            if expected / cost > best_rate {
-                (best, best_rate) = (k, expected / cost);
-            }
-        }
-        best
-    }
-
+impl PassCosts {
     /// A pass of `rows` rows took `seconds`.
     pub fn timed(&mut self, rows: usize, seconds: f64) {
         if self.seconds.len() <= rows {
@@ -241,12 +191,147 @@ impl DraftTuner {
         *s = decayed_average(*s, seconds);
     }
 
+    /// The seconds a pass of `rows` rows is expected to take; `None` before a pass of
+    /// that size or smaller was measured.
+    pub fn seconds(&self, rows: usize) -> Option<f64> {
+        self.seconds[..(rows + 1).min(self.seconds.len())]
+            .iter()
+            .rev()
+            .copied()
+            .find(|&s| s > 0.0)
+    }
+}
+
+/// How often one sequence's proposals are kept: decayed counts of proposals kept and of
+/// proposals decided (kept or not), starting from even odds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Acceptance {
+    kept: f64,
+    decided: f64,
+}
+
+impl Acceptance {
+    /// The chance a proposal is kept after its predecessors were.
+    pub fn chance(&self) -> f64 {
+        (self.kept + 1.0) / (self.decided + 2.0)
+    }
+
     /// Of `checked` proposals, the first `kept` were kept.
     pub fn outcome(&mut self, checked: usize, kept: usize) {
         let decided = kept + (kept < checked) as usize;
         self.kept = DECAY * self.kept + kept as f64;
         self.decided = DECAY * self.decided + decided as f64;
     }
+}
+
+/// Chooses how many tokens to check for one sequence generating alone, from what a pass
+/// of so many rows costs, what a proposal costs to make, and how often proposals are
+/// kept: checking k proposals yields 1 + α + … + αᵏ tokens on average (α: the chance a
+/// proposal is kept after its predecessors were), for the time of a (k + 1)-row pass
+/// and of making k proposals.
+#[derive(Clone, Debug, Default)]
+pub struct DraftTuner {
+    pub acceptance: Acceptance,
+    pub costs: PassCosts,
+}
+
+impl DraftTuner {
+    /// A tuner that starts out expecting nine proposals in ten to be kept, for
+    /// proposals that cost time to make (a draft model's): with the even odds `default`
+    /// assumes, a draft costing a third of a target step is seldom tried (10 proposals
+    /// in 97 tokens on the default model's F16/Q4_0 pair), and its real acceptance is
+    /// hardly measured.
+    pub fn expecting_agreement() -> DraftTuner {
+        DraftTuner {
+            acceptance: Acceptance {
+                kept: 9.0,
+                decided: 10.0,
+            },
+            ..DraftTuner::default()
+        }
+    }
+
+    /// How many of `available` free proposals (n-gram lookup) to check (0: decode the
+    /// sampled token alone).
+    pub fn choose(&self, available: usize) -> usize {
+        self.choose_paying(available, 0.0)
+    }
+
+    /// How many of `available` proposals to make and check when each costs
+    /// `per_proposal` seconds to make (a draft model's step).
+    pub fn choose_paying(&self, available: usize, per_proposal: f64) -> usize {
+        let Some(one) = self.costs.seconds(1) else {
+            return 0; // measure a plain step first
+        };
+        let keep = self.acceptance.chance();
+        let (mut best, mut best_rate) = (0, 1.0 / one);
+        let (mut expected, mut chance) = (1.0, 1.0);
+        for k in 1..=available {
+            chance *= keep;
+            expected += chance;
+            let cost = self.costs.seconds(k + 1).unwrap_or(one) + k as f64 * per_proposal;
+            if expected / cost > best_rate {
+                (best, best_rate) = (k, expected / cost);
+            }
+        }
+        best
+    }
+
+    /// A pass of `rows` rows took `seconds`.
+    pub fn timed(&mut self, rows: usize, seconds: f64) {
+        self.costs.timed(rows, seconds);
+    }
+
+    /// Of `checked` proposals, the first `kept` were kept.
+    pub fn outcome(&mut self, checked: usize, kept: usize) {
+        self.acceptance.outcome(checked, kept);
+    }
+}
+
+/// How many proposals each of several decoding sequences checks in one pass of the
+/// serving engine, to make the most tokens per second: `rows` rows are decoded anyway
+/// (one per sequence), and candidate i can check up to `available[i]` proposals, each
+/// kept with chance `chances[i]` after its predecessors were. A sequence's j-th proposal
+/// yields `chance^j` tokens on average, fewer the further it looks, so the best use of R
+/// more rows is the R largest such yields; R is chosen for the most expected tokens per
+/// second of a pass of `rows + R` rows (and at most `max_rows` rows in all). Once the
+/// pass is large enough that every row costs about as much as a token, speculation no
+/// longer pays and none is checked.
+pub fn share_checks(
+    costs: &PassCosts,
+    rows: usize,
+    chances: &[f64],
+    available: &[usize],
+    max_rows: usize,
+) -> Vec<usize> {
+    let mut checks = vec![0; chances.len()];
+    let Some(base) = costs.seconds(rows) else {
+        return checks; // measure plain steps first
+    };
+    // (expected tokens, candidate) of every proposal, best first (ties: first candidate).
+    let mut yields: Vec<(f64, usize)> = Vec::new();
+    for (i, (&chance, &n)) in chances.iter().zip(available).enumerate() {
+        let mut y = 1.0;
+        for _ in 0..n {
+            y *= chance;
+            yields.push((y, i));
+        }
+    }
+    yields.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    yields.truncate(max_rows.saturating_sub(rows));
+    let (mut best, mut best_rate) = (0, rows as f64 / base);
+    let mut expected = rows as f64;
+    for (r, &(y, _)) in yields.iter().enumerate() {
+        expected += y;
+        let rate = expected / costs.seconds(rows + r + 1).unwrap_or(base);
+        if rate > best_rate {
+            (best, best_rate) = (r + 1, rate);
+        }
+    }
+    for &(_, i) in &yields[..best] {
+        checks[i] += 1;
+    }
+    checks
 }
 
 /// What speculation did over one generation.
@@ -304,6 +389,31 @@ mod tests {
         }
         let k = tuner.choose(8);
         assert!((1..8).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn a_batch_checks_the_likeliest_proposals_while_rows_are_cheap() {
+        let mut costs = PassCosts::default();
+        // Nothing measured at this size: plain steps first.
+        assert_eq!(share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512), [0, 0]);
+        // Up to eight rows cost about one pass, then every row costs a token's time.
+        for r in 1..=8 {
+            costs.timed(r, 0.010 + 0.0005 * r as f64);
+        }
+        for r in 9..=40 {
+            costs.timed(r, 0.014 * r as f64 / 8.0);
+        }
+        // Two sequences: the one whose proposals are kept checks more, within 8 rows.
+        let checks = share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512);
+        assert_eq!(checks.iter().sum::<usize>(), 6, "{checks:?}");
+        assert!(checks[0] == 4 && checks[1] == 2, "{checks:?}");
+        // Eight sequences already fill the cheap rows: speculation would cost more
+        // than it yields.
+        assert_eq!(share_checks(&costs, 8, &[0.8; 8], &[4; 8], 512), [0; 8]);
+        // The step's row budget bounds the checks.
+        assert_eq!(share_checks(&costs, 2, &[0.9, 0.9], &[4, 4], 4), [1, 1]);
+        // Nothing to propose: nothing to check.
+        assert_eq!(share_checks(&costs, 1, &[0.9], &[0], 512), [0]);
     }
 
     #[test]

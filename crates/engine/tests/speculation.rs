@@ -2,14 +2,15 @@
 //! speed: for 20 input-grounded prompts (rewrite, extend or quote a given text or code:
 //! `tests/data/spec_prompts.jsonl`), the default model gives the same tokens with and
 //! without it, greedy and seeded, and the cache holds exactly the generated tokens
-//! afterwards.
+//! afterwards. The serving engine gives the same tokens with it as without it, alone
+//! and among eight concurrent requests, and gives every KV block back.
 
 mod common;
 
 use engine::synthetic::WeightMix;
 use engine::{
-    ChatTemplate, Device, Drafter, GenerateOptions, Llama, Message, NgramSpeculation, Sampler,
-    SamplingParams, Session, Tokenizer,
+    ChatTemplate, Device, Drafter, Engine, EngineConfig, Event, GenerateOptions, Llama, Message,
+    NgramSpeculation, Request, Sampler, SamplingParams, Session, Tokenizer,
 };
 use gguf::GgmlType;
 use std::path::PathBuf;
@@ -166,4 +167,119 @@ fn a_draft_model_of_another_vocabulary_is_refused() {
     };
     let vocab = other.config.vocab_size.to_string();
     assert!(err.contains("vocabulary") && err.contains(&vocab), "{err}");
+}
+
+/// The 20 prompts as chat requests: greedy, but seeded sampling on every fourth.
+fn chat_requests(tok: &Tokenizer, max_tokens: usize) -> Vec<Request> {
+    let file = gguf::GgufFile::open(common::default_model()).unwrap();
+    let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
+    prompts()
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let text = template
+                .render(&[Message::new("user", prompt)], true)
+                .unwrap();
+            let mut request = Request::greedy(tok.encode(&text, true).unwrap(), max_tokens);
+            if i % 4 == 3 {
+                request.sampling = SamplingParams {
+                    temperature: 0.7,
+                    seed: 42,
+                    ..Default::default()
+                };
+            }
+            request
+        })
+        .collect()
+}
+
+/// Submits `requests` all at once; each one's tokens.
+fn generate_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    streams
+        .into_iter()
+        .map(|stream| {
+            let mut tokens = Vec::new();
+            for e in stream {
+                match e {
+                    Event::Token { id, .. } => tokens.push(id),
+                    Event::Finished { error, .. } => assert_eq!(error, None),
+                    Event::Prompt { .. } => {}
+                }
+            }
+            tokens
+        })
+        .collect()
+}
+
+/// Waits until the engine has nothing running.
+fn settled(engine: &Engine) -> engine::serving::Metrics {
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = engine.metrics();
+        if m.running == 0 && m.waiting == 0 {
+            return m;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "engine never settled: {m:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() {
+    let start = |speculation| {
+        let (model, tok) = common::model_and_tokenizer();
+        let config = EngineConfig {
+            speculation,
+            ..EngineConfig::new(1024, 8)
+        };
+        Engine::start(model, tok, config).unwrap()
+    };
+    let plain = start(None);
+    let speculating = start(Some(NgramSpeculation::default()));
+    let requests = chat_requests(plain.tokenizer(), 48);
+    let alone = |e: &Engine| -> Vec<Vec<u32>> {
+        requests
+            .iter()
+            .flat_map(|r| generate_together(e, std::slice::from_ref(r)))
+            .collect()
+    };
+    let reference = alone(&plain);
+    let speculated_alone = alone(&speculating);
+    let after_alone = settled(&speculating);
+    let speculated_together = generate_together(&speculating, &requests);
+    for (i, want) in reference.iter().enumerate() {
+        assert_eq!(&speculated_alone[i], want, "prompt {i} alone");
+        assert_eq!(&speculated_together[i], want, "prompt {i} among eight");
+    }
+    let (p, s) = (settled(&plain), settled(&speculating));
+    eprintln!(
+        "serving n-gram speculation: {} of {} proposed tokens kept ({} alone), {} steps \
+         against {} plain for the same requests alone",
+        s.speculative_accepted_tokens,
+        s.speculative_proposed_tokens,
+        after_alone.speculative_accepted_tokens,
+        after_alone.steps,
+        p.steps
+    );
+    // Both outcomes happen, alone and together, and speculating saved steps.
+    assert!(
+        0 < after_alone.speculative_accepted_tokens
+            && after_alone.speculative_accepted_tokens < after_alone.speculative_proposed_tokens,
+        "{after_alone:?}"
+    );
+    assert!(
+        s.speculative_proposed_tokens > after_alone.speculative_proposed_tokens,
+        "nothing was proposed among eight: {s:?}"
+    );
+    assert!(after_alone.steps < p.steps, "{after_alone:?} against {p:?}");
+    assert_eq!(s.generated_tokens, 2 * p.generated_tokens);
+    // Every block came back, and the prefix cache holds the prompts' blocks alone:
+    // the blocks of rejected tokens left no trace.
+    assert_eq!((s.kv_blocks_used, p.kv_blocks_used), (0, 0));
+    assert_eq!(s.kv_blocks_cached, p.kv_blocks_cached);
+    assert_eq!(plain.metrics().speculative_proposed_tokens, 0);
 }

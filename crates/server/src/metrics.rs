@@ -211,6 +211,20 @@ fn render_engine(out: &mut String, m: &Metrics) {
     );
     metric(
         out,
+        "llama_gpu_speculative_proposed_tokens_total",
+        "counter",
+        "Tokens proposed by speculative decoding and checked.",
+        m.speculative_proposed_tokens as f64,
+    );
+    metric(
+        out,
+        "llama_gpu_speculative_accepted_tokens_total",
+        "counter",
+        "Proposed tokens that were kept.",
+        m.speculative_accepted_tokens as f64,
+    );
+    metric(
+        out,
         "llama_gpu_engine_steps_total",
         "counter",
         "Batched model steps.",

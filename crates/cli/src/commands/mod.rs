@@ -248,7 +248,8 @@ fn context_size(args: &ModelArgs, config: &engine::Config) -> Result<usize> {
     Ok(context)
 }
 
-/// Speculative decoding (`run`, `chat`): the output is the same, token for token.
+/// Speculative decoding (`run`, `chat`, and n-gram lookup in `serve`): the output is
+/// the same, token for token.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpeculationArgs {
     /// Propose tokens and check them in one pass: `ngram` looks the last tokens up in
@@ -283,6 +284,11 @@ impl SpeculationArgs {
     /// Whether any speculation was asked for.
     pub fn enabled(&self) -> bool {
         self.kind.is_some()
+    }
+
+    /// Whether a draft model was asked for.
+    pub fn is_draft(&self) -> bool {
+        self.kind.as_deref() == Some("draft")
     }
 
     /// The n-gram lookup asked for, if any.

@@ -2,7 +2,7 @@
 //! answers 503 while the model loads), then serves until SIGINT or SIGTERM, letting
 //! requests in flight finish for up to `--shutdown-timeout`.
 
-use super::{load, usage, ContentTokensArg, ModelArgs};
+use super::{load, usage, ContentTokensArg, ModelArgs, SpeculationArgs};
 use anyhow::{Context, Result};
 use engine::{Engine, EngineConfig, KvBudget};
 use server::{AppState, Model, ServerConfig};
@@ -80,6 +80,8 @@ pub struct Args {
     cors_origins: Vec<String>,
     #[command(flatten)]
     content_tokens: ContentTokensArg,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -111,6 +113,13 @@ pub fn run(args: Args) -> Result<()> {
             "--parallel, --max-batch-tokens and --threads must be at least 1",
         ));
     }
+    if args.speculation.is_draft() {
+        return Err(usage(
+            "serve speculates by n-gram lookup (--spec ngram); a draft model \
+             (--spec draft) is for run and chat",
+        ));
+    }
+    let speculation = args.speculation.speculation()?;
     let mut api_keys = args.api_keys.clone();
     if let Some(file) = &args.api_key_file {
         let text = std::fs::read_to_string(file)
@@ -180,6 +189,7 @@ pub fn run(args: Args) -> Result<()> {
                 engine_config.max_waiting = args.max_queue;
                 engine_config.prefix_caching = !args.no_prefix_cache;
                 engine_config.threads = args.threads;
+                engine_config.speculation = speculation;
                 let engine = Engine::start(loaded.model, loaded.tokenizer, engine_config)?;
                 state.set_model(Model {
                     engine,

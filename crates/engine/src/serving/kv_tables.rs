@@ -131,6 +131,26 @@ impl KvTables {
         true
     }
 
+    /// Gives back the blocks of `s` past its first `positions` positions: those a check
+    /// of proposals took for tokens that were not kept, or a reservation that failed
+    /// half-way. Its tables are then those of a sequence that never asked for them.
+    pub fn trim(&mut self, s: &mut Sequence, positions: usize) {
+        // Newest first, so that the free lists are back in their order too.
+        let keep = Sequence::blocks_for(positions);
+        while s.blocks.len() > keep {
+            let b = s.blocks.pop().unwrap_or_default();
+            self.full.release(&[b]);
+        }
+        if let Some((windowed, _)) = &mut self.windowed {
+            while s.window_blocks.len() > keep {
+                match s.window_blocks.pop() {
+                    Some(b) if b != GIVEN_BACK => windowed.release(&[b]),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// A fork of a sequence holds its blocks too.
     pub fn share(&mut self, s: &Sequence) {
         for &b in &s.blocks {
@@ -208,4 +228,50 @@ fn own_block(
     blocks.release(&[shared]);
     table[i] = own;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serving::request::Request;
+
+    fn sequence(prompt_len: usize) -> Sequence {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        Sequence::new(Request::greedy(vec![7; prompt_len], 64), events).unwrap()
+    }
+
+    /// A sequence that reads a prompt and decodes `steps` tokens one by one, or checking
+    /// `proposals` extra tokens each step of which none is kept; its tables after.
+    fn decode(tables: &mut KvTables, proposals: usize, steps: usize) -> Sequence {
+        let mut s = sequence(40);
+        let mut copies = Vec::new();
+        assert!(tables.reserve(&mut s, 40, &mut copies));
+        s.computed = 40;
+        tables.offer_full_blocks(&mut s);
+        for _ in 0..steps {
+            s.tokens.push(3);
+            assert!(tables.reserve(&mut s, 1 + proposals, &mut copies));
+            s.computed += 1;
+            let positions = s.computed;
+            tables.trim(&mut s, positions);
+        }
+        s
+    }
+
+    #[test]
+    fn rejected_proposals_leave_the_tables_of_a_plain_run() {
+        for window in [None, Some((64, 24))] {
+            let mut plain = KvTables::new(64, window, true);
+            let mut checking = KvTables::new(64, window, true);
+            let a = decode(&mut plain, 0, 30);
+            let b = decode(&mut checking, 20, 30);
+            assert_eq!(a.blocks, b.blocks);
+            assert_eq!(a.window_blocks, b.window_blocks);
+            assert_eq!(a.hashes, b.hashes);
+            assert_eq!(plain.full_gauges(), checking.full_gauges());
+            assert_eq!(plain.windowed_gauges(), checking.windowed_gauges());
+            // The next allocation takes the same block both ways.
+            assert_eq!(plain.full.allocate(), checking.full.allocate());
+        }
+    }
 }

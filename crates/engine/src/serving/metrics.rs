@@ -51,6 +51,9 @@ pub struct Metrics {
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     pub steps: u64,
+    /// Speculative decoding: tokens proposed and checked, and how many were kept.
+    pub speculative_proposed_tokens: u64,
+    pub speculative_accepted_tokens: u64,
     /// From submission to admission.
     pub queue_time: Histogram,
     /// From submission to the first token.

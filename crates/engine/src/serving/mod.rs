@@ -20,6 +20,7 @@ use crate::constraint::Grammars;
 use crate::error::{EngineError, Result};
 use crate::model::Llama;
 use crate::session::FinishReason;
+use crate::speculate::NgramSpeculation;
 use crate::tokenizer::Tokenizer;
 use scheduler::Scheduler;
 use sequence::Sequence;
@@ -52,6 +53,10 @@ pub struct EngineConfig {
     /// While sequences decode, prompt chunks are sized so that a step takes about this
     /// long (adapted from measured steps; `pacing.rs`). None: chunks fill the budget.
     pub step_target: Option<std::time::Duration>,
+    /// Speculative decoding by n-gram lookup: in steps where every sequence decodes,
+    /// proposals are checked as extra rows while the measured cost of a pass says they
+    /// pay (`speculate::share_checks`). The tokens are the same as without it.
+    pub speculation: Option<NgramSpeculation>,
     /// Filled in by `Engine::start` from `kv_budget`: blocks of the full pool, and of
     /// the windowed layers' pool (`kv_groups`), sized for what the running sequences'
     /// windows can show.
@@ -72,6 +77,7 @@ impl EngineConfig {
             prefix_caching: true,
             threads: None,
             step_target: Some(std::time::Duration::from_millis(150)),
+            speculation: None,
             kv_blocks: 0,
             kv_window_blocks: 0,
         }

@@ -12,6 +12,7 @@ use crate::constraint::GrammarState;
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
+use crate::speculate::{share_checks, PassCosts};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +34,8 @@ pub(super) struct Scheduler<B: Backend> {
     queued: Arc<AtomicUsize>,
     metrics: Arc<Mutex<Metrics>>,
     pacing: PrefillPacing,
+    /// What steps of so many rows cost when every sequence decodes (for speculation).
+    pass_costs: PassCosts,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -63,6 +66,7 @@ impl<B: Backend> Scheduler<B> {
             admissions: 0,
             queued,
             metrics,
+            pass_costs: PassCosts::default(),
         }
     }
 
@@ -93,12 +97,20 @@ impl<B: Backend> Scheduler<B> {
         self.drop_cancelled();
         let takes = self.plan();
         if takes.iter().any(|&t| t > 0) {
+            // A decoding sequence may check proposals too: it has one token pending.
             let decoding = self
                 .running
                 .iter()
                 .zip(&takes)
-                .any(|(s, &t)| t == 1 && s.pending() == 1);
-            let prompt_tokens: usize = takes.iter().filter(|&&t| t > 1).sum();
+                .any(|(s, &t)| t > 0 && s.pending() == 1);
+            let prompt_tokens: usize = self
+                .running
+                .iter()
+                .zip(&takes)
+                .filter(|(s, _)| s.pending() > 1)
+                .map(|(_, &t)| t)
+                .sum();
+            let rows: usize = takes.iter().sum();
             let started = Instant::now();
             match self.run_and_mask(&takes) {
                 Ok(logits) => self.advance(&takes, logits),
@@ -113,11 +125,10 @@ impl<B: Backend> Scheduler<B> {
             }
             self.pacing
                 .observe(prompt_tokens, decoding, started.elapsed());
-            tracing::trace!(
-                rows = takes.iter().sum::<usize>(),
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "step"
-            );
+            if prompt_tokens == 0 {
+                self.pass_costs.timed(rows, started.elapsed().as_secs_f64());
+            }
+            tracing::trace!(rows, ms = started.elapsed().as_secs_f64() * 1e3, "step");
             self.lock_metrics().steps += 1;
         }
         self.publish_gauges();
@@ -198,7 +209,58 @@ impl<B: Backend> Scheduler<B> {
         if !preempted {
             self.admit(&mut budget, &mut takes);
         }
+        self.propose(&mut takes, budget);
         takes
+    }
+
+    /// Speculative decoding: in a step where every sequence decodes, adds to each the
+    /// proposals worth checking (n-gram lookup; as many as the measured cost of a pass
+    /// and each sequence's measured acceptance say pay for their rows, within `budget`
+    /// more rows). Sequences under a grammar do not speculate.
+    fn propose(&mut self, takes: &mut [usize], budget: usize) {
+        let Some(ngram) = self.config.speculation else {
+            return;
+        };
+        let decoding_only = self
+            .running
+            .iter()
+            .zip(takes.iter())
+            .all(|(s, &t)| t == 0 || s.pending() == 1);
+        if !decoding_only || budget == 0 {
+            return;
+        }
+        let proposals: Vec<Vec<u32>> = self
+            .running
+            .iter()
+            .zip(takes.iter())
+            .map(|(s, &t)| match t == 1 && s.grammar.is_none() {
+                true => ngram.propose(&s.tokens, s.room_to_check(self.config.context)),
+                false => Vec::new(),
+            })
+            .collect();
+        if proposals.iter().all(Vec::is_empty) {
+            return;
+        }
+        let chances: Vec<f64> = self.running.iter().map(|s| s.acceptance.chance()).collect();
+        let available: Vec<usize> = proposals.iter().map(Vec::len).collect();
+        let rows: usize = takes.iter().sum();
+        let checks = share_checks(&self.pass_costs, rows, &chances, &available, rows + budget);
+        for (i, (k, proposed)) in checks.into_iter().zip(proposals).enumerate() {
+            if k == 0 {
+                continue;
+            }
+            let s = &mut self.running[i];
+            s.check = std::iter::once(s.tokens[s.computed])
+                .chain(proposed.into_iter().take(k))
+                .collect();
+            if self.reserve(i, 1 + k) {
+                takes[i] = 1 + k;
+            } else {
+                let s = &mut self.running[i];
+                s.check.clear();
+                self.kv.trim(s, s.computed + 1);
+            }
+        }
     }
 
     /// Gives sequence `i` blocks for its next `take` positions, copying a block it
@@ -322,11 +384,14 @@ impl<B: Backend> Scheduler<B> {
             .zip(takes)
             .filter(|(_, &t)| t > 0)
             .map(|(s, &t)| SeqBatch {
-                tokens: &s.tokens[s.computed..s.computed + t],
+                tokens: match s.check.is_empty() {
+                    true => &s.tokens[s.computed..s.computed + t],
+                    false => &s.check,
+                },
                 start: s.computed,
                 blocks: &s.blocks,
                 window_blocks: Some(&s.window_blocks),
-                logits: if s.prompt_logprobs.is_some() {
+                logits: if s.prompt_logprobs.is_some() || !s.check.is_empty() {
                     Logits::All
                 } else if s.computed + t == s.tokens.len() {
                     Logits::Last
@@ -358,6 +423,34 @@ impl<B: Backend> Scheduler<B> {
             }
             let s = &mut self.running[i];
             let start = s.computed;
+            if !s.check.is_empty() {
+                let rows = &mut logits[next_row * vocab..(next_row + take) * vocab];
+                next_row += take;
+                // A row's token is kept while the token sampled before it was its
+                // proposal: its logits are then those plain decoding would give.
+                let check = std::mem::take(&mut s.check);
+                let mut kept = 0;
+                for (j, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                    let before = s.tokens.len();
+                    outcomes[i] = s.accept(row, &self.tokenizer, max_context);
+                    observe_token(&mut metrics, s, now);
+                    s.computed = start + j + 1;
+                    let followed = outcomes[i].is_none()
+                        && s.tokens.len() == before + 1
+                        && check.get(j + 1) == Some(&s.tokens[before]);
+                    if !followed {
+                        break;
+                    }
+                    kept += 1;
+                }
+                let checked = check.len() - 1;
+                s.acceptance.outcome(checked, kept);
+                metrics.speculative_proposed_tokens += checked as u64;
+                metrics.speculative_accepted_tokens += kept as u64;
+                // The rejected tokens' positions leave the cache.
+                self.kv.trim(s, s.computed);
+                continue;
+            }
             s.computed += take;
             self.kv.offer_full_blocks(s);
             if s.prompt_logprobs.is_some() {

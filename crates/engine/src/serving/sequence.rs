@@ -6,6 +6,7 @@ use crate::backend::KV_BLOCK_SIZE;
 use crate::constraint::{GrammarState, TokenMask};
 use crate::sampler::Sampler;
 use crate::session::FinishReason;
+use crate::speculate::Acceptance;
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
 use crate::Result;
@@ -48,6 +49,11 @@ pub(super) struct Sequence {
     pub grammar_from: Option<u32>,
     /// The grammar's mask for the next token, computed while the model ran.
     pub mask: Option<TokenMask>,
+    /// The pending token and the proposals after it, while a step checks proposals
+    /// (speculative decoding; empty otherwise).
+    pub check: Vec<u32>,
+    /// How often this sample's proposals were kept.
+    pub acceptance: Acceptance,
     /// Why the sample ended with `FinishReason::Error`.
     pub failure: Option<String>,
     /// Alternatives per prompt token while its log-probabilities are being collected
@@ -81,6 +87,8 @@ impl Sequence {
             grammar: request.constraint,
             grammar_from: request.constraint_from,
             mask: None,
+            check: Vec::new(),
+            acceptance: Acceptance::default(),
             failure: None,
             prompt_logprobs: request.prompt_logprobs,
             prompt_entries: Vec::new(),
@@ -106,6 +114,15 @@ impl Sequence {
 
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// The most proposals worth checking after the pending token: with every one kept,
+    /// the sample still ends within `max_tokens` and `context`.
+    pub fn room_to_check(&self, context: usize) -> usize {
+        let to_generate = self.max_tokens.saturating_sub(self.generated());
+        to_generate
+            .min(context.saturating_sub(self.tokens.len()))
+            .saturating_sub(1)
     }
 
     /// The client has gone (its stream was dropped).

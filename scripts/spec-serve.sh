@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Speculative decoding in the server: serves the default model without and with
+# `--spec ngram` and load-tests each with `bench serve` on the 20 input-grounded prompts
+# of tests/data/spec_prompts.jsonl (greedy chat completions, up to 128 tokens), one
+# stream and then eight at once; prints each run's summary and the proposals kept.
+# Usage: scripts/spec-serve.sh [SERVE FLAGS…]   (e.g. -t 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q
+out=${OUT:-target/spec-serve}
+mkdir -p "$out"
+port=${PORT:-18124}
+for mode in plain ngram; do
+    spec=()
+    [ "$mode" = ngram ] && spec=(--spec ngram)
+    ./target/release/llama-gpu serve -m default -c 2048 --parallel 8 --port "$port" \
+        "${spec[@]}" "$@" > "$out/serve-$mode.log" 2>&1 &
+    server=$!
+    trap 'kill $server 2>/dev/null || true' EXIT
+    for _ in $(seq 1 120); do
+        curl -sf "localhost:$port/health" >/dev/null && break
+        sleep 1
+    done
+    echo "== $mode"
+    ./target/release/llama-gpu bench serve --url "http://localhost:$port" \
+        --dataset tests/data/spec_prompts.jsonl --num-requests 20 --output-len 128 \
+        --concurrency 1,8 --label "$mode" --out "$out/result-$mode.json"
+    curl -s "localhost:$port/metrics" | grep -E '^llama_gpu_(speculative|generation_tokens|engine_steps)'
+    kill $server
+    wait $server 2>/dev/null || true
+done
