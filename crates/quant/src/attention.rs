@@ -481,10 +481,13 @@ pub(crate) unsafe fn prefetch(p: *const u16, bytes: usize) {
 }
 
 /// Blocks of keys the score kernels fetch ahead of the block they read, far enough to
-/// cover the memory's latency. A call fetches its first `KEYS_AHEAD` blocks before it
-/// starts: a decoding step split across threads starts a call per stretch of positions,
-/// and its first blocks came from memory unannounced (fetching them took a decoding step
-/// at depth 2,048 from 160 to 152 µs of attention per layer, `bench -d 2048 -t 2`).
+/// cover the memory's latency. The AVX-512 kernel also fetches a call's first
+/// `KEYS_AHEAD` blocks before it starts: a decoding step split across threads starts a
+/// call per stretch of positions, whose first blocks came from memory unannounced
+/// (fetching them took a decoding step at depth 2,048 from 160 to 152 µs of attention
+/// per layer on a Zen 4 EPYC, `bench -d 2048 -t 2`). The AVX2 kernel does not: on a
+/// Zen 1 EPYC (8 MiB L3) the same made that step slower, 25 against 34 tok/s (medians
+/// of eight alternating runs).
 #[cfg(target_arch = "x86_64")]
 pub(crate) const KEYS_AHEAD: usize = 8;
 

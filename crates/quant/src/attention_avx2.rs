@@ -181,9 +181,6 @@ unsafe fn scores_blocks<const C: usize>(
     let mut keys = [[[_mm256_setzero_ps(); 2]; C]; KV_BLOCK];
     // One query reads the keys straight from the cache; several, widened once per block.
     let staged = queries.len() > 1;
-    for b in first..last.min(first + KEYS_AHEAD) {
-        prefetch_keys(kv, b, 16 * C);
-    }
     for b in first..last {
         let at = b * KV_BLOCK;
         if b + KEYS_AHEAD < last {
