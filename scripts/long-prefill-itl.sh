@@ -18,14 +18,8 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"prompt": text[at:at + 600], "max_tokens": 300}) + "\n")
 PY
 port=${PORT:-18123}
-./target/release/llama-gpu serve -m default -c 8192 --parallel 8 --port "$port" "$@" \
-    > "$out/serve.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-    curl -sf "localhost:$port/health" >/dev/null && break
-    sleep 1
-done
+source scripts/serve-in-background.sh
+serve_in_background "$port" "$out/serve.log" -m default -c 8192 --parallel 8 "$@"
 ./target/release/llama-gpu bench serve --url "http://localhost:$port" --endpoint completions \
     --dataset "$out/prompts.jsonl" --concurrency 8 --num-requests 8 --ignore-eos \
     --out "$out/result.json"

@@ -10,17 +10,12 @@ cargo build --release -q
 out=${OUT:-target/spec-serve}
 mkdir -p "$out"
 port=${PORT:-18124}
+source scripts/serve-in-background.sh
 for mode in plain ngram; do
     spec=()
     [ "$mode" = ngram ] && spec=(--spec ngram)
-    ./target/release/llama-gpu serve -m default -c 2048 --parallel 8 --port "$port" \
-        "${spec[@]}" "$@" > "$out/serve-$mode.log" 2>&1 &
-    server=$!
-    trap 'kill $server 2>/dev/null || true' EXIT
-    for _ in $(seq 1 120); do
-        curl -sf "localhost:$port/health" >/dev/null && break
-        sleep 1
-    done
+    serve_in_background "$port" "$out/serve-$mode.log" -m default -c 2048 --parallel 8 \
+        "${spec[@]}" "$@"
     echo "== $mode"
     ./target/release/llama-gpu bench serve --url "http://localhost:$port" \
         --dataset tests/data/spec_prompts.jsonl --num-requests 20 --output-len 128 \
