@@ -486,7 +486,7 @@ pub(crate) unsafe fn prefetch(p: *const u16, bytes: usize) {
 /// call per stretch of positions, whose first blocks came from memory unannounced
 /// (fetching them took a decoding step at depth 2,048 from 160 to 152 µs of attention
 /// per layer on a Zen 4 EPYC, `bench -d 2048 -t 2`). The AVX2 kernel does not: on a
-/// Zen 1 EPYC (8 MiB L3) the same made that step slower, 25 against 34 tok/s (medians
+/// Zen 1 EPYC (8 MiB L3) the same made that step slower, 26 against 33 tok/s (medians
 /// of eight alternating runs).
 #[cfg(target_arch = "x86_64")]
 pub(crate) const KEYS_AHEAD: usize = 8;
