@@ -4,7 +4,6 @@
 //! with a prompt three windows long among short ones.
 
 mod common;
-use engine::serving::Metrics;
 use engine::{
     Engine, EngineConfig, EngineError, Event, KvBudget, Logits, Request, SamplingParams, Tokenizer,
 };
@@ -125,22 +124,6 @@ fn greedy(prompt: &[u32], max_tokens: usize) -> Request {
     }
 }
 
-/// Waits until the engine has nothing running (cancellation is seen at its next step).
-fn settled(engine: &Engine) -> Metrics {
-    let t0 = Instant::now();
-    loop {
-        let m = engine.metrics();
-        if m.running == 0 && m.waiting == 0 {
-            return m;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "engine never settled: {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone(model: Model) {
     let e = engine_on(model, EngineConfig::new(512, 16));
     let prompts = prompts(e.tokenizer());
@@ -159,7 +142,7 @@ fn sixteen_concurrent_greedy_requests_give_the_tokens_each_gives_alone(model: Mo
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a, b, "prompt {i} changed in a batch of 16");
     }
-    assert_eq!(settled(&e).kv_blocks_used, 0);
+    assert_eq!(common::settled(&e).kv_blocks_used, 0);
 }
 
 fn prefix_reuse_gives_the_same_output_as_no_reuse(model: Model) {
@@ -253,7 +236,7 @@ fn a_prompt_three_windows_long_is_the_same_alone_chunked_batched_and_cached(mode
     let (tokens, usage) = collect(e.submit(greedy(&long, 16)).unwrap());
     assert_eq!(tokens[0], want_long, "the long prompt, cached");
     assert_eq!(usage[0].cached_prompt_tokens, (long.len() - 1) / 16 * 16);
-    assert_eq!(settled(&e).kv_blocks_used, 0);
+    assert_eq!(common::settled(&e).kv_blocks_used, 0);
 }
 
 /// Greedy tokens through one sequence's own cache (`Llama::forward`/`decode`), which
@@ -311,7 +294,7 @@ fn gemma3_windowed_layers_hold_only_the_blocks_in_sight() {
             assert!(!decoding || m.kv_blocks_used >= full, "{m:?}");
         }
     }
-    let m = settled(&e);
+    let m = common::settled(&e);
     assert_eq!((m.kv_blocks_used, m.kv_window_blocks_used), (0, 0));
     // Two sequences' windows and a chunk, not two whole contexts.
     assert!(m.kv_window_blocks_total * 3 < m.kv_blocks_total, "{m:?}");
@@ -339,7 +322,7 @@ fn preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly(mod
     for (i, s) in streams.into_iter().enumerate() {
         assert_eq!(collect(s).0[0], alone[i], "request {i}");
     }
-    let m = settled(&e);
+    let m = common::settled(&e);
     assert!(
         m.preemptions > 0,
         "the budget was meant to force preemption: {m:?}"
@@ -374,7 +357,7 @@ fn cancelling_half_the_requests_mid_stream_returns_every_kv_block(model: Model) 
             })
         ));
     }
-    let m = settled(&e);
+    let m = common::settled(&e);
     assert_eq!(m.kv_blocks_used, 0, "{m:?}");
     assert_eq!(m.requests_finished, 8);
 }
@@ -473,7 +456,7 @@ fn parallel_samples_share_the_prompt_and_match_single_requests() {
         );
     }
     assert_ne!(three[0], three[1]);
-    assert_eq!(settled(&e).kv_blocks_used, 0);
+    assert_eq!(common::settled(&e).kv_blocks_used, 0);
 }
 
 #[test]

@@ -28,6 +28,30 @@ fn prompts() -> Vec<String> {
         .collect()
 }
 
+/// The 20 prompts, each as the default model's chat template puts it to the model.
+fn chat_prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
+    let file = gguf::GgufFile::open(common::default_model()).unwrap();
+    let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
+    prompts()
+        .iter()
+        .map(|prompt| {
+            let text = template
+                .render(&[Message::new("user", prompt)], true)
+                .unwrap();
+            tok.encode(&text, true).unwrap()
+        })
+        .collect()
+}
+
+/// Seeded sampling for every fourth prompt, greedy for the others.
+fn sampling_for(prompt: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: if prompt % 4 == 3 { 0.7 } else { 0.0 },
+        seed: 42,
+        ..Default::default()
+    }
+}
+
 /// Generates after every prompt with `speculating` (and `ngram`, if set) and with a
 /// plain session, and asserts the same tokens, with the cache holding exactly them
 /// afterwards; returns the tokens proposed and kept.
@@ -38,26 +62,10 @@ fn assert_same_output<'m>(
     ngram: Option<NgramSpeculation>,
     max_tokens: usize,
 ) -> (usize, usize) {
-    let file = gguf::GgufFile::open(common::default_model()).unwrap();
-    let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        ..Default::default()
-    };
-    let seeded = SamplingParams {
-        temperature: 0.7,
-        seed: 42,
-        ..Default::default()
-    };
     let (mut drafted, mut accepted) = (0, 0);
     let mut plain = Session::new(model, 1024).unwrap();
-    for (i, prompt) in prompts().iter().enumerate() {
-        let text = template
-            .render(&[Message::new("user", prompt)], true)
-            .unwrap();
-        let ids = tok.encode(&text, true).unwrap();
-        // Seeded sampling on every fourth prompt, greedy on the others.
-        let params = if i % 4 == 3 { &seeded } else { &greedy };
+    for (i, ids) in chat_prompts(tok).into_iter().enumerate() {
+        let params = &sampling_for(i);
         let mut outputs = Vec::new();
         for session in [&mut plain, &mut *speculating] {
             let options = GenerateOptions {
@@ -169,26 +177,14 @@ fn a_draft_model_of_another_vocabulary_is_refused() {
     assert!(err.contains("vocabulary") && err.contains(&vocab), "{err}");
 }
 
-/// The 20 prompts as chat requests: greedy, but seeded sampling on every fourth.
+/// The 20 prompts as chat requests, sampled as `sampling_for` says.
 fn chat_requests(tok: &Tokenizer, max_tokens: usize) -> Vec<Request> {
-    let file = gguf::GgufFile::open(common::default_model()).unwrap();
-    let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
-    prompts()
-        .iter()
+    chat_prompts(tok)
+        .into_iter()
         .enumerate()
-        .map(|(i, prompt)| {
-            let text = template
-                .render(&[Message::new("user", prompt)], true)
-                .unwrap();
-            let mut request = Request::greedy(tok.encode(&text, true).unwrap(), max_tokens);
-            if i % 4 == 3 {
-                request.sampling = SamplingParams {
-                    temperature: 0.7,
-                    seed: 42,
-                    ..Default::default()
-                };
-            }
-            request
+        .map(|(i, ids)| Request {
+            sampling: sampling_for(i),
+            ..Request::greedy(ids, max_tokens)
         })
         .collect()
 }
@@ -215,19 +211,6 @@ fn generate_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Waits until the engine has nothing running.
-fn settled(engine: &Engine) -> engine::serving::Metrics {
-    let t0 = std::time::Instant::now();
-    loop {
-        let m = engine.metrics();
-        if m.running == 0 && m.waiting == 0 {
-            return m;
-        }
-        assert!(t0.elapsed().as_secs() < 60, "engine never settled: {m:?}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() {
     let start = |speculation| {
@@ -249,13 +232,13 @@ fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() 
     };
     let reference = alone(&plain);
     let speculated_alone = alone(&speculating);
-    let after_alone = settled(&speculating);
+    let after_alone = common::settled(&speculating);
     let speculated_together = generate_together(&speculating, &requests);
     for (i, want) in reference.iter().enumerate() {
         assert_eq!(&speculated_alone[i], want, "prompt {i} alone");
         assert_eq!(&speculated_together[i], want, "prompt {i} among eight");
     }
-    let (p, s) = (settled(&plain), settled(&speculating));
+    let (p, s) = (common::settled(&plain), common::settled(&speculating));
     eprintln!(
         "serving n-gram speculation: {} of {} proposed tokens kept ({} alone), {} steps \
          against {} plain for the same requests alone",

@@ -424,7 +424,9 @@ impl<B: Backend> Scheduler<B> {
             let s = &mut self.running[i];
             let start = s.computed;
             if !s.check.is_empty() {
-                let rows = &mut logits[next_row * vocab..(next_row + take) * vocab];
+                let Some(rows) = logits.get_mut(next_row * vocab..(next_row + take) * vocab) else {
+                    break;
+                };
                 next_row += take;
                 // A row's token is kept while the token sampled before it was its
                 // proposal: its logits are then those plain decoding would give.

@@ -92,3 +92,19 @@ pub fn assert_bit_identical(name: &str, ours: &[f32], reference: &[f32]) {
         "{name}: not bit-identical (max |Δ| {max_diff})"
     );
 }
+
+/// Waits until the engine has nothing running (cancellation is seen at its next step).
+pub fn settled(engine: &engine::Engine) -> engine::serving::Metrics {
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = engine.metrics();
+        if m.running == 0 && m.waiting == 0 {
+            return m;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "engine never settled: {m:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
