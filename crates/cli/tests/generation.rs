@@ -1,6 +1,6 @@
 //! `run`, `tokenize`, `detokenize` and `perplexity` end to end, and their bad-input paths.
 
-mod common;
+use crate::common;
 use common::{llama_gpu, llama_gpu_with_stdin, refs, stderr, stdout};
 
 #[test]

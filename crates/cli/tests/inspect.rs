@@ -1,6 +1,6 @@
 //! `llama-gpu inspect` on the default model and on corrupt files.
 
-mod common;
+use crate::common;
 use common::{llama_gpu, stderr, stdout};
 use gguf::{GgmlType, GgufWriter, Value};
 

@@ -1,6 +1,6 @@
 //! `llama-gpu serve` end to end: the real binary on 127.0.0.1:0, driven over HTTP.
 
-mod common;
+use crate::common;
 use common::server::{chat, Server};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};

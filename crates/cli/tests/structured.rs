@@ -2,7 +2,7 @@
 //! replies are valid, streams reassemble to the same message, and bad constraints are
 //! a 400 that leaves the server healthy.
 
-mod common;
+use crate::common;
 use common::server::Server;
 use serde_json::{json, Value};
 

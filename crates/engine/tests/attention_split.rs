@@ -4,7 +4,7 @@
 //! prompt chunk at depth must give the same logits on 1 thread as on 4, for an f16 and a
 //! q8_0 cache, with and without a sliding window and score soft-capping (gemma2).
 
-mod common;
+use crate::common;
 
 use engine::synthetic::SyntheticModel;
 use engine::{CpuBackend, KvCacheType, KvTypes, Llama, Logits};

@@ -2,7 +2,7 @@
 //! the batch, or on where its KV blocks sit in the pool: every row is reduced in the
 //! same order whatever the batch.
 
-mod common;
+use crate::common;
 use engine::model::SeqBatch;
 use engine::{Logits, Tokenizer};
 

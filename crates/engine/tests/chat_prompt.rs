@@ -2,7 +2,7 @@
 //! never becomes a control token (unless `ContentTokens::Special` asks for it), and
 //! messages without such spellings tokenize exactly as before.
 
-mod common;
+use crate::common;
 use engine::chat::CHATML;
 use engine::{ChatTemplate, ContentTokens, Message, Tokenizer};
 use serde_json::{json, Map, Value};

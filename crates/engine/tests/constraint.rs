@@ -1,7 +1,7 @@
 //! Constrained decoding on the default model: the grammar's vocabulary is ours, output
 //! always matches, and a constrained request gives the same tokens alone and batched.
 
-mod common;
+use crate::common;
 use engine::{
     ChatTemplate, Constraint, ContentTokens, Engine, EngineConfig, Event, FinishReason, Message,
     Request, Tokenizer,

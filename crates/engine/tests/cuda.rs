@@ -3,7 +3,7 @@
 //! operation, attention over out-of-order blocks, and the whole default model. Each test
 //! is skipped, with the reason printed, where no usable GPU exists.
 
-mod common;
+use crate::common;
 use engine::backend::{AttentionOrder, AttentionSpec, Backend, KvShape, KvTypes, Rope, SeqRows};
 use engine::cpu::CpuBuffer;
 use engine::{CpuBackend, CudaBackend, Llama, Logits};

@@ -9,7 +9,7 @@
 //! The weights are Q8_0, whose products follow llama.cpp's order, so every difference
 //! would be the family's.
 
-mod common;
+use crate::common;
 
 use engine::synthetic::{SyntheticModel, WeightMix};
 use engine::{AttentionOrder, CpuBackend, Llama, Logits};

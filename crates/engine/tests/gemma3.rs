@@ -3,7 +3,7 @@
 //! with llama.cpp's flash attention on, its default, which the CPU backend reproduces in
 //! `AttentionOrder::Flash`).
 
-mod common;
+use crate::common;
 use engine::{AttentionOrder, CpuBackend, Llama, Logits, Tokenizer};
 use std::sync::Arc;
 

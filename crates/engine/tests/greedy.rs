@@ -2,7 +2,7 @@
 //! up to the first step where llama.cpp's top-2 margin is a near-tie (< 0.05), as the
 //! reference README asks.
 
-mod common;
+use crate::common;
 use engine::{CpuBackend, Llama, Logits, Tokenizer};
 use std::sync::Arc;
 

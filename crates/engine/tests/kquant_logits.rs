@@ -5,7 +5,7 @@
 //! for the same files (`tests/data/refs/kquants/`, written by `scripts/synthetic-refs.py`
 //! from the files this test leaves in `target/test-models/`).
 
-mod common;
+use crate::common;
 
 use engine::synthetic::{SyntheticModel, WeightMix};
 use engine::{CpuBackend, Llama, Logits};

@@ -1,7 +1,7 @@
 //! Quantized KV caches (`--cache-type-k/v q8_0|q4_0`): smaller, still batch-invariant,
 //! and close to the f16 cache's logits.
 
-mod common;
+use crate::common;
 use engine::{Backend, KvCacheType, KvTypes, Logits};
 
 #[test]

@@ -1,7 +1,7 @@
 //! Logits agree with llama.cpp's on the reference prompts, and do not depend on how a
 //! prompt is split into forward calls.
 
-mod common;
+use crate::common;
 use engine::{CpuBackend, Llama, Logits};
 use std::sync::Arc;
 

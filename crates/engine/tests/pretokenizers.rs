@@ -10,7 +10,7 @@
 //! boundary a rule might or might not put there, and two rules that split a string
 //! differently give different ids for it.
 
-mod common;
+use crate::common;
 use engine::pretokenizer::rule_names;
 use engine::tokenizer::byte_chars;
 use engine::Tokenizer;

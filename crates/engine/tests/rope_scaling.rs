@@ -6,7 +6,7 @@
 //! test leaves in `target/test-models/`). The weights are Q8_0, whose products follow
 //! llama.cpp's order, so every difference would be the rotation's.
 
-mod common;
+use crate::common;
 
 use engine::config::RopeScalingKind;
 use engine::synthetic::SyntheticModel;

@@ -3,7 +3,7 @@
 //! on the default model and on Gemma 3 270M (sliding-window layers, a 262k vocabulary),
 //! with a prompt three windows long among short ones.
 
-mod common;
+use crate::common;
 use engine::{
     Engine, EngineConfig, EngineError, Event, KvBudget, Logits, Request, SamplingParams, Tokenizer,
 };

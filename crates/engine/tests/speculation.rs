@@ -5,7 +5,7 @@
 //! afterwards. The serving engine gives the same tokens with it as without it, alone
 //! and among eight concurrent requests, and gives every KV block back.
 
-mod common;
+use crate::common;
 
 use engine::synthetic::WeightMix;
 use engine::{

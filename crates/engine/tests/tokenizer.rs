@@ -1,6 +1,6 @@
 //! The tokenizer agrees with llama.cpp on every reference string.
 
-mod common;
+use crate::common;
 use engine::Tokenizer;
 
 #[test]

@@ -1,7 +1,7 @@
 //! Tool calls read back from recorded replies of each format, whole and streamed in
 //! every split, and the call grammars accept exactly those replies.
 
-mod common;
+use crate::common;
 use engine::tools::{CallStream, Tool, ToolCall, ToolChoice, ToolFormat};
 use engine::{Grammars, Message};
 use serde_json::json;
