@@ -321,6 +321,62 @@ fn bench_reports_llama_bench_tests() {
 }
 
 #[test]
+fn bench_spec_reports_speedup_and_acceptance_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/data/spec_prompts.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| l.contains("\"task\": \"code\"") || l.contains("\"task\": \"text\""))
+    .take(3)
+    .map(str::to_owned)
+    .collect();
+    std::fs::write(&dataset, lines.join("\n")).unwrap();
+    let out = llama_gpu(&[
+        "bench",
+        "spec",
+        "--spec",
+        "ngram",
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "-n",
+        "32",
+        "-t",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let tasks: Vec<&str> = rows.iter().map(|r| r["task"].as_str().unwrap()).collect();
+    assert_eq!(tasks, ["code", "text", "all"], "{rows:?}");
+    let all = &rows[2];
+    assert_eq!(all["prompts"], 3);
+    let sum = |key: &str| {
+        rows[..2]
+            .iter()
+            .map(|r| r[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    for key in ["tokens", "proposed", "kept"] {
+        assert_eq!(all[key].as_u64().unwrap(), sum(key), "{key}: {rows:?}");
+    }
+    // These prompts copy their input: lookup proposes, and some proposals are kept.
+    let (proposed, kept) = (sum("proposed"), sum("kept"));
+    assert!(kept > 0 && kept <= proposed, "{rows:?}");
+    for r in &rows {
+        assert!(r["plain_tokens_per_second"].as_f64().unwrap() > 0.0);
+        assert!(r["speedup"].as_f64().unwrap() > 0.0);
+    }
+    usage_error(
+        &["bench", "spec", "--dataset", dataset.to_str().unwrap()],
+        "--spec",
+    );
+}
+
+#[test]
 fn run_speculates_with_a_draft_model_of_the_same_vocabulary_only() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, ty| {

@@ -245,6 +245,7 @@ impl<'m, B: Backend> Session<'m, B> {
             tuner.timed(batch.len(), started.elapsed().as_secs_f64());
             self.cached.extend_from_slice(&batch);
             speculation.drafted += proposed.len();
+            speculation.checks += 1;
             checked = proposed.len();
             let mut rows = all
                 .chunks_exact(all.len() / batch.len())

@@ -340,6 +340,8 @@ pub struct SpeculationStats {
     /// Tokens proposed, and how many of them were kept.
     pub drafted: usize,
     pub accepted: usize,
+    /// Passes that checked proposals (`drafted / checks`: the mean k chosen).
+    pub checks: usize,
 }
 
 impl SpeculationStats {

@@ -146,6 +146,8 @@ enum Online {
     Serve(Box<super::bench_serve::Args>),
     /// Render `bench serve` result files as a Markdown report with SVG plots.
     Report(ReportArgs),
+    /// Speculative decoding against plain decoding, answer by answer, on a prompt set.
+    Spec(Box<super::bench_spec::Args>),
     /// Quantization ablation: perplexity and speed of several model files.
     Sweep(super::bench_sweep::Args),
 }
@@ -174,6 +176,7 @@ pub fn run(args: Args) -> Result<()> {
             return Ok(());
         }
         Some(Online::Sweep(a)) => return super::bench_sweep::run(a),
+        Some(Online::Spec(a)) => return super::bench_spec::run(*a),
         None => {}
     }
     if args.repetitions == 0 || args.threads.contains(&0) {

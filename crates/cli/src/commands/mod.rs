@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_concurrency;
 pub mod bench_serve;
+pub mod bench_spec;
 pub mod bench_sweep;
 pub mod chat;
 pub mod doctor;
