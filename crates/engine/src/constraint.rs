@@ -218,6 +218,14 @@ impl GrammarState {
         self.matcher.consume_token(id).map_err(constraint_error)
     }
 
+    /// How many of `tokens`, in order, the grammar would accept from here (none are
+    /// consumed): speculative proposals are cut where they leave the grammar, since the
+    /// masked sampler could never keep them. May over-count (a non-canonical
+    /// tokenization of forced text), never under-count; an error counts none.
+    pub fn valid_prefix(&mut self, tokens: &[u32]) -> usize {
+        self.matcher.validate_tokens(tokens).unwrap_or(0)
+    }
+
     /// The grammar is complete and admits nothing more.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()

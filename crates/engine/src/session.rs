@@ -217,7 +217,7 @@ impl<'m, B: Backend> Session<'m, B> {
             }
             let pos = self.cached.len();
             let room = (self.context - pos - 1).min(options.max_tokens - tokens.len() - 1);
-            let proposed = match (&mut self.drafter, &options.speculation) {
+            let mut proposed = match (&mut self.drafter, &options.speculation) {
                 (Some(drafter), _) => {
                     let limit = room.min(drafter.max_draft);
                     let k = tuner
@@ -232,6 +232,10 @@ impl<'m, B: Backend> Session<'m, B> {
                 }
                 (None, None) => Vec::new(),
             };
+            // Proposals the grammar refuses could never be kept.
+            if let Some(g) = &mut grammar {
+                proposed.truncate(g.valid_prefix(&proposed));
+            }
             let started = Instant::now();
             if proposed.is_empty() {
                 logits = self.model.decode(id, pos, &mut self.cache)?;

@@ -336,3 +336,27 @@ fn constraints_survive_preemption_the_prefix_cache_and_n_samples() {
         assert!(v["count"].is_u64(), "{v}");
     }
 }
+
+#[test]
+fn a_grammar_counts_the_tokens_it_would_accept_without_following_them() {
+    let (engine, _) = engine(1);
+    let tok = engine.tokenizer();
+    let mut grammar = engine
+        .grammars()
+        .unwrap()
+        .compile(&Constraint::Regex(r"[0-9]+ apples\.".into()))
+        .unwrap();
+    let fits = tok.encode("12 apples.", false).unwrap();
+    let strays = tok.encode("12 pears.", false).unwrap();
+    assert_eq!(grammar.valid_prefix(&fits), fits.len());
+    let valid = grammar.valid_prefix(&strays);
+    assert!(valid < strays.len(), "{valid} of {strays:?}");
+    assert_eq!(valid, tok.encode("12", false).unwrap().len());
+    // Nothing was followed: the whole sentence still fits, and the grammar still
+    // expects a number first.
+    assert_eq!(grammar.valid_prefix(&fits), fits.len());
+    assert_eq!(
+        grammar.valid_prefix(&tok.encode(" apples", false).unwrap()),
+        0
+    );
+}

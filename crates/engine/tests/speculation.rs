@@ -9,8 +9,8 @@ use crate::common;
 
 use engine::synthetic::WeightMix;
 use engine::{
-    ChatTemplate, Device, Drafter, Engine, EngineConfig, Event, GenerateOptions, Llama, Message,
-    NgramSpeculation, Request, Sampler, SamplingParams, Session, Tokenizer,
+    ChatTemplate, Constraint, Device, Drafter, Engine, EngineConfig, Event, GenerateOptions, Llama,
+    Message, NgramSpeculation, Request, Sampler, SamplingParams, Session, Tokenizer,
 };
 use gguf::GgmlType;
 use std::path::PathBuf;
@@ -28,11 +28,11 @@ fn prompts() -> Vec<String> {
         .collect()
 }
 
-/// The 20 prompts, each as the default model's chat template puts it to the model.
-fn chat_prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
+/// Each prompt as the default model's chat template puts it to the model.
+fn chat_prompts(tok: &Tokenizer, prompts: &[String]) -> Vec<Vec<u32>> {
     let file = gguf::GgufFile::open(common::default_model()).unwrap();
     let template = ChatTemplate::from_metadata(&file.gguf.metadata).unwrap();
-    prompts()
+    prompts
         .iter()
         .map(|prompt| {
             let text = template
@@ -64,7 +64,7 @@ fn assert_same_output<'m>(
 ) -> (usize, usize) {
     let (mut drafted, mut accepted) = (0, 0);
     let mut plain = Session::new(model, 1024).unwrap();
-    for (i, ids) in chat_prompts(tok).into_iter().enumerate() {
+    for (i, ids) in chat_prompts(tok, &prompts()).into_iter().enumerate() {
         let params = &sampling_for(i);
         let mut outputs = Vec::new();
         for session in [&mut plain, &mut *speculating] {
@@ -179,7 +179,7 @@ fn a_draft_model_of_another_vocabulary_is_refused() {
 
 /// The 20 prompts as chat requests, sampled as `sampling_for` says.
 fn chat_requests(tok: &Tokenizer, max_tokens: usize) -> Vec<Request> {
-    chat_prompts(tok)
+    chat_prompts(tok, &prompts())
         .into_iter()
         .enumerate()
         .map(|(i, ids)| Request {
@@ -211,18 +211,21 @@ fn generate_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// A serving engine of the default model running up to eight sequences, speculating
+/// with n-gram lookup or not.
+fn serving_engine(speculation: Option<NgramSpeculation>) -> Engine {
+    let (model, tok) = common::model_and_tokenizer();
+    let config = EngineConfig {
+        speculation,
+        ..EngineConfig::new(1024, 8)
+    };
+    Engine::start(model, tok, config).unwrap()
+}
+
 #[test]
 fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() {
-    let start = |speculation| {
-        let (model, tok) = common::model_and_tokenizer();
-        let config = EngineConfig {
-            speculation,
-            ..EngineConfig::new(1024, 8)
-        };
-        Engine::start(model, tok, config).unwrap()
-    };
-    let plain = start(None);
-    let speculating = start(Some(NgramSpeculation::default()));
+    let plain = serving_engine(None);
+    let speculating = serving_engine(Some(NgramSpeculation::default()));
     let requests = chat_requests(plain.tokenizer(), 48);
     let alone = |e: &Engine| -> Vec<Vec<u32>> {
         requests
@@ -265,4 +268,62 @@ fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() 
     assert_eq!((s.kv_blocks_used, p.kv_blocks_used), (0, 0));
     assert_eq!(s.kv_blocks_cached, p.kv_blocks_cached);
     assert_eq!(plain.metrics().speculative_proposed_tokens, 0);
+}
+
+#[test]
+fn constrained_requests_speculate_within_their_grammar_without_changing_tokens() {
+    let plain = serving_engine(None);
+    let speculating = serving_engine(Some(NgramSpeculation::default()));
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "city": {"type": "string"},
+            "note": {"type": "string"}
+        },
+        "required": ["name", "city", "note"],
+        "additionalProperties": false
+    });
+    let grammar = plain
+        .grammars()
+        .unwrap()
+        .compile(&Constraint::JsonSchema {
+            schema,
+            strict: false,
+        })
+        .unwrap();
+    let texts = [
+        "name Alice Smith; city Paris; note Prefers the window seat on every long flight.",
+        "name Bob Jones; city Berlin; note Allergic to peanuts, tree nuts and shellfish.",
+        "name Carol White; city Lisbon; note Arrives late on Friday, leaves early on Sunday.",
+        "name Dan Brown; city Oslo; note Wants the quiet room at the end of the corridor.",
+    ]
+    .map(|t| format!("Copy this record into a JSON object with the keys name, city and note, word for word: {t}"));
+    let requests: Vec<Request> = chat_prompts(plain.tokenizer(), &texts)
+        .into_iter()
+        .map(|ids| Request {
+            constraint: Some(grammar.clone()),
+            ..Request::greedy(ids, 64)
+        })
+        .collect();
+    let alone = |e: &Engine| -> Vec<Vec<u32>> {
+        requests
+            .iter()
+            .flat_map(|r| generate_together(e, std::slice::from_ref(r)))
+            .collect()
+    };
+    let reference = alone(&plain);
+    let speculated_alone = alone(&speculating);
+    let speculated_together = generate_together(&speculating, &requests);
+    for (i, want) in reference.iter().enumerate() {
+        assert_eq!(&speculated_alone[i], want, "record {i} alone");
+        assert_eq!(&speculated_together[i], want, "record {i} together");
+    }
+    let s = common::settled(&speculating);
+    eprintln!(
+        "constrained n-gram speculation: {} of {} proposed tokens kept",
+        s.speculative_accepted_tokens, s.speculative_proposed_tokens
+    );
+    assert!(s.speculative_accepted_tokens > 0, "{s:?}");
+    assert_eq!(s.kv_blocks_used, 0);
 }

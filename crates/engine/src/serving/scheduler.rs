@@ -216,7 +216,7 @@ impl<B: Backend> Scheduler<B> {
     /// Speculative decoding: in a step where every sequence decodes, adds to each the
     /// proposals worth checking (n-gram lookup; as many as the measured cost of a pass
     /// and each sequence's measured acceptance say pay for their rows, within `budget`
-    /// more rows). Sequences under a grammar do not speculate.
+    /// more rows). Under a grammar, proposals end where the grammar would refuse them.
     fn propose(&mut self, takes: &mut [usize], budget: usize) {
         let Some(ngram) = self.config.speculation else {
             return;
@@ -229,13 +229,22 @@ impl<B: Backend> Scheduler<B> {
         if !decoding_only || budget == 0 {
             return;
         }
+        let context = self.config.context;
         let proposals: Vec<Vec<u32>> = self
             .running
-            .iter()
+            .iter_mut()
             .zip(takes.iter())
-            .map(|(s, &t)| match t == 1 && s.grammar.is_none() {
-                true => ngram.propose(&s.tokens, s.room_to_check(self.config.context)),
-                false => Vec::new(),
+            .map(|(s, &t)| {
+                if t != 1 {
+                    return Vec::new();
+                }
+                let mut proposed = ngram.propose(&s.tokens, s.room_to_check(context));
+                if s.is_constrained() {
+                    if let Some(g) = &mut s.grammar {
+                        proposed.truncate(g.valid_prefix(&proposed));
+                    }
+                }
+                proposed
             })
             .collect();
         if proposals.iter().all(Vec::is_empty) {
@@ -346,7 +355,9 @@ impl<B: Backend> Scheduler<B> {
     fn run_and_mask(&mut self, takes: &[usize]) -> crate::Result<Vec<f32>> {
         let mut grammars: Vec<(usize, GrammarState)> = Vec::new();
         for (i, s) in self.running.iter_mut().enumerate() {
-            let samples = takes[i] > 0 && s.computed + takes[i] == s.tokens.len();
+            // A check samples after its first row, at the end of `tokens`, too.
+            let samples =
+                takes[i] > 0 && (s.computed + takes[i] == s.tokens.len() || !s.check.is_empty());
             if samples && s.is_constrained() {
                 if let Some(g) = s.grammar.take() {
                     grammars.push((i, g));
