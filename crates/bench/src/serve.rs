@@ -235,6 +235,57 @@ pub struct Summary {
     pub e2e_ms: Stats,
     /// Requests per second that met the SLO (all completed ones without an SLO).
     pub goodput: f64,
+    /// What the server proposed and kept by speculative decoding during the run, where
+    /// its `/metrics` counts it (ours with `--spec`).
+    #[serde(default)]
+    pub speculation: Option<Speculation>,
+}
+
+/// Tokens proposed and kept by a server's speculative decoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Speculation {
+    pub proposed: u64,
+    pub accepted: u64,
+}
+
+impl Speculation {
+    /// The server's counters now: our Prometheus counters at `/metrics`; `None` for a
+    /// server without them (or none reachable).
+    pub fn read(target: &Target) -> Option<Speculation> {
+        let url = format!("{}/metrics", target.url.trim_end_matches('/'));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut req = agent.get(&url);
+        if let Some(k) = &target.api_key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let text = req.call().ok()?.body_mut().read_to_string().ok()?;
+        Speculation::parse(&text)
+    }
+
+    fn parse(metrics: &str) -> Option<Speculation> {
+        let counter = |name: &str| {
+            metrics.lines().find_map(|line| {
+                let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+                value.trim().parse::<f64>().ok().map(|v| v as u64)
+            })
+        };
+        Some(Speculation {
+            proposed: counter("llama_gpu_speculative_proposed_tokens_total")?,
+            accepted: counter("llama_gpu_speculative_accepted_tokens_total")?,
+        })
+    }
+
+    /// What was counted between `before` and `self`; `None` when nothing was proposed.
+    pub fn since(self, before: Speculation) -> Option<Speculation> {
+        let proposed = self.proposed.saturating_sub(before.proposed);
+        (proposed > 0).then(|| Speculation {
+            proposed,
+            accepted: self.accepted.saturating_sub(before.accepted),
+        })
+    }
 }
 
 pub fn summarize(load: Load, records: &[Record], duration_s: f64, slo: &Slo) -> Summary {
@@ -270,6 +321,7 @@ pub fn summarize(load: Load, records: &[Record], duration_s: f64, slo: &Slo) -> 
         itl_ms: Stats::of(ok.iter().flat_map(|r| r.itl_s.iter().copied()).map(ms)),
         e2e_ms: Stats::of(ok.iter().map(|r| r.e2e_s).map(ms)),
         goodput: per_s(records.iter().filter(|r| r.meets(slo)).count() as f64),
+        speculation: None,
     }
 }
 
@@ -360,6 +412,35 @@ pub fn stop_flag() -> Arc<AtomicBool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn speculation_counters_are_read_from_prometheus_text() {
+        let metrics = "# TYPE llama_gpu_speculative_proposed_tokens_total counter\n\
+                       llama_gpu_speculative_proposed_tokens_total 496\n\
+                       llama_gpu_speculative_accepted_tokens_total_extra 1\n\
+                       llama_gpu_speculative_accepted_tokens_total 332\n";
+        let now = Speculation::parse(metrics).unwrap();
+        assert_eq!(
+            now,
+            Speculation {
+                proposed: 496,
+                accepted: 332
+            }
+        );
+        let before = Speculation {
+            proposed: 96,
+            accepted: 32,
+        };
+        assert_eq!(
+            now.since(before),
+            Some(Speculation {
+                proposed: 400,
+                accepted: 300
+            })
+        );
+        assert_eq!(now.since(now), None);
+        assert_eq!(Speculation::parse("vllm_requests_total 3\n"), None);
+    }
 
     #[test]
     fn summaries_count_errors_and_goodput() {

@@ -589,6 +589,10 @@ fn speculating_servers_answer_the_same_text_and_count_their_proposals() {
     let passage = "Repeat this list exactly, then stop:\n1. red apples\n2. green pears\n\
                    3. yellow bananas\n4. purple plums\n5. orange oranges";
     let body = chat(passage, json!({"max_tokens": 40, "temperature": 0}));
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("passage.jsonl");
+    std::fs::write(&dataset, json!({"prompt": passage}).to_string()).unwrap();
+    let results = dir.path().join("results.json");
     let texts: Vec<String> = [&[][..], &["--spec", "ngram", "--spec-k", "6"][..]]
         .iter()
         .map(|extra| {
@@ -598,6 +602,34 @@ fn speculating_servers_answer_the_same_text_and_count_their_proposals() {
             let proposed = s.metric("llama_gpu_speculative_proposed_tokens_total");
             let kept = s.metric("llama_gpu_speculative_accepted_tokens_total");
             assert_eq!(proposed > 0.0 && kept > 0.0, !extra.is_empty(), "{extra:?}");
+            // `bench serve` reports what the server proposed and kept during its run.
+            let out = common::llama_gpu(&[
+                "bench",
+                "serve",
+                "--url",
+                &s.base,
+                "--dataset",
+                dataset.to_str().unwrap(),
+                "--num-requests",
+                "2",
+                "--output-len",
+                "40",
+                "--out",
+                results.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", common::stderr(&out));
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+            let counted = &doc["runs"][0]["summary"]["speculation"];
+            match extra.is_empty() {
+                true => assert!(counted.is_null(), "{counted}"),
+                false => {
+                    let proposed = counted["proposed"].as_u64().unwrap();
+                    assert!(proposed > 0, "{counted}");
+                    assert!(counted["accepted"].as_u64().unwrap() <= proposed);
+                    assert!(common::stdout(&out).contains("the server kept"));
+                }
+            }
             r["choices"][0]["message"]["content"]
                 .as_str()
                 .unwrap()

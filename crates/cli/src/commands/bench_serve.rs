@@ -3,7 +3,7 @@
 
 use super::usage;
 use anyhow::{Context, Result};
-use bench::serve::{self, Endpoint, Load, Slo, Summary, Target};
+use bench::serve::{self, Endpoint, Load, Slo, Speculation, Summary, Target};
 use bench::workload;
 use serde_json::json;
 use std::path::PathBuf;
@@ -204,9 +204,13 @@ pub fn run(args: Args) -> Result<()> {
             duration,
             seed: args.seed,
         };
+        let counted_before = Speculation::read(&target);
         let (records, elapsed) = serve::run(&plan, &stop, &bar);
         bar.finish_and_clear();
-        let summary = serve::summarize(load, &records, elapsed, &slo);
+        let mut summary = serve::summarize(load, &records, elapsed, &slo);
+        summary.speculation = counted_before
+            .zip(Speculation::read(&target))
+            .and_then(|(before, after)| after.since(before));
         for (kind, n) in &summary.errors {
             let example = records
                 .iter()
@@ -221,7 +225,8 @@ pub fn run(args: Args) -> Result<()> {
             break;
         }
     }
-    print_table(&args.label, results.iter().map(|r| &r.0));
+    let summaries: Vec<&Summary> = results.iter().map(|r| &r.0).collect();
+    print_table(&args.label, &summaries);
     if let Some(out) = &args.out {
         let doc = json!({
             "label": args.label,
@@ -254,7 +259,7 @@ fn load_name(l: &Load) -> String {
     }
 }
 
-fn print_table<'a>(label: &str, summaries: impl Iterator<Item = &'a Summary>) {
+fn print_table(label: &str, summaries: &[&Summary]) {
     println!("| {label} load | ok/all | req/s | out tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 / p99 ms | E2E p50 / p99 ms | goodput req/s |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in summaries {
@@ -264,6 +269,17 @@ fn print_table<'a>(label: &str, summaries: impl Iterator<Item = &'a Summary>) {
             s.ttft_ms.median, s.ttft_ms.p99, s.tpot_ms.median, s.tpot_ms.p99, s.itl_ms.median, s.itl_ms.p99,
             s.e2e_ms.median, s.e2e_ms.p99, s.goodput
         );
+    }
+    for s in summaries {
+        if let Some(spec) = s.speculation {
+            println!(
+                "{}: the server kept {} of {} proposed tokens ({:.0} %)",
+                load_name(&s.load),
+                spec.accepted,
+                spec.proposed,
+                100.0 * spec.accepted as f64 / spec.proposed as f64
+            );
+        }
     }
 }
 
