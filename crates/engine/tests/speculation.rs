@@ -222,19 +222,21 @@ fn serving_engine(speculation: Option<NgramSpeculation>) -> Engine {
     Engine::start(model, tok, config).unwrap()
 }
 
+/// Submits `requests` one after the other, each once the one before has finished.
+fn generate_alone(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
+    requests
+        .iter()
+        .flat_map(|r| generate_together(engine, std::slice::from_ref(r)))
+        .collect()
+}
+
 #[test]
 fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() {
     let plain = serving_engine(None);
     let speculating = serving_engine(Some(NgramSpeculation::default()));
     let requests = chat_requests(plain.tokenizer(), 48);
-    let alone = |e: &Engine| -> Vec<Vec<u32>> {
-        requests
-            .iter()
-            .flat_map(|r| generate_together(e, std::slice::from_ref(r)))
-            .collect()
-    };
-    let reference = alone(&plain);
-    let speculated_alone = alone(&speculating);
+    let reference = generate_alone(&plain, &requests);
+    let speculated_alone = generate_alone(&speculating, &requests);
     let after_alone = common::settled(&speculating);
     let speculated_together = generate_together(&speculating, &requests);
     for (i, want) in reference.iter().enumerate() {
@@ -306,14 +308,8 @@ fn constrained_requests_speculate_within_their_grammar_without_changing_tokens()
             ..Request::greedy(ids, 64)
         })
         .collect();
-    let alone = |e: &Engine| -> Vec<Vec<u32>> {
-        requests
-            .iter()
-            .flat_map(|r| generate_together(e, std::slice::from_ref(r)))
-            .collect()
-    };
-    let reference = alone(&plain);
-    let speculated_alone = alone(&speculating);
+    let reference = generate_alone(&plain, &requests);
+    let speculated_alone = generate_alone(&speculating, &requests);
     let speculated_together = generate_together(&speculating, &requests);
     for (i, want) in reference.iter().enumerate() {
         assert_eq!(&speculated_alone[i], want, "record {i} alone");
