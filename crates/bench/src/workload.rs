@@ -9,6 +9,8 @@ use std::path::Path;
 pub struct Prompt {
     pub messages: Vec<(String, String)>,
     pub max_tokens: usize,
+    /// The kind of task, where a dataset names it (`bench spec` groups by it).
+    pub task: Option<String>,
 }
 
 const WORDS: &[&str] = &[
@@ -73,6 +75,7 @@ pub fn synthetic(
             Prompt {
                 messages: vec![("user".into(), text.join(" "))],
                 max_tokens: span(&mut rng, output_len),
+                task: None,
             }
         })
         .collect()
@@ -96,7 +99,7 @@ pub enum DatasetError {
 }
 
 /// A JSONL file: each line `{"prompt": "…"}` or `{"messages": [{"role", "content"}, …]}`,
-/// with an optional `"max_tokens"` (default `output_len`).
+/// with an optional `"max_tokens"` (default `output_len`) and `"task"`.
 pub fn from_jsonl(path: &Path, output_len: usize) -> Result<Vec<Prompt>, DatasetError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Read {
@@ -139,6 +142,7 @@ pub fn from_jsonl(path: &Path, output_len: usize) -> Result<Vec<Prompt>, Dataset
         out.push(Prompt {
             messages,
             max_tokens,
+            task: v.get("task").and_then(Value::as_str).map(str::to_owned),
         });
     }
     if out.is_empty() {

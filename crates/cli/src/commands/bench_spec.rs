@@ -86,19 +86,11 @@ impl Row {
 
 /// The dataset's conversations, each with its task type and output length.
 fn read_dataset(args: &Args) -> Result<Vec<(String, Vec<Message>, usize)>> {
-    let prompts = bench::workload::from_jsonl(&args.dataset, args.n_predict)?;
-    let text = std::fs::read_to_string(&args.dataset)?;
-    let tasks = text.lines().filter(|l| !l.trim().is_empty()).map(|line| {
-        serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("task")?.as_str().map(str::to_string))
-            .unwrap_or_else(|| "untyped".to_string())
-    });
-    Ok(prompts
+    Ok(bench::workload::from_jsonl(&args.dataset, args.n_predict)?
         .into_iter()
-        .zip(tasks)
-        .map(|(p, task)| {
+        .map(|p| {
             let messages = p.messages.iter().map(|(r, c)| Message::new(r, c)).collect();
+            let task = p.task.unwrap_or_else(|| "untyped".to_string());
             (task, messages, p.max_tokens)
         })
         .collect())
@@ -176,8 +168,7 @@ pub fn run(args: Args) -> Result<()> {
                     .take_while(|(a, b)| a == b)
                     .count();
                 bail!(
-                    "speculation changed the answer to prompt {} (line {} of the dataset) at token {at}: a bug, please report it",
-                    i + 1,
+                    "speculation changed the answer to the dataset's prompt {} at token {at}: a bug, please report it",
                     i + 1
                 );
             }

@@ -239,10 +239,8 @@ impl<B: Backend> Scheduler<B> {
                     return Vec::new();
                 }
                 let mut proposed = ngram.propose(&s.tokens, s.room_to_check(context));
-                if s.is_constrained() {
-                    if let Some(g) = &mut s.grammar {
-                        proposed.truncate(g.valid_prefix(&proposed));
-                    }
+                if let (Some(g), None) = (&mut s.grammar, s.grammar_from) {
+                    proposed.truncate(g.valid_prefix(&proposed));
                 }
                 proposed
             })
