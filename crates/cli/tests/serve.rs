@@ -593,54 +593,73 @@ fn speculating_servers_answer_the_same_text_and_count_their_proposals() {
     let dataset = dir.path().join("passage.jsonl");
     std::fs::write(&dataset, json!({"prompt": passage}).to_string()).unwrap();
     let results = dir.path().join("results.json");
-    let texts: Vec<String> = [&[][..], &["--spec", "ngram", "--spec-k", "6"][..]]
-        .iter()
-        .map(|extra| {
-            let s = Server::start(extra);
-            let (status, r) = s.post("/v1/chat/completions", body.clone());
-            assert_eq!(status, 200, "{r}");
-            let proposed = s.metric("llama_gpu_speculative_proposed_tokens_total");
-            let kept = s.metric("llama_gpu_speculative_accepted_tokens_total");
-            assert_eq!(proposed > 0.0 && kept > 0.0, !extra.is_empty(), "{extra:?}");
-            // `bench serve` reports what the server proposed and kept during its run.
-            let out = common::llama_gpu(&[
-                "bench",
-                "serve",
-                "--url",
-                &s.base,
-                "--dataset",
-                dataset.to_str().unwrap(),
-                "--num-requests",
-                "2",
-                "--output-len",
-                "40",
-                "--out",
-                results.to_str().unwrap(),
-            ]);
-            assert!(out.status.success(), "{}", common::stderr(&out));
-            let doc: Value =
-                serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
-            let counted = &doc["runs"][0]["summary"]["speculation"];
-            match extra.is_empty() {
-                true => assert!(counted.is_null(), "{counted}"),
-                false => {
-                    let proposed = counted["proposed"].as_u64().unwrap();
-                    assert!(proposed > 0, "{counted}");
-                    assert!(counted["accepted"].as_u64().unwrap() <= proposed);
-                    assert!(common::stdout(&out).contains("the server kept"));
-                }
+    // The default model drafting for itself, four tokens at least each step.
+    let draft = [
+        "--spec",
+        "draft",
+        "--draft-model",
+        "default",
+        "--spec-k",
+        "6",
+        "--spec-k-min",
+        "4",
+        "--spec-p-min",
+        "0",
+    ];
+    let texts: Vec<String> = [
+        &[][..],
+        &["--spec", "ngram", "--spec-k", "6"][..],
+        &draft[..],
+    ]
+    .iter()
+    .map(|extra| {
+        let s = Server::start(extra);
+        let (status, r) = s.post("/v1/chat/completions", body.clone());
+        assert_eq!(status, 200, "{r}");
+        let proposed = s.metric("llama_gpu_speculative_proposed_tokens_total");
+        let kept = s.metric("llama_gpu_speculative_accepted_tokens_total");
+        assert_eq!(proposed > 0.0 && kept > 0.0, !extra.is_empty(), "{extra:?}");
+        let draft_pool = s.metric("llama_gpu_draft_kv_cache_blocks_total");
+        assert_eq!(draft_pool > 0.0, extra.contains(&"draft"), "{extra:?}");
+        // `bench serve` reports what the server proposed and kept during its run.
+        let out = common::llama_gpu(&[
+            "bench",
+            "serve",
+            "--url",
+            &s.base,
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--num-requests",
+            "2",
+            "--output-len",
+            "40",
+            "--out",
+            results.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+        let counted = &doc["runs"][0]["summary"]["speculation"];
+        match extra.is_empty() {
+            true => assert!(counted.is_null(), "{counted}"),
+            false => {
+                let proposed = counted["proposed"].as_u64().unwrap();
+                assert!(proposed > 0, "{counted}");
+                assert!(counted["accepted"].as_u64().unwrap() <= proposed);
+                assert!(common::stdout(&out).contains("the server kept"));
             }
-            r["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+        }
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
+    .collect();
     assert_eq!(texts[0], texts[1]);
-    let out = common::llama_gpu(&["serve", "--spec", "draft", "--draft-model", "default"]);
+    assert_eq!(texts[0], texts[2]);
+    let out = common::llama_gpu(&["serve", "--spec", "draft"]);
     assert!(!out.status.success());
     assert!(
-        common::stderr(&out).contains("n-gram lookup (--spec ngram)"),
+        common::stderr(&out).contains("--spec draft needs --draft-model"),
         "{}",
         common::stderr(&out)
     );

@@ -150,7 +150,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
 /// The probability of token `id` under `logits`, in f32 with GGML's exponential, eight
 /// lanes at a time: it only decides whether drafting goes on, once per drafted token
 /// over the whole vocabulary.
-fn probability(logits: &[f32], id: u32) -> f32 {
+pub(crate) fn probability(logits: &[f32], id: u32) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
     let mut lanes = [0.0f32; 8];
     for chunk in logits.chunks(8) {
@@ -211,6 +211,16 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
+    /// Nine proposals in ten kept so far, for proposals that cost time to make (a draft
+    /// model's): at even odds, drafting would seldom be tried, and its real acceptance
+    /// hardly measured (`DraftTuner::expecting_agreement`).
+    pub fn expecting_agreement() -> Acceptance {
+        Acceptance {
+            kept: 9.0,
+            decided: 10.0,
+        }
+    }
+
     /// The chance a proposal is kept after its predecessors were.
     pub fn chance(&self) -> f64 {
         (self.kept + 1.0) / (self.decided + 2.0)
@@ -243,10 +253,7 @@ impl DraftTuner {
     /// hardly measured.
     pub fn expecting_agreement() -> DraftTuner {
         DraftTuner {
-            acceptance: Acceptance {
-                kept: 9.0,
-                decided: 10.0,
-            },
+            acceptance: Acceptance::expecting_agreement(),
             ..DraftTuner::default()
         }
     }
@@ -294,15 +301,18 @@ impl DraftTuner {
 /// kept with chance `chances[i]` after its predecessors were. A sequence's j-th proposal
 /// yields `chance^j` tokens on average, fewer the further it looks, so the best use of R
 /// more rows is the R largest such yields; R is chosen for the most expected tokens per
-/// second of a pass of `rows + R` rows (and at most `max_rows` rows in all). Once the
-/// pass is large enough that every row costs about as much as a token, speculation no
-/// longer pays and none is checked.
+/// second of a pass of `rows + R` rows (and at most `max_rows` rows in all). Proposals
+/// from a draft model cost its passes too (`drafting`: what a draft pass of so many
+/// sequences costs): drafting j tokens for m sequences takes j passes, the i-th over
+/// the sequences drafting at least i. Once the pass is large enough that every row
+/// costs about as much as a token, speculation no longer pays and none is checked.
 pub fn share_checks(
     costs: &PassCosts,
     rows: usize,
     chances: &[f64],
     available: &[usize],
     max_rows: usize,
+    drafting: Option<&PassCosts>,
 ) -> Vec<usize> {
     let mut checks = vec![0; chances.len()];
     let Some(base) = costs.seconds(rows) else {
@@ -319,11 +329,28 @@ pub fn share_checks(
     }
     yields.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     yields.truncate(max_rows.saturating_sub(rows));
+    // A draft pass over m sequences (unmeasured: free, so that it gets tried).
+    let draft_pass = |m: usize| match (m, drafting) {
+        (0, _) | (_, None) => 0.0,
+        (m, Some(d)) => d.seconds(m).unwrap_or(0.0),
+    };
+    // Sequences drafting at least i tokens, per i, as proposals are taken in turn.
+    let mut drafting_at_least: Vec<usize> = Vec::new();
+    let mut drafted = vec![0; chances.len()];
+    let mut draft_seconds = 0.0;
     let (mut best, mut best_rate) = (0, rows as f64 / base);
     let mut expected = rows as f64;
-    for (r, &(y, _)) in yields.iter().enumerate() {
+    for (r, &(y, i)) in yields.iter().enumerate() {
         expected += y;
-        let rate = expected / costs.seconds(rows + r + 1).unwrap_or(base);
+        drafted[i] += 1;
+        if drafting_at_least.len() < drafted[i] {
+            drafting_at_least.push(0);
+        }
+        let m = &mut drafting_at_least[drafted[i] - 1];
+        *m += 1;
+        draft_seconds += draft_pass(*m) - draft_pass(*m - 1);
+        let pass = costs.seconds(rows + r + 1).unwrap_or(base);
+        let rate = expected / (pass + draft_seconds);
         if rate > best_rate {
             (best, best_rate) = (r + 1, rate);
         }
@@ -397,7 +424,10 @@ mod tests {
     fn a_batch_checks_the_likeliest_proposals_while_rows_are_cheap() {
         let mut costs = PassCosts::default();
         // Nothing measured at this size: plain steps first.
-        assert_eq!(share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512), [0, 0]);
+        assert_eq!(
+            share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512, None),
+            [0, 0]
+        );
         // Up to eight rows cost about one pass, then every row costs a token's time.
         for r in 1..=8 {
             costs.timed(r, 0.010 + 0.0005 * r as f64);
@@ -406,16 +436,40 @@ mod tests {
             costs.timed(r, 0.014 * r as f64 / 8.0);
         }
         // Two sequences: the one whose proposals are kept checks more, within 8 rows.
-        let checks = share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512);
+        let checks = share_checks(&costs, 2, &[0.9, 0.5], &[4, 4], 512, None);
         assert_eq!(checks.iter().sum::<usize>(), 6, "{checks:?}");
         assert!(checks[0] == 4 && checks[1] == 2, "{checks:?}");
         // Eight sequences already fill the cheap rows: speculation would cost more
         // than it yields.
-        assert_eq!(share_checks(&costs, 8, &[0.8; 8], &[4; 8], 512), [0; 8]);
+        assert_eq!(
+            share_checks(&costs, 8, &[0.8; 8], &[4; 8], 512, None),
+            [0; 8]
+        );
         // The step's row budget bounds the checks.
-        assert_eq!(share_checks(&costs, 2, &[0.9, 0.9], &[4, 4], 4), [1, 1]);
+        assert_eq!(
+            share_checks(&costs, 2, &[0.9, 0.9], &[4, 4], 4, None),
+            [1, 1]
+        );
         // Nothing to propose: nothing to check.
-        assert_eq!(share_checks(&costs, 1, &[0.9], &[0], 512), [0]);
+        assert_eq!(share_checks(&costs, 1, &[0.9], &[0], 512, None), [0]);
+        // Drafting costs its passes: cheap ones leave the choice as it was, a pass
+        // costing two steps makes proposals too dear, and unmeasured ones are tried.
+        let mut draft = PassCosts::default();
+        assert_eq!(
+            share_checks(&costs, 1, &[0.9], &[4], 512, Some(&draft)),
+            [4]
+        );
+        draft.timed(1, 0.0005);
+        assert_eq!(
+            share_checks(&costs, 1, &[0.9], &[4], 512, Some(&draft)),
+            [4]
+        );
+        draft.timed(1, 0.02);
+        (0..20).for_each(|_| draft.timed(1, 0.02));
+        assert_eq!(
+            share_checks(&costs, 1, &[0.9], &[4], 512, Some(&draft)),
+            [0]
+        );
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! speed: for 20 input-grounded prompts (rewrite, extend or quote a given text or code:
 //! `tests/data/spec_prompts.jsonl`), the default model gives the same tokens with and
 //! without it, greedy and seeded, and the cache holds exactly the generated tokens
-//! afterwards. The serving engine gives the same tokens with it as without it, alone
-//! and among eight concurrent requests, and gives every KV block back.
+//! afterwards. The serving engine, with either proposer, gives the same tokens with it
+//! as without it, alone and among eight concurrent requests, and gives every KV block
+//! back (the draft model's too).
 
 use crate::common;
 
+use engine::serving::DraftModel;
 use engine::synthetic::WeightMix;
 use engine::{
     ChatTemplate, Constraint, Device, Drafter, Engine, EngineConfig, Event, GenerateOptions, Llama,
@@ -230,45 +232,73 @@ fn generate_alone(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The serving engine speculating with n-gram lookup and with a draft model (the
+/// default model in Q4_0 drafting for itself in Q4_1, four proposals every step).
+fn speculating_engines() -> [(&'static str, Engine); 2] {
+    let (model, tok) = common::model_and_tokenizer();
+    let (draft, _) = common::load_with_tokenizer(q4_0_draft());
+    let draft = DraftModel {
+        model: draft,
+        max_draft: 4,
+        min_draft: 4,
+        min_confidence: 0.0,
+    };
+    let drafting = Engine::start_with_draft(model, draft, tok, EngineConfig::new(1024, 8)).unwrap();
+    [
+        ("n-gram", serving_engine(Some(NgramSpeculation::default()))),
+        ("draft model", drafting),
+    ]
+}
+
 #[test]
 fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() {
     let plain = serving_engine(None);
-    let speculating = serving_engine(Some(NgramSpeculation::default()));
     let requests = chat_requests(plain.tokenizer(), 48);
     let reference = generate_alone(&plain, &requests);
-    let speculated_alone = generate_alone(&speculating, &requests);
-    let after_alone = common::settled(&speculating);
-    let speculated_together = generate_together(&speculating, &requests);
-    for (i, want) in reference.iter().enumerate() {
-        assert_eq!(&speculated_alone[i], want, "prompt {i} alone");
-        assert_eq!(&speculated_together[i], want, "prompt {i} among eight");
+    let p = common::settled(&plain);
+    for (proposer, speculating) in speculating_engines() {
+        let speculated_alone = generate_alone(&speculating, &requests);
+        let after_alone = common::settled(&speculating);
+        let speculated_together = generate_together(&speculating, &requests);
+        for (i, want) in reference.iter().enumerate() {
+            assert_eq!(&speculated_alone[i], want, "{proposer}: prompt {i} alone");
+            assert_eq!(
+                &speculated_together[i], want,
+                "{proposer}: prompt {i} among eight"
+            );
+        }
+        let s = common::settled(&speculating);
+        eprintln!(
+            "serving {proposer} speculation: {} of {} proposed tokens kept ({} alone), {} steps \
+             against {} plain for the same requests alone",
+            s.speculative_accepted_tokens,
+            s.speculative_proposed_tokens,
+            after_alone.speculative_accepted_tokens,
+            after_alone.steps,
+            p.steps
+        );
+        // Both outcomes happen, alone and together, and speculating saved steps.
+        assert!(
+            0 < after_alone.speculative_accepted_tokens
+                && after_alone.speculative_accepted_tokens
+                    < after_alone.speculative_proposed_tokens,
+            "{proposer}: {after_alone:?}"
+        );
+        assert!(
+            s.speculative_proposed_tokens > after_alone.speculative_proposed_tokens,
+            "{proposer}: nothing was proposed among eight: {s:?}"
+        );
+        assert!(
+            after_alone.steps < p.steps,
+            "{proposer}: {after_alone:?} against {p:?}"
+        );
+        assert_eq!(s.generated_tokens, 2 * p.generated_tokens);
+        // Every block came back, the draft's too, and the prefix cache holds the
+        // prompts' blocks alone: the blocks of rejected tokens left no trace.
+        assert_eq!((s.kv_blocks_used, p.kv_blocks_used), (0, 0), "{proposer}");
+        assert_eq!(s.kv_blocks_cached, p.kv_blocks_cached, "{proposer}");
+        assert_eq!(s.draft_kv_blocks_used, 0, "{proposer}");
     }
-    let (p, s) = (common::settled(&plain), common::settled(&speculating));
-    eprintln!(
-        "serving n-gram speculation: {} of {} proposed tokens kept ({} alone), {} steps \
-         against {} plain for the same requests alone",
-        s.speculative_accepted_tokens,
-        s.speculative_proposed_tokens,
-        after_alone.speculative_accepted_tokens,
-        after_alone.steps,
-        p.steps
-    );
-    // Both outcomes happen, alone and together, and speculating saved steps.
-    assert!(
-        0 < after_alone.speculative_accepted_tokens
-            && after_alone.speculative_accepted_tokens < after_alone.speculative_proposed_tokens,
-        "{after_alone:?}"
-    );
-    assert!(
-        s.speculative_proposed_tokens > after_alone.speculative_proposed_tokens,
-        "nothing was proposed among eight: {s:?}"
-    );
-    assert!(after_alone.steps < p.steps, "{after_alone:?} against {p:?}");
-    assert_eq!(s.generated_tokens, 2 * p.generated_tokens);
-    // Every block came back, and the prefix cache holds the prompts' blocks alone:
-    // the blocks of rejected tokens left no trace.
-    assert_eq!((s.kv_blocks_used, p.kv_blocks_used), (0, 0));
-    assert_eq!(s.kv_blocks_cached, p.kv_blocks_cached);
     assert_eq!(plain.metrics().speculative_proposed_tokens, 0);
 }
 

@@ -148,6 +148,20 @@ fn render_engine(out: &mut String, m: &Metrics) {
     );
     metric(
         out,
+        "llama_gpu_draft_kv_cache_blocks_used",
+        "gauge",
+        "Blocks of the draft model's pool held by sequences (0 without a draft model).",
+        m.draft_kv_blocks_used as f64,
+    );
+    metric(
+        out,
+        "llama_gpu_draft_kv_cache_blocks_total",
+        "gauge",
+        "Blocks in the draft model's pool (0 without a draft model).",
+        m.draft_kv_blocks_total as f64,
+    );
+    metric(
+        out,
         "llama_gpu_kv_cache_usage_ratio",
         "gauge",
         "Share of KV-cache blocks in use.",

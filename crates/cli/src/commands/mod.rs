@@ -249,8 +249,8 @@ fn context_size(args: &ModelArgs, config: &engine::Config) -> Result<usize> {
     Ok(context)
 }
 
-/// Speculative decoding (`run`, `chat`, and n-gram lookup in `serve`): the output is
-/// the same, token for token.
+/// Speculative decoding (`run`, `chat`, `serve`): the output is the same, token for
+/// token.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpeculationArgs {
     /// Propose tokens and check them in one pass: `ngram` looks the last tokens up in
@@ -287,11 +287,6 @@ impl SpeculationArgs {
         self.kind.is_some()
     }
 
-    /// Whether a draft model was asked for.
-    pub fn is_draft(&self) -> bool {
-        self.kind.as_deref() == Some("draft")
-    }
-
     /// The n-gram lookup asked for, if any.
     pub fn speculation(&self) -> Result<Option<NgramSpeculation>> {
         if self.max_draft == 0 {
@@ -299,7 +294,15 @@ impl SpeculationArgs {
         }
         match (self.kind.as_deref(), &self.draft_model) {
             (Some("ngram"), None) => {}
-            (Some("draft"), Some(_)) => return Ok(None),
+            (Some("draft"), Some(_)) => {
+                if self.min_draft > self.max_draft {
+                    return Err(usage("--spec-k-min must be at most --spec-k"));
+                }
+                if !(0.0..=1.0).contains(&self.min_confidence) {
+                    return Err(usage("--spec-p-min must be between 0 and 1"));
+                }
+                return Ok(None);
+            }
             (Some("draft"), None) => return Err(usage("--spec draft needs --draft-model")),
             (_, Some(_)) => return Err(usage("--draft-model goes with --spec draft")),
             _ => return Ok(None),
@@ -323,12 +326,6 @@ impl SpeculationArgs {
         let Some(name) = &self.draft_model else {
             return Ok(None);
         };
-        if self.min_draft > self.max_draft {
-            return Err(usage("--spec-k-min must be at most --spec-k"));
-        }
-        if !(0.0..=1.0).contains(&self.min_confidence) {
-            return Err(usage("--spec-p-min must be between 0 and 1"));
-        }
         let args = ModelArgs {
             model: name.clone(),
             ctx_size: Some(loaded.context),
@@ -352,6 +349,16 @@ impl SpeculationArgs {
             )));
         }
         Ok(Some(draft))
+    }
+
+    /// `draft` drafting for the serving engine, as the flags say.
+    pub fn serving_draft(&self, draft: Loaded) -> engine::serving::DraftModel<Device> {
+        engine::serving::DraftModel {
+            model: draft.model,
+            max_draft: self.max_draft,
+            min_draft: self.min_draft,
+            min_confidence: self.min_confidence,
+        }
     }
 
     /// A drafter over `draft` for a session with `loaded`'s model.

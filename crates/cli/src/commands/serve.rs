@@ -113,12 +113,6 @@ pub fn run(args: Args) -> Result<()> {
             "--parallel, --max-batch-tokens and --threads must be at least 1",
         ));
     }
-    if args.speculation.is_draft() {
-        return Err(usage(
-            "serve speculates by n-gram lookup (--spec ngram); a draft model \
-             (--spec draft) is for run and chat",
-        ));
-    }
     let speculation = args.speculation.speculation()?;
     let mut api_keys = args.api_keys.clone();
     if let Some(file) = &args.api_key_file {
@@ -190,7 +184,16 @@ pub fn run(args: Args) -> Result<()> {
                 engine_config.prefix_caching = !args.no_prefix_cache;
                 engine_config.threads = args.threads;
                 engine_config.speculation = speculation;
-                let engine = Engine::start(loaded.model, loaded.tokenizer, engine_config)?;
+                let draft = args.speculation.load_draft(&args.model, &loaded)?;
+                let engine = match draft {
+                    Some(draft) => Engine::start_with_draft(
+                        loaded.model,
+                        args.speculation.serving_draft(draft),
+                        loaded.tokenizer,
+                        engine_config,
+                    )?,
+                    None => Engine::start(loaded.model, loaded.tokenizer, engine_config)?,
+                };
                 state.set_model(Model {
                     engine,
                     template: loaded.template,

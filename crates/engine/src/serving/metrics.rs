@@ -42,6 +42,9 @@ pub struct Metrics {
     pub kv_window_blocks_used: usize,
     pub kv_window_blocks_total: usize,
     pub kv_window_blocks_cached: usize,
+    /// The draft model's pool (serving with a draft model; zeros without one).
+    pub draft_kv_blocks_used: usize,
+    pub draft_kv_blocks_total: usize,
     /// Prompt tokens looked up in the prefix cache, and how many were found.
     pub prefix_queried_tokens: u64,
     pub prefix_hit_tokens: u64,

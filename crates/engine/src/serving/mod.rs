@@ -4,6 +4,7 @@
 //! stream cancels the request.
 
 mod blocks;
+mod draft;
 mod kv_tables;
 mod metrics;
 mod pacing;
@@ -11,6 +12,7 @@ mod request;
 mod scheduler;
 mod sequence;
 
+pub use draft::DraftModel;
 pub use metrics::{Histogram, Metrics, LATENCY_BUCKETS};
 pub use request::{Event, PromptLogprob, Request, Usage};
 
@@ -105,7 +107,33 @@ impl Engine {
     pub fn start<B: Backend + 'static>(
         model: Llama<B>,
         tokenizer: impl Into<Arc<Tokenizer>>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        Engine::launch(model, tokenizer, config, None)
+    }
+
+    /// The same, speculating with a draft model: it has a KV pool of its own, of as
+    /// many positions as the model's, and drafts for the decoding sequences while that
+    /// pays (`speculate::share_checks`). The tokens are the same as without it.
+    pub fn start_with_draft<B: Backend + 'static>(
+        model: Llama<B>,
+        draft: DraftModel<B>,
+        tokenizer: impl Into<Arc<Tokenizer>>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        if config.speculation.is_some() {
+            return Err(EngineError::Config(
+                "speculate with n-gram lookup or with a draft model, not both".into(),
+            ));
+        }
+        Engine::launch(model, tokenizer, config, Some(draft))
+    }
+
+    fn launch<B: Backend + 'static>(
+        model: Llama<B>,
+        tokenizer: impl Into<Arc<Tokenizer>>,
         mut config: EngineConfig,
+        draft: Option<DraftModel<B>>,
     ) -> Result<Engine> {
         if config.max_seqs == 0 || config.max_batch_tokens == 0 || config.context == 0 {
             return Err(EngineError::Config(
@@ -137,6 +165,9 @@ impl Engine {
         // A windowed table is never longer than the full one.
         config.kv_window_blocks = window_blocks.min(config.kv_blocks);
         let pools = model.new_kv_pools(config.kv_blocks, config.kv_window_blocks)?;
+        let drafting = draft
+            .map(|d| draft::Drafting::new(d, model.config.vocab_size, config.kv_blocks))
+            .transpose()?;
         tracing::info!(
             blocks = config.kv_blocks,
             tokens = config.kv_blocks * KV_BLOCK_SIZE,
@@ -157,6 +188,7 @@ impl Engine {
             config.clone(),
             queued.clone(),
             metrics.clone(),
+            drafting,
         );
         let workers = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads.unwrap_or(0))

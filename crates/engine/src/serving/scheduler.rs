@@ -2,6 +2,7 @@
 //! KV blocks for it (preempting the newest sequence when there are none), run the
 //! model once for the whole batch, and turn the logits into tokens and events.
 
+use super::draft::Drafting;
 use super::kv_tables::{BlockCopy, KvTables};
 use super::metrics::Metrics;
 use super::pacing::PrefillPacing;
@@ -12,7 +13,7 @@ use crate::constraint::GrammarState;
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
-use crate::speculate::{share_checks, PassCosts};
+use crate::speculate::{share_checks, Acceptance, PassCosts};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +37,8 @@ pub(super) struct Scheduler<B: Backend> {
     pacing: PrefillPacing,
     /// What steps of so many rows cost when every sequence decodes (for speculation).
     pass_costs: PassCosts,
+    /// The draft model proposing tokens, if the engine has one.
+    drafting: Option<Drafting<B>>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -46,6 +49,7 @@ impl<B: Backend> Scheduler<B> {
         config: EngineConfig,
         queued: Arc<AtomicUsize>,
         metrics: Arc<Mutex<Metrics>>,
+        drafting: Option<Drafting<B>>,
     ) -> Self {
         Scheduler {
             kv: KvTables::new(
@@ -67,6 +71,7 @@ impl<B: Backend> Scheduler<B> {
             queued,
             metrics,
             pass_costs: PassCosts::default(),
+            drafting,
         }
     }
 
@@ -74,7 +79,10 @@ impl<B: Backend> Scheduler<B> {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    pub fn enqueue(&mut self, seq: Sequence) {
+    pub fn enqueue(&mut self, mut seq: Sequence) {
+        if self.drafting.is_some() {
+            seq.acceptance = Acceptance::expecting_agreement();
+        }
         self.waiting.push_back(seq);
         self.publish_gauges();
     }
@@ -142,6 +150,9 @@ impl<B: Backend> Scheduler<B> {
     /// Returns a sequence's blocks and its place in the queue limit.
     fn retire(&mut self, s: &mut Sequence) {
         self.kv.release(s);
+        if let Some(d) = &mut self.drafting {
+            d.release(&mut s.draft);
+        }
         if s.in_queue_limit {
             s.in_queue_limit = false;
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -214,13 +225,14 @@ impl<B: Backend> Scheduler<B> {
     }
 
     /// Speculative decoding: in a step where every sequence decodes, adds to each the
-    /// proposals worth checking (n-gram lookup; as many as the measured cost of a pass
-    /// and each sequence's measured acceptance say pay for their rows, within `budget`
-    /// more rows). Under a grammar, proposals end where the grammar would refuse them.
+    /// proposals worth checking (n-gram lookup or the draft model; as many as the
+    /// measured cost of a pass, of drafting, and each sequence's measured acceptance say
+    /// pay for their rows, within `budget` more rows). Under a grammar, proposals end
+    /// where the grammar would refuse them.
     fn propose(&mut self, takes: &mut [usize], budget: usize) {
-        let Some(ngram) = self.config.speculation else {
+        if self.config.speculation.is_none() && self.drafting.is_none() {
             return;
-        };
+        }
         let decoding_only = self
             .running
             .iter()
@@ -230,32 +242,75 @@ impl<B: Backend> Scheduler<B> {
             return;
         }
         let context = self.config.context;
-        let proposals: Vec<Vec<u32>> = self
+        let rooms: Vec<usize> = self
             .running
-            .iter_mut()
+            .iter()
             .zip(takes.iter())
-            .map(|(s, &t)| {
-                if t != 1 {
-                    return Vec::new();
-                }
-                let mut proposed = ngram.propose(&s.tokens, s.room_to_check(context));
-                if let (Some(g), None) = (&mut s.grammar, s.grammar_from) {
-                    proposed.truncate(g.valid_prefix(&proposed));
-                }
-                proposed
+            .map(|(s, &t)| match t {
+                1 => s.room_to_check(context),
+                _ => 0,
             })
             .collect();
+        let chances: Vec<f64> = self.running.iter().map(|s| s.acceptance.chance()).collect();
+        let rows: usize = takes.iter().sum();
+        let mut proposals: Vec<Vec<u32>> = match (&mut self.drafting, self.config.speculation) {
+            (Some(d), _) => {
+                // Draft only what is worth checking.
+                let available: Vec<usize> = rooms.iter().map(|&r| r.min(d.max_draft())).collect();
+                let worth = share_checks(
+                    &self.pass_costs,
+                    rows,
+                    &chances,
+                    &available,
+                    rows + budget,
+                    Some(d.costs()),
+                );
+                let wanted: Vec<usize> = worth
+                    .iter()
+                    .zip(&available)
+                    .map(|(&k, &a)| k.max(d.min_draft().min(a)))
+                    .collect();
+                if wanted.iter().all(|&k| k == 0) {
+                    return;
+                }
+                d.propose(&mut self.running, &wanted, self.config.max_batch_tokens)
+            }
+            (None, Some(ngram)) => self
+                .running
+                .iter()
+                .zip(&rooms)
+                .map(|(s, &room)| ngram.propose(&s.tokens, room))
+                .collect(),
+            (None, None) => return,
+        };
+        for (s, proposed) in self.running.iter_mut().zip(proposals.iter_mut()) {
+            if let (Some(g), None) = (&mut s.grammar, s.grammar_from) {
+                proposed.truncate(g.valid_prefix(proposed));
+            }
+        }
         if proposals.iter().all(Vec::is_empty) {
             return;
         }
-        let chances: Vec<f64> = self.running.iter().map(|s| s.acceptance.chance()).collect();
         let available: Vec<usize> = proposals.iter().map(Vec::len).collect();
-        let rows: usize = takes.iter().sum();
-        let checks = share_checks(&self.pass_costs, rows, &chances, &available, rows + budget);
+        // Drafted proposals were already chosen as worth checking.
+        let checks = match self.drafting {
+            Some(_) => available,
+            None => share_checks(
+                &self.pass_costs,
+                rows,
+                &chances,
+                &available,
+                rows + budget,
+                None,
+            ),
+        };
+        let mut room = budget;
         for (i, (k, proposed)) in checks.into_iter().zip(proposals).enumerate() {
+            let k = k.min(room);
             if k == 0 {
                 continue;
             }
+            room -= k;
             let s = &mut self.running[i];
             s.check = std::iter::once(s.tokens[s.computed])
                 .chain(proposed.into_iter().take(k))
@@ -523,6 +578,8 @@ impl<B: Backend> Scheduler<B> {
             m.kv_window_blocks_total,
             m.kv_window_blocks_cached,
         ) = self.kv.windowed_gauges();
+        (m.draft_kv_blocks_used, m.draft_kv_blocks_total) =
+            self.drafting.as_ref().map_or((0, 0), Drafting::gauges);
     }
 }
 

@@ -1,6 +1,7 @@
 //! One sample being generated: its tokens, how many of them are in the KV cache, the
 //! blocks holding them, and the sampling state that turns logits into the next token.
 
+use super::draft::DraftCache;
 use super::request::{Event, PromptLogprob, Request, Usage};
 use crate::backend::KV_BLOCK_SIZE;
 use crate::constraint::{GrammarState, TokenMask};
@@ -54,6 +55,8 @@ pub(super) struct Sequence {
     pub check: Vec<u32>,
     /// How often this sample's proposals were kept.
     pub acceptance: Acceptance,
+    /// The draft model's cache of this sample's text (serving with a draft model).
+    pub draft: DraftCache,
     /// Why the sample ended with `FinishReason::Error`.
     pub failure: Option<String>,
     /// Alternatives per prompt token while its log-probabilities are being collected
@@ -89,6 +92,7 @@ impl Sequence {
             mask: None,
             check: Vec::new(),
             acceptance: Acceptance::default(),
+            draft: DraftCache::default(),
             failure: None,
             prompt_logprobs: request.prompt_logprobs,
             prompt_entries: Vec::new(),
@@ -102,6 +106,8 @@ impl Sequence {
         let mut s = self.clone();
         s.index = index;
         s.forks = 0;
+        // Draft blocks are not shared: the fork reads its text into the draft anew.
+        s.draft = DraftCache::default();
         s.sampler
             .reseed(self.sampler.params.seed.wrapping_add(index as u64));
         s

@@ -1,0 +1,248 @@
+//! A draft model in the serving engine (speculative decoding): a second, smaller model
+//! with the target's vocabulary, with a KV pool of its own and a block table per
+//! sequence. In a step where the sequences decode, the draft first catches up with the
+//! text of each sequence it drafts for (what the target kept since the last proposals;
+//! the whole prompt the first time), then decodes ahead greedily, every drafting
+//! sequence in one batched pass per drafted position. Its numbers only decide what is
+//! proposed: the target checks every proposal, so the tokens are those of plain
+//! decoding whatever the draft computes. The draft's cache has no prefix sharing: a
+//! sequence's draft blocks are its own, and a sequence that loses them (the draft pool
+//! ran out, or it was preempted) reads its text again when it next drafts.
+
+use super::blocks::BlockManager;
+use super::sequence::Sequence;
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::kv_groups::KvPools;
+use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
+use crate::sampler::argmax;
+use crate::speculate::{probability, PassCosts};
+use std::time::Instant;
+
+/// The draft model and how it drafts (the flags of `run --spec draft`).
+pub struct DraftModel<B: Backend> {
+    pub model: Llama<B>,
+    /// Most tokens proposed at once.
+    pub max_draft: usize,
+    /// Fewest tokens drafted for a sequence each round, whatever the measured costs say
+    /// (llama.cpp's `--draft-min`).
+    pub min_draft: usize,
+    /// Drafting stops where the draft's next token is less likely than this (past
+    /// `min_draft` tokens; llama.cpp's `--draft-p-min`).
+    pub min_confidence: f32,
+}
+
+/// One sequence's part of the draft's cache: the tokens whose keys and values it holds,
+/// in order from position 0, and the blocks holding them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct DraftCache {
+    tokens: Vec<u32>,
+    blocks: Vec<u32>,
+}
+
+pub(super) struct Drafting<B: Backend> {
+    draft: DraftModel<B>,
+    pools: KvPools<B::KvPool>,
+    blocks: BlockManager,
+    /// What a draft pass of so many rows costs, measured as it drafts.
+    costs: PassCosts,
+}
+
+impl<B: Backend> Drafting<B> {
+    /// The draft with a pool of `blocks` blocks (those of a windowed model's windowed
+    /// layers too: the draft keeps them whole rather than giving them back).
+    pub fn new(draft: DraftModel<B>, target_vocab: usize, blocks: usize) -> Result<Self> {
+        if draft.model.config.vocab_size != target_vocab {
+            return Err(EngineError::Config(format!(
+                "the draft model's vocabulary has {} tokens and the target's {target_vocab}: \
+                 a draft model must share the target's vocabulary",
+                draft.model.config.vocab_size
+            )));
+        }
+        if draft.max_draft == 0 {
+            return Err(EngineError::Config(
+                "a draft model must propose at least one token at once".into(),
+            ));
+        }
+        let windowed = match draft.model.kv_layout.is_split() {
+            true => blocks,
+            false => 0,
+        };
+        let pools = draft.model.new_kv_pools(blocks, windowed)?;
+        let (block_bytes, window_block_bytes) = draft.model.kv_block_bytes();
+        tracing::info!(
+            blocks,
+            mib = (blocks * block_bytes + windowed * window_block_bytes) >> 20,
+            "draft model's KV cache"
+        );
+        Ok(Drafting {
+            draft,
+            pools,
+            blocks: BlockManager::new(blocks, false),
+            costs: PassCosts::default(),
+        })
+    }
+
+    pub fn max_draft(&self) -> usize {
+        self.draft.max_draft
+    }
+
+    pub fn min_draft(&self) -> usize {
+        self.draft.min_draft
+    }
+
+    /// What the draft's passes cost so far (rows: the sequences drafting in them).
+    pub fn costs(&self) -> &PassCosts {
+        &self.costs
+    }
+
+    /// Gives back a sequence's draft blocks (it ended, or it starts again).
+    pub fn release(&mut self, cache: &mut DraftCache) {
+        self.blocks.release(&cache.blocks);
+        *cache = DraftCache::default();
+    }
+
+    /// (held, total) blocks of the draft's pool.
+    pub fn gauges(&self) -> (usize, usize) {
+        (self.blocks.used(), self.blocks.total())
+    }
+
+    /// Up to `wanted[i]` tokens the draft expects after the tokens of `seqs[i]` (none
+    /// where `wanted[i]` is 0). The catch-up reads at most `catch_up` tokens in all: a
+    /// sequence with more to read than is left (a long prompt) reads part of it and
+    /// proposes nothing this time.
+    pub fn propose(
+        &mut self,
+        seqs: &mut [Sequence],
+        wanted: &[usize],
+        catch_up: usize,
+    ) -> Vec<Vec<u32>> {
+        let mut proposals = vec![Vec::new(); seqs.len()];
+        let mut budget = catch_up;
+        // Per sequence drafting: its first position fed this pass, and whether the pass
+        // returns its logits (it has read all its text).
+        let mut feeds: Vec<Option<(usize, bool)>> = vec![None; seqs.len()];
+        for (i, s) in seqs.iter_mut().enumerate() {
+            if wanted[i] == 0 {
+                continue;
+            }
+            let cache = &mut s.draft;
+            let common = cache
+                .tokens
+                .iter()
+                .zip(&s.tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            self.trim(cache, common);
+            let missing = s.tokens.len() - common;
+            let fed = missing.min(budget.max(1));
+            budget = budget.saturating_sub(fed);
+            cache
+                .tokens
+                .extend_from_slice(&s.tokens[common..common + fed]);
+            if !self.reserve(cache) {
+                self.release(cache);
+                continue;
+            }
+            feeds[i] = Some((common, fed == missing));
+        }
+        // Each pass: feed, then take each fed sequence's next proposal from its logits.
+        while feeds.iter().any(Option::is_some) {
+            let logits = match self.run(seqs, &feeds) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("the draft model's step failed: {e}");
+                    for (s, feed) in seqs.iter_mut().zip(&feeds) {
+                        if feed.is_some() {
+                            self.release(&mut s.draft);
+                        }
+                    }
+                    return vec![Vec::new(); seqs.len()];
+                }
+            };
+            let vocab = self.draft.model.config.vocab_size;
+            let mut rows = logits.chunks_exact(vocab);
+            for (i, s) in seqs.iter_mut().enumerate() {
+                let Some((_, true)) = feeds[i] else {
+                    feeds[i] = None;
+                    continue;
+                };
+                feeds[i] = None;
+                let Some(row) = rows.next() else {
+                    continue;
+                };
+                let best = argmax(row);
+                let proposed = &mut proposals[i];
+                let unsure = self.draft.min_confidence > 0.0
+                    && probability(row, best) < self.draft.min_confidence;
+                if unsure && proposed.len() >= self.draft.min_draft {
+                    continue;
+                }
+                proposed.push(best);
+                if proposed.len() == wanted[i] {
+                    continue;
+                }
+                let cache = &mut s.draft;
+                let position = cache.tokens.len();
+                cache.tokens.push(best);
+                if self.reserve(cache) {
+                    feeds[i] = Some((position, true));
+                } else {
+                    cache.tokens.pop();
+                }
+            }
+        }
+        proposals
+    }
+
+    /// Runs the draft over each sequence's tokens from its fed position on.
+    fn run(&mut self, seqs: &[Sequence], feeds: &[Option<(usize, bool)>]) -> Result<Vec<f32>> {
+        let batch: Vec<SeqBatch> = seqs
+            .iter()
+            .zip(feeds)
+            .filter_map(|(s, feed)| {
+                let (start, last) = (*feed)?;
+                Some(SeqBatch {
+                    tokens: &s.draft.tokens[start..],
+                    start,
+                    blocks: &s.draft.blocks,
+                    window_blocks: None,
+                    logits: match last {
+                        true => Logits::Last,
+                        false => Logits::None,
+                    },
+                    generated_from: first_one_token_position(s.prompt_len),
+                })
+            })
+            .collect();
+        let tokens: usize = batch.iter().map(|b| b.tokens.len()).sum();
+        let started = Instant::now();
+        let logits = self.draft.model.forward_batch(&batch, &mut self.pools)?;
+        // A pass reading a prompt says nothing of what drafting a token costs.
+        if tokens <= 2 * batch.len() {
+            self.costs
+                .timed(batch.len(), started.elapsed().as_secs_f64());
+        }
+        Ok(logits)
+    }
+
+    /// Blocks for every token of `cache`; false when the pool has none left.
+    fn reserve(&mut self, cache: &mut DraftCache) -> bool {
+        while cache.blocks.len() < Sequence::blocks_for(cache.tokens.len()) {
+            match self.blocks.allocate() {
+                Some(b) => cache.blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Keeps the first `positions` positions of `cache` (those the text still has).
+    fn trim(&mut self, cache: &mut DraftCache, positions: usize) {
+        cache.tokens.truncate(positions);
+        while cache.blocks.len() > Sequence::blocks_for(positions) {
+            let b = cache.blocks.pop().unwrap_or_default();
+            self.blocks.release(&[b]);
+        }
+    }
+}
