@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Speculative decoding in the server: serves the default model without and with
-# `--spec ngram` and load-tests each with `bench serve` on the 20 input-grounded prompts
+# Speculative decoding in the server: serves a model (MODEL, the default model if unset)
+# without and with `--spec ngram`, and with `--spec draft --draft-model $DRAFT` when
+# DRAFT is set, and load-tests each with `bench serve` on the 20 input-grounded prompts
 # of tests/data/spec_prompts.jsonl (greedy chat completions, up to 128 tokens), one
 # stream and then eight at once; prints each run's summary and the proposals kept.
-# Usage: scripts/spec-serve.sh [SERVE FLAGS…]   (e.g. -t 2)
+# Usage: [MODEL=M] [DRAFT=D] scripts/spec-serve.sh [SERVE FLAGS…]   (e.g. -t 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
@@ -11,10 +12,15 @@ out=${OUT:-target/spec-serve}
 mkdir -p "$out"
 port=${PORT:-18124}
 source scripts/serve-in-background.sh
-for mode in plain ngram; do
-    spec=()
-    [ "$mode" = ngram ] && spec=(--spec ngram)
-    serve_in_background "$port" "$out/serve-$mode.log" -m default -c 2048 --parallel 8 \
+modes=(plain ngram)
+[ -n "${DRAFT:-}" ] && modes+=(draft)
+for mode in "${modes[@]}"; do
+    case $mode in
+        plain) spec=() ;;
+        ngram) spec=(--spec ngram) ;;
+        draft) spec=(--spec draft --draft-model "$DRAFT") ;;
+    esac
+    serve_in_background "$port" "$out/serve-$mode.log" -m "${MODEL:-default}" -c 2048 --parallel 8 \
         "${spec[@]}" "$@"
     echo "== $mode"
     ./target/release/llama-gpu bench serve --url "http://localhost:$port" \

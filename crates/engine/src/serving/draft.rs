@@ -16,7 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::sampler::argmax;
-use crate::speculate::{probability, PassCosts};
+use crate::speculate::{decayed_average, probability, PassCosts};
 use std::time::Instant;
 
 /// The draft model and how it drafts (the flags of `run --spec draft`).
@@ -46,6 +46,9 @@ pub(super) struct Drafting<B: Backend> {
     blocks: BlockManager,
     /// What a draft pass of so many rows costs, measured as it drafts.
     costs: PassCosts,
+    /// Seconds per token of reading text (prompts) into the draft's cache (decayed
+    /// average; 0: not measured yet).
+    read_seconds_per_token: f64,
 }
 
 impl<B: Backend> Drafting<B> {
@@ -80,6 +83,7 @@ impl<B: Backend> Drafting<B> {
             pools,
             blocks: BlockManager::new(blocks, false),
             costs: PassCosts::default(),
+            read_seconds_per_token: 0.0,
         })
     }
 
@@ -94,6 +98,16 @@ impl<B: Backend> Drafting<B> {
     /// What the draft's passes cost so far (rows: the sequences drafting in them).
     pub fn costs(&self) -> &PassCosts {
         &self.costs
+    }
+
+    /// Tokens of `s` the draft has yet to read before it can draft for it.
+    pub fn unread(&self, s: &Sequence) -> usize {
+        s.tokens.len() - common_prefix(&s.draft.tokens, &s.tokens)
+    }
+
+    /// What reading `tokens` tokens of text costs, as measured (0 before any reading).
+    pub fn reading_seconds(&self, tokens: usize) -> f64 {
+        tokens as f64 * self.read_seconds_per_token
     }
 
     /// Gives back a sequence's draft blocks (it ended, or it starts again).
@@ -127,12 +141,7 @@ impl<B: Backend> Drafting<B> {
                 continue;
             }
             let cache = &mut s.draft;
-            let common = cache
-                .tokens
-                .iter()
-                .zip(&s.tokens)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let common = common_prefix(&cache.tokens, &s.tokens);
             self.trim(cache, common);
             let missing = s.tokens.len() - common;
             let fed = missing.min(budget.max(1));
@@ -218,10 +227,14 @@ impl<B: Backend> Drafting<B> {
         let tokens: usize = batch.iter().map(|b| b.tokens.len()).sum();
         let started = Instant::now();
         let logits = self.draft.model.forward_batch(&batch, &mut self.pools)?;
-        // A pass reading a prompt says nothing of what drafting a token costs.
+        let seconds = started.elapsed().as_secs_f64();
+        // A pass reading a prompt says nothing of what drafting a token costs, and a
+        // drafting pass little of what reading costs.
         if tokens <= 2 * batch.len() {
-            self.costs
-                .timed(batch.len(), started.elapsed().as_secs_f64());
+            self.costs.timed(batch.len(), seconds);
+        } else {
+            self.read_seconds_per_token =
+                decayed_average(self.read_seconds_per_token, seconds / tokens as f64);
         }
         Ok(logits)
     }
@@ -245,4 +258,9 @@ impl<B: Backend> Drafting<B> {
             self.blocks.release(&[b]);
         }
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -13,7 +13,7 @@ use crate::constraint::GrammarState;
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
-use crate::speculate::{share_checks, Acceptance, PassCosts};
+use crate::speculate::{saving_per_token, share_checks, Acceptance, PassCosts};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -265,15 +265,27 @@ impl<B: Backend> Scheduler<B> {
                     rows + budget,
                     Some(d.costs()),
                 );
-                let wanted: Vec<usize> = worth
-                    .iter()
-                    .zip(&available)
-                    .map(|(&k, &a)| k.max(d.min_draft().min(a)))
+                // A sequence whose text the draft has yet to read (its prompt, or
+                // what it generated while not drafting) starts drafting only where
+                // the time drafting is expected to save over the tokens it may still
+                // generate pays for the reading.
+                let wanted: Vec<usize> = (0..worth.len())
+                    .map(|i| {
+                        let unread = d.unread(&self.running[i]);
+                        let saving = rooms[i] as f64
+                            * saving_per_token(&self.pass_costs, d.costs(), chances[i], worth[i]);
+                        let k = match unread > 2 && d.reading_seconds(unread) > saving {
+                            true => 0,
+                            false => worth[i],
+                        };
+                        k.max(d.min_draft().min(available[i]))
+                    })
                     .collect();
                 if wanted.iter().all(|&k| k == 0) {
                     return;
                 }
-                d.propose(&mut self.running, &wanted, self.config.max_batch_tokens)
+                // Reading text beside decoding streams is paced as prompts are.
+                d.propose(&mut self.running, &wanted, self.pacing.prompt_budget(true))
             }
             (None, Some(ngram)) => self
                 .running
