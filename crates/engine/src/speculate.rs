@@ -361,18 +361,50 @@ pub fn share_checks(
     checks
 }
 
-/// Seconds a sequence decoding alone saves per token by checking `k` drafted proposals
-/// at each step (each kept with chance `chance` after its predecessors were), against
-/// plain steps: a (k + 1)-row pass and k one-row draft passes yield 1 + α + … + αᵏ
-/// tokens. Negative where speculating costs more than it yields; 0 before a plain step
+/// Seconds each of several decoding sequences is expected to save per token it
+/// generates when they check `checks[i]` proposals each in a step of `rows` decoding
+/// rows (from a draft model whose passes cost `drafting`, or free ones): the time the
+/// step saves against plain steps making as many tokens, shared among the sequences in
+/// proportion to the extra tokens their proposals yield, over the tokens each makes per
+/// step. Alone, that is the plain step's time less a check's time per token made.
+/// Negative where speculating costs more than it yields; zeros before the plain step
 /// was measured.
-pub fn saving_per_token(costs: &PassCosts, drafting: &PassCosts, chance: f64, k: usize) -> f64 {
-    let Some(plain) = costs.seconds(1) else {
-        return 0.0;
+pub fn savings_per_token(
+    costs: &PassCosts,
+    drafting: Option<&PassCosts>,
+    rows: usize,
+    chances: &[f64],
+    checks: &[usize],
+) -> Vec<f64> {
+    let Some(plain) = costs.seconds(rows) else {
+        return vec![0.0; checks.len()];
     };
-    let tokens: f64 = (0..=k as i32).map(|j| chance.powi(j)).sum();
-    let draft = k as f64 * drafting.seconds(1).unwrap_or(0.0);
-    plain - (costs.seconds(k + 1).unwrap_or(plain) + draft) / tokens
+    let yields: Vec<f64> = chances
+        .iter()
+        .zip(checks)
+        .map(|(&c, &k)| (1..=k as i32).map(|j| c.powi(j)).sum())
+        .collect();
+    let extra: f64 = yields.iter().sum();
+    if extra == 0.0 {
+        return vec![0.0; checks.len()];
+    }
+    let checked: usize = checks.iter().sum();
+    // Drafting k tokens takes k passes, the j-th over the sequences drafting at least j.
+    let longest = checks.iter().copied().max().unwrap_or(0);
+    let draft: f64 = (1..=longest)
+        .map(
+            |j| match (checks.iter().filter(|&&k| k >= j).count(), drafting) {
+                (m, Some(d)) => d.seconds(m).unwrap_or(0.0),
+                (_, None) => 0.0,
+            },
+        )
+        .sum();
+    let step = costs.seconds(rows + checked).unwrap_or(plain) + draft;
+    let saved_per_step = (rows as f64 + extra) * plain / rows as f64 - step;
+    yields
+        .iter()
+        .map(|&y| saved_per_step * (y / extra) / (1.0 + y))
+        .collect()
 }
 
 /// What speculation did over one generation.
@@ -489,16 +521,35 @@ mod tests {
     #[test]
     fn drafting_saves_time_per_token_only_when_checks_are_cheap() {
         let (mut costs, mut draft) = (PassCosts::default(), PassCosts::default());
-        assert_eq!(saving_per_token(&costs, &draft, 0.9, 2), 0.0, "nothing measured");
+        let alone = |costs: &PassCosts, draft: &PassCosts| {
+            savings_per_token(costs, Some(draft), 1, &[0.9], &[2])[0]
+        };
+        assert_eq!(alone(&costs, &draft), 0.0, "nothing measured");
         costs.timed(1, 0.010);
         costs.timed(3, 0.012);
         draft.timed(1, 0.002);
         // 1 + 0.9 + 0.81 tokens for 12 + 2 · 2 ms: 5.9 ms a token against 10.
-        let saving = saving_per_token(&costs, &draft, 0.9, 2);
+        let saving = alone(&costs, &draft);
         assert!((saving - (0.010 - 0.016 / 2.71)).abs() < 1e-9, "{saving}");
+        // Among eight decoding sequences, where a plain token costs 2 ms, the same two
+        // proposals of one sequence save a little while their rows and drafting cost
+        // little, and lose time when they cost what alone they were worth; the other
+        // sequences save nothing.
+        let mut checks = [0; 8];
+        checks[0] = 2;
+        let mut cheap_draft = PassCosts::default();
+        cheap_draft.timed(1, 0.0005);
+        costs.timed(8, 0.016);
+        costs.timed(10, 0.0161);
+        let among = savings_per_token(&costs, Some(&cheap_draft), 8, &[0.9; 8], &checks);
+        assert!(among[0] > 0.0 && among[0] < saving / 4.0, "{among:?}");
+        assert!(among[1..].iter().all(|&s| s == 0.0), "{among:?}");
+        (0..30).for_each(|_| costs.timed(10, 0.0195));
+        let among = savings_per_token(&costs, Some(&cheap_draft), 8, &[0.9; 8], &checks);
+        assert!(among[0] < 0.0, "{among:?}");
         // A check costing three steps loses time.
         (0..30).for_each(|_| costs.timed(3, 0.030));
-        assert!(saving_per_token(&costs, &draft, 0.9, 2) < 0.0);
+        assert!(alone(&costs, &draft) < 0.0);
     }
 
     #[test]

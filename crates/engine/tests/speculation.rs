@@ -213,6 +213,19 @@ fn generate_together(engine: &Engine, requests: &[Request]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Each sample's tokens of a request with several samples (`n`).
+fn samples(engine: &Engine, request: Request) -> Vec<Vec<u32>> {
+    let mut tokens = vec![Vec::new(); request.n];
+    for e in engine.submit(request).unwrap() {
+        match e {
+            Event::Token { index, id, .. } => tokens[index].push(id),
+            Event::Finished { error, .. } => assert_eq!(error, None),
+            Event::Prompt { .. } => {}
+        }
+    }
+    tokens
+}
+
 /// A serving engine of the default model running up to eight sequences, speculating
 /// with n-gram lookup or not.
 fn serving_engine(speculation: Option<NgramSpeculation>) -> Engine {
@@ -256,6 +269,18 @@ fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() 
     let requests = chat_requests(plain.tokenizer(), 48);
     let reference = generate_alone(&plain, &requests);
     let p = common::settled(&plain);
+    // Three seeded samples of one request: forks speculate on their own.
+    let forked = Request {
+        n: 3,
+        sampling: SamplingParams {
+            temperature: 0.7,
+            seed: 42,
+            ..Default::default()
+        },
+        ..requests[0].clone()
+    };
+    let forked_samples = samples(&plain, forked.clone());
+    assert_ne!(forked_samples[0], forked_samples[1]);
     for (proposer, speculating) in speculating_engines() {
         let speculated_alone = generate_alone(&speculating, &requests);
         let after_alone = common::settled(&speculating);
@@ -298,6 +323,17 @@ fn the_serving_engine_speculates_without_changing_tokens_alone_or_among_eight() 
         assert_eq!((s.kv_blocks_used, p.kv_blocks_used), (0, 0), "{proposer}");
         assert_eq!(s.kv_blocks_cached, p.kv_blocks_cached, "{proposer}");
         assert_eq!(s.draft_kv_blocks_used, 0, "{proposer}");
+        assert_eq!(
+            samples(&speculating, forked.clone()),
+            forked_samples,
+            "{proposer}: n = 3"
+        );
+        let s = common::settled(&speculating);
+        assert_eq!(
+            (s.kv_blocks_used, s.draft_kv_blocks_used),
+            (0, 0),
+            "{proposer}"
+        );
     }
     assert_eq!(plain.metrics().speculative_proposed_tokens, 0);
 }

@@ -13,7 +13,7 @@ use crate::constraint::GrammarState;
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
-use crate::speculate::{saving_per_token, share_checks, Acceptance, PassCosts};
+use crate::speculate::{savings_per_token, share_checks, Acceptance, PassCosts};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -269,11 +269,12 @@ impl<B: Backend> Scheduler<B> {
                 // what it generated while not drafting) starts drafting only where
                 // the time drafting is expected to save over the tokens it may still
                 // generate pays for the reading.
+                let savings =
+                    savings_per_token(&self.pass_costs, Some(d.costs()), rows, &chances, &worth);
                 let wanted: Vec<usize> = (0..worth.len())
                     .map(|i| {
                         let unread = d.unread(&self.running[i]);
-                        let saving = rooms[i] as f64
-                            * saving_per_token(&self.pass_costs, d.costs(), chances[i], worth[i]);
+                        let saving = rooms[i] as f64 * savings[i];
                         let k = match unread > 2 && d.reading_seconds(unread) > saving {
                             true => 0,
                             false => worth[i],
