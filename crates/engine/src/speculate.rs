@@ -88,13 +88,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
         max_draft: usize,
         min_confidence: f32,
     ) -> Result<Self> {
-        if draft.config.vocab_size != target_vocab {
-            return Err(EngineError::Config(format!(
-                "the draft model's vocabulary has {} tokens and the target's {target_vocab}: \
-                 a draft model must share the target's vocabulary",
-                draft.config.vocab_size
-            )));
-        }
+        check_draft_vocabulary(draft.config.vocab_size, target_vocab)?;
         Ok(Drafter {
             session: Session::new(draft, context)?,
             max_draft,
@@ -145,6 +139,17 @@ impl<'m, B: Backend> Drafter<'m, B> {
     pub fn seconds_per_token(&self) -> f64 {
         self.seconds_per_token
     }
+}
+
+/// Refuses a draft model whose vocabulary is not as large as the target's.
+pub(crate) fn check_draft_vocabulary(draft_vocab: usize, target_vocab: usize) -> Result<()> {
+    if draft_vocab == target_vocab {
+        return Ok(());
+    }
+    Err(EngineError::Config(format!(
+        "the draft model's vocabulary has {draft_vocab} tokens and the target's \
+         {target_vocab}: a draft model must share the target's vocabulary"
+    )))
 }
 
 /// The probability of token `id` under `logits`, in f32 with GGML's exponential, eight

@@ -16,7 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::sampler::argmax;
-use crate::speculate::{decayed_average, probability, PassCosts};
+use crate::speculate::{check_draft_vocabulary, decayed_average, probability, PassCosts};
 use std::time::Instant;
 
 /// The draft model and how it drafts (the flags of `run --spec draft`).
@@ -55,13 +55,7 @@ impl<B: Backend> Drafting<B> {
     /// The draft with a pool of `blocks` blocks (those of a windowed model's windowed
     /// layers too: the draft keeps them whole rather than giving them back).
     pub fn new(draft: DraftModel<B>, target_vocab: usize, blocks: usize) -> Result<Self> {
-        if draft.model.config.vocab_size != target_vocab {
-            return Err(EngineError::Config(format!(
-                "the draft model's vocabulary has {} tokens and the target's {target_vocab}: \
-                 a draft model must share the target's vocabulary",
-                draft.model.config.vocab_size
-            )));
-        }
+        check_draft_vocabulary(draft.model.config.vocab_size, target_vocab)?;
         if draft.max_draft == 0 {
             return Err(EngineError::Config(
                 "a draft model must propose at least one token at once".into(),
