@@ -105,12 +105,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 context: self.context,
             });
         }
-        let common = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let common = common_prefix(&self.cached, prompt);
         let mut start = common.min(prompt.len() - 1);
         if !self.cache.resumable(start) {
             // The windowed layers no longer hold what the window before it shows.
@@ -362,4 +357,9 @@ impl TokenScore {
         let is_greedy = logits.iter().all(|&l| l <= logits[index]);
         TokenScore { logprob, is_greedy }
     }
+}
+
+/// How many leading tokens `a` and `b` share (what a cache holding `a` keeps of `b`).
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

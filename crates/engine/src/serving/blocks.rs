@@ -83,6 +83,26 @@ impl BlockManager {
         Some(block)
     }
 
+    /// Allocates blocks onto `table` until it has `blocks`; false when none is left.
+    pub fn grow(&mut self, table: &mut Vec<u32>, blocks: usize) -> bool {
+        while table.len() < blocks {
+            match self.allocate() {
+                Some(b) => table.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Releases the blocks of `table` past its first `blocks`, newest first (so that
+    /// the free list is back in its order).
+    pub fn shrink(&mut self, table: &mut Vec<u32>, blocks: usize) {
+        while table.len() > blocks {
+            let b = table.pop().unwrap_or_default();
+            self.release(&[b]);
+        }
+    }
+
     /// One more holder of `block` (a fork sharing it).
     pub fn share(&mut self, block: u32) {
         self.ref_count[block as usize] += 1;

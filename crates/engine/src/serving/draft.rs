@@ -16,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::sampler::argmax;
+use crate::session::common_prefix;
 use crate::speculate::{check_draft_vocabulary, decayed_average, probability, PassCosts};
 use std::time::Instant;
 
@@ -166,11 +167,9 @@ impl<B: Backend> Drafting<B> {
             let vocab = self.draft.model.config.vocab_size;
             let mut rows = logits.chunks_exact(vocab);
             for (i, s) in seqs.iter_mut().enumerate() {
-                let Some((_, true)) = feeds[i] else {
-                    feeds[i] = None;
+                let Some((_, true)) = feeds[i].take() else {
                     continue;
                 };
-                feeds[i] = None;
                 let Some(row) = rows.next() else {
                     continue;
                 };
@@ -235,26 +234,14 @@ impl<B: Backend> Drafting<B> {
 
     /// Blocks for every token of `cache`; false when the pool has none left.
     fn reserve(&mut self, cache: &mut DraftCache) -> bool {
-        while cache.blocks.len() < Sequence::blocks_for(cache.tokens.len()) {
-            match self.blocks.allocate() {
-                Some(b) => cache.blocks.push(b),
-                None => return false,
-            }
-        }
-        true
+        let blocks = Sequence::blocks_for(cache.tokens.len());
+        self.blocks.grow(&mut cache.blocks, blocks)
     }
 
     /// Keeps the first `positions` positions of `cache` (those the text still has).
     fn trim(&mut self, cache: &mut DraftCache, positions: usize) {
         cache.tokens.truncate(positions);
-        while cache.blocks.len() > Sequence::blocks_for(positions) {
-            let b = cache.blocks.pop().unwrap_or_default();
-            self.blocks.release(&[b]);
-        }
+        let blocks = Sequence::blocks_for(positions);
+        self.blocks.shrink(&mut cache.blocks, blocks);
     }
-}
-
-/// How many leading tokens `a` and `b` share.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -115,20 +115,11 @@ impl KvTables {
             if !own_block(windowed, &mut s.window_blocks, first, true, copies) {
                 return false;
             }
-            while s.window_blocks.len() < end {
-                match windowed.allocate() {
-                    Some(b) => s.window_blocks.push(b),
-                    None => return false,
-                }
+            if !windowed.grow(&mut s.window_blocks, end) {
+                return false;
             }
         }
-        while s.blocks.len() < end {
-            match self.full.allocate() {
-                Some(b) => s.blocks.push(b),
-                None => return false,
-            }
-        }
-        true
+        self.full.grow(&mut s.blocks, end)
     }
 
     /// Gives back the blocks of `s` past its first `positions` positions: those a check
@@ -137,10 +128,7 @@ impl KvTables {
     pub fn trim(&mut self, s: &mut Sequence, positions: usize) {
         // Newest first, so that the free lists are back in their order too.
         let keep = Sequence::blocks_for(positions);
-        while s.blocks.len() > keep {
-            let b = s.blocks.pop().unwrap_or_default();
-            self.full.release(&[b]);
-        }
+        self.full.shrink(&mut s.blocks, keep);
         if let Some((windowed, _)) = &mut self.windowed {
             while s.window_blocks.len() > keep {
                 match s.window_blocks.pop() {

@@ -271,11 +271,14 @@ impl<B: Backend> Scheduler<B> {
                 // generate pays for the reading.
                 let savings =
                     savings_per_token(&self.pass_costs, Some(d.costs()), rows, &chances, &worth);
+                // More than the bonus token and a kept proposal is text to read.
+                let reading_too_dear = |i: usize| {
+                    let unread = d.unread(&self.running[i]);
+                    unread > 2 && d.reading_seconds(unread) > rooms[i] as f64 * savings[i]
+                };
                 let wanted: Vec<usize> = (0..worth.len())
                     .map(|i| {
-                        let unread = d.unread(&self.running[i]);
-                        let saving = rooms[i] as f64 * savings[i];
-                        let k = match unread > 2 && d.reading_seconds(unread) > saving {
+                        let k = match worth[i] == 0 || reading_too_dear(i) {
                             true => 0,
                             false => worth[i],
                         };
