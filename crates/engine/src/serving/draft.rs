@@ -18,6 +18,7 @@ use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::sampler::argmax;
 use crate::session::common_prefix;
 use crate::speculate::{check_draft_vocabulary, decayed_average, probability, PassCosts};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// The draft model and how it drafts (the flags of `run --spec draft`).
@@ -50,6 +51,8 @@ pub(super) struct Drafting<B: Backend> {
     /// Seconds per token of reading text (prompts) into the draft's cache (decayed
     /// average; 0: not measured yet).
     read_seconds_per_token: f64,
+    /// How long the latest answers were, to tell what reading a prompt may save.
+    lengths: AnswerLengths,
 }
 
 impl<B: Backend> Drafting<B> {
@@ -79,6 +82,7 @@ impl<B: Backend> Drafting<B> {
             blocks: BlockManager::new(blocks, false),
             costs: PassCosts::default(),
             read_seconds_per_token: 0.0,
+            lengths: AnswerLengths::default(),
         })
     }
 
@@ -103,6 +107,16 @@ impl<B: Backend> Drafting<B> {
     /// What reading `tokens` tokens of text costs, as measured (0 before any reading).
     pub fn reading_seconds(&self, tokens: usize) -> f64 {
         tokens as f64 * self.read_seconds_per_token
+    }
+
+    /// A sequence ended after generating `generated` tokens.
+    pub fn answered(&mut self, generated: usize) {
+        self.lengths.record(generated);
+    }
+
+    /// How many more tokens `s` is expected to generate, at most `room`.
+    pub fn expected_remaining(&self, s: &Sequence, room: usize) -> f64 {
+        self.lengths.expected_remaining(s.generated(), room)
     }
 
     /// Gives back a sequence's draft blocks (it ended, or it starts again).
@@ -221,6 +235,12 @@ impl<B: Backend> Drafting<B> {
         let started = Instant::now();
         let logits = self.draft.model.forward_batch(&batch, &mut self.pools)?;
         let seconds = started.elapsed().as_secs_f64();
+        tracing::trace!(
+            sequences = batch.len(),
+            tokens,
+            ms = seconds * 1e3,
+            "draft pass"
+        );
         // A pass reading a prompt says nothing of what drafting a token costs, and a
         // drafting pass little of what reading costs.
         if tokens <= 2 * batch.len() {
@@ -243,5 +263,71 @@ impl<B: Backend> Drafting<B> {
         cache.tokens.truncate(positions);
         let blocks = Sequence::blocks_for(positions);
         self.blocks.shrink(&mut cache.blocks, blocks);
+    }
+}
+
+/// The lengths of the latest answers. Reading a prompt into the draft pays only over
+/// the tokens drafting then saves, and `max_tokens` says little of how many those are:
+/// chat answers often stop at a third of it.
+#[derive(Debug, Default)]
+struct AnswerLengths {
+    latest: VecDeque<usize>,
+}
+
+impl AnswerLengths {
+    const KEPT: usize = 32;
+
+    fn record(&mut self, generated: usize) {
+        if self.latest.len() == Self::KEPT {
+            self.latest.pop_front();
+        }
+        self.latest.push_back(generated);
+    }
+
+    /// The tokens still to come for an answer `generated` tokens long (at most `room`):
+    /// the mean of what the latest answers longer than it had left at that point; as
+    /// many again as it has when none was longer; `room` before any answer ended.
+    fn expected_remaining(&self, generated: usize, room: usize) -> f64 {
+        if self.latest.is_empty() {
+            return room as f64;
+        }
+        let left: Vec<usize> = self
+            .latest
+            .iter()
+            .filter(|&&length| length > generated)
+            .map(|&length| (length - generated).min(room))
+            .collect();
+        match left.is_empty() {
+            true => generated.min(room) as f64,
+            false => left.iter().sum::<usize>() as f64 / left.len() as f64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AnswerLengths;
+
+    #[test]
+    fn expected_remaining_follows_the_latest_answers() {
+        let mut lengths = AnswerLengths::default();
+        assert_eq!(lengths.expected_remaining(0, 128), 128.0);
+        for length in [40, 50, 60, 128] {
+            lengths.record(length);
+        }
+        // Fresh: the mean of all four.
+        assert_eq!(lengths.expected_remaining(0, 128), 69.5);
+        // 55 generated: of the answers longer than that, 5 and 73 were left.
+        assert_eq!(lengths.expected_remaining(55, 73), 39.0);
+        // The room caps what each had left: 5 and 10.
+        assert_eq!(lengths.expected_remaining(55, 10), 7.5);
+        // Longer than every answer seen: as many again as generated, within the room.
+        assert_eq!(lengths.expected_remaining(200, 500), 200.0);
+        assert_eq!(lengths.expected_remaining(200, 30), 30.0);
+        // Only the latest 32 answers count.
+        for _ in 0..32 {
+            lengths.record(10);
+        }
+        assert_eq!(lengths.expected_remaining(0, 128), 10.0);
     }
 }

@@ -267,14 +267,17 @@ impl<B: Backend> Scheduler<B> {
                 );
                 // A sequence whose text the draft has yet to read (its prompt, or
                 // what it generated while not drafting) starts drafting only where
-                // the time drafting is expected to save over the tokens it may still
-                // generate pays for the reading.
+                // the time drafting is expected to save over the tokens it is expected
+                // to generate still (as the latest answers went) pays for the reading.
                 let savings =
                     savings_per_token(&self.pass_costs, Some(d.costs()), rows, &chances, &worth);
                 // More than the bonus token and a kept proposal is text to read.
                 let reading_too_dear = |i: usize| {
-                    let unread = d.unread(&self.running[i]);
-                    unread > 2 && d.reading_seconds(unread) > rooms[i] as f64 * savings[i]
+                    let s = &self.running[i];
+                    let unread = d.unread(s);
+                    unread > 2
+                        && d.reading_seconds(unread)
+                            > d.expected_remaining(s, rooms[i]) * savings[i]
                 };
                 let wanted: Vec<usize> = (0..worth.len())
                     .map(|i| {
@@ -577,6 +580,9 @@ impl<B: Backend> Scheduler<B> {
         }
         self.running = kept;
         for (mut s, reason) in finished {
+            if let Some(d) = &mut self.drafting {
+                d.answered(s.generated());
+            }
             self.retire(&mut s);
             let failure = s.failure.take();
             s.finish(reason, failure);
