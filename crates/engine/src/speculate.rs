@@ -141,7 +141,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
     }
 }
 
-/// Refuses a draft model whose vocabulary is not as large as the target's.
+/// Refuses a draft model whose vocabulary differs in size from the target's.
 pub(crate) fn check_draft_vocabulary(draft_vocab: usize, target_vocab: usize) -> Result<()> {
     if draft_vocab == target_vocab {
         return Ok(());

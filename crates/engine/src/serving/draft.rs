@@ -267,8 +267,9 @@ impl<B: Backend> Drafting<B> {
 }
 
 /// The lengths of the latest answers. Reading a prompt into the draft pays only over
-/// the tokens drafting then saves, and `max_tokens` says little of how many those are:
-/// chat answers often stop at a third of it.
+/// the tokens drafting then saves, and `max_tokens` says little of how many those are
+/// (the 20 prompts of `tests/data/spec_prompts.jsonl` answered 45 tokens on average
+/// under a cap of 128).
 #[derive(Debug, Default)]
 struct AnswerLengths {
     latest: VecDeque<usize>,
@@ -291,15 +292,16 @@ impl AnswerLengths {
         if self.latest.is_empty() {
             return room as f64;
         }
-        let left: Vec<usize> = self
+        let (left, longer) = self
             .latest
             .iter()
             .filter(|&&length| length > generated)
-            .map(|&length| (length - generated).min(room))
-            .collect();
-        match left.is_empty() {
-            true => generated.min(room) as f64,
-            false => left.iter().sum::<usize>() as f64 / left.len() as f64,
+            .fold((0, 0), |(left, longer), &length| {
+                (left + (length - generated).min(room), longer + 1)
+            });
+        match longer {
+            0 => generated.min(room) as f64,
+            _ => left as f64 / longer as f64,
         }
     }
 }
