@@ -7,7 +7,7 @@ use crate::constraint::GrammarState;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
-use crate::speculate::{DraftTuner, Drafter, NgramSpeculation, SpeculationStats};
+use crate::speculate::{DraftTuner, Drafter, NgramSpeculation, ProposedBy, SpeculationStats};
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -60,6 +60,9 @@ pub struct Session<'m, B: Backend> {
     cached: Vec<u32>,
     /// Where proposals come from when set (`set_drafter`), instead of n-gram lookup.
     drafter: Option<Box<Drafter<'m, B>>>,
+    /// How many proposals to check, from what passes cost and how often proposals were
+    /// kept, in this and earlier generations.
+    tuner: DraftTuner,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -70,6 +73,7 @@ impl<'m, B: Backend> Session<'m, B> {
             context,
             cached: Vec::new(),
             drafter: None,
+            tuner: DraftTuner::default(),
         })
     }
 
@@ -77,6 +81,7 @@ impl<'m, B: Backend> Session<'m, B> {
     /// draft's tokens (`GenerateOptions::speculation` is not consulted).
     pub fn set_drafter(&mut self, drafter: Drafter<'m, B>) {
         self.drafter = Some(Box::new(drafter));
+        self.tuner = DraftTuner::expecting_agreement();
     }
 
     pub fn context(&self) -> usize {
@@ -156,12 +161,11 @@ impl<'m, B: Backend> Session<'m, B> {
         // Proposed tokens already in the cache, each with the logits after it.
         let mut ahead: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
         let mut speculation = SpeculationStats::default();
-        let mut tuner = match self.drafter {
-            Some(_) => DraftTuner::expecting_agreement(),
-            None => DraftTuner::default(),
-        };
-        // Proposals checked by the last pass (kept ones leave `ahead` one by one).
+        let tuner = &mut self.tuner;
+        // Proposals checked by the last pass (kept ones leave `ahead` one by one), and
+        // where they came from.
         let mut checked = 0;
+        let mut proposed_by = ProposedBy::DraftModel;
         while tokens.len() < options.max_tokens {
             if let Some(g) = &mut grammar {
                 g.mask()?.apply(&mut logits);
@@ -197,13 +201,13 @@ impl<'m, B: Backend> Session<'m, B> {
                     speculation.accepted += 1;
                     logits = next;
                     if ahead.is_empty() {
-                        tuner.outcome(checked, checked);
+                        tuner.outcome(proposed_by, checked, checked);
                     }
                     continue;
                 }
                 // The token differs from the proposal: the proposals from there on go.
                 Some(_) => {
-                    tuner.outcome(checked, checked - ahead.len() - 1);
+                    tuner.outcome(proposed_by, checked, checked - ahead.len() - 1);
                     let kept = self.cached.len() - ahead.len() - 1;
                     self.cached.truncate(kept);
                     ahead.clear();
@@ -218,11 +222,17 @@ impl<'m, B: Backend> Session<'m, B> {
                     let k = tuner
                         .choose_paying(limit, drafter.seconds_per_token())
                         .max(drafter.min_draft.min(limit));
+                    proposed_by = ProposedBy::DraftModel;
                     drafter.propose(&history, k)?
                 }
                 (None, Some(spec)) => {
-                    let mut proposed = spec.propose(&history, room);
-                    proposed.truncate(tuner.choose(proposed.len()));
+                    let lookup = spec.propose(&history, room);
+                    proposed_by = ProposedBy::Lookup {
+                        matched: lookup.matched,
+                    };
+                    let k = tuner.choose(&lookup);
+                    let mut proposed = lookup.tokens;
+                    proposed.truncate(k);
                     proposed
                 }
                 (None, None) => Vec::new(),
@@ -251,6 +261,14 @@ impl<'m, B: Backend> Session<'m, B> {
                 .map(<[f32]>::to_vec);
             logits = rows.next().expect("one row per token");
             ahead.extend(proposed.into_iter().zip(rows));
+        }
+        if speculation.checks > 0 {
+            tracing::debug!(
+                costs = ?tuner.costs,
+                matches = ?tuner.matches,
+                draft = ?tuner.acceptance,
+                "speculation tuner after a generation"
+            );
         }
         // Proposals never reached leave the cache.
         let kept = self.cached.len() - ahead.len();

@@ -29,36 +29,52 @@ impl Default for NgramSpeculation {
     fn default() -> Self {
         NgramSpeculation {
             max_draft: 8,
-            max_ngram: 3,
+            max_ngram: 8,
             min_ngram: 2,
         }
     }
 }
 
+/// What an n-gram lookup found: the tokens that followed the match, and how many of the
+/// last tokens matched (0: nothing did).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lookup {
+    pub tokens: Vec<u32>,
+    pub matched: usize,
+}
+
 impl NgramSpeculation {
-    /// Up to `limit` (and `max_draft`) tokens that followed the latest earlier occurrence
-    /// of `history`'s last n tokens, for the longest n that occurs; none if none does.
-    pub fn propose(&self, history: &[u32], limit: usize) -> Vec<u32> {
+    /// Up to `limit` (and `max_draft`) tokens that followed the earlier occurrence of
+    /// `history`'s last n tokens for the longest n (from `min_ngram` to `max_ngram`) that
+    /// occurs, the latest such occurrence; nothing if none does.
+    pub fn propose(&self, history: &[u32], limit: usize) -> Lookup {
         let limit = limit.min(self.max_draft);
-        if limit == 0 {
-            return Vec::new();
+        let (longest, min) = (self.max_ngram, self.min_ngram.max(1));
+        let len = history.len();
+        if limit == 0 || len <= min {
+            return Lookup::default();
         }
-        for n in (self.min_ngram.max(1)..=self.max_ngram).rev() {
-            if history.len() <= n {
-                continue;
-            }
-            let tail = &history[history.len() - n..];
-            // The latest occurrence that ends before the tail itself.
-            let found = (0..history.len() - n)
-                .rev()
-                .find(|&at| &history[at..at + n] == tail);
-            if let Some(at) = found {
-                let next = at + n;
-                let end = (next + limit).min(history.len());
-                return history[next..end].to_vec();
+        // An earlier run ending at `end` (before the last token, so that something
+        // followed it), compared backwards with the last tokens.
+        let (mut best_end, mut matched) = (0, 0);
+        for end in (min..len).rev() {
+            let run = (1..=longest.min(end))
+                .take_while(|&n| history[end - n] == history[len - n])
+                .count();
+            if run > matched {
+                (best_end, matched) = (end, run);
+                if run == longest {
+                    break;
+                }
             }
         }
-        Vec::new()
+        if matched < min {
+            return Lookup::default();
+        }
+        Lookup {
+            tokens: history[best_end..(best_end + limit).min(len)].to_vec(),
+            matched,
+        }
     }
 }
 
@@ -239,14 +255,56 @@ impl Acceptance {
     }
 }
 
+/// How often n-gram proposals are kept, by the length of the match that proposed them
+/// (2, 3–4, 5–8, 9 or more tokens): the longer the match, the likelier its continuation
+/// is the text's (on the spec prompts, the first proposal of a 2-token match was kept
+/// 6 times in 10, of a match of 9 or more 97 in 100). It outlives a generation: how
+/// often a match of so many tokens is right depends on the model and the kind of text
+/// more than on one answer, which is too short to measure it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatchAcceptance {
+    by_length: [Acceptance; 4],
+}
+
+impl MatchAcceptance {
+    fn class(matched: usize) -> usize {
+        (matched.max(2) - 1).ilog2().min(3) as usize
+    }
+
+    /// The chance a proposal of a match of `matched` tokens is kept after its
+    /// predecessors were.
+    pub fn chance(&self, matched: usize) -> f64 {
+        self.by_length[Self::class(matched)].chance()
+    }
+
+    /// Of `checked` proposals of a match of `matched` tokens, the first `kept` were kept.
+    pub fn outcome(&mut self, matched: usize, checked: usize, kept: usize) {
+        self.by_length[Self::class(matched)].outcome(checked, kept);
+    }
+}
+
+/// Where the proposals a pass checks came from, for crediting the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposedBy {
+    /// An n-gram lookup whose match was so many tokens long.
+    Lookup {
+        matched: usize,
+    },
+    DraftModel,
+}
+
 /// Chooses how many tokens to check for one sequence generating alone, from what a pass
 /// of so many rows costs, what a proposal costs to make, and how often proposals are
 /// kept: checking k proposals yields 1 + α + … + αᵏ tokens on average (α: the chance a
 /// proposal is kept after its predecessors were), for the time of a (k + 1)-row pass
-/// and of making k proposals.
+/// and of making k proposals. A session keeps it across generations: the costs are the
+/// machine's and the model's.
 #[derive(Clone, Debug, Default)]
 pub struct DraftTuner {
+    /// How often a draft model's proposals are kept.
     pub acceptance: Acceptance,
+    /// How often n-gram proposals are kept.
+    pub matches: MatchAcceptance,
     pub costs: PassCosts,
 }
 
@@ -263,19 +321,23 @@ impl DraftTuner {
         }
     }
 
-    /// How many of `available` free proposals (n-gram lookup) to check (0: decode the
-    /// sampled token alone).
-    pub fn choose(&self, available: usize) -> usize {
-        self.choose_paying(available, 0.0)
+    /// How many of the free proposals of `lookup` (n-gram lookup) to check (0: decode
+    /// the sampled token alone).
+    pub fn choose(&self, lookup: &Lookup) -> usize {
+        let keep = self.matches.chance(lookup.matched);
+        self.best_check(lookup.tokens.len(), keep, 0.0)
     }
 
     /// How many of `available` proposals to make and check when each costs
     /// `per_proposal` seconds to make (a draft model's step).
     pub fn choose_paying(&self, available: usize, per_proposal: f64) -> usize {
+        self.best_check(available, self.acceptance.chance(), per_proposal)
+    }
+
+    fn best_check(&self, available: usize, keep: f64, per_proposal: f64) -> usize {
         let Some(one) = self.costs.seconds(1) else {
             return 0; // measure a plain step first
         };
-        let keep = self.acceptance.chance();
         let (mut best, mut best_rate) = (0, 1.0 / one);
         let (mut expected, mut chance) = (1.0, 1.0);
         for k in 1..=available {
@@ -294,9 +356,12 @@ impl DraftTuner {
         self.costs.timed(rows, seconds);
     }
 
-    /// Of `checked` proposals, the first `kept` were kept.
-    pub fn outcome(&mut self, checked: usize, kept: usize) {
-        self.acceptance.outcome(checked, kept);
+    /// Of `checked` proposals made by `by`, the first `kept` were kept.
+    pub fn outcome(&mut self, by: ProposedBy, checked: usize, kept: usize) {
+        match by {
+            ProposedBy::Lookup { matched } => self.matches.outcome(matched, checked, kept),
+            ProposedBy::DraftModel => self.acceptance.outcome(checked, kept),
+        }
     }
 }
 
@@ -436,39 +501,76 @@ impl SpeculationStats {
 mod tests {
     use super::*;
 
+    /// A lookup of `n` proposals from a match of `matched` tokens.
+    fn lookup(n: usize, matched: usize) -> Lookup {
+        Lookup {
+            tokens: vec![7; n],
+            matched,
+        }
+    }
+
     #[test]
     fn the_tuner_checks_more_when_proposals_are_kept_and_cheap() {
+        let by = ProposedBy::Lookup { matched: 2 };
         let mut tuner = DraftTuner::default();
-        assert_eq!(tuner.choose(8), 0, "nothing measured: a plain step first");
+        assert_eq!(
+            tuner.choose(&lookup(8, 2)),
+            0,
+            "nothing measured: a plain step first"
+        );
         tuner.timed(1, 0.010);
         // Nothing known of larger passes: they are assumed to cost a plain step's time.
-        assert_eq!(tuner.choose(8), 8);
+        assert_eq!(tuner.choose(&lookup(8, 2)), 8);
         // Passes cost about 1 step per row, and proposals are seldom kept: not worth it.
         for r in 2..=9 {
             tuner.timed(r, 0.010 * r as f64);
         }
         for _ in 0..10 {
-            tuner.outcome(4, 0);
+            tuner.outcome(by, 4, 0);
         }
-        assert_eq!(tuner.choose(8), 0);
+        assert_eq!(tuner.choose(&lookup(8, 2)), 0);
         // Passes are cheap and proposals are kept: check them all.
         for _ in 0..20 {
             (2..=9).for_each(|r| tuner.timed(r, 0.011));
         }
         for _ in 0..20 {
-            tuner.outcome(8, 8);
+            tuner.outcome(by, 8, 8);
         }
-        assert_eq!(tuner.choose(8), 8);
+        assert_eq!(tuner.choose(&lookup(8, 2)), 8);
         // Half kept, and each row costs 30 % of a step: a few, not all.
         let mut tuner = DraftTuner::default();
         for r in 1..=9 {
             tuner.timed(r, 0.010 * (1.0 + 0.3 * (r - 1) as f64));
         }
         for _ in 0..30 {
-            tuner.outcome(2, 1);
+            tuner.outcome(by, 2, 1);
         }
-        let k = tuner.choose(8);
+        let k = tuner.choose(&lookup(8, 2));
         assert!((1..8).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn n_gram_acceptance_is_counted_by_the_length_of_the_match() {
+        let mut tuner = DraftTuner::default();
+        for r in 1..=9 {
+            tuner.timed(r, 0.010 * (1.0 + 0.3 * (r - 1) as f64));
+        }
+        // Two-token matches are seldom right, matches of nine or more nearly always.
+        for _ in 0..30 {
+            tuner.outcome(ProposedBy::Lookup { matched: 2 }, 4, 0);
+            tuner.outcome(ProposedBy::Lookup { matched: 12 }, 8, 8);
+        }
+        assert_eq!(tuner.choose(&lookup(8, 2)), 0);
+        assert_eq!(tuner.choose(&lookup(8, 9)), 8);
+        // Matches of 3–4 and 5–8 tokens have counts of their own: still even odds.
+        assert_eq!(tuner.matches.chance(3), 0.5);
+        assert_eq!(tuner.matches.chance(8), 0.5);
+        assert!(tuner.matches.chance(2) < 0.2 && tuner.matches.chance(40) > 0.9);
+        // A draft model's outcomes are its own.
+        assert_eq!(tuner.acceptance.chance(), 0.5);
+        tuner.outcome(ProposedBy::DraftModel, 3, 0);
+        assert!(tuner.acceptance.chance() < 0.5);
+        assert!(tuner.matches.chance(40) > 0.9);
     }
 
     #[test]
@@ -575,22 +677,46 @@ mod tests {
             max_ngram: 3,
             min_ngram: 1,
         };
+        let tokens = |history: &[u32], limit| spec.propose(history, limit).tokens;
         // "1 2 3 4 5 ... 1 2 3 9 ... 2 3": the last "2 3" was last followed by 9.
         let history = [1, 2, 3, 4, 5, 1, 2, 3, 9, 8, 2, 3];
-        assert_eq!(spec.propose(&history, 10), vec![9, 8, 2]);
+        assert_eq!(
+            spec.propose(&history, 10),
+            Lookup {
+                tokens: vec![9, 8, 2],
+                matched: 2
+            }
+        );
         // Only 2 may be proposed here.
-        assert_eq!(spec.propose(&history, 2), vec![9, 8]);
+        assert_eq!(tokens(&history, 2), vec![9, 8]);
         // A longer match wins over a later, shorter one: "7 1 2" occurred once.
         let history = [7, 1, 2, 6, 6, 1, 2, 5, 7, 1, 2];
-        assert_eq!(spec.propose(&history, 10), vec![6, 6, 1]);
+        assert_eq!(
+            spec.propose(&history, 10),
+            Lookup {
+                tokens: vec![6, 6, 1],
+                matched: 3
+            }
+        );
+        // Matches count up to `max_ngram` tokens: then the latest wins.
+        let history = [9, 1, 2, 3, 4, 5, 0, 8, 2, 3, 4, 6, 0, 1, 2, 3, 4];
+        assert_eq!(tokens(&history, 10), vec![6, 0, 1]);
+        let longer = NgramSpeculation {
+            max_ngram: 4,
+            ..spec
+        };
+        assert_eq!(longer.propose(&history, 10).tokens, vec![5, 0, 8]);
+        assert_eq!(longer.propose(&history, 10).matched, 4);
+        // A run of one token repeated matches itself, one token behind.
+        assert_eq!(tokens(&[4, 4, 4, 4], 10), vec![4]);
         // Nothing repeats: nothing to propose.
-        assert!(spec.propose(&[1, 2, 3, 4], 10).is_empty());
-        assert!(spec.propose(&[], 10).is_empty());
+        assert_eq!(spec.propose(&[1, 2, 3, 4], 10), Lookup::default());
+        assert!(tokens(&[], 10).is_empty());
         let strict = NgramSpeculation {
             min_ngram: 2,
             ..spec
         };
-        assert!(strict.propose(&[5, 1, 6, 1], 10).is_empty());
-        assert_eq!(spec.propose(&[5, 1, 6, 1], 10), vec![6, 1]);
+        assert!(strict.propose(&[5, 1, 6, 1], 10).tokens.is_empty());
+        assert_eq!(tokens(&[5, 1, 6, 1], 10), vec![6, 1]);
     }
 }

@@ -273,8 +273,9 @@ pub struct SpeculationArgs {
     /// this (llama.cpp's `--draft-p-min`).
     #[arg(long = "spec-p-min", default_value_t = 0.75, requires = "kind")]
     min_confidence: f32,
-    /// The longest run of last tokens looked up.
-    #[arg(long = "spec-ngram-max", default_value_t = 3, requires = "kind")]
+    /// The longest run of last tokens matched: the longest match (the latest among
+    /// equals) proposes, and the longer it is, the more of its proposals are checked.
+    #[arg(long = "spec-ngram-max", default_value_t = 8, requires = "kind")]
     max_ngram: usize,
     /// The shortest run of last tokens looked up.
     #[arg(long = "spec-ngram-min", default_value_t = 2, requires = "kind")]

@@ -13,7 +13,9 @@ use crate::constraint::GrammarState;
 use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
-use crate::speculate::{savings_per_token, share_checks, Acceptance, PassCosts};
+use crate::speculate::{
+    savings_per_token, share_checks, Acceptance, Lookup, MatchAcceptance, PassCosts,
+};
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +39,9 @@ pub(super) struct Scheduler<B: Backend> {
     pacing: PrefillPacing,
     /// What steps of so many rows cost when every sequence decodes (for speculation).
     pass_costs: PassCosts,
+    /// How often n-gram proposals were kept, by the length of their match, across
+    /// every sequence so far.
+    lookups: MatchAcceptance,
     /// The draft model proposing tokens, if the engine has one.
     drafting: Option<Drafting<B>>,
 }
@@ -71,6 +76,7 @@ impl<B: Backend> Scheduler<B> {
             queued,
             metrics,
             pass_costs: PassCosts::default(),
+            lookups: MatchAcceptance::default(),
             drafting,
         }
     }
@@ -251,57 +257,77 @@ impl<B: Backend> Scheduler<B> {
                 _ => 0,
             })
             .collect();
-        let chances: Vec<f64> = self.running.iter().map(|s| s.acceptance.chance()).collect();
         let rows: usize = takes.iter().sum();
-        let mut proposals: Vec<Vec<u32>> = match (&mut self.drafting, self.config.speculation) {
-            (Some(d), _) => {
-                // Draft only what is worth checking.
-                let available: Vec<usize> = rooms.iter().map(|&r| r.min(d.max_draft())).collect();
-                let worth = share_checks(
-                    &self.pass_costs,
-                    rows,
-                    &chances,
-                    &available,
-                    rows + budget,
-                    Some(d.costs()),
-                );
-                // A sequence whose text the draft has yet to read (its prompt, or
-                // what it generated while not drafting) starts drafting only where
-                // the time drafting is expected to save over the tokens it is expected
-                // to generate still (as the latest answers went) pays for the reading.
-                let savings =
-                    savings_per_token(&self.pass_costs, Some(d.costs()), rows, &chances, &worth);
-                // More than the bonus token and a kept proposal is text to read.
-                let reading_too_dear = |i: usize| {
-                    let s = &self.running[i];
-                    let unread = d.unread(s);
-                    unread > 2
-                        && d.reading_seconds(unread)
-                            > d.expected_remaining(s, rooms[i]) * savings[i]
-                };
-                let wanted: Vec<usize> = (0..worth.len())
-                    .map(|i| {
-                        let k = match worth[i] == 0 || reading_too_dear(i) {
-                            true => 0,
-                            false => worth[i],
-                        };
-                        k.max(d.min_draft().min(available[i]))
-                    })
-                    .collect();
-                if wanted.iter().all(|&k| k == 0) {
-                    return;
+        let (chances, mut proposals): (Vec<f64>, Vec<Vec<u32>>) =
+            match (&mut self.drafting, self.config.speculation) {
+                (Some(d), _) => {
+                    let chances: Vec<f64> =
+                        self.running.iter().map(|s| s.acceptance.chance()).collect();
+                    // Draft only what is worth checking.
+                    let available: Vec<usize> =
+                        rooms.iter().map(|&r| r.min(d.max_draft())).collect();
+                    let worth = share_checks(
+                        &self.pass_costs,
+                        rows,
+                        &chances,
+                        &available,
+                        rows + budget,
+                        Some(d.costs()),
+                    );
+                    // A sequence whose text the draft has yet to read (its prompt, or
+                    // what it generated while not drafting) starts drafting only where
+                    // the time drafting is expected to save over the tokens it is expected
+                    // to generate still (as the latest answers went) pays for the reading.
+                    let savings = savings_per_token(
+                        &self.pass_costs,
+                        Some(d.costs()),
+                        rows,
+                        &chances,
+                        &worth,
+                    );
+                    // More than the bonus token and a kept proposal is text to read.
+                    let reading_too_dear = |i: usize| {
+                        let s = &self.running[i];
+                        let unread = d.unread(s);
+                        unread > 2
+                            && d.reading_seconds(unread)
+                                > d.expected_remaining(s, rooms[i]) * savings[i]
+                    };
+                    let wanted: Vec<usize> = (0..worth.len())
+                        .map(|i| {
+                            let k = match worth[i] == 0 || reading_too_dear(i) {
+                                true => 0,
+                                false => worth[i],
+                            };
+                            k.max(d.min_draft().min(available[i]))
+                        })
+                        .collect();
+                    if wanted.iter().all(|&k| k == 0) {
+                        return;
+                    }
+                    // Reading text beside decoding streams is paced as prompts are.
+                    let drafted =
+                        d.propose(&mut self.running, &wanted, self.pacing.prompt_budget(true));
+                    (chances, drafted)
                 }
-                // Reading text beside decoding streams is paced as prompts are.
-                d.propose(&mut self.running, &wanted, self.pacing.prompt_budget(true))
-            }
-            (None, Some(ngram)) => self
-                .running
-                .iter()
-                .zip(&rooms)
-                .map(|(s, &room)| ngram.propose(&s.tokens, room))
-                .collect(),
-            (None, None) => return,
-        };
+                (None, Some(ngram)) => {
+                    let lookups: Vec<Lookup> = self
+                        .running
+                        .iter()
+                        .zip(&rooms)
+                        .map(|(s, &room)| ngram.propose(&s.tokens, room))
+                        .collect();
+                    for (s, lookup) in self.running.iter_mut().zip(&lookups) {
+                        s.check_matched = lookup.matched;
+                    }
+                    let chances = lookups
+                        .iter()
+                        .map(|l| self.lookups.chance(l.matched))
+                        .collect();
+                    (chances, lookups.into_iter().map(|l| l.tokens).collect())
+                }
+                (None, None) => return,
+            };
         for (s, proposed) in self.running.iter_mut().zip(proposals.iter_mut()) {
             if let (Some(g), None) = (&mut s.grammar, s.grammar_from) {
                 proposed.truncate(g.valid_prefix(proposed));
@@ -529,7 +555,10 @@ impl<B: Backend> Scheduler<B> {
                     kept += 1;
                 }
                 let checked = check.len() - 1;
-                s.acceptance.outcome(checked, kept);
+                match self.drafting {
+                    Some(_) => s.acceptance.outcome(checked, kept),
+                    None => self.lookups.outcome(s.check_matched, checked, kept),
+                }
                 metrics.speculative_proposed_tokens += checked as u64;
                 metrics.speculative_accepted_tokens += kept as u64;
                 // The rejected tokens' positions leave the cache.

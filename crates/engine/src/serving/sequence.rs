@@ -53,8 +53,10 @@ pub(super) struct Sequence {
     /// The pending token and the proposals after it, while a step checks proposals
     /// (speculative decoding; empty otherwise).
     pub check: Vec<u32>,
-    /// How often this sample's proposals were kept.
+    /// How often the draft model's proposals for this sample were kept.
     pub acceptance: Acceptance,
+    /// How many last tokens the n-gram lookup that proposed `check`'s proposals matched.
+    pub check_matched: usize,
     /// The draft model's cache of this sample's text (serving with a draft model).
     pub draft: DraftCache,
     /// Why the sample ended with `FinishReason::Error`.
@@ -92,6 +94,7 @@ impl Sequence {
             mask: None,
             check: Vec::new(),
             acceptance: Acceptance::default(),
+            check_matched: 0,
             draft: DraftCache::default(),
             failure: None,
             prompt_logprobs: request.prompt_logprobs,
