@@ -709,23 +709,30 @@ fn write_group<const N: usize, const R: usize>(
 }
 
 /// `tile` for F16 weights: tiles of R rows × T tokens (`dot_f16_tile`), 8 rows for one
-/// token, 4 × 2, 2 × 3 (4 × 3 with AVX-512's registers), 2 × 4, 2 × 5 or 2 × 6 for
-/// prompts and batches. Three and five tokens (a speculative check of two or four
-/// proposals) take one tile rather than two: each tile widens every weight from f16
-/// again, which on an AVX2 machine cost a 3-row pass 1.6 one-token steps.
+/// token; for batches, one row × up to 6 tokens with AVX2, and 4 × 2, 4 × 3, 2 × 4, 2 × 5
+/// or 2 × 6 with AVX-512's registers. Three and five tokens (a speculative check of two
+/// or four proposals) take one tile rather than two: each tile widens every weight from
+/// f16 again, which on an AVX2 machine cost a 3-row pass 1.6 one-token steps. On the
+/// Zen 1 EPYC (AVX2), one row at a time made a pass of two tokens 1.3× faster than 4 × 2
+/// tiles, and of three to twelve tokens 1.05–1.2× faster than two rows at a time
+/// (`bench -m F16 -p 1,2,3,4,5,6,12 -n 0`, alternating); AVX-512 was not measured.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     let mut t = 0;
     while t < x.n_tokens {
-        t += match x.n_tokens - t {
-            1 => f16_rows::<8, 1, AVX512>(w, x, t, r0, out),
-            2 => f16_rows::<4, 2, AVX512>(w, x, t, r0, out),
-            3 if AVX512 => f16_rows::<4, 3, AVX512>(w, x, t, r0, out),
-            3 => f16_rows::<2, 3, AVX512>(w, x, t, r0, out),
-            4 => f16_rows::<2, 4, AVX512>(w, x, t, r0, out),
-            5 => f16_rows::<2, 5, AVX512>(w, x, t, r0, out),
-            _ => f16_rows::<2, 6, AVX512>(w, x, t, r0, out),
+        t += match (x.n_tokens - t, AVX512) {
+            (1, _) => f16_rows::<8, 1, AVX512>(w, x, t, r0, out),
+            (2, true) => f16_rows::<4, 2, AVX512>(w, x, t, r0, out),
+            (3, true) => f16_rows::<4, 3, AVX512>(w, x, t, r0, out),
+            (4, true) => f16_rows::<2, 4, AVX512>(w, x, t, r0, out),
+            (5, true) => f16_rows::<2, 5, AVX512>(w, x, t, r0, out),
+            (_, true) => f16_rows::<2, 6, AVX512>(w, x, t, r0, out),
+            (2, false) => f16_rows::<1, 2, AVX512>(w, x, t, r0, out),
+            (3, false) => f16_rows::<1, 3, AVX512>(w, x, t, r0, out),
+            (4, false) => f16_rows::<1, 4, AVX512>(w, x, t, r0, out),
+            (5, false) => f16_rows::<1, 5, AVX512>(w, x, t, r0, out),
+            (_, false) => f16_rows::<1, 6, AVX512>(w, x, t, r0, out),
         };
     }
 }
