@@ -713,8 +713,8 @@ fn write_group<const N: usize, const R: usize>(
 /// or 2 × 6 with AVX-512's registers. Three and five tokens (a speculative check of two
 /// or four proposals) take one tile rather than two: each tile widens every weight from
 /// f16 again, which on an AVX2 machine cost a 3-row pass 1.6 one-token steps. On the
-/// Zen 1 EPYC (AVX2), one row at a time made a pass of two tokens 1.3× faster than 4 × 2
-/// tiles, and of three to twelve tokens 1.05–1.2× faster than two rows at a time
+/// Zen 1 EPYC (AVX2), one row at a time made a pass of two tokens 1.45× faster than 4 × 2
+/// tiles, and of three to twelve tokens 1.10–1.15× faster than two rows at a time
 /// (`bench -m F16 -p 1,2,3,4,5,6,12 -n 0`, alternating); AVX-512 was not measured.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
