@@ -256,11 +256,12 @@ impl Acceptance {
 }
 
 /// How often n-gram proposals are kept, by the length of the match that proposed them
-/// (2, 3–4, 5–8, 9 or more tokens): the longer the match, the likelier its continuation
-/// is the text's (on the spec prompts, the first proposal of a 2-token match was kept
-/// 6 times in 10, of a match of 9 or more 97 in 100). It outlives a generation: how
-/// often a match of so many tokens is right depends on the model and the kind of text
-/// more than on one answer, which is too short to measure it.
+/// (2 or fewer, 3–4, 5–8, 9 or more tokens; the last only with `max_ngram` above its
+/// default 8): the longer the match, the likelier its continuation is the text's (on
+/// the spec prompts, the first proposal of a 2-token match was kept 6 times in 10, of a
+/// match of 9 or more 97 in 100). It outlives a generation: how often a match of so
+/// many tokens is right depends on the model and the kind of text more than on one
+/// answer, which is too short to measure it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MatchAcceptance {
     by_length: [Acceptance; 4],
