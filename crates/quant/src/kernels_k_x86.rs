@@ -38,7 +38,8 @@ macro_rules! x86_k_kernels {
     ($module:ident, $features:literal, $madd_acc:ident) => {
         pub mod $module {
             use super::*;
-            use crate::kernels_x86::$module::{f16_at, lane_total, load, total};
+            use crate::f16_at;
+            use crate::kernels_x86::$module::{lane_total, load, total};
 
             /// acc + Σ pairs of (scale · Σ pairs of code·x), as eight i32 lanes.
             #[inline]

@@ -37,7 +37,8 @@ macro_rules! x86_ternary_kernels {
     ($module:ident, $features:literal, $avx512:literal) => {
         pub mod $module {
             use super::*;
-            use crate::kernels_x86::$module::{f16_at, lane_tree};
+            use crate::f16_at;
+            use crate::kernels_x86::$module::lane_tree;
 
             /// The codes of 32 TQ1_0 bytes, each byte's code n picked by its power in
             /// `powers` (3ⁿ · 256): with each byte widened to 16 bits, the product's high

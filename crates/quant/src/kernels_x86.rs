@@ -8,6 +8,7 @@
 //! tokens, and several weight rows advance side by side when there are few tokens.
 //! Tests compare every one with its scalar twin on random data.
 
+use crate::f16_at;
 use crate::kernels::TokenGroup;
 use core::arch::x86_64::*;
 
@@ -66,13 +67,17 @@ macro_rules! x86_kernels {
         pub mod $module {
             use super::*;
 
-            /// The f16 at `b[at..at + 2]` through F16C (exact, like the scalar twin's
-            /// bit manipulation, and free of its slow path on subnormals).
+            /// The f16 at `b[at..at + 2]` in all eight lanes. Every lane is used, so the
+            /// compiler cannot narrow the broadcast to a 16-bit insert into whatever
+            /// register it picks. Scalar scales go through `crate::f16_at`'s integer
+            /// bits for the same reason: widened by F16C, LLVM inserted them
+            /// (`vpinsrw`) into a register that held a row's accumulator, a false
+            /// dependency that chained each block to the previous block's sum.
             #[inline]
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
+            pub(crate) unsafe fn f16_broadcast(b: &[u8], at: usize) -> __m256 {
                 let h = u16::from_le_bytes([b[at], b[at + 1]]);
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+                _mm256_cvtph_ps(_mm_set1_epi16(h as i16))
             }
 
             /// Σ u[j]·i[j] over 32 unsigned × signed bytes, as eight i32 partial sums.
@@ -120,7 +125,7 @@ macro_rules! x86_kernels {
 
             /// R weight rows against N activation rows (`[token][row]`): each block of
             /// the weights is loaded and unpacked once for all N tokens (`weight` gives
-            /// its unpacked values, d_w and m_w), the R rows' sums advance side by side
+            /// its unpacked values; d_w is the f16 at byte 0, m_w at byte 2), the R rows' sums advance side by side
             /// so that their dependency chains overlap, and each output follows exactly
             /// the single-row order. `lanes(q, at)` gives the eight integer lane sums of
             /// a weight block with the group's activation block `at` (= b·N + token);
@@ -137,7 +142,7 @@ macro_rules! x86_kernels {
             >(
                 w: [&[u8]; R],
                 g: &TokenGroup<N>,
-                weight: impl Fn(&[u8]) -> (Q, f32, f32),
+                weight: impl Fn(&[u8]) -> Q,
                 lanes: impl Fn(Q, usize) -> __m256i,
             ) -> [[f32; R]; N] {
                 let blocks = w[0].len() / WB;
@@ -155,24 +160,27 @@ macro_rules! x86_kernels {
                 let mut offsets = [[0.0f32; R]; N];
                 for b in 0..blocks {
                     for r in 0..R {
-                        let (q, dw, mw) = weight(w[r].get_unchecked(b * WB..(b + 1) * WB));
-                        let dw8 = _mm256_set1_ps(dw);
+                        let wb = w[r].get_unchecked(b * WB..(b + 1) * WB);
+                        let q = weight(wb);
                         for n in 0..N {
                             let at = b * N + n;
                             let l = lanes(q, at);
                             if BLOCKWISE {
+                                let dw = f16_at(wb, 0);
                                 let da = *g.d.as_ptr().add(at);
                                 block_sums[n][r] =
                                     (dw * da).mul_add(lane_total(l) as f32, block_sums[n][r]);
                             } else {
                                 // `LaneSums::add_block`: acc = fma(d_w·d_a, lanes, acc).
                                 let da8 = g.d_wide.as_ptr().add(at * 8);
-                                let scale = _mm256_mul_ps(dw8, _mm256_loadu_ps(da8));
+                                let scale =
+                                    _mm256_mul_ps(f16_broadcast(wb, 0), _mm256_loadu_ps(da8));
                                 acc[n][r] =
                                     _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[n][r]);
                             }
                         }
                         if OFFSETS {
+                            let mw = f16_at(wb, 2);
                             for n in 0..N {
                                 offsets[n][r] += mw * *g.s.as_ptr().add(b * N + n);
                             }
@@ -202,7 +210,7 @@ macro_rules! x86_kernels {
                     g,
                     |wb| {
                         let q = _mm256_sub_epi8(nibbles(wb[2..].as_ptr()), _mm256_set1_epi8(8));
-                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                        (q, _mm256_sign_epi8(q, q))
                     },
                     |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
@@ -219,7 +227,7 @@ macro_rules! x86_kernels {
                     g,
                     |wb| {
                         let q = iq4_levels(wb[2..].as_ptr());
-                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                        (q, _mm256_sign_epi8(q, q))
                     },
                     |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
@@ -234,7 +242,7 @@ macro_rules! x86_kernels {
                 rows::<R, N, 20, true, false, _>(
                     w,
                     g,
-                    |wb| (nibbles(wb[4..].as_ptr()), f16_at(wb, 0), f16_at(wb, 2)),
+                    |wb| nibbles(wb[4..].as_ptr()),
                     |q, at| dot32(q, values(g, at)),
                 )
             }
@@ -252,7 +260,7 @@ macro_rules! x86_kernels {
                         let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
                         let q =
                             _mm256_sub_epi8($five_bit(wb[6..].as_ptr(), qh), _mm256_set1_epi8(16));
-                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                        (q, _mm256_sign_epi8(q, q))
                     },
                     |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),
                 )
@@ -269,11 +277,7 @@ macro_rules! x86_kernels {
                     g,
                     |wb| {
                         let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
-                        (
-                            $five_bit(wb[8..].as_ptr(), qh),
-                            f16_at(wb, 0),
-                            f16_at(wb, 2),
-                        )
+                        $five_bit(wb[8..].as_ptr(), qh)
                     },
                     |q, at| dot32(q, values(g, at)),
                 )
@@ -290,7 +294,7 @@ macro_rules! x86_kernels {
                     g,
                     |wb| {
                         let q = load(&wb[2..34]);
-                        ((q, _mm256_sign_epi8(q, q)), f16_at(wb, 0), 0.0)
+                        (q, _mm256_sign_epi8(q, q))
                     },
                     // |q| · (x with q's sign) = q·x, with the unsigned operand first.
                     |(q, abs), at| dot32(abs, _mm256_sign_epi8(values(g, at), q)),

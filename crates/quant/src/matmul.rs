@@ -315,7 +315,9 @@ impl Activations {
 
 /// Computes rows `r0..r0 + ROW_TILE` of the output for every token, group by group:
 /// fewer tokens take more rows at a time, so that there are always several
-/// independent sums in flight.
+/// independent sums in flight. One token takes two rows, not four: on the Zen 1 EPYC,
+/// Gemma 3's 262,144 × 640 Q8_0 output matmul read 13.9 GB/s with two or one rows at a
+/// time and 10.5 GB/s with four (2 threads; four streams of rows 680 bytes apart).
 #[inline(always)]
 fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
     for &run in &x.groups {
@@ -327,7 +329,7 @@ fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
             4 => tokens::<K, 4, 2>(w, x, run, r0, out),
             3 => tokens::<K, 3, 2>(w, x, run, r0, out),
             2 => tokens::<K, 2, 2>(w, x, run, r0, out),
-            _ => tokens::<K, 1, 4>(w, x, run, r0, out),
+            _ => tokens::<K, 1, 2>(w, x, run, r0, out),
         }
     }
 }
