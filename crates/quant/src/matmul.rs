@@ -18,9 +18,34 @@ use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
 use rayon::prelude::*;
 
-/// Weight rows per task: small enough to share work between threads, large enough to
-/// amortize the task.
+/// Weight rows per task at least, and what a task's rows are a multiple of (the
+/// packed layouts' groups are 16 rows).
 const ROW_TILE: usize = 16;
+
+/// Tasks per thread and matrix at most when the call is one group of tokens: enough to
+/// share the work out evenly, few enough that a task's setup (its group's slices)
+/// stays out of the profile. One task per 16 rows was 2 % of Gemma 3's decoding, whose
+/// output matrix has 262,144.
+const TASKS_PER_THREAD: usize = 8;
+
+/// Rows per task for a matrix of `rows` rows on `threads` threads. Several token
+/// groups (a prompt) keep 16 rows a task, whose weights stay in L1 while every group
+/// passes over them.
+fn tile_rows(rows: usize, threads: usize, token_groups: usize) -> usize {
+    match token_groups {
+        0 | 1 => (rows / (threads.max(1) * TASKS_PER_THREAD))
+            .next_multiple_of(ROW_TILE)
+            .max(ROW_TILE),
+        _ => ROW_TILE,
+    }
+}
+
+/// The weight rows `start..end` that one task computes.
+#[derive(Clone, Copy)]
+struct RowSpan {
+    start: usize,
+    end: usize,
+}
 
 /// Tokens whose dot products share one pass over a weight row (prefill and batches):
 /// each weight block is loaded and unpacked once for all of them.
@@ -313,57 +338,61 @@ impl Activations {
     }
 }
 
-/// Computes rows `r0..r0 + ROW_TILE` of the output for every token, group by group:
+/// Computes rows `span` of the output for every token, group by group:
 /// fewer tokens take more rows at a time, so that there are always several
 /// independent sums in flight. One token takes two rows, not four: on the Zen 1 EPYC,
 /// Gemma 3's 262,144 × 640 Q8_0 output matmul read 13.9 GB/s with two or one rows at a
 /// time and 10.5 GB/s with four (2 threads; four streams of rows 680 bytes apart).
 #[inline(always)]
-fn tile<K: Kernel>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+fn tile<K: Kernel>(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
     for &run in &x.groups {
         match run.len {
-            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, run, r0, out),
-            7 => tokens::<K, 7, 1>(w, x, run, r0, out),
-            6 => tokens::<K, 6, 1>(w, x, run, r0, out),
-            5 => tokens::<K, 5, 1>(w, x, run, r0, out),
-            4 => tokens::<K, 4, 2>(w, x, run, r0, out),
-            3 => tokens::<K, 3, 2>(w, x, run, r0, out),
-            2 => tokens::<K, 2, 2>(w, x, run, r0, out),
-            _ => tokens::<K, 1, 2>(w, x, run, r0, out),
+            TOKEN_BLOCK => tokens::<K, TOKEN_BLOCK, 1>(w, x, run, span, out),
+            7 => tokens::<K, 7, 1>(w, x, run, span, out),
+            6 => tokens::<K, 6, 1>(w, x, run, span, out),
+            5 => tokens::<K, 5, 1>(w, x, run, span, out),
+            4 => tokens::<K, 4, 2>(w, x, run, span, out),
+            3 => tokens::<K, 3, 2>(w, x, run, span, out),
+            2 => tokens::<K, 2, 2>(w, x, run, span, out),
+            _ => tokens::<K, 1, 2>(w, x, run, span, out),
         }
     }
 }
 
-/// Rows `r0..r0 + ROW_TILE` of the output for tokens `t..t + N`, R rows at a time
+/// Rows `span` of the output for tokens `t..t + N`, R rows at a time
 /// (the last few one by one).
 #[inline(always)]
 fn tokens<K: Kernel, const N: usize, const R: usize>(
     w: &QMatrix,
     x: &Activations,
     run: TokenRun,
-    r0: usize,
+    span: RowSpan,
     out: OutPtr,
 ) {
     let t = run.start;
     let group = x.group::<N>(t, run.batched);
-    let end = (r0 + ROW_TILE).min(w.rows);
-    let mut r = r0;
+    let end = span.end;
+    // Once per tile: `QMatrix::row` recomputes it (two divisions) and was not inlined
+    // here, 3 % of Gemma 3's decoding with its 262,144 rows.
+    let row_bytes = w.row_bytes();
+    let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
+    let mut r = span.start;
     // Two spelled-out branches: one generic step for both made the compiler's code for
     // prompts slower (default model pp512 449 → 385 tok/s).
     while r < end {
         if r + R <= end {
             if !K::PREFETCHES {
-                prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
+                prefetch_ahead(w.data, r * row_bytes, R * row_bytes);
             }
-            let rows = std::array::from_fn(|k| w.row(r + k));
+            let rows = std::array::from_fn(|k| row(r + k));
             write_group(K::dot_rows::<R, N>(w.ty, rows, &group), w.rows, t, r, out);
             r += R;
         } else {
             if !K::PREFETCHES {
-                prefetch_ahead(w.data, r * w.row_bytes(), w.row_bytes());
+                prefetch_ahead(w.data, r * row_bytes, row_bytes);
             }
             write_group(
-                K::dot_rows::<1, N>(w.ty, [w.row(r)], &group),
+                K::dot_rows::<1, N>(w.ty, [row(r)], &group),
                 w.rows,
                 t,
                 r,
@@ -401,29 +430,29 @@ fn prefetch_ahead(data: &[u8], at: usize, len: usize) {
 
 /// `tile` with the portable kernel of the weight's type.
 #[inline(always)]
-fn tile_any(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+fn tile_any(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
     match w.ty {
-        GgmlType::Q4_0 => tile::<Q4_0Q8_0>(w, x, r0, out),
-        GgmlType::Q4_1 => tile::<Q4_1Q8_1>(w, x, r0, out),
-        GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, x, r0, out),
-        GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, x, r0, out),
-        GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, x, r0, out),
-        GgmlType::IQ4_NL => tile::<IQ4NLQ8_0>(w, x, r0, out),
-        GgmlType::Q2_K => tile::<Q2KQ8K>(w, x, r0, out),
-        GgmlType::Q3_K => tile::<Q3KQ8K>(w, x, r0, out),
-        GgmlType::Q4_K => tile::<Q4KQ8K>(w, x, r0, out),
-        GgmlType::Q5_K => tile::<Q5KQ8K>(w, x, r0, out),
-        GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, r0, out),
-        GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, r0, out),
-        GgmlType::F16 => tile::<F16F16>(w, x, r0, out),
-        ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, r0, out),
-        ty if is_ternary(ty) => tile::<TernaryQ8K>(w, x, r0, out),
-        _ => tile::<Dequantizing>(w, x, r0, out),
+        GgmlType::Q4_0 => tile::<Q4_0Q8_0>(w, x, span, out),
+        GgmlType::Q4_1 => tile::<Q4_1Q8_1>(w, x, span, out),
+        GgmlType::Q5_0 => tile::<Q5_0Q8_0>(w, x, span, out),
+        GgmlType::Q5_1 => tile::<Q5_1Q8_1>(w, x, span, out),
+        GgmlType::Q8_0 => tile::<Q8_0Q8_0>(w, x, span, out),
+        GgmlType::IQ4_NL => tile::<IQ4NLQ8_0>(w, x, span, out),
+        GgmlType::Q2_K => tile::<Q2KQ8K>(w, x, span, out),
+        GgmlType::Q3_K => tile::<Q3KQ8K>(w, x, span, out),
+        GgmlType::Q4_K => tile::<Q4KQ8K>(w, x, span, out),
+        GgmlType::Q5_K => tile::<Q5KQ8K>(w, x, span, out),
+        GgmlType::Q6_K => tile::<Q6KQ8K>(w, x, span, out),
+        GgmlType::IQ4_XS => tile::<IQ4XSQ8K>(w, x, span, out),
+        GgmlType::F16 => tile::<F16F16>(w, x, span, out),
+        ty if is_lattice(ty) => tile::<LatticeQ8K>(w, x, span, out),
+        ty if is_ternary(ty) => tile::<TernaryQ8K>(w, x, span, out),
+        _ => tile::<Dequantizing>(w, x, span, out),
     }
 }
 
-fn tile_scalar(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
-    tile_any(w, x, r0, out)
+fn tile_scalar(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
+    tile_any(w, x, span, out)
 }
 
 /// Kernel types for one x86 ISA's SIMD twins, and its `tile` entry point (`$avx512`:
@@ -532,24 +561,24 @@ macro_rules! x86_tile {
             family_kernel!(Ternary, kernels_ternary_x86, dot_ternary_q8_k, TernaryQ8K);
 
             #[target_feature(enable = $features)]
-            pub fn $name(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+            pub fn $name(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
                 match w.ty {
-                    GgmlType::Q4_0 => tile::<Q4_0>(w, x, r0, out),
-                    GgmlType::Q4_1 => tile::<Q4_1>(w, x, r0, out),
-                    GgmlType::Q5_0 => tile::<Q5_0>(w, x, r0, out),
-                    GgmlType::Q5_1 => tile::<Q5_1>(w, x, r0, out),
-                    GgmlType::Q8_0 => tile::<Q8_0>(w, x, r0, out),
-                    GgmlType::IQ4_NL => tile::<IQ4NL>(w, x, r0, out),
-                    GgmlType::Q2_K => tile::<Q2K>(w, x, r0, out),
-                    GgmlType::Q3_K => tile::<Q3K>(w, x, r0, out),
-                    GgmlType::Q4_K => tile::<Q4K>(w, x, r0, out),
-                    GgmlType::Q5_K => tile::<Q5K>(w, x, r0, out),
-                    GgmlType::Q6_K => tile::<Q6K>(w, x, r0, out),
-                    GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, r0, out),
-                    GgmlType::F16 => f16_tile::<$avx512>(w, x, r0, out),
-                    ty if is_lattice(ty) => tile::<Lattice>(w, x, r0, out),
-                    ty if is_ternary(ty) => tile::<Ternary>(w, x, r0, out),
-                    _ => tile::<Dequantizing>(w, x, r0, out),
+                    GgmlType::Q4_0 => tile::<Q4_0>(w, x, span, out),
+                    GgmlType::Q4_1 => tile::<Q4_1>(w, x, span, out),
+                    GgmlType::Q5_0 => tile::<Q5_0>(w, x, span, out),
+                    GgmlType::Q5_1 => tile::<Q5_1>(w, x, span, out),
+                    GgmlType::Q8_0 => tile::<Q8_0>(w, x, span, out),
+                    GgmlType::IQ4_NL => tile::<IQ4NL>(w, x, span, out),
+                    GgmlType::Q2_K => tile::<Q2K>(w, x, span, out),
+                    GgmlType::Q3_K => tile::<Q3K>(w, x, span, out),
+                    GgmlType::Q4_K => tile::<Q4K>(w, x, span, out),
+                    GgmlType::Q5_K => tile::<Q5K>(w, x, span, out),
+                    GgmlType::Q6_K => tile::<Q6K>(w, x, span, out),
+                    GgmlType::IQ4_XS => tile::<IQ4XS>(w, x, span, out),
+                    GgmlType::F16 => f16_tile::<$avx512>(w, x, span, out),
+                    ty if is_lattice(ty) => tile::<Lattice>(w, x, span, out),
+                    ty if is_ternary(ty) => tile::<Ternary>(w, x, span, out),
+                    _ => tile::<Dequantizing>(w, x, span, out),
                 }
             }
         }
@@ -561,31 +590,31 @@ macro_rules! x86_tile {
 /// kernels (`AVX512`) or the AVX2 ones.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn packed_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+fn packed_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
     for &run in &x.groups {
         match run.len {
-            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, run, r0, out),
-            7 => packed_tokens::<7, AVX512>(w, x, run, r0, out),
-            6 => packed_tokens::<6, AVX512>(w, x, run, r0, out),
-            5 => packed_tokens::<5, AVX512>(w, x, run, r0, out),
-            4 => packed_tokens::<4, AVX512>(w, x, run, r0, out),
-            3 => packed_tokens::<3, AVX512>(w, x, run, r0, out),
-            2 => packed_tokens::<2, AVX512>(w, x, run, r0, out),
-            _ => packed_tokens::<1, AVX512>(w, x, run, r0, out),
+            TOKEN_BLOCK => packed_tokens::<TOKEN_BLOCK, AVX512>(w, x, run, span, out),
+            7 => packed_tokens::<7, AVX512>(w, x, run, span, out),
+            6 => packed_tokens::<6, AVX512>(w, x, run, span, out),
+            5 => packed_tokens::<5, AVX512>(w, x, run, span, out),
+            4 => packed_tokens::<4, AVX512>(w, x, run, span, out),
+            3 => packed_tokens::<3, AVX512>(w, x, run, span, out),
+            2 => packed_tokens::<2, AVX512>(w, x, run, span, out),
+            _ => packed_tokens::<1, AVX512>(w, x, run, span, out),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn packed_tile_avx512(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
-    packed_tile::<true>(w, x, r0, out)
+fn packed_tile_avx512(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
+    packed_tile::<true>(w, x, span, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn packed_tile_avx2(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
-    packed_tile::<false>(w, x, r0, out)
+fn packed_tile_avx2(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
+    packed_tile::<false>(w, x, span, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -594,7 +623,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     w: &QMatrix,
     x: &Activations,
     run: TokenRun,
-    r0: usize,
+    span: RowSpan,
     out: OutPtr,
 ) {
     use crate::kernels_packed_iq4_xs as avx512_iq4_xs;
@@ -606,7 +635,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     let group = x.group::<N>(t, run.batched);
     let rows = group_rows(w.ty);
     let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
-    for r in (r0..(r0 + ROW_TILE).min(w.rows)).step_by(rows) {
+    for r in (span.start..span.end).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
         let k_quant = matches!(
@@ -720,26 +749,26 @@ fn write_group<const N: usize, const R: usize>(
 /// (`bench -m F16 -p 1,2,3,4,5,6,12 -n 0`, alternating); AVX-512 was not measured.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, r0: usize, out: OutPtr) {
+fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
     let mut t = 0;
     while t < x.n_tokens {
         t += match (x.n_tokens - t, AVX512) {
-            (1, _) => f16_rows::<8, 1, AVX512>(w, x, t, r0, out),
-            (2, true) => f16_rows::<4, 2, AVX512>(w, x, t, r0, out),
-            (3, true) => f16_rows::<4, 3, AVX512>(w, x, t, r0, out),
-            (4, true) => f16_rows::<2, 4, AVX512>(w, x, t, r0, out),
-            (5, true) => f16_rows::<2, 5, AVX512>(w, x, t, r0, out),
-            (_, true) => f16_rows::<2, 6, AVX512>(w, x, t, r0, out),
-            (2, false) => f16_rows::<1, 2, AVX512>(w, x, t, r0, out),
-            (3, false) => f16_rows::<1, 3, AVX512>(w, x, t, r0, out),
-            (4, false) => f16_rows::<1, 4, AVX512>(w, x, t, r0, out),
-            (5, false) => f16_rows::<1, 5, AVX512>(w, x, t, r0, out),
-            (_, false) => f16_rows::<1, 6, AVX512>(w, x, t, r0, out),
+            (1, _) => f16_rows::<8, 1, AVX512>(w, x, t, span, out),
+            (2, true) => f16_rows::<4, 2, AVX512>(w, x, t, span, out),
+            (3, true) => f16_rows::<4, 3, AVX512>(w, x, t, span, out),
+            (4, true) => f16_rows::<2, 4, AVX512>(w, x, t, span, out),
+            (5, true) => f16_rows::<2, 5, AVX512>(w, x, t, span, out),
+            (_, true) => f16_rows::<2, 6, AVX512>(w, x, t, span, out),
+            (2, false) => f16_rows::<1, 2, AVX512>(w, x, t, span, out),
+            (3, false) => f16_rows::<1, 3, AVX512>(w, x, t, span, out),
+            (4, false) => f16_rows::<1, 4, AVX512>(w, x, t, span, out),
+            (5, false) => f16_rows::<1, 5, AVX512>(w, x, t, span, out),
+            (_, false) => f16_rows::<1, 6, AVX512>(w, x, t, span, out),
         };
     }
 }
 
-/// Rows `r0..r0 + ROW_TILE` of F16 weights for tokens `t..t + T`, R rows at a time (a
+/// Rows `span` of F16 weights for tokens `t..t + T`, R rows at a time (a
 /// group past the last row repeats it, and its results are dropped); returns T.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -747,14 +776,14 @@ fn f16_rows<const R: usize, const T: usize, const AVX512: bool>(
     w: &QMatrix,
     x: &Activations,
     t: usize,
-    r0: usize,
+    span: RowSpan,
     out: OutPtr,
 ) -> usize {
     use crate::kernels_float_x86::{avx2, avx512};
     let row = x.bytes.len() / x.n_tokens;
     let xs: [&[u8]; T] = std::array::from_fn(|i| &x.bytes[(t + i) * row..(t + i + 1) * row]);
-    let end = (r0 + ROW_TILE).min(w.rows);
-    for r in (r0..end).step_by(R) {
+    let end = span.end;
+    for r in (span.start..end).step_by(R) {
         if t == 0 {
             prefetch_ahead(w.data, r * w.row_bytes(), R * w.row_bytes());
         }
@@ -855,27 +884,32 @@ pub fn matmul_many_with(
             }
         };
         ptrs.push((OutPtr(out.as_mut_ptr()), q));
-        tiles.extend((0..w.rows.div_ceil(ROW_TILE)).map(|t| (m, t * ROW_TILE)));
+        let groups = quantized[q].1.groups.len();
+        let span = tile_rows(w.rows, rayon::current_num_threads(), groups);
+        tiles.extend((0..w.rows).step_by(span).map(|start| {
+            let end = (start + span).min(w.rows);
+            (m, RowSpan { start, end })
+        }));
     }
-    tiles.into_par_iter().for_each(|(m, r0)| {
+    tiles.into_par_iter().for_each(|(m, span)| {
         let (w, (ptr, q)) = (&ws[m], ptrs[m]);
         let x = &quantized[q].1;
         match isa {
             // SAFETY: `isa` is available on this CPU (asserted above).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if w.layout == Layout::Packed => unsafe {
-                packed_tile_avx512(w, x, r0, ptr)
+                packed_tile_avx512(w, x, span, ptr)
             },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if w.layout == Layout::Packed => unsafe { packed_tile_avx2(w, x, r0, ptr) },
+            Isa::Avx2 if w.layout == Layout::Packed => unsafe { packed_tile_avx2(w, x, span, ptr) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { tile_avx512(w, x, r0, ptr) },
+            Isa::Avx512 => unsafe { tile_avx512(w, x, span, ptr) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { tile_avx2(w, x, r0, ptr) },
-            _ => tile_scalar(w, x, r0, ptr),
+            Isa::Avx2 => unsafe { tile_avx2(w, x, span, ptr) },
+            _ => tile_scalar(w, x, span, ptr),
         }
     });
 }

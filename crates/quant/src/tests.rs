@@ -279,7 +279,9 @@ fn matmul_matches_reference_and_is_batch_invariant() {
             .max(activation_type(ty).block_size())
             .max(32)
             * 3;
-        let rows = 37;
+        // Enough rows that a lone token group's tasks take more than 16 (`tile_rows`),
+        // and not a multiple of 16.
+        let rows = 301;
         let wf: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let bytes = quantize(ty, &wf).unwrap();
         let w = QMatrix::new(ty, &bytes, rows, cols).unwrap();
