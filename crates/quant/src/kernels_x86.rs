@@ -80,6 +80,20 @@ macro_rules! x86_kernels {
                 _mm256_cvtph_ps(_mm_set1_epi16(h as i16))
             }
 
+            /// A block's scale d (f16 at byte 0) in all eight lanes and its min m (at
+            /// byte 2), widened together: both halves of the 32 bits are used, so the
+            /// load stays a whole-register `vmovd` (see `f16_broadcast`).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scale_and_min(b: &[u8]) -> (__m256, f32) {
+                let bits = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+                (
+                    _mm256_broadcastss_ps(dm),
+                    _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+                )
+            }
+
             /// Σ u[j]·i[j] over 32 unsigned × signed bytes, as eight i32 partial sums.
             #[inline]
             #[target_feature(enable = $features)]
@@ -162,6 +176,10 @@ macro_rules! x86_kernels {
                     for r in 0..R {
                         let wb = w[r].get_unchecked(b * WB..(b + 1) * WB);
                         let q = weight(wb);
+                        let (dw8, mw) = match OFFSETS {
+                            true => scale_and_min(wb),
+                            false => (f16_broadcast(wb, 0), 0.0),
+                        };
                         for n in 0..N {
                             let at = b * N + n;
                             let l = lanes(q, at);
@@ -173,14 +191,12 @@ macro_rules! x86_kernels {
                             } else {
                                 // `LaneSums::add_block`: acc = fma(d_w·d_a, lanes, acc).
                                 let da8 = g.d_wide.as_ptr().add(at * 8);
-                                let scale =
-                                    _mm256_mul_ps(f16_broadcast(wb, 0), _mm256_loadu_ps(da8));
+                                let scale = _mm256_mul_ps(dw8, _mm256_loadu_ps(da8));
                                 acc[n][r] =
                                     _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(l), acc[n][r]);
                             }
                         }
                         if OFFSETS {
-                            let mw = f16_at(wb, 2);
                             for n in 0..N {
                                 offsets[n][r] += mw * *g.s.as_ptr().add(b * N + n);
                             }
