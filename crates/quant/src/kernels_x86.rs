@@ -139,8 +139,8 @@ macro_rules! x86_kernels {
 
             /// R weight rows against N activation rows (`[token][row]`): each block of
             /// the weights is loaded and unpacked once for all N tokens (`weight` gives
-            /// its unpacked values; d_w is the f16 at byte 0, m_w at byte 2), the R rows' sums advance side by side
-            /// so that their dependency chains overlap, and each output follows exactly
+            /// its unpacked values; d_w is the f16 at byte 0, m_w at byte 2), the R rows'
+            /// sums advance side by side so that their dependency chains overlap, and each output follows exactly
             /// the single-row order. `lanes(q, at)` gives the eight integer lane sums of
             /// a weight block with the group's activation block `at` (= b·N + token);
             /// `OFFSETS` says whether blocks add m_w·s_a; `BLOCKWISE` picks `BlockSums`'
@@ -176,6 +176,8 @@ macro_rules! x86_kernels {
                     for r in 0..R {
                         let wb = w[r].get_unchecked(b * WB..(b + 1) * WB);
                         let q = weight(wb);
+                        // BLOCKWISE adds scalar products, the lane orders eight lanes.
+                        let dw = if BLOCKWISE { f16_at(wb, 0) } else { 0.0 };
                         let (dw8, mw) = match OFFSETS {
                             true => scale_and_min(wb),
                             false => (f16_broadcast(wb, 0), 0.0),
@@ -184,7 +186,6 @@ macro_rules! x86_kernels {
                             let at = b * N + n;
                             let l = lanes(q, at);
                             if BLOCKWISE {
-                                let dw = f16_at(wb, 0);
                                 let da = *g.d.as_ptr().add(at);
                                 block_sums[n][r] =
                                     (dw * da).mul_add(lane_total(l) as f32, block_sums[n][r]);
