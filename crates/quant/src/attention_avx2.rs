@@ -292,7 +292,10 @@ pub fn attend_avx2(
 /// Bytes of values per stretch. Each stretch is copied side by side once, then every
 /// tile's column passes read it: in the pool, a head's part of consecutive blocks lies
 /// `kv_dim · 32` bytes apart, a stride that maps every block to the same few L1 sets.
-const STRETCH_BYTES: usize = 16 << 10;
+/// A stretch stays in the L2 cache; long passes keep the accumulators in registers for
+/// many blocks (Zen 1, `cargo bench -p quant --bench attention`: prompt values 7.5 →
+/// 9.5 G multiply-adds/s, decoding from memory 3.2 → 4.7, against 16 KiB stretches).
+const STRETCH_BYTES: usize = 256 << 10;
 
 /// The one-token order's slot groups: stretches start at multiples of it, so that a
 /// stretch's blocks g, g + groups, … are slot group g's in either order.
@@ -344,14 +347,12 @@ unsafe fn weighted_values(
             let (q, w) = (&queries[tile.clone()], &weights[tile.clone()]);
             let lanes = &mut lanes[starts[tile.start]..];
             let groups = q[0].order.slot_groups();
-            // Three queries × two columns: twelve accumulators, enough chains of fused
-            // multiply-adds to keep both units busy. The one-token order runs a quarter
-            // as many blocks per pass (one slot group), where one column costs less.
+            // Three queries × one column: six accumulators, enough chains of fused
+            // multiply-adds to keep both units busy (three × two spilled registers).
             let width = kv.head_dim;
             match (q.len(), groups) {
                 (1, _) => values_tile::<1, 4>(q, w, width, groups, &blocks, staged, lanes),
                 (2, _) => values_tile::<2, 2>(q, w, width, groups, &blocks, staged, lanes),
-                (_, 1) => values_tile::<3, 2>(q, w, width, groups, &blocks, staged, lanes),
                 _ => values_tile::<3, 1>(q, w, width, groups, &blocks, staged, lanes),
             }
         }
@@ -427,11 +428,8 @@ unsafe fn values_tile<const Q: usize, const C: usize>(
                 let mut vp = values(b);
                 let (w_step, v_step) = (groups * KV_BLOCK, groups * block_values);
                 while b < fast_end {
-                    let wv: [Pair; Q] = std::array::from_fn(|i| {
-                        [_mm256_loadu_ps(wp[i]), _mm256_loadu_ps(wp[i].add(8))]
-                    });
-                    let v: [Pair; C] = std::array::from_fn(|c| load_pair_f16(vp.add(c * KV_BLOCK)));
-                    add_products(&mut acc, &wv, &v);
+                    add_half_block(&mut acc, &wp, vp, 0);
+                    add_half_block(&mut acc, &wp, vp, 1);
                     for p in wp.iter_mut() {
                         *p = p.add(w_step);
                     }
@@ -475,6 +473,26 @@ unsafe fn add_products<const Q: usize, const C: usize>(
             for h in 0..2 {
                 acc[i][c][h] = _mm256_fmadd_ps(weights[i][h], values[c][h], acc[i][c][h]);
             }
+        }
+    }
+}
+
+/// `add_products` for half `h` (lanes 8h..8h + 8) of a block read in place: query i's
+/// weights at `weights[i]`, column c's values at `values + 16c`. Half a block at a time
+/// holds one half's values and the accumulators in the sixteen registers, each weight read
+/// by its multiply-add; whole blocks spilled (prompt values ran at half the speed).
+#[inline(always)]
+unsafe fn add_half_block<const Q: usize, const C: usize>(
+    acc: &mut [[Pair; C]; Q],
+    weights: &[*const f32; Q],
+    values: *const u16,
+    h: usize,
+) {
+    let v: [__m256; C] = std::array::from_fn(|c| load_f16(values.add(c * KV_BLOCK + 8 * h)));
+    for (acc, w) in acc.iter_mut().zip(weights) {
+        let w = _mm256_loadu_ps(w.add(8 * h));
+        for (acc, v) in acc.iter_mut().zip(&v) {
+            acc[h] = _mm256_fmadd_ps(w, *v, acc[h]);
         }
     }
 }
