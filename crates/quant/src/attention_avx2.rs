@@ -292,9 +292,9 @@ pub fn attend_avx2(
 /// Bytes of values per stretch. Each stretch is copied side by side once, then every
 /// tile's column passes read it: in the pool, a head's part of consecutive blocks lies
 /// `kv_dim · 32` bytes apart, a stride that maps every block to the same few L1 sets.
-/// A stretch stays in the L2 cache; long passes keep the accumulators in registers for
-/// many blocks (Zen 1, `cargo bench -p quant --bench attention`: prompt values 7.5 →
-/// 9.5 G multiply-adds/s, decoding from memory 3.2 → 4.7, against 16 KiB stretches).
+/// A stretch stays in the L2 cache, and long passes keep the accumulators in registers
+/// for many blocks (Zen 1, `cargo bench -p quant --bench attention`, prompt values:
+/// 7.5 G multiply-adds/s with 16 KiB stretches, 9.5 with 256 KiB).
 const STRETCH_BYTES: usize = 256 << 10;
 
 /// The one-token order's slot groups: stretches start at multiples of it, so that a

@@ -140,9 +140,10 @@ macro_rules! x86_kernels {
             /// R weight rows against N activation rows (`[token][row]`): each block of
             /// the weights is loaded and unpacked once for all N tokens (`weight` gives
             /// its unpacked values; d_w is the f16 at byte 0, m_w at byte 2), the R rows'
-            /// sums advance side by side so that their dependency chains overlap, and each output follows exactly
-            /// the single-row order. `lanes(q, at)` gives the eight integer lane sums of
-            /// a weight block with the group's activation block `at` (= b·N + token);
+            /// sums advance side by side so that their dependency chains overlap, and
+            /// each output follows exactly the single-row order. `lanes(q, at)` gives the
+            /// eight integer lane sums of a weight block with the group's activation
+            /// block `at` (= b·N + token);
             /// `OFFSETS` says whether blocks add m_w·s_a; `BLOCKWISE` picks `BlockSums`'
             /// order instead of `LaneSums'`.
             #[inline(always)]
