@@ -57,8 +57,9 @@ pub struct TokenGroup<'a, const N: usize> {
     pub d_wide: &'a [f32],
     pub d: &'a [f32],
     pub s: &'a [f32],
-    /// Q8_0 activations only, for the packed kernels' correction of unsigned weights:
-    /// −128 × Σ of each lane's four values, eight per block, in `d`'s order (Q8_0 weights).
+    /// Q8_0 activations only, for the packed kernels' correction of weights stored plus
+    /// 128: −128 × Σ of each lane's four values, eight per block, in `d`'s order (Q8_0
+    /// and Q5_0 weights).
     pub lane_bias: &'a [i32],
     /// For the packed kernels, in `d`'s order: Σ of each Q8_0 block's 32 values (Q4_0
     /// weights); each Q8_K block's eight sums of 32 values as four i32 of two i16 (Q4_K

@@ -150,13 +150,17 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
         } else if KIND == Q5_0 {
             // The fifth bits of values 0..16 and 16..32, bit 16i + l for row i's value l
             // (or 16 + l): one byte mask each.
+            // Each value is stored as q − 16 + 128 (its nibble, plus 0x70 in one logic
+            // op, plus 16 where its fifth bit is set), so that Q5_0 takes Q8_0's −128·Σx
+            // correction as it is, with no per-token shift.
             let fifth_lo = p.add(8).cast::<u64>().read_unaligned();
             let fifth_hi = p.add(16).cast::<u64>().read_unaligned();
             let q = _mm512_loadu_si512(p.add(24) as *const _);
-            let (lo, hi) = (
-                _mm512_and_si512(q, low4),
-                _mm512_and_si512(_mm512_srli_epi16(q, 4), low4),
-            );
+            let nibble_plus_112 = |v: __m512i| {
+                // (v & 0x0f) | 0x70: truth table 0xEA is (A & B) | C.
+                _mm512_ternarylogic_epi32::<0xEA>(v, low4, _mm512_set1_epi8(0x70))
+            };
+            let (lo, hi) = (nibble_plus_112(q), nibble_plus_112(_mm512_srli_epi16(q, 4)));
             let sixteen = _mm512_set1_epi8(16);
             (
                 _mm512_mask_add_epi8(lo, fifth_lo, lo, sixteen),
@@ -174,14 +178,9 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
             let (init_lo, init_hi) = if KIND == Q4_1 {
                 (_mm512_setzero_si512(), _mm512_setzero_si512())
             } else {
-                // −128 · each lane's Σx, for Q8_0's codes stored plus 128; −16 · Σx (an
-                // eighth of it, exact) for Q5_0's, which carry 16.
+                // −128 · each lane's Σx, for codes stored plus 128.
                 let bias = g.lane_bias.as_ptr().add((b * N + n) * 8) as *const u8;
-                let (lo, hi) = (repeat16(bias), repeat16(bias.add(16)));
-                match KIND {
-                    Q5_0 => (_mm512_srai_epi32::<3>(lo), _mm512_srai_epi32::<3>(hi)),
-                    _ => (lo, hi),
-                }
+                (repeat16(bias), repeat16(bias.add(16)))
             };
             let lanes_lo = _mm512_dpbusd_epi32(init_lo, w_lo, repeat16(x));
             let lanes_hi = _mm512_dpbusd_epi32(init_hi, w_hi, repeat16(x.add(16)));

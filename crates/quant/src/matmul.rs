@@ -183,9 +183,9 @@ pub(crate) struct Activations {
     qs: Vec<u8>,
     /// Q8_0 and Q8_1: `d` with every scale repeated eight times.
     d_wide: Vec<f32>,
-    /// Q8_0 only, laid out like `d`, for the packed kernels' correction of unsigned
-    /// weights: −128 × each lane's sum of four values, eight lanes per block (Q8_0
-    /// weights).
+    /// Q8_0 only, laid out like `d`, for the packed kernels' correction of weights
+    /// stored plus 128: −128 × each lane's sum of four values, eight lanes per block
+    /// (Q8_0 and Q5_0 weights).
     lane_bias: Vec<i32>,
     /// Laid out like `d`, for the packed kernels: each Q8_0 block's Σ of values (one
     /// i32, for Q4_0 weights), each Q8_K block's eight sums of 32 values (four i32 of

@@ -30,7 +30,8 @@
 //! too), of their codes (and high bits) or of one 32-bit word of their packed scales
 //! and mins, so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored
 //! plus 128, as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes;
-//! the kernel subtracts 128·Σx. A matrix is `cols / block` groups per group of rows; the
+//! the kernel subtracts 128·Σx. Q5_0's kernel builds its values plus 128 in registers
+//! (q − 16 + 128) and subtracts the same 128·Σx. A matrix is `cols / block` groups per group of rows; the
 //! last group's missing rows are zeros.
 
 use crate::Isa;
