@@ -111,12 +111,14 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 /// `gelu_tanh` of every f16 value, rounded to f16, by bit pattern: GGML's CPU backend
-/// evaluates GELU through such a table (`GGML_GELU_FP16`), so we do too.
-fn gelu_table() -> &'static [u16] {
+/// evaluates GELU through such a table (`GGML_GELU_FP16`), so we do too. One zero entry
+/// follows the 65,536, so that a 32-bit gather at the last one stays inside the table.
+pub(crate) fn gelu_table() -> &'static [u16] {
     static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         (0..=u16::MAX)
             .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_bits())
+            .chain([0])
             .collect()
     })
 }
@@ -124,6 +126,14 @@ fn gelu_table() -> &'static [u16] {
 /// GeGLU's gate: gate[i] = gelu(gate[i]) · up[i], with GELU read from `gelu_table` at the
 /// f16 nearest the input — except at or beyond ±10, where it is 0 or the input itself.
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::selected_isa() == crate::Isa::Avx512 {
+        return crate::nonlinear_avx512::gelu_mul_avx512(gate, up);
+    }
+    gelu_mul_portable(gate, up)
+}
+
+pub(crate) fn gelu_mul_portable(gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
@@ -188,6 +198,42 @@ mod tests {
                 crate::nonlinear_avx2::softmax_avx2(&mut direct);
                 assert_eq!(bits(&direct), bits(&slow), "AVX2, {n} scores");
             }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn gelu_mul_matches_its_portable_twin() {
+        if !crate::Isa::Avx512.is_available() {
+            return;
+        }
+        // Random gates over ±12 (both cut-offs, ties to f16 and tiny values among them),
+        // lengths with and without a partial last 16.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in [1, 15, 16, 33, 1000, 4099] {
+            let gate: Vec<f32> = (0..n)
+                .map(|i| match i % 13 {
+                    0 => -10.0,
+                    1 => 10.0,
+                    2 => f16::from_bits(next() as u16 & 0x7bff).to_f32(),
+                    3 => (next() % 1000) as f32 * 1e-9,
+                    _ => (next() % 24_000) as f32 / 1000.0 - 12.0,
+                })
+                .collect();
+            let up: Vec<f32> = (0..n)
+                .map(|_| (next() % 4000) as f32 / 1000.0 - 2.0)
+                .collect();
+            let (mut fast, mut slow) = (gate.clone(), gate.clone());
+            crate::nonlinear_avx512::gelu_mul_avx512(&mut fast, &up);
+            gelu_mul_portable(&mut slow, &up);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&slow), "{n} values");
         }
     }
 

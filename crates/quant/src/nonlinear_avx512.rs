@@ -1,7 +1,7 @@
-//! AVX-512 twins of `nonlinear`'s exp and softmax: the same operations, sixteen lanes at
-//! a time, so the same bits (tested against the portable code).
+//! AVX-512 twins of `nonlinear`'s exp, softmax and tabled GELU: the same operations,
+//! sixteen lanes at a time, so the same bits (tested against the portable code).
 
-use crate::nonlinear::EXP_CONSTANTS;
+use crate::nonlinear::{gelu_mul_portable, gelu_table, EXP_CONSTANTS};
 use core::arch::x86_64::*;
 
 /// `nonlinear::exp_poly` of each lane; `vscalefps` is the single rounding of j·2ⁿ.
@@ -80,5 +80,40 @@ unsafe fn softmax(scores: &mut [f32]) {
     for i in (0..n).step_by(16) {
         let x = _mm512_maskz_loadu_ps(mask(i), p.add(i));
         _mm512_mask_storeu_ps(p.add(i), mask(i), _mm512_mul_ps(x, inverse));
+    }
+}
+
+/// `nonlinear::gelu_mul`, sixteen values at a time: each input rounded to f16 (F16C's
+/// round to nearest even, as the half crate's), its table entry gathered and widened.
+pub fn gelu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    assert!(
+        std::is_x86_feature_detected!("avx512f"),
+        "AVX-512 kernel called without AVX-512"
+    );
+    let n = gate.len().min(up.len());
+    let whole = n / 16 * 16;
+    // SAFETY: AVX-512F is available (asserted above); the loop reads and writes whole
+    // groups of 16 inside both slices; every gather index is an f16 bit pattern (at most
+    // 65,535), so its 4-byte read ends inside the table's 65,537 entries.
+    unsafe { gelu_mul(&mut gate[..whole], &up[..whole]) };
+    gelu_mul_portable(&mut gate[whole..n], &up[whole..n]);
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    // A byte address: the gather scales each index by 2 (no alignment is needed).
+    let table = gelu_table().as_ptr() as *const i32;
+    let (low, high) = (_mm512_set1_ps(-10.0), _mm512_set1_ps(10.0));
+    for i in (0..gate.len()).step_by(16) {
+        let x = _mm512_loadu_ps(gate.as_ptr().add(i));
+        let u = _mm512_loadu_ps(up.as_ptr().add(i));
+        let bits = _mm512_cvtepu16_epi32(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+        let entries = _mm512_cvtepi32_epi16(_mm512_i32gather_epi32::<2>(bits, table));
+        let tabled = _mm512_mul_ps(_mm512_cvtph_ps(entries), u);
+        let at_or_above = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, high);
+        let at_or_below = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, low);
+        let out = _mm512_mask_blend_ps(at_or_above, tabled, _mm512_mul_ps(x, u));
+        let out = _mm512_mask_blend_ps(at_or_below, out, _mm512_setzero_ps());
+        _mm512_storeu_ps(gate.as_mut_ptr().add(i), out);
     }
 }
