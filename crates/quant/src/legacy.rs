@@ -71,11 +71,10 @@ pub fn dequantize_q8_1(block: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The first value of largest magnitude (0 if there is none but zeros), as GGML picks
-/// it: the largest magnitude first, in sixteen independent maxima that vectorize (a
-/// running "keep the larger" choice does not), then the first value that has it.
-#[inline]
-pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+/// The largest magnitude in `x`, in sixteen independent maxima that vectorize (a running
+/// maximum does not), then across them: the same value in any order.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
     let mut maxima = [0.0f32; 16];
     let chunks = x.chunks_exact(16);
     let rest = chunks.remainder();
@@ -84,11 +83,17 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
             *m = m.max(v.abs());
         }
     }
-    let largest = rest
-        .iter()
+    rest.iter()
         .fold(maxima.into_iter().fold(0.0f32, f32::max), |m, v| {
             m.max(v.abs())
-        });
+        })
+}
+
+/// The first value of largest magnitude (0 if there is none but zeros), as GGML picks
+/// it: the largest magnitude first (`abs_max`), then the first value that has it.
+#[inline]
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let largest = abs_max(x);
     match largest {
         0.0 => 0.0,
         _ => x
@@ -179,8 +184,7 @@ pub(crate) fn round_half_even(x: f32) -> f32 {
 /// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
 /// (whose results our reference logits come from) it multiplies by 127/amax and rounds
 /// halves to even.
-/// With AVX2 where the CPU has it: the same operations, vectorized (the maximum is
-/// taken in eight lanes, then across them, which is the same value in any order).
+/// With AVX2 where the CPU has it: the same operations, vectorized.
 fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -198,19 +202,7 @@ unsafe fn q8_codes_avx2(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
 
 #[inline(always)]
 fn q8_codes_block(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
-    let mut maxima = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (m, v) in maxima.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
-        }
-    }
-    let amax = rest
-        .iter()
-        .fold(maxima.into_iter().fold(0.0f32, f32::max), |m, v| {
-            m.max(v.abs())
-        });
+    let amax = abs_max(x);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0;
