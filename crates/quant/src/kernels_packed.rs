@@ -148,11 +148,11 @@ unsafe fn rows4<const N: usize, const KIND: u8>(w: &[u8], g: &TokenGroup<N>) -> 
                 _mm512_loadu_si512(p.add(72) as *const _),
             )
         } else if KIND == Q5_0 {
-            // The fifth bits of values 0..16 and 16..32, bit 16i + l for row i's value l
-            // (or 16 + l): one byte mask each.
-            // Each value is stored as q − 16 + 128 (its nibble, plus 0x70 in one logic
-            // op, plus 16 where its fifth bit is set), so that Q5_0 takes Q8_0's −128·Σx
-            // correction as it is, with no per-token shift.
+            // Each value is made q − 16 + 128 (its nibble, plus 0x70 in one logic op,
+            // plus 16 where its fifth bit is set), so that Q5_0 takes Q8_0's −128·Σx
+            // correction as it is, with no per-token shift. The fifth bits of values
+            // 0..16 and 16..32, bit 16i + l for row i's value l (or 16 + l): one byte
+            // mask each.
             let fifth_lo = p.add(8).cast::<u64>().read_unaligned();
             let fifth_hi = p.add(16).cast::<u64>().read_unaligned();
             let q = _mm512_loadu_si512(p.add(24) as *const _);

@@ -183,8 +183,7 @@ pub(crate) fn round_half_even(x: f32) -> f32 {
 
 /// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
 /// (whose results our reference logits come from) it multiplies by 127/amax and rounds
-/// halves to even.
-/// With AVX2 where the CPU has it: the same operations, vectorized.
+/// halves to even. With AVX2 where the CPU has it: the same operations, vectorized.
 fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {

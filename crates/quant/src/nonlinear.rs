@@ -207,8 +207,8 @@ mod tests {
         if !crate::Isa::Avx512.is_available() {
             return;
         }
-        // Random gates over ±12 (both cut-offs, ties to f16 and tiny values among them),
-        // lengths with and without a partial last 16.
+        // Random gates over ±12, with both cut-offs, exact f16 values and tiny values among
+        // them; lengths with and without a partial last 16.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             state ^= state << 13;
