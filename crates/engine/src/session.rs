@@ -7,7 +7,9 @@ use crate::constraint::GrammarState;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Llama, Logits};
 use crate::sampler::Sampler;
-use crate::speculate::{DraftTuner, Drafter, NgramSpeculation, ProposedBy, SpeculationStats};
+use crate::speculate::{
+    worth_a_row, DraftTuner, Drafter, NgramSpeculation, ProposedBy, SpeculationStats,
+};
 use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -162,10 +164,12 @@ impl<'m, B: Backend> Session<'m, B> {
         let mut ahead: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
         let mut speculation = SpeculationStats::default();
         let tuner = &mut self.tuner;
-        // Proposals checked by the last pass (kept ones leave `ahead` one by one), and
-        // where they came from.
+        // Proposals checked by the last pass (kept ones leave `ahead` one by one), where
+        // they came from, and how many of them count in the proposer's acceptance (not
+        // a draft's last token it was unsure of: its outcome says nothing of the others').
         let mut checked = 0;
         let mut proposed_by = ProposedBy::DraftModel;
+        let mut judged = 0;
         while tokens.len() < options.max_tokens {
             if let Some(g) = &mut grammar {
                 g.mask()?.apply(&mut logits);
@@ -201,13 +205,14 @@ impl<'m, B: Backend> Session<'m, B> {
                     speculation.accepted += 1;
                     logits = next;
                     if ahead.is_empty() {
-                        tuner.outcome(proposed_by, checked, checked);
+                        tuner.outcome(proposed_by, judged, judged);
                     }
                     continue;
                 }
                 // The token differs from the proposal: the proposals from there on go.
                 Some(_) => {
-                    tuner.outcome(proposed_by, checked, checked - ahead.len() - 1);
+                    let kept = checked - ahead.len() - 1;
+                    tuner.outcome(proposed_by, judged, kept.min(judged));
                     let kept = self.cached.len() - ahead.len() - 1;
                     self.cached.truncate(kept);
                     ahead.clear();
@@ -223,7 +228,14 @@ impl<'m, B: Backend> Session<'m, B> {
                         .choose_paying(limit, drafter.seconds_per_token())
                         .max(drafter.min_draft.min(limit));
                     proposed_by = ProposedBy::DraftModel;
-                    drafter.propose(&history, k)?
+                    let mut drafted = drafter.propose(&history, k)?;
+                    judged = drafted.sure();
+                    if let Some(p) = drafted.unsure {
+                        if !worth_a_row(&tuner.costs, 1, drafted.tokens.len(), p.into()) {
+                            drafted.tokens.pop();
+                        }
+                    }
+                    drafted.tokens
                 }
                 (None, Some(spec)) => {
                     let lookup = spec.propose(&history, room);
@@ -233,6 +245,7 @@ impl<'m, B: Backend> Session<'m, B> {
                     let k = tuner.choose(&lookup);
                     let mut proposed = lookup.tokens;
                     proposed.truncate(k);
+                    judged = proposed.len();
                     proposed
                 }
                 (None, None) => Vec::new(),
@@ -256,6 +269,7 @@ impl<'m, B: Backend> Session<'m, B> {
             speculation.drafted += proposed.len();
             speculation.checks += 1;
             checked = proposed.len();
+            judged = judged.min(checked);
             let mut rows = all
                 .chunks_exact(all.len() / batch.len())
                 .map(<[f32]>::to_vec);
@@ -265,6 +279,7 @@ impl<'m, B: Backend> Session<'m, B> {
         if speculation.checks > 0 {
             tracing::debug!(
                 costs = ?tuner.costs,
+                draft_seconds_per_token = self.drafter.as_ref().map(|d| d.seconds_per_token()),
                 matches = ?tuner.matches,
                 draft = ?tuner.acceptance,
                 "speculation tuner after a generation"

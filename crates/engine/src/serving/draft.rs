@@ -17,7 +17,7 @@ use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::sampler::argmax;
 use crate::session::common_prefix;
-use crate::speculate::{check_draft_vocabulary, decayed_average, probability, PassCosts};
+use crate::speculate::{check_draft_vocabulary, decayed_average, probability, Drafted, PassCosts};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -29,8 +29,9 @@ pub struct DraftModel<B: Backend> {
     /// Fewest tokens drafted for a sequence each round, whatever the measured costs say
     /// (llama.cpp's `--draft-min`).
     pub min_draft: usize,
-    /// Drafting stops where the draft's next token is less likely than this (past
-    /// `min_draft` tokens; llama.cpp's `--draft-p-min`).
+    /// Drafting stops at the first token (past `min_draft` tokens) less likely than this
+    /// under the draft (llama.cpp's `--draft-p-min`); that token is still proposed, and
+    /// checked where its row pays (`speculate::worth_a_row`).
     pub min_confidence: f32,
 }
 
@@ -131,7 +132,7 @@ impl<B: Backend> Drafting<B> {
     }
 
     /// Up to `wanted[i]` tokens the draft expects after the tokens of `seqs[i]` (none
-    /// where `wanted[i]` is 0). The catch-up reads at most `catch_up` tokens in all: a
+    /// where `wanted[i]` is 0; the last possibly one it was unsure of). The catch-up reads at most `catch_up` tokens in all: a
     /// sequence with more to read than is left (a long prompt) reads part of it and
     /// proposes nothing this time.
     pub fn propose(
@@ -139,8 +140,8 @@ impl<B: Backend> Drafting<B> {
         seqs: &mut [Sequence],
         wanted: &[usize],
         catch_up: usize,
-    ) -> Vec<Vec<u32>> {
-        let mut proposals = vec![Vec::new(); seqs.len()];
+    ) -> Vec<Drafted> {
+        let mut proposals = vec![Drafted::default(); seqs.len()];
         let mut budget = catch_up;
         // Per sequence drafting: its first position fed this pass, and whether the pass
         // returns its logits (it has read all its text).
@@ -175,7 +176,7 @@ impl<B: Backend> Drafting<B> {
                             self.release(&mut s.draft);
                         }
                     }
-                    return vec![Vec::new(); seqs.len()];
+                    return vec![Drafted::default(); seqs.len()];
                 }
             };
             let vocab = self.draft.model.config.vocab_size;
@@ -189,13 +190,15 @@ impl<B: Backend> Drafting<B> {
                 };
                 let best = argmax(row);
                 let proposed = &mut proposals[i];
-                let unsure = self.draft.min_confidence > 0.0
-                    && probability(row, best) < self.draft.min_confidence;
-                if unsure && proposed.len() >= self.draft.min_draft {
-                    continue;
+                proposed.tokens.push(best);
+                if self.draft.min_confidence > 0.0 && proposed.tokens.len() > self.draft.min_draft {
+                    let p = probability(row, best);
+                    if p < self.draft.min_confidence {
+                        proposed.unsure = Some(p);
+                        continue;
+                    }
                 }
-                proposed.push(best);
-                if proposed.len() == wanted[i] {
+                if proposed.tokens.len() == wanted[i] {
                     continue;
                 }
                 let cache = &mut s.draft;

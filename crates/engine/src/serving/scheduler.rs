@@ -14,7 +14,8 @@ use crate::kv_groups::KvPools;
 use crate::model::{first_one_token_position, Llama, Logits, SeqBatch};
 use crate::session::FinishReason;
 use crate::speculate::{
-    savings_per_token, share_checks, Acceptance, Lookup, MatchAcceptance, PassCosts,
+    savings_per_token, share_checks, worth_a_row, Acceptance, Drafted, Lookup, MatchAcceptance,
+    PassCosts,
 };
 use crate::tokenizer::Tokenizer;
 use std::collections::VecDeque;
@@ -308,7 +309,23 @@ impl<B: Backend> Scheduler<B> {
                     // Reading text beside decoding streams is paced as prompts are.
                     let drafted =
                         d.propose(&mut self.running, &wanted, self.pacing.prompt_budget(true));
-                    (chances, drafted)
+                    // A token the draft was unsure of is checked where its row pays.
+                    let mut pass_rows = rows + drafted.iter().map(Drafted::sure).sum::<usize>();
+                    let proposals = drafted
+                        .into_iter()
+                        .zip(self.running.iter_mut())
+                        .map(|(mut drafted, s)| {
+                            s.check_sure = drafted.sure();
+                            if let Some(p) = drafted.unsure {
+                                match worth_a_row(&self.pass_costs, rows, pass_rows, p.into()) {
+                                    true => pass_rows += 1,
+                                    false => drop(drafted.tokens.pop()),
+                                }
+                            }
+                            drafted.tokens
+                        })
+                        .collect();
+                    (chances, proposals)
                 }
                 (None, Some(ngram)) => {
                     let lookups: Vec<Lookup> = self
@@ -319,6 +336,7 @@ impl<B: Backend> Scheduler<B> {
                         .collect();
                     for (s, lookup) in self.running.iter_mut().zip(&lookups) {
                         s.check_matched = lookup.matched;
+                        s.check_sure = lookup.tokens.len();
                     }
                     let chances = lookups
                         .iter()
@@ -556,7 +574,10 @@ impl<B: Backend> Scheduler<B> {
                 }
                 let checked = check.len() - 1;
                 match self.drafting {
-                    Some(_) => s.acceptance.outcome(checked, kept),
+                    Some(_) => {
+                        let sure = s.check_sure.min(checked);
+                        s.acceptance.outcome(sure, kept.min(sure))
+                    }
                     None => self.lookups.outcome(s.check_matched, checked, kept),
                 }
                 metrics.speculative_proposed_tokens += checked as u64;

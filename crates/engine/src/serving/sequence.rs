@@ -57,6 +57,9 @@ pub(super) struct Sequence {
     pub acceptance: Acceptance,
     /// How many last tokens the n-gram lookup that proposed `check`'s proposals matched.
     pub check_matched: usize,
+    /// How many of `check`'s proposals count in `acceptance` (not the draft's last token
+    /// where it was unsure of it).
+    pub check_sure: usize,
     /// The draft model's cache of this sample's text (serving with a draft model).
     pub draft: DraftCache,
     /// Why the sample ended with `FinishReason::Error`.
@@ -95,6 +98,7 @@ impl Sequence {
             check: Vec::new(),
             acceptance: Acceptance::default(),
             check_matched: 0,
+            check_sure: 0,
             draft: DraftCache::default(),
             failure: None,
             prompt_logprobs: request.prompt_logprobs,
