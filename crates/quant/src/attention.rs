@@ -333,20 +333,45 @@ fn attend_portable(
     }
 }
 
+/// Columns of `add_tail`'s sums at a time (its buffers live on the stack).
+const TAIL_COLUMNS: usize = 64;
+
 /// The one-token order's f64 tail: positions `vector_end..end` added one by one to the
-/// vector part's sums (`out`); those before `base` weigh zero.
-#[inline(always)]
+/// vector part's sums (`out`); those before `base` weigh zero. Each column still adds
+/// its positions in order; the columns advance side by side, block by block, each
+/// block's values widened once. One value at a time through the half crate, the tail
+/// held 3.2 % of `perf`'s samples of decoding the default model's Q4_0 copy at depth
+/// 160; this way, 0.5 %.
 pub(crate) fn add_tail(query: &Query, weights: &[f32], kv: &KvHead, out: &mut [f32]) {
-    let (base, vector_end) = (query.base(), query.vector_end());
-    if vector_end == query.end {
+    let (base, end) = (query.base(), query.end);
+    let start = query.vector_end().max(base);
+    if start >= end {
         return;
     }
-    for (c, o) in out.iter_mut().enumerate() {
-        let mut sum = *o as f64;
-        for p in vector_end.max(base)..query.end {
-            sum += (weights[p - base] * kv.value(p, c)) as f64;
+    let mut sums = [0.0f64; TAIL_COLUMNS];
+    let mut values = [0.0f32; TAIL_COLUMNS * KV_BLOCK];
+    for (chunk, out) in out.chunks_mut(TAIL_COLUMNS).enumerate() {
+        let columns = chunk * TAIL_COLUMNS..chunk * TAIL_COLUMNS + out.len();
+        let (sums, values) = (&mut sums[..out.len()], &mut values[..out.len() * KV_BLOCK]);
+        for (s, &o) in sums.iter_mut().zip(out.iter()) {
+            *s = o as f64;
         }
-        *o = sum as f32;
+        for b in start / KV_BLOCK..end.div_ceil(KV_BLOCK) {
+            let block = kv.value_block(b);
+            widen(
+                &block[columns.start * KV_BLOCK..columns.end * KV_BLOCK],
+                values,
+            );
+            for p in start.max(b * KV_BLOCK)..end.min((b + 1) * KV_BLOCK) {
+                let (w, j) = (weights[p - base], p % KV_BLOCK);
+                for (s, column) in sums.iter_mut().zip(values.chunks_exact(KV_BLOCK)) {
+                    *s += (w * column[j]) as f64;
+                }
+            }
+        }
+        for (o, &s) in out.iter_mut().zip(sums.iter()) {
+            *o = s as f32;
+        }
     }
 }
 
