@@ -269,8 +269,9 @@ pub struct SpeculationArgs {
     /// measured cost and acceptance say (llama.cpp's `--draft-min`); 0: they decide.
     #[arg(long = "spec-k-min", default_value_t = 0, requires = "kind")]
     min_draft: usize,
-    /// `--spec draft`: stop drafting where the draft's next token is less likely than
-    /// this (llama.cpp's `--draft-p-min`).
+    /// `--spec draft`: stop drafting at the first token less likely than this under the
+    /// draft (llama.cpp's `--draft-p-min`); that token is still checked where its row of
+    /// the target's pass pays for itself.
     #[arg(long = "spec-p-min", default_value_t = 0.75, requires = "kind")]
     min_confidence: f32,
     /// The longest run of last tokens matched: the longest match (the latest among
