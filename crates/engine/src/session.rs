@@ -211,8 +211,8 @@ impl<'m, B: Backend> Session<'m, B> {
                 }
                 // The token differs from the proposal: the proposals from there on go.
                 Some(_) => {
-                    let kept = checked - ahead.len() - 1;
-                    tuner.outcome(proposed_by, judged, kept.min(judged));
+                    let kept_proposals = checked - ahead.len() - 1;
+                    tuner.outcome(proposed_by, judged, kept_proposals.min(judged));
                     let kept = self.cached.len() - ahead.len() - 1;
                     self.cached.truncate(kept);
                     ahead.clear();

@@ -232,13 +232,18 @@ impl PassCosts {
     }
 
     /// The seconds a pass of `rows` rows is expected to take; `None` before a pass of
-    /// that size or smaller was measured.
+    /// that size or smaller was measured. Never more than a larger pass was measured to
+    /// take: a size no longer run (one row, once every step checks proposals) keeps its
+    /// last measure, which may be a cold first step's.
     pub fn seconds(&self, rows: usize) -> Option<f64> {
-        self.seconds[..(rows + 1).min(self.seconds.len())]
+        let at_most = (rows + 1).min(self.seconds.len());
+        let measured = self.seconds[..at_most]
             .iter()
             .rev()
             .copied()
-            .find(|&s| s > 0.0)
+            .find(|&s| s > 0.0)?;
+        let larger = self.seconds[at_most..].iter().copied().filter(|&s| s > 0.0);
+        Some(larger.fold(measured, f64::min))
     }
 }
 
@@ -689,8 +694,29 @@ mod tests {
         let among = savings_per_token(&costs, Some(&cheap_draft), 8, &[0.9; 8], &checks);
         assert!(among[0] < 0.0, "{among:?}");
         // A check costing three steps loses time.
-        (0..30).for_each(|_| costs.timed(3, 0.030));
-        assert!(alone(&costs, &draft) < 0.0);
+        let mut dear = PassCosts::default();
+        dear.timed(1, 0.010);
+        dear.timed(3, 0.030);
+        assert!(alone(&dear, &draft) < 0.0);
+    }
+
+    #[test]
+    fn a_pass_costs_no_more_than_a_larger_one_measured() {
+        let mut costs = PassCosts::default();
+        assert_eq!(costs.seconds(1), None);
+        costs.timed(3, 0.020);
+        assert_eq!(costs.seconds(1), None, "nothing this small measured");
+        // A cold first one-row step, then only larger passes.
+        costs.timed(1, 0.030);
+        costs.timed(2, 0.016);
+        assert_eq!(costs.seconds(1), Some(0.016));
+        assert_eq!(costs.seconds(2), Some(0.016));
+        assert_eq!(costs.seconds(3), Some(0.020));
+        assert_eq!(
+            costs.seconds(5),
+            Some(0.020),
+            "larger: the largest measured below"
+        );
     }
 
     #[test]

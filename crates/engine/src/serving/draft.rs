@@ -132,9 +132,9 @@ impl<B: Backend> Drafting<B> {
     }
 
     /// Up to `wanted[i]` tokens the draft expects after the tokens of `seqs[i]` (none
-    /// where `wanted[i]` is 0; the last possibly one it was unsure of). The catch-up reads at most `catch_up` tokens in all: a
-    /// sequence with more to read than is left (a long prompt) reads part of it and
-    /// proposes nothing this time.
+    /// where `wanted[i]` is 0; the last possibly one it was unsure of). The catch-up
+    /// reads at most `catch_up` tokens in all: a sequence with more to read than is left
+    /// (a long prompt) reads part of it and proposes nothing this time.
     pub fn propose(
         &mut self,
         seqs: &mut [Sequence],
