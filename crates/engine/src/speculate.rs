@@ -138,7 +138,7 @@ impl<'m, B: Backend> Drafter<'m, B> {
             let best = argmax(&logits);
             proposed.tokens.push(best);
             if self.min_confidence > 0.0 {
-                let p = probability(&logits, best);
+                let p = probability(&mut logits, best);
                 if p < self.min_confidence {
                     proposed.unsure = Some(p);
                     break;
@@ -193,12 +193,12 @@ pub(crate) fn check_draft_vocabulary(draft_vocab: usize, target_vocab: usize) ->
     )))
 }
 
-/// The probability of token `id` under `logits` (softmax's share, computed on a copy
-/// with the vector unit: it runs once per drafted token, over the whole vocabulary).
-pub(crate) fn probability(logits: &[f32], id: u32) -> f32 {
-    let mut shares = logits.to_vec();
-    quant::softmax(&mut shares);
-    shares[id as usize]
+/// The probability of token `id` under `logits`, which become the softmax's shares (in
+/// place, with the vector unit: it runs once per drafted token, over the whole
+/// vocabulary, on logits the draft no longer needs).
+pub(crate) fn probability(logits: &mut [f32], id: u32) -> f32 {
+    quant::softmax(logits);
+    logits[id as usize]
 }
 
 /// How much of the past the tuners' averages keep at each update.
@@ -760,7 +760,7 @@ mod tests {
         let sum: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         for id in [0u32, 1, 6, 9] {
             let exact = (logits[id as usize] as f64).exp() / sum;
-            let p = probability(&logits, id) as f64;
+            let p = probability(&mut logits.clone(), id) as f64;
             assert!((p - exact).abs() < 1e-6, "{id}: {p} vs {exact}");
         }
     }

@@ -7,6 +7,7 @@
 //! Q5_1 `d, m, qh[4], qs[16]`: x = q·d + m.
 //! Q8_0 `d, qs[32]` (i8): x = q·d.   Q8_1 `d, s, qs[32]`: s = d·Σq.
 
+use crate::isa::isa_dispatch;
 use crate::{f16_at, put_f16};
 
 pub const QK: usize = 32;
@@ -181,22 +182,12 @@ pub(crate) fn round_half_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
-/// (whose results our reference logits come from) it multiplies by 127/amax and rounds
-/// halves to even. With AVX2 where the CPU has it: the same operations, vectorized.
-fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { q8_codes_avx2(x, codes) };
-    }
-    q8_codes_block(x, codes)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn q8_codes_avx2(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
-    q8_codes_block(x, codes)
+isa_dispatch! {
+    /// Rounds to int8 codes with scale amax/127; returns (d, Σq). Like GGML's x86 code
+    /// (whose results our reference logits come from) it multiplies by 127/amax and
+    /// rounds halves to even. Compiled for the selected ISA too: the same operations,
+    /// vectorized.
+    fn q8_codes(x: &[f32], codes: &mut [u8]) -> (f32, i32) => q8_codes_block
 }
 
 #[inline(always)]

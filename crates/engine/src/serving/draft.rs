@@ -167,7 +167,7 @@ impl<B: Backend> Drafting<B> {
         }
         // Each pass: feed, then take each fed sequence's next proposal from its logits.
         while feeds.iter().any(Option::is_some) {
-            let logits = match self.run(seqs, &feeds) {
+            let mut logits = match self.run(seqs, &feeds) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!("the draft model's step failed: {e}");
@@ -180,7 +180,7 @@ impl<B: Backend> Drafting<B> {
                 }
             };
             let vocab = self.draft.model.config.vocab_size;
-            let mut rows = logits.chunks_exact(vocab);
+            let mut rows = logits.chunks_exact_mut(vocab);
             for (i, s) in seqs.iter_mut().enumerate() {
                 let Some((_, true)) = feeds[i].take() else {
                     continue;
