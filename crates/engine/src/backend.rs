@@ -308,6 +308,11 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, x: &Self::Buffer, rows: &[usize]) -> Result<Self::Buffer>;
     /// Copies rows of a buffer to the host.
     fn to_host(&self, x: &Self::Buffer, rows: std::ops::Range<usize>) -> Vec<f32>;
+    /// Held through a forward pass: the CPU backend keeps its other worker threads
+    /// polling for the pass's parallel loops instead of sleeping between them.
+    fn begin_pass(&self) -> Option<quant::PollingWorkers> {
+        None
+    }
     /// Waits for the queued work of the step and reports the first error any operation
     /// met since the last call. Devices that run operations synchronously and report
     /// their errors directly have nothing to do here.

@@ -127,6 +127,10 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn begin_pass(&self) -> Option<quant::PollingWorkers> {
+        Some(quant::PollingWorkers::start())
+    }
+
     fn upload_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight> {
         match read_tensor(file, name)? {
             HostTensor::Vector(values) => Ok(CpuWeight::Dense(values)),

@@ -13,9 +13,11 @@
 use crate::backend::{AttentionOrder, AttentionSpec, SeqRows};
 use crate::cpu::CpuBuffer;
 use crate::cpu_kv::{CpuKvPool, LayerSide};
-use quant::{AttendScratch, F16Order, KvHead, QuantizedKvHead, Query, KV_BLOCK};
-use rayon::prelude::*;
+use quant::{
+    for_each_index, map_indices, AttendScratch, F16Order, KvHead, QuantizedKvHead, Query, KV_BLOCK,
+};
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// Query rows per tile: enough to share each block of keys and values among many queries,
 /// few enough that a prompt splits into tiles for every thread.
@@ -245,9 +247,11 @@ impl<'a> Call<'a> {
                     .map(move |s| (t, s..(s + step).min(end)))
             })
             .collect();
-        let pieces: Vec<Vec<Vec<f32>>> = stretches
-            .par_iter()
-            .map(|(t, stretch)| {
+        let pieces: Vec<Vec<Vec<f32>>> = map_indices(
+            stretches.len(),
+            || (),
+            |_, i| {
+                let (t, stretch) = &stretches[i];
                 let part: Vec<Query> = queries[*t]
                     .iter()
                     .map(|q| Query {
@@ -262,8 +266,8 @@ impl<'a> Call<'a> {
                 let kv_head = tiles[*t].heads.start / self.group;
                 self.scores(tiles[*t].seq, kv_head, &seen, &mut scores, &mut Vec::new());
                 scores
-            })
-            .collect();
+            },
+        );
         // Each query's scores in `attention_scores`' layout: its stretches in order (the
         // first starts at its base; the others at multiples of 16, so with no -∞ prefix).
         let mut weights: Vec<Vec<Vec<f32>>> = queries
@@ -279,11 +283,17 @@ impl<'a> Call<'a> {
                 w.extend_from_slice(&scores);
             }
         }
-        weights
-            .par_iter_mut()
-            .zip(queries.par_iter())
-            .flat_map(|(w, q)| w.par_iter_mut().zip(q.par_iter()))
-            .for_each(|(w, query)| self.weigh(query, w));
+        let weighed: Vec<Mutex<(&mut Vec<f32>, &Query)>> = weights
+            .iter_mut()
+            .zip(&queries)
+            .flat_map(|(w, q)| w.iter_mut().zip(q))
+            .map(Mutex::new)
+            .collect();
+        for_each_index(weighed.len(), |i| {
+            let (w, query) = &mut *weighed[i].lock().unwrap_or_else(|e| e.into_inner());
+            self.weigh(query, w)
+        });
+        drop(weighed);
         // Weighted values: (tile, columns) tasks, each over every position.
         let split = split_columns(&self.values, self.width);
         let columns: Vec<(usize, Range<usize>)> = (0..tiles.len())
@@ -293,16 +303,15 @@ impl<'a> Call<'a> {
                     .map(move |c| (t, c..(c + split).min(self.width)))
             })
             .collect();
-        let outputs: Vec<Vec<f32>> = columns
-            .par_iter()
-            .map_init(AttendScratch::default, |scratch, (t, columns)| {
+        let outputs: Vec<Vec<f32>> =
+            map_indices(columns.len(), AttendScratch::default, |scratch, i| {
+                let (t, columns) = &columns[i];
                 let tile = &tiles[*t];
                 let head = (tile.seq, tile.heads.start / self.group, columns.clone());
                 let mut out = vec![0.0; queries[*t].len() * columns.len()];
                 self.attend(head, &queries[*t], &weights[*t], &mut out, scratch);
                 out
-            })
-            .collect();
+            });
         let mut results: Vec<Vec<f32>> = queries
             .iter()
             .map(|q| vec![0.0; q.len() * self.width])
@@ -377,10 +386,9 @@ pub fn attention(
     let tiles = tiles_of(if few && !split { 1 } else { group });
     let results = match split {
         true => call.split_tiles(&tiles),
-        false => tiles
-            .par_iter()
-            .map_init(Scratch::default, |scratch, tile| call.tile(tile, scratch))
-            .collect(),
+        false => map_indices(tiles.len(), Scratch::default, |scratch, i| {
+            call.tile(&tiles[i], scratch)
+        }),
     };
     for (tile, result) in tiles.iter().zip(results) {
         let n = tile.heads.len() * width;

@@ -331,6 +331,13 @@ impl Backend for Device {
         }
     }
 
+    fn begin_pass(&self) -> Option<quant::PollingWorkers> {
+        match self {
+            Device::Cpu(b) => b.begin_pass(),
+            Device::Cuda(b) => b.begin_pass(),
+        }
+    }
+
     fn finish(&self) -> Result<()> {
         match self {
             Device::Cpu(b) => b.finish(),

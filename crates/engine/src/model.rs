@@ -527,6 +527,7 @@ impl<B: Backend> Llama<B> {
             })
             .collect();
         let n = tokens.len();
+        let _polling = b.begin_pass();
 
         let mut x = b.alloc(n, c.dim)?;
         let mut h = b.alloc(n, c.dim)?;

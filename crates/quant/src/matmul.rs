@@ -13,10 +13,10 @@ use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::packed::{
     group_bytes, group_rows, has_packed_layout, packable, packed_len, unpack_block,
 };
+use crate::polling::for_each_index;
 use crate::ternary::is_ternary;
 use crate::{block_fns, f16_at, quantize, QuantError, Result};
 use gguf::GgmlType;
-use rayon::prelude::*;
 
 /// Weight rows per task at least, and what a task's rows are a multiple of (the
 /// packed layouts' groups are 16 rows).
@@ -740,13 +740,15 @@ fn write_group<const N: usize, const R: usize>(
 }
 
 /// `tile` for F16 weights: tiles of R rows × T tokens (`dot_f16_tile`), 8 rows for one
-/// token; for batches, one row × up to 6 tokens with AVX2, and 4 × 2, 4 × 3, 2 × 4, 2 × 5
+/// token; for batches, one row × up to 6 tokens with AVX2, and 4 × 2, 2 × 3, 2 × 4, 2 × 5
 /// or 2 × 6 with AVX-512's registers. Three and five tokens (a speculative check of two
 /// or four proposals) take one tile rather than two: each tile widens every weight from
 /// f16 again, which on an AVX2 machine cost a 3-row pass 1.6 one-token steps. On the
 /// Zen 1 EPYC (AVX2), one row at a time made a pass of two tokens 1.45× faster than 4 × 2
 /// tiles, and of three to twelve tokens 1.10–1.15× faster than two rows at a time
-/// (`bench -m F16 -p 1,2,3,4,5,6,12 -n 0`, alternating); AVX-512 was not measured.
+/// (`bench -m F16 -p 1,2,3,4,5,6,12 -n 0`, alternating). On the Intel Xeon (AVX-512),
+/// three tokens ran 3–7 % faster in 2 × 3 tiles than in 4 × 3 (pp3, four alternations);
+/// fewer rows for two, four or five tokens measured no faster or slower.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, span: RowSpan, out: OutPtr) {
@@ -755,7 +757,7 @@ fn f16_tile<const AVX512: bool>(w: &QMatrix, x: &Activations, span: RowSpan, out
         t += match (x.n_tokens - t, AVX512) {
             (1, _) => f16_rows::<8, 1, AVX512>(w, x, t, span, out),
             (2, true) => f16_rows::<4, 2, AVX512>(w, x, t, span, out),
-            (3, true) => f16_rows::<4, 3, AVX512>(w, x, t, span, out),
+            (3, true) => f16_rows::<2, 3, AVX512>(w, x, t, span, out),
             (4, true) => f16_rows::<2, 4, AVX512>(w, x, t, span, out),
             (5, true) => f16_rows::<2, 5, AVX512>(w, x, t, span, out),
             (_, true) => f16_rows::<2, 6, AVX512>(w, x, t, span, out),
@@ -891,7 +893,8 @@ pub fn matmul_many_with(
             (m, RowSpan { start, end })
         }));
     }
-    tiles.into_par_iter().for_each(|(m, span)| {
+    for_each_index(tiles.len(), |t| {
+        let (m, span) = tiles[t];
         let (w, (ptr, q)) = (&ws[m], ptrs[m]);
         let x = &quantized[q].1;
         match isa {
