@@ -10,7 +10,7 @@
 use crate::kquants_search::{
     affine_search, nearest, refined_search, symmetric_search, Miss, ScaleGrid, ZERO_GROUP,
 };
-use crate::legacy::{round_half_even, signed_absmax};
+use crate::legacy::{round_to_int, signed_absmax};
 use crate::{f16_at, put_f16};
 
 pub const QK_K: usize = 256;
@@ -351,7 +351,7 @@ fn quantize_q8_k_block(x: &[f32], b: &mut [u8]) {
     let iscale = -127.0 / max;
     for (i, &v) in x[..QK_K].iter().enumerate() {
         // GGML rounds halves to even here (its `nearest_int`).
-        b[4 + i] = (round_half_even(iscale * v) as i32).min(127) as i8 as u8;
+        b[4 + i] = round_to_int(iscale * v).min(127) as i8 as u8;
     }
     for j in 0..16 {
         let sum: i32 = (0..16).map(|k| b[4 + 16 * j + k] as i8 as i32).sum();
