@@ -176,13 +176,16 @@ pub fn quantize_q5_1(x: &[f32], block: &mut [u8]) {
     );
 }
 
-/// Rounds to the nearest integer, halves to even, for |x| < 2^22: adding and removing
-/// 1.5·2^23 leaves no fraction bits, so the FPU's own rounding does the work (inline,
-/// where `round_ties_even` may become a library call).
+/// 1.5·2^23: added to |x| < 2^22 it leaves no fraction bits, so the FPU's own rounding
+/// (halves to even) does the work, and the sum's bits are `ROUNDING_BITS` + the integer.
+const ROUNDING_MAGIC: f32 = 12_582_912.0;
+const ROUNDING_BITS: i32 = 0x4B40_0000;
+
+/// Rounds to the nearest integer, halves to even, for |x| < 2^22 (inline, where
+/// `round_ties_even` may become a library call).
 #[inline(always)]
 pub(crate) fn round_half_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
+    (x + ROUNDING_MAGIC) - ROUNDING_MAGIC
 }
 
 isa_dispatch! {
@@ -208,11 +211,10 @@ fn q8_codes_block(x: &[f32], codes: &mut [u8]) -> (f32, i32) {
 }
 
 /// `round_half_even(x) as i32` for |x| < 2^22 (NaN: 0), read from the sum's bits rather
-/// than converted, so that a block's loop vectorizes: 1.5·2^23 + n is 0x4B40_0000 + n.
+/// than converted, so that a block's loop vectorizes.
 #[inline(always)]
 pub(crate) fn round_to_int(x: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let n = (x + MAGIC).to_bits() as i32 - 0x4B40_0000;
+    let n = (x + ROUNDING_MAGIC).to_bits() as i32 - ROUNDING_BITS;
     if x.is_nan() {
         0
     } else {

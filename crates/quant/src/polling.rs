@@ -38,6 +38,12 @@ fn generation(w: u64) -> u64 {
     w >> (2 * INDEX_BITS)
 }
 
+/// The next index of the published loop, if it has one left.
+fn unclaimed(w: u64) -> Option<usize> {
+    let (len, next) = ((w >> INDEX_BITS) & INDEX_MASK, w & INDEX_MASK);
+    (next < len).then_some(next as usize)
+}
+
 /// The loop a pass's workers share.
 struct Team {
     published: AtomicU64,
@@ -59,17 +65,14 @@ impl Team {
     fn claim(&self, generation_wanted: u64) -> Option<usize> {
         let mut w = self.published.load(Ordering::Acquire);
         loop {
-            let (len, next) = ((w >> INDEX_BITS) & INDEX_MASK, w & INDEX_MASK);
-            if generation(w) != generation_wanted || next >= len {
-                return None;
-            }
+            let next = unclaimed(w).filter(|_| generation(w) == generation_wanted)?;
             match self.published.compare_exchange_weak(
                 w,
                 w + 1,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(next as usize),
+                Ok(_) => return Some(next),
                 Err(now) => w = now,
             }
         }
@@ -92,7 +95,7 @@ impl Team {
     fn poll(&self) {
         while !self.over.load(Ordering::Acquire) {
             let w = self.published.load(Ordering::Acquire);
-            if (w & INDEX_MASK) < ((w >> INDEX_BITS) & INDEX_MASK) {
+            if unclaimed(w).is_some() {
                 self.work(generation(w));
             } else if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::hint::spin_loop();
