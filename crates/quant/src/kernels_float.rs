@@ -34,18 +34,18 @@ pub fn dot_f16_f16(w: &[u8], a: &[u8]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use crate::{matmul_with, quantize, round_f16, Isa, QMatrix};
+    use crate::{matmul_with, pack, quantize, round_f16, Isa, QMatrix};
     use gguf::GgmlType::F16;
     use rand::{Rng, SeedableRng};
 
     #[test]
     fn every_isa_equals_the_scalar_twin_and_the_f64_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for (rows, cols) in [(1, 8), (5, 40), (19, 37), (33, 256), (3, 7)] {
+        for (rows, cols) in [(1, 8), (5, 40), (19, 37), (33, 256), (3, 7), (40, 77)] {
             let wf: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let w = quantize(F16, &wf).unwrap();
             let m = QMatrix::new(F16, &w, rows, cols).unwrap();
-            for n in [1, 2, 3, 5, 8, 15] {
+            for n in [1, 2, 3, 4, 5, 6, 7, 8, 15] {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
                 let mut want = vec![0.0; n * rows];
                 matmul_with(Isa::Scalar, &m, &x, &mut want);
@@ -71,6 +71,17 @@ mod tests {
                             .all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{} rows {rows} cols {cols} tokens {n}", isa.name());
                     }
+                }
+                if Isa::Avx512.is_available() {
+                    let packed = pack(F16, &w, rows, cols);
+                    let p = QMatrix::packed(F16, &packed, rows, cols).unwrap();
+                    let mut got = vec![0.0; n * rows];
+                    matmul_with(Isa::Avx512, &p, &x, &mut got);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "packed rows {rows} cols {cols} tokens {n}");
                 }
             }
         }

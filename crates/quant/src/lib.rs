@@ -32,6 +32,8 @@ mod kernels_packed;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_avx2;
 #[cfg(target_arch = "x86_64")]
+mod kernels_packed_f16;
+#[cfg(target_arch = "x86_64")]
 mod kernels_packed_iq4_xs;
 #[cfg(target_arch = "x86_64")]
 mod kernels_packed_k;

@@ -11,7 +11,7 @@ use crate::isa::{selected_isa, Isa};
 use crate::kernels::*;
 use crate::kernels_k::{q8k_d, Q8K_BLOCK};
 use crate::packed::{
-    group_bytes, group_rows, has_packed_layout, packable, packed_len, unpack_block,
+    group_row_bytes, group_rows, has_packed_layout, packable, packed_len, unit, unpack_block,
 };
 use crate::polling::for_each_index;
 use crate::ternary::is_ternary;
@@ -138,19 +138,25 @@ impl<'a> QMatrix<'a> {
     /// Decodes row `r` into `out` (`cols` values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (dequant, _) = block_fns(self.ty).expect("checked in QMatrix::new");
-        let values = out.chunks_exact_mut(self.ty.block_size());
         match self.layout {
             Layout::RowMajor => {
+                let values = out.chunks_exact_mut(self.ty.block_size());
                 for (block, values) in self.row(r).chunks_exact(self.ty.type_size()).zip(values) {
                     dequant(block, values);
                 }
             }
             Layout::Packed => {
+                // A unit is one block, or eight F16 values (the last maybe fewer).
+                let (unit_values, unit_bytes) = unit(self.ty);
                 let mut block = [0u8; 256];
-                let block = &mut block[..self.ty.type_size()];
-                for (b, values) in values.enumerate() {
+                let block = &mut block[..unit_bytes];
+                for (b, values) in out[..self.cols].chunks_mut(unit_values).enumerate() {
                     unpack_block(self.ty, self.data, self.cols, r, b, block);
-                    dequant(block, values);
+                    let blocks = block.chunks_exact(self.ty.type_size());
+                    for (block, values) in blocks.zip(values.chunks_exact_mut(self.ty.block_size()))
+                    {
+                        dequant(block, values);
+                    }
                 }
             }
         }
@@ -626,6 +632,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     span: RowSpan,
     out: OutPtr,
 ) {
+    use crate::kernels_packed_f16 as avx512_f16;
     use crate::kernels_packed_iq4_xs as avx512_iq4_xs;
     use crate::kernels_packed_k as avx512_k;
     use crate::kernels_packed_k16 as avx512_k16;
@@ -634,7 +641,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
     let t = run.start;
     let group = x.group::<N>(t, run.batched);
     let rows = group_rows(w.ty);
-    let bytes = w.cols / w.ty.block_size() * group_bytes(w.ty);
+    let bytes = group_row_bytes(w.ty, w.cols);
     for r in (span.start..span.end).step_by(rows) {
         let at = r / rows * bytes;
         let data = &w.data[at..at + bytes];
@@ -664,6 +671,14 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         };
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
+            GgmlType::F16 => write_group(
+                // SAFETY: as above (F16 is packed for AVX-512 only).
+                unsafe { avx512_f16::dot16_f16_packed::<N>(data, w.cols, &group.rows) },
+                w.rows,
+                t,
+                r,
+                out,
+            ),
             GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
             GgmlType::Q4_K | GgmlType::Q5_K if AVX512 => {
                 // SAFETY: as above.
@@ -739,7 +754,8 @@ fn write_group<const N: usize, const R: usize>(
     }
 }
 
-/// `tile` for F16 weights: tiles of R rows × T tokens (`dot_f16_tile`), 8 rows for one
+/// `tile` for row-major F16 weights (the CPU backend packs them for AVX-512: see
+/// `kernels_packed_f16`): tiles of R rows × T tokens (`dot_f16_tile`), 8 rows for one
 /// token; for batches, one row × up to 6 tokens with AVX2, and 4 × 2, 2 × 3, 2 × 4, 2 × 5
 /// or 2 × 6 with AVX-512's registers. Three and five tokens (a speculative check of two
 /// or four proposals) take one tile rather than two: each tile widens every weight from

@@ -16,6 +16,7 @@
 //! | Q3_K | 16 | 1760 | d[16] (f16) · scales[3][16][4] · hmask[8][16][4] · qs[16][16][4] |
 //! | Q5_K | 16 | 2816 | d[16] · dmin[16] (f16) · scales[3][16][4] · qh[8][16][4] · qs[32][16][4] |
 //! | Q6_K | 16 | 3360 | d[16] (f16) · scales[4][16][4] · ql[32][16][4] · qh[16][16][4] |
+//! | F16 | 16 | 256 | w[16][8] (eight values of each row) |
 //!
 //! Q4_1, Q5_0 and Q8_0 keep GGML's lanes (their kernel reproduces llama.cpp's float
 //! order): a 512-bit register holds the first (or last) 16 values of each of four rows;
@@ -31,21 +32,26 @@
 //! and mins, so the kernel unpacks all its rows' scales at once. Q8_0 weights are stored
 //! plus 128, as unsigned bytes, because `vpdpbusd` multiplies unsigned by signed bytes;
 //! the kernel subtracts 128·Σx. Q5_0's kernel builds its values plus 128 in registers
-//! (q − 16 + 128) and subtracts the same 128·Σx. A matrix is `cols / block` groups per group of rows; the
+//! (q − 16 + 128) and subtracts the same 128·Σx. F16 is packed in units of eight values
+//! (one lane group of `kernels_float`'s order), so that one 512-bit register holds the
+//! unit of two neighbouring rows; a row's last unit is padded with zeros when its length
+//! is not a multiple of eight. A matrix is `cols / unit` groups per group of rows; the
 //! last group's missing rows are zeros.
 
 use crate::Isa;
-use gguf::GgmlType::{self, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0};
+use gguf::GgmlType::{
+    self, F16, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0,
+};
 use rayon::prelude::*;
 
 /// Whether `isa` has kernels for `ty` in the packed layout: AVX-512 for the five 32-value
-/// types, the K-quants (Q2_K through the AVX2 kernel) and IQ4_XS; AVX2 for Q4_0, IQ4_NL,
-/// Q2_K, Q4_K and Q5_K (as two halves of eight rows).
+/// types, the K-quants (Q2_K through the AVX2 kernel), IQ4_XS and F16; AVX2 for Q4_0,
+/// IQ4_NL, Q2_K, Q4_K and Q5_K (as two halves of eight rows).
 pub fn packable(ty: GgmlType, isa: Isa) -> bool {
     match isa {
         Isa::Avx512 => matches!(
             ty,
-            Q4_0 | IQ4_NL | Q4_1 | Q5_0 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS
+            Q4_0 | IQ4_NL | Q4_1 | Q5_0 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS | F16
         ),
         Isa::Avx2 => matches!(ty, Q4_0 | IQ4_NL | Q2_K | Q4_K | Q5_K),
         _ => false,
@@ -60,19 +66,33 @@ pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => 16,
+        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS | F16 => 16,
         _ => 4,
     }
 }
 
-/// Bytes of one group (one block of each of its rows).
+/// What the layout interleaves, as (values, bytes): one GGML block, or for F16 a unit of
+/// eight values.
+pub(crate) fn unit(ty: GgmlType) -> (usize, usize) {
+    match ty {
+        F16 => (8, 16),
+        _ => (ty.block_size(), ty.type_size()),
+    }
+}
+
+/// Bytes of one group (one unit of each of its rows).
 pub(crate) fn group_bytes(ty: GgmlType) -> usize {
-    group_rows(ty) * ty.type_size()
+    group_rows(ty) * unit(ty).1
+}
+
+/// Bytes of one group of rows across all `cols` columns.
+pub(crate) fn group_row_bytes(ty: GgmlType, cols: usize) -> usize {
+    cols.div_ceil(unit(ty).0) * group_bytes(ty)
 }
 
 /// Bytes of a packed `rows` × `cols` matrix.
 pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> usize {
-    rows.div_ceil(group_rows(ty)) * (cols / ty.block_size()) * group_bytes(ty)
+    rows.div_ceil(group_rows(ty)) * group_row_bytes(ty, cols)
 }
 
 /// Where byte `j` of row `i`'s GGML block goes in its group.
@@ -93,6 +113,7 @@ fn position(ty: GgmlType, i: usize, j: usize) -> usize {
         (Q6_K, 192..208) => 32 + (j - 192) / 4 * 64 + 4 * i + (j - 192) % 4,
         (Q6_K, 128..192) => 2336 + (j - 128) / 4 * 64 + 4 * i + (j - 128) % 4,
         (Q6_K, _) => 288 + j / 4 * 64 + 4 * i + j % 4,
+        (F16, _) => 16 * i + j,
         (_, 0..2) => 2 * i + j,
         (Q4_1, 2..4) => 8 + 2 * i + j - 2,
         (Q4_1, _) => 16 + 16 * i + j - 4,
@@ -122,18 +143,21 @@ fn stored(ty: GgmlType, j: usize, byte: u8) -> u8 {
 /// some ISA) into the interleaved layout.
 pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     assert!(has_packed_layout(ty), "{ty} has no packed layout");
-    let (blocks, size, n) = (cols / ty.block_size(), ty.type_size(), group_rows(ty));
+    let ((_, size), n) = (unit(ty), group_rows(ty));
+    let row_bytes = cols / ty.block_size() * ty.type_size();
     // `position` once per byte of a group, not once per byte of the matrix.
     let positions: Vec<u16> = (0..n * size)
         .map(|k| position(ty, k / size, k % size) as u16)
         .collect();
     let mut out = vec![0u8; packed_len(ty, rows, cols)];
     // Groups of rows on all threads: a model's load is mostly packing.
-    let group_rows = out.par_chunks_exact_mut(blocks * group_bytes(ty));
+    let group_rows = out.par_chunks_exact_mut(group_row_bytes(ty, cols));
     group_rows.enumerate().for_each(|(g, group_row)| {
         for (b, group) in group_row.chunks_exact_mut(group_bytes(ty)).enumerate() {
             for i in 0..n.min(rows - g * n) {
-                let block = &data[((g * n + i) * blocks + b) * size..][..size];
+                // A row's last F16 unit may be short; the rest of it stays zero.
+                let row = &data[(g * n + i) * row_bytes..][..row_bytes];
+                let block = &row[b * size..row_bytes.min((b + 1) * size)];
                 let at = &positions[i * size..(i + 1) * size];
                 for (j, (&byte, &to)) in block.iter().zip(at).enumerate() {
                     group[to as usize] = stored(ty, j, byte);
@@ -144,8 +168,8 @@ pub fn pack(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-/// Rebuilds GGML block `b` of row `r` of a packed matrix into `block` (`ty.type_size()`
-/// bytes): the inverse of `pack`.
+/// Rebuilds unit `b` of row `r` of a packed matrix (`unit`: a GGML block, or eight F16
+/// values) into `block` (`unit(ty).1` bytes): the inverse of `pack`.
 pub(crate) fn unpack_block(
     ty: GgmlType,
     packed: &[u8],
@@ -154,8 +178,9 @@ pub(crate) fn unpack_block(
     b: usize,
     block: &mut [u8],
 ) {
-    let (blocks, n) = (cols / ty.block_size(), group_rows(ty));
-    let group = &packed[((r / n) * blocks + b) * group_bytes(ty)..][..group_bytes(ty)];
+    let n = group_rows(ty);
+    let at = (r / n) * group_row_bytes(ty, cols) + b * group_bytes(ty);
+    let group = &packed[at..][..group_bytes(ty)];
     for (j, byte) in block.iter_mut().enumerate() {
         *byte = stored(ty, j, group[position(ty, r % n, j)]);
     }
@@ -168,25 +193,26 @@ mod tests {
     #[test]
     fn unpack_inverts_pack_for_every_packable_type_and_odd_row_counts() {
         for ty in [
-            Q4_0, IQ4_NL, Q4_1, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS,
+            Q4_0, IQ4_NL, Q4_1, Q5_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F16,
         ] {
-            let (rows, cols) = (19, 3 * ty.block_size());
-            let size = ty.type_size();
-            let blocks = cols / ty.block_size();
-            let data: Vec<u8> = (0..rows * blocks * size)
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect();
-            let packed = pack(ty, &data, rows, cols);
-            assert_eq!(packed.len(), packed_len(ty, rows, cols));
-            let mut block = vec![0u8; size];
-            for r in 0..rows {
-                for b in 0..blocks {
-                    unpack_block(ty, &packed, cols, r, b, &mut block);
-                    assert_eq!(
-                        block,
-                        &data[(r * blocks + b) * size..][..size],
-                        "{ty} r{r} b{b}"
-                    );
+            let (values, size) = unit(ty);
+            // F16 also with a short last unit (29 = 3 · 8 + 5 values).
+            for cols in [3 * values, if ty == F16 { 29 } else { values }] {
+                let rows = 19;
+                let row_bytes = cols / ty.block_size() * ty.type_size();
+                let data: Vec<u8> = (0..rows * row_bytes)
+                    .map(|i| (i * 7919 % 251) as u8)
+                    .collect();
+                let packed = pack(ty, &data, rows, cols);
+                assert_eq!(packed.len(), packed_len(ty, rows, cols));
+                let mut block = vec![0u8; size];
+                for r in 0..rows {
+                    let row = &data[r * row_bytes..][..row_bytes];
+                    for (b, want) in row.chunks(size).enumerate() {
+                        unpack_block(ty, &packed, cols, r, b, &mut block);
+                        assert_eq!(&block[..want.len()], want, "{ty} r{r} b{b}");
+                        assert!(block[want.len()..].iter().all(|&z| z == 0), "{ty} padding");
+                    }
                 }
             }
         }
