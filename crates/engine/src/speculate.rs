@@ -245,6 +245,11 @@ impl PassCosts {
         let larger = self.seconds[at_most..].iter().copied().filter(|&s| s > 0.0);
         Some(larger.fold(measured, f64::min))
     }
+
+    /// The seconds a pass of exactly `rows` rows was measured to take, if it was.
+    pub fn measured(&self, rows: usize) -> Option<f64> {
+        self.seconds.get(rows).copied().filter(|&s| s > 0.0)
+    }
 }
 
 /// How often one sequence's proposals are kept: decayed counts of proposals kept and of
@@ -477,7 +482,11 @@ pub fn worth_a_row(costs: &PassCosts, decoding: usize, rows: usize, chance: f64)
 /// proportion to the extra tokens their proposals yield, over the tokens each makes per
 /// step. Alone, that is the plain step's time less a check's time per token made.
 /// Negative where speculating costs more than it yields; zeros before the plain step
-/// was measured.
+/// was measured. Unlike `share_checks`, which tries unmeasured sizes as if their rows
+/// were free, a check of a size not measured yet is taken to cost a plain step's share
+/// per row, as much as the tokens it makes: what these savings decide (reading a prompt
+/// into the draft) is paid for certain, and an optimistic guess had a server at eight
+/// streams read every prompt for checks that never paid.
 pub fn savings_per_token(
     costs: &PassCosts,
     drafting: Option<&PassCosts>,
@@ -508,8 +517,10 @@ pub fn savings_per_token(
             },
         )
         .sum();
-    let step = costs.seconds(rows + checked).unwrap_or(plain) + draft;
-    let saved_per_step = (rows as f64 + extra) * plain / rows as f64 - step;
+    let per_row = plain / rows as f64;
+    let check = costs.measured(rows + checked);
+    let step = check.unwrap_or((rows + checked) as f64 * per_row) + draft;
+    let saved_per_step = (rows as f64 + extra) * per_row - step;
     yields
         .iter()
         .map(|&y| saved_per_step * (y / extra) / (1.0 + y))
@@ -693,6 +704,12 @@ mod tests {
         (0..30).for_each(|_| costs.timed(10, 0.0195));
         let among = savings_per_token(&costs, Some(&cheap_draft), 8, &[0.9; 8], &checks);
         assert!(among[0] < 0.0, "{among:?}");
+        // A check of a size never measured saves nothing, drafting aside.
+        let mut unmeasured = PassCosts::default();
+        unmeasured.timed(1, 0.010);
+        assert!(alone(&unmeasured, &draft) < 0.0);
+        let free = savings_per_token(&unmeasured, None, 1, &[0.9], &[2])[0];
+        assert!(free < 0.0, "{free}");
         // A check costing three steps loses time.
         let mut dear = PassCosts::default();
         dear.timed(1, 0.010);
