@@ -10,13 +10,12 @@
 use crate::f16_at;
 use crate::kernels_float::wide_at;
 use crate::kernels_x86::avx512::lane_tree;
+use crate::packed::{
+    F16_UNIT_BYTES as UNIT_BYTES, F16_UNIT_VALUES as UNIT, WIDE_GROUP_ROWS as GROUP_ROWS,
+};
 use core::arch::x86_64::*;
 
-/// Rows of one packed group, and bytes of one unit of one row.
-const GROUP_ROWS: usize = 16;
-const UNIT_BYTES: usize = 16;
-
-/// Sixteen F16 rows (one group: `cols.div_ceil(8)` units of 256 bytes) · N tokens, whose
+/// Sixteen F16 rows (one group: `cols.div_ceil(UNIT)` units of 256 bytes) · N tokens, whose
 /// activations are rounded to f16 and widened (`kernels_float`): `out[n][i]` is row i ·
 /// token n. Fewer tokens take more rows at a time, so that enough independent chains
 /// are in flight, and more tokens fewer rows, so that the accumulators stay in registers.
@@ -49,15 +48,15 @@ unsafe fn pairs<const P: usize, const N: usize>(
     first: usize,
     out: &mut [[f32; GROUP_ROWS]; N],
 ) {
-    let units = cols / 8;
+    let units = cols / UNIT;
     let unit_bytes = GROUP_ROWS * UNIT_BYTES;
-    assert!(w.len() >= cols.div_ceil(8) * unit_bytes && x.iter().all(|x| x.len() >= 4 * cols));
+    assert!(w.len() >= cols.div_ceil(UNIT) * unit_bytes && x.iter().all(|x| x.len() >= 4 * cols));
     // acc[p][n]: rows first + 2p and first + 2p + 1 · token n.
     let mut acc = [[_mm512_setzero_ps(); N]; P];
     for u in 0..units {
         // Token n's eight values of this unit, in both halves of a register.
         let xv: [__m512; N] = std::array::from_fn(|n| {
-            let eight = _mm256_loadu_pd(x[n].as_ptr().add(32 * u) as *const f64);
+            let eight = _mm256_loadu_pd(x[n].as_ptr().add(4 * UNIT * u) as *const f64);
             _mm512_castpd_ps(_mm512_broadcast_f64x4(eight))
         });
         let unit = w.as_ptr().add(u * unit_bytes + first * UNIT_BYTES);
@@ -79,8 +78,9 @@ unsafe fn pairs<const P: usize, const N: usize>(
             ];
             for (h, lanes) in lanes.into_iter().enumerate() {
                 let row = first + 2 * p + h;
-                out[n][row] = (8 * units..cols).fold(lane_tree(lanes), |s, c| {
-                    s + f16_at(tail, row * UNIT_BYTES + 2 * (c - 8 * units)) * wide_at(x[n], c)
+                let whole = UNIT * units;
+                out[n][row] = (whole..cols).fold(lane_tree(lanes), |s, c| {
+                    s + f16_at(tail, row * UNIT_BYTES + 2 * (c - whole)) * wide_at(x[n], c)
                 });
             }
         }

@@ -671,6 +671,7 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
         };
         match w.ty {
             GgmlType::Q4_0 => write_group(sixteen(false), w.rows, t, r, out),
+            GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
             GgmlType::F16 => write_group(
                 // SAFETY: as above (F16 is packed for AVX-512 only).
                 unsafe { avx512_f16::dot16_f16_packed::<N>(data, w.cols, &group.rows) },
@@ -679,7 +680,6 @@ fn packed_tokens<const N: usize, const AVX512: bool>(
                 r,
                 out,
             ),
-            GgmlType::IQ4_NL => write_group(sixteen(true), w.rows, t, r, out),
             GgmlType::Q4_K | GgmlType::Q5_K if AVX512 => {
                 // SAFETY: as above.
                 let v = unsafe {

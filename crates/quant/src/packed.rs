@@ -66,16 +66,23 @@ pub(crate) fn has_packed_layout(ty: GgmlType) -> bool {
 /// Rows interleaved in one group of a packed `ty` matrix.
 pub(crate) fn group_rows(ty: GgmlType) -> usize {
     match ty {
-        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS | F16 => 16,
+        Q4_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS | F16 => WIDE_GROUP_ROWS,
         _ => 4,
     }
 }
+
+/// F16's unit: eight values (one lane group of `kernels_float`'s order), 16 bytes.
+pub(crate) const F16_UNIT_VALUES: usize = 8;
+pub(crate) const F16_UNIT_BYTES: usize = 2 * F16_UNIT_VALUES;
+
+/// Rows of a group of the sixteen-row layouts (F16's among them).
+pub(crate) const WIDE_GROUP_ROWS: usize = 16;
 
 /// What the layout interleaves, as (values, bytes): one GGML block, or for F16 a unit of
 /// eight values.
 pub(crate) fn unit(ty: GgmlType) -> (usize, usize) {
     match ty {
-        F16 => (8, 16),
+        F16 => (F16_UNIT_VALUES, F16_UNIT_BYTES),
         _ => (ty.block_size(), ty.type_size()),
     }
 }

@@ -111,9 +111,10 @@ impl<B: Backend> Drafting<B> {
         s.tokens.len() - common_prefix(&s.draft.tokens, &s.tokens)
     }
 
-    /// What reading `tokens` tokens of text costs, as measured (0 before any reading).
-    pub fn reading_seconds(&self, tokens: usize) -> f64 {
-        tokens as f64 * self.read_seconds_per_token
+    /// What reading `tokens` tokens of text costs, as measured (`None` before any
+    /// reading was timed).
+    pub fn reading_seconds(&self, tokens: usize) -> Option<f64> {
+        (self.read_seconds_per_token > 0.0).then_some(tokens as f64 * self.read_seconds_per_token)
     }
 
     /// A sequence ended after generating `generated` tokens.

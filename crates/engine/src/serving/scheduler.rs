@@ -287,14 +287,14 @@ impl<B: Backend> Scheduler<B> {
                         &worth,
                     );
                     // More than the bonus token and a kept proposal is text to read.
-                    // Before any reading was timed (0 seconds), reading is tried.
+                    // Before any reading was timed, reading is tried.
                     let reading_too_dear = |i: usize| {
                         let s = &self.running[i];
                         let unread = d.unread(s);
-                        let reading = d.reading_seconds(unread);
                         unread > 2
-                            && reading > 0.0
-                            && reading > d.expected_remaining(s, rooms[i]) * savings[i]
+                            && d.reading_seconds(unread).is_some_and(|reading| {
+                                reading > d.expected_remaining(s, rooms[i]) * savings[i]
+                            })
                     };
                     let wanted: Vec<usize> = (0..worth.len())
                         .map(|i| {
