@@ -411,6 +411,38 @@ fn run_speculates_with_a_draft_model_of_the_same_vocabulary_only() {
     assert_eq!(drafted["gen_ids"], plain["gen_ids"]);
     let spec = &drafted["timings"]["speculation"];
     assert!(spec["drafted"].as_u64().unwrap() > 0, "{spec}");
+    // The draft scoring all of the vocabulary, or only its first 100 tokens.
+    for vocab in ["all", "100"] {
+        let drafted = generate(&[
+            "--spec",
+            "draft",
+            "--draft-model",
+            &draft,
+            "--draft-vocab",
+            vocab,
+            "--spec-p-min",
+            "0",
+        ]);
+        assert_eq!(
+            drafted["gen_ids"], plain["gen_ids"],
+            "--draft-vocab {vocab}"
+        );
+    }
+    let run_with = |vocab: &'static str| {
+        let args = [
+            "run",
+            "-m",
+            &target,
+            "--spec",
+            "draft",
+            "--draft-model",
+            &draft,
+        ];
+        [&args[..], &["--draft-vocab", vocab, "hi"]].concat()
+    };
+    usage_error(&run_with("0"), "at least 1");
+    usage_error(&run_with("most"), "`all`, `half` or a count");
+    usage_error(&["run", "--draft-vocab", "half", "hi"], "--draft-model");
     // The default model's vocabulary is not the synthetic one's.
     usage_error(
         &[

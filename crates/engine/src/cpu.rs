@@ -102,8 +102,9 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-/// A tensor's identity: its file's address and its offset in the file.
-type TensorKey = (usize, u64);
+/// A tensor's identity: its file's address, its offset in the file, and its length (the
+/// leading rows of a tensor are packed apart from the whole).
+type TensorKey = (usize, u64, usize);
 
 #[derive(Default)]
 pub struct CpuBackend {
@@ -151,7 +152,7 @@ impl Backend for CpuBackend {
         let (ty, rows, cols) = (m.view.info.ty, m.rows, m.cols);
         QMatrix::new(ty, m.data, rows, cols)?;
         if quant::packable(ty, quant::selected_isa()) {
-            let key = (Arc::as_ptr(file) as usize, m.offset);
+            let key = (Arc::as_ptr(file) as usize, m.offset, m.data.len());
             let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
             let data = cache
                 .entry(key)

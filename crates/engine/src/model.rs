@@ -39,6 +39,11 @@ pub struct Llama<B: Backend> {
     output_norm: B::Weight,
     /// The output projection; the token embedding when the model ties them.
     output: B::Weight,
+    /// The tokens (the first ones of the vocabulary) whose logits a forward pass
+    /// computes: all of them, unless `limit_logits` made the model a shorter-sighted draft.
+    logit_width: usize,
+    /// Where the weights come from (`limit_logits` reads the output rows again).
+    file: Arc<GgufFile>,
     rope: Rope,
     /// LongRoPE's long factors (phi3), for contexts beyond the original one.
     rope_long: Option<Rope>,
@@ -240,10 +245,7 @@ impl<B: Backend> Llama<B> {
             });
         }
         let vocab = [d, c.vocab_size];
-        let output = match file.gguf.tensor_info("output.weight") {
-            Some(_) => weight("output.weight", &vocab)?,
-            None => weight("token_embd.weight", &vocab)?,
-        };
+        let output = weight(output_tensor(&file), &vocab)?;
         let rope_long = match has("rope_factors_long.weight") {
             true => Some(rope(&c, rope_factors(&c, &file, true)?)),
             false => None,
@@ -254,6 +256,8 @@ impl<B: Backend> Llama<B> {
             token_embedding: weight("token_embd.weight", &vocab)?,
             output_norm: weight("output_norm.weight", &[d])?,
             output,
+            logit_width: c.vocab_size,
+            file: file.clone(),
             layers,
             rope,
             rope_long,
@@ -264,6 +268,35 @@ impl<B: Backend> Llama<B> {
             config: c,
             backend,
         })
+    }
+
+    /// Makes every forward pass compute the logits of the vocabulary's first `tokens`
+    /// tokens only (`logit_width`), for a draft model: its output matrix is a fifth of
+    /// the default model's weights, and in a byte-pair vocabulary (ids in the order the
+    /// merges were learnt) the tokens past the first half are rare. A draft then never
+    /// proposes those, which costs only proposals, never correctness: the target checks
+    /// every token (FR-Spec, Zhao et al. 2025, ranks by measured frequency instead).
+    pub fn limit_logits(&mut self, tokens: usize) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if tokens == 0 || tokens > vocab {
+            return Err(EngineError::Config(format!(
+                "logits of {tokens} tokens asked of a vocabulary of {vocab}: give 1 to {vocab}"
+            )));
+        }
+        if tokens == self.logit_width {
+            return Ok(());
+        }
+        self.output =
+            self.backend
+                .upload_weight_rows(&self.file, output_tensor(&self.file), 0..tokens)?;
+        self.logit_width = tokens;
+        Ok(())
+    }
+
+    /// How many logits a forward pass gives per row: the vocabulary's first tokens (all
+    /// of them unless `limit_logits` says fewer).
+    pub fn logit_width(&self) -> usize {
+        self.logit_width
     }
 
     /// Applies a user's RoPE settings over the file's (see `Config::override_rope`).
@@ -453,7 +486,7 @@ impl<B: Backend> Llama<B> {
 
     /// One step for several sequences at once: their tokens are the rows of one batch,
     /// so every weight matrix is read once for all of them. Returns the requested logits
-    /// (`vocab` per row), sequence after sequence. A row's result does not depend on the
+    /// (`logit_width` per row), sequence after sequence. A row's result does not depend on the
     /// other rows of the batch.
     pub fn forward_batch(
         &self,
@@ -632,7 +665,7 @@ impl<B: Backend> Llama<B> {
         } else {
             b.gather_rows(&h, &logit_rows)?
         };
-        let mut out = b.alloc(logit_rows.len(), c.vocab_size)?;
+        let mut out = b.alloc(logit_rows.len(), self.logit_width)?;
         b.matmul(&self.output, &h, &mut out, &logit_orders);
         let mut logits = b.to_host(&out, 0..logit_rows.len());
         if let Some(cap) = c.final_softcap {
@@ -640,6 +673,14 @@ impl<B: Backend> Llama<B> {
         }
         b.finish()?;
         Ok(logits)
+    }
+}
+
+/// The output projection's tensor: the token embedding when the model ties them.
+fn output_tensor(file: &GgufFile) -> &'static str {
+    match file.gguf.tensor_info("output.weight") {
+        Some(_) => "output.weight",
+        None => "token_embd.weight",
     }
 }
 

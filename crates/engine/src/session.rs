@@ -351,7 +351,7 @@ impl<'m, B: Backend> Session<'m, B> {
             });
         }
         self.cached.clear();
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.logit_width();
         let mut out = Vec::new();
         for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             let pos = c * PREFILL_CHUNK;

@@ -12,7 +12,7 @@ use engine::serving::DraftModel;
 use engine::synthetic::WeightMix;
 use engine::{
     ChatTemplate, Constraint, Device, Drafter, Engine, EngineConfig, Event, GenerateOptions, Llama,
-    Message, NgramSpeculation, Request, Sampler, SamplingParams, Session, Tokenizer,
+    Logits, Message, NgramSpeculation, Request, Sampler, SamplingParams, Session, Tokenizer,
 };
 use gguf::GgmlType;
 use std::path::PathBuf;
@@ -140,10 +140,13 @@ fn q4_0_draft() -> PathBuf {
     path
 }
 
+/// The draft scores the first half of the vocabulary (`--draft-vocab`'s default) here;
+/// the serving engine's draft below scores all of it.
 #[test]
 fn a_draft_model_gives_the_tokens_of_plain_decoding() {
     let (model, tok) = common::model_and_tokenizer();
-    let (draft, _) = common::load_with_tokenizer(q4_0_draft());
+    let (mut draft, _) = common::load_with_tokenizer(q4_0_draft());
+    draft.limit_logits(model.config.vocab_size / 2).unwrap();
     let mut session = Session::new(&model, 1024).unwrap();
     // Eight proposals every round, however sure the draft is: what is proposed, and
     // so what is kept, does not depend on how long the passes took.
@@ -158,6 +161,52 @@ fn a_draft_model_gives_the_tokens_of_plain_decoding() {
         accepted > 0 && accepted < drafted,
         "{accepted} of {drafted} proposals kept: the test checks too little"
     );
+}
+
+/// A draft scoring the vocabulary's first tokens gives their logits bit for bit as the
+/// whole vocabulary's first, and refuses a count it cannot give.
+#[test]
+fn a_draft_scoring_part_of_the_vocabulary_gives_those_logits_unchanged() {
+    let (draft, tok) = common::load_with_tokenizer(q4_0_draft());
+    let (mut limited, _) = common::load_with_tokenizer(q4_0_draft());
+    let vocab = draft.config.vocab_size;
+    for bad in [0, vocab + 1] {
+        let err = limited.limit_logits(bad).unwrap_err().to_string();
+        assert!(err.contains(&vocab.to_string()), "{err}");
+    }
+    // 1000 is no multiple of the packed kernels' row groups: the last group is short.
+    let prompt = tok.encode("def clamp(value, low, high):", true).unwrap();
+    for tokens in [vocab / 2, 1000] {
+        limited.limit_logits(tokens).unwrap();
+        assert_eq!(limited.logit_width(), tokens);
+        // Every prompt row (the batched order), then a decoded token (the one-token one).
+        let (mut whole_cache, mut part_cache) = (
+            draft.new_kv_cache(64).unwrap(),
+            limited.new_kv_cache(64).unwrap(),
+        );
+        let whole = draft
+            .forward(&prompt, 0, &mut whole_cache, Logits::All)
+            .unwrap();
+        let part = limited
+            .forward(&prompt, 0, &mut part_cache, Logits::All)
+            .unwrap();
+        let at = prompt.len();
+        let next = engine::sampler::argmax(&whole[(at - 1) * vocab..]);
+        let decoded = [
+            draft.decode(next, at, &mut whole_cache).unwrap(),
+            limited.decode(next, at, &mut part_cache).unwrap(),
+        ];
+        let rows = whole.chunks(vocab).chain([&decoded[0][..]]);
+        let part_rows = part.chunks(tokens).chain([&decoded[1][..]]);
+        assert_eq!(rows.clone().count(), at + 1);
+        for (i, (a, b)) in rows.zip(part_rows).enumerate() {
+            assert_eq!(bits(&a[..tokens]), bits(b), "row {i}, {tokens} tokens");
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

@@ -281,6 +281,52 @@ pub struct SpeculationArgs {
     /// The shortest run of last tokens looked up.
     #[arg(long = "spec-ngram-min", default_value_t = 2, requires = "kind")]
     min_ngram: usize,
+    /// `--spec draft`: the tokens the draft scores, the vocabulary's first ones by id
+    /// (`half`, `all`, or a count). In a byte-pair vocabulary the later ids are rare
+    /// merges; the draft never proposes them, and scores the rest faster. The output
+    /// does not change: the model checks every token.
+    #[arg(
+        long = "draft-vocab",
+        default_value = "half",
+        value_name = "TOKENS",
+        requires = "draft_model"
+    )]
+    draft_vocab: DraftVocab,
+}
+
+/// How much of the vocabulary a draft model scores (`--draft-vocab`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DraftVocab {
+    All,
+    Half,
+    First(usize),
+}
+
+impl std::str::FromStr for DraftVocab {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" => Ok(DraftVocab::All),
+            "half" => Ok(DraftVocab::Half),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(DraftVocab::First(n)),
+                _ => Err(format!(
+                    "{s:?} is not `all`, `half` or a count of tokens (at least 1)"
+                )),
+            },
+        }
+    }
+}
+
+impl DraftVocab {
+    /// Tokens scored out of a vocabulary of `vocab`.
+    pub fn tokens(self, vocab: usize) -> usize {
+        match self {
+            DraftVocab::All => vocab,
+            DraftVocab::Half => vocab.div_ceil(2),
+            DraftVocab::First(n) => n.min(vocab),
+        }
+    }
 }
 
 impl SpeculationArgs {
@@ -333,7 +379,7 @@ impl SpeculationArgs {
             ctx_size: Some(loaded.context),
             ..target.clone()
         };
-        let draft = load(&args).context("loading the draft model")?;
+        let mut draft = load(&args).context("loading the draft model")?;
         let vocab = loaded.model.config.vocab_size;
         let mismatch = if draft.model.config.vocab_size != vocab {
             Some(format!(
@@ -350,6 +396,10 @@ impl SpeculationArgs {
                 "the draft model {name:?} does not share the model's vocabulary ({mismatch})"
             )));
         }
+        draft
+            .model
+            .limit_logits(self.draft_vocab.tokens(vocab))
+            .context("limiting the draft model's vocabulary (--draft-vocab)")?;
         Ok(Some(draft))
     }
 

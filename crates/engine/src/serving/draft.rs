@@ -186,7 +186,7 @@ impl<B: Backend> Drafting<B> {
                     return vec![Drafted::default(); seqs.len()];
                 }
             };
-            let vocab = self.draft.model.config.vocab_size;
+            let vocab = self.draft.model.logit_width();
             let mut rows = logits.chunks_exact_mut(vocab);
             for (i, s) in seqs.iter_mut().enumerate() {
                 let Some((_, true)) = feeds[i].take() else {
