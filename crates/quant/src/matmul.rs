@@ -240,7 +240,11 @@ impl Activations {
             halves.convert_from_f32_slice(x);
             let mut wide = vec![0.0f32; x.len()];
             halves.convert_to_f32_slice(&mut wide);
-            wide.iter().flat_map(|v| v.to_le_bytes()).collect()
+            let mut bytes = Vec::with_capacity(4 * wide.len());
+            for v in wide {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            bytes
         } else {
             quantize(ty, x).expect("row length checked in QMatrix::new")
         };
@@ -251,12 +255,20 @@ impl Activations {
             _ => 0,
         };
         let per_row = bytes.len() / n_tokens.max(1) / block.max(1);
-        let mut d = Vec::with_capacity(n_tokens * per_row);
-        let mut s = Vec::new();
-        let mut qs = Vec::new();
-        let mut d_wide = Vec::new();
-        let mut lane_bias = Vec::new();
-        let mut sums = Vec::new();
+        // Sized up front: a decoding step makes these a few hundred times.
+        let blocks = n_tokens * per_row;
+        let each = |q8_0: usize, q8_1: usize, q8_k: usize| match ty {
+            GgmlType::Q8_0 => blocks * q8_0,
+            GgmlType::Q8_1 => blocks * q8_1,
+            GgmlType::Q8_K => blocks * q8_k,
+            _ => 0,
+        };
+        let mut d = Vec::with_capacity(blocks);
+        let mut s = Vec::with_capacity(each(0, 1, 0));
+        let mut qs = Vec::with_capacity(each(32, 32, 0));
+        let mut d_wide = Vec::with_capacity(each(8, 8, 0));
+        let mut lane_bias = Vec::with_capacity(each(8, 0, 0));
+        let mut sums = Vec::with_capacity(each(1, 0, 4));
         let groups = token_groups(orders, n_tokens);
         for g in groups.iter().filter(|_| block > 0) {
             for b in 0..per_row {
