@@ -11,7 +11,6 @@ pub use crate::cpu_kv::CpuKvPool;
 use crate::error::{EngineError, Result};
 use gguf::{GgmlType, GgufFile};
 use quant::{Layout, QMatrix, TokenOrder};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -306,18 +305,11 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {
-        // Rows on all threads: with a batch, this is the largest element-wise step.
-        gate.data
-            .par_chunks_exact_mut(gate.cols)
-            .zip(up.data.par_chunks_exact(up.cols))
-            .for_each(|(g, u)| quant::silu_mul(g, u));
+        gated(gate, up, quant::silu_mul);
     }
 
     fn gelu_mul(&self, gate: &mut CpuBuffer, up: &CpuBuffer) {
-        gate.data
-            .par_chunks_exact_mut(gate.cols)
-            .zip(up.data.par_chunks_exact(up.cols))
-            .for_each(|(g, u)| quant::gelu_mul(g, u));
+        gated(gate, up, quant::gelu_mul);
     }
 
     fn add(&self, x: &mut CpuBuffer, y: &CpuBuffer) {
@@ -345,4 +337,26 @@ fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     for (v, &g) in x.iter_mut().zip(weight) {
         *v = *v * scale * g;
     }
+}
+
+/// Values per task of `gated`: a multiple of the vector kernels' 16.
+const GATED_RUN: usize = 512;
+
+/// `activation(gate row, up row)` for every row, on all threads: with a batch this is
+/// the largest element-wise step, and a decoding step's one row is split too (runs of
+/// `GATED_RUN` from the row's start, so each value goes through the same lanes, or the
+/// same scalar tail, as in one call over the row).
+fn gated(gate: &mut CpuBuffer, up: &CpuBuffer, activation: fn(&mut [f32], &[f32])) {
+    let cols = gate.cols;
+    let runs: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+        .data
+        .chunks_exact_mut(cols)
+        .zip(up.data.chunks_exact(up.cols))
+        .flat_map(|(g, u)| g.chunks_mut(GATED_RUN).zip(u.chunks(GATED_RUN)))
+        .map(Mutex::new)
+        .collect();
+    quant::for_each_index(runs.len(), |i| {
+        let (g, u) = &mut *runs[i].lock().unwrap_or_else(|e| e.into_inner());
+        activation(g, u)
+    });
 }
