@@ -428,35 +428,35 @@ fn run_speculates_with_a_draft_model_of_the_same_vocabulary_only() {
             "--draft-vocab {vocab}"
         );
     }
-    let run_with = |vocab: &'static str| {
-        let args = [
-            "run",
-            "-m",
-            &target,
-            "--spec",
-            "draft",
-            "--draft-model",
-            &draft,
-        ];
-        [&args[..], &["--draft-vocab", vocab, "hi"]].concat()
+    let vocab_error = |vocab: &str, needle: &str| {
+        usage_error(
+            &draft_run(&target, &draft, &["--draft-vocab", vocab, "hi"]),
+            needle,
+        )
     };
-    usage_error(&run_with("0"), "at least 1");
-    usage_error(&run_with("most"), "`all`, `half` or a count");
+    vocab_error("0", "at least 1");
+    vocab_error("most", "`all`, `half` or a count");
     usage_error(&["run", "--draft-vocab", "half", "hi"], "--draft-model");
     // The default model's vocabulary is not the synthetic one's.
     usage_error(
-        &[
-            "run",
-            "-m",
-            &target,
-            "--spec",
-            "draft",
-            "--draft-model",
-            "default",
-            "hi",
-        ],
+        &draft_run(&target, "default", &["hi"]),
         "does not share the model's vocabulary",
     );
+}
+
+/// `run -m target --spec draft --draft-model draft` and then `rest`.
+fn draft_run<'a>(target: &'a str, draft: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "-m",
+        target,
+        "--spec",
+        "draft",
+        "--draft-model",
+        draft,
+    ];
+    args.extend_from_slice(rest);
+    args
 }
 
 #[test]
