@@ -347,16 +347,11 @@ const GATED_RUN: usize = 512;
 /// `GATED_RUN` from the row's start, so each value goes through the same lanes, or the
 /// same scalar tail, as in one call over the row).
 fn gated(gate: &mut CpuBuffer, up: &CpuBuffer, activation: fn(&mut [f32], &[f32])) {
-    let cols = gate.cols;
-    let runs: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+    let mut runs: Vec<(&mut [f32], &[f32])> = gate
         .data
-        .chunks_exact_mut(cols)
+        .chunks_exact_mut(gate.cols)
         .zip(up.data.chunks_exact(up.cols))
         .flat_map(|(g, u)| g.chunks_mut(GATED_RUN).zip(u.chunks(GATED_RUN)))
-        .map(Mutex::new)
         .collect();
-    quant::for_each_index(runs.len(), |i| {
-        let (g, u) = &mut *runs[i].lock().unwrap_or_else(|e| e.into_inner());
-        activation(g, u)
-    });
+    quant::for_each_mut(&mut runs, |(g, u)| activation(g, u));
 }

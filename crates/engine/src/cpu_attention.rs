@@ -14,10 +14,9 @@ use crate::backend::{AttentionOrder, AttentionSpec, SeqRows};
 use crate::cpu::CpuBuffer;
 use crate::cpu_kv::{CpuKvPool, LayerSide};
 use quant::{
-    for_each_index, map_indices, AttendScratch, F16Order, KvHead, QuantizedKvHead, Query, KV_BLOCK,
+    for_each_mut, map_indices, AttendScratch, F16Order, KvHead, QuantizedKvHead, Query, KV_BLOCK,
 };
 use std::ops::Range;
-use std::sync::Mutex;
 
 /// Query rows per tile: enough to share each block of keys and values among many queries,
 /// few enough that a prompt splits into tiles for every thread.
@@ -283,16 +282,12 @@ impl<'a> Call<'a> {
                 w.extend_from_slice(&scores);
             }
         }
-        let weighed: Vec<Mutex<(&mut Vec<f32>, &Query)>> = weights
+        let mut weighed: Vec<(&mut Vec<f32>, &Query)> = weights
             .iter_mut()
             .zip(&queries)
             .flat_map(|(w, q)| w.iter_mut().zip(q))
-            .map(Mutex::new)
             .collect();
-        for_each_index(weighed.len(), |i| {
-            let (w, query) = &mut *weighed[i].lock().unwrap_or_else(|e| e.into_inner());
-            self.weigh(query, w)
-        });
+        for_each_mut(&mut weighed, |(w, query)| self.weigh(query, w));
         drop(weighed);
         // Weighted values: (tile, columns) tasks, each over every position.
         let split = split_columns(&self.values, self.width);

@@ -72,7 +72,7 @@ pub use kernels::activation_type;
 pub use matmul::{matmul, matmul_many, matmul_many_with, matmul_with, Layout, QMatrix, TokenOrder};
 pub use nonlinear::{exp_poly, gelu_mul, gelu_tanh, rms_norm_scale, silu_mul, softcap, softmax};
 pub use packed::{pack, packable, packed_len};
-pub use polling::{for_each_index, map_indices, PollingWorkers};
+pub use polling::{for_each_index, for_each_mut, map_indices, PollingWorkers};
 pub use rope::{rope_angles, rope_rotate, rope_theta_scale, YarnRamp};
 pub use ternary::is_ternary;
 

@@ -198,6 +198,15 @@ pub fn for_each_index(len: usize, body: impl Fn(usize) + Sync + Send) {
     }
 }
 
+/// `body(item)` for every item of `items` on all threads, as `for_each_index` runs
+/// indices (each item is borrowed by one thread at a time).
+pub fn for_each_mut<T: Send>(items: &mut [T], body: impl Fn(&mut T) + Sync + Send) {
+    let cells: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
+    for_each_index(cells.len(), |i| {
+        body(&mut cells[i].lock().unwrap_or_else(|e| e.into_inner()))
+    });
+}
+
 /// `body(scratch, i)` for every `i` in `0..len` on all threads, as `for_each_index`
 /// runs them, collected in order; each thread takes a scratch of `init`'s for the
 /// indices it runs (as rayon's `map_init`).
@@ -272,6 +281,20 @@ mod tests {
         // Outside a pool, through rayon's global pool.
         let _polling = PollingWorkers::start();
         assert_eq!(loops(3, 5), vec![5, 10, 15]);
+    }
+
+    #[test]
+    fn every_item_is_changed_once() {
+        for threads in [1, 2, 3] {
+            let pool = pool(threads);
+            let mut items: Vec<u64> = (0..300).collect();
+            pool.install(|| {
+                let _polling = PollingWorkers::start();
+                for_each_mut(&mut items, |v| *v = *v * 2 + 1);
+            });
+            let expected: Vec<u64> = (0..300).map(|v| v * 2 + 1).collect();
+            assert_eq!(items, expected, "{threads} threads");
+        }
     }
 
     #[test]
