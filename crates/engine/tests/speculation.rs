@@ -126,13 +126,18 @@ fn ngram_speculation_gives_the_tokens_of_plain_decoding() {
 
 /// The default model requantized to Q4_0, written once to `target/test-models/`.
 fn q4_0_draft() -> PathBuf {
+    // Tests of this process that need the draft wait for the first to write it.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _only_one = WRITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let path = common::test_models_dir().join("default-q4_0.gguf");
     if !path.exists() {
         let file = gguf::GgufFile::open(common::default_model()).unwrap();
         let draft =
             engine::requantize::requantize(&file, WeightMix::Uniform(GgmlType::Q4_0), || {})
                 .unwrap();
-        // Written aside and renamed, so that a concurrent test never reads half a file.
+        // Written aside and renamed, so that another test process never reads half a file.
         let partial = path.with_extension(format!("{}.partial", std::process::id()));
         draft.writer.write_file(&partial).unwrap();
         std::fs::rename(&partial, &path).unwrap();
