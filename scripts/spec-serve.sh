@@ -4,6 +4,8 @@
 # DRAFT is set, and load-tests each with `bench serve` on the 20 input-grounded prompts
 # of tests/data/spec_prompts.jsonl (greedy chat completions, up to 128 tokens), one
 # stream and then eight at once; prints each run's summary and the proposals kept.
+# MODES (e.g. "plain draft"), CONCURRENCY (e.g. 8) and NUM_REQUESTS (20; the prompts are
+# cycled) narrow or widen what runs.
 # Usage: [MODEL=M] [DRAFT=D] scripts/spec-serve.sh [SERVE FLAGS…]   (e.g. -t 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,7 @@ port=${PORT:-18124}
 source scripts/serve-in-background.sh
 modes=(plain ngram)
 [ -n "${DRAFT:-}" ] && modes+=(draft)
+[ -n "${MODES:-}" ] && read -ra modes <<< "$MODES"
 for mode in "${modes[@]}"; do
     case $mode in
         plain) spec=() ;;
@@ -24,9 +27,9 @@ for mode in "${modes[@]}"; do
         "${spec[@]}" "$@"
     echo "== $mode"
     ./target/release/llama-gpu bench serve --url "http://localhost:$port" \
-        --dataset tests/data/spec_prompts.jsonl --num-requests 20 --output-len 128 \
-        --concurrency 1,8 --label "$mode" --out "$out/result-$mode.json"
-    curl -s "localhost:$port/metrics" | grep -E '^llama_gpu_(speculative|generation_tokens|engine_steps)'
+        --dataset tests/data/spec_prompts.jsonl --num-requests "${NUM_REQUESTS:-20}" --output-len 128 \
+        --concurrency "${CONCURRENCY:-1,8}" --label "$mode" --out "$out/result-$mode.json"
+    curl -s "localhost:$port/metrics" | grep -E '^llama_gpu_(speculative|draft_(tokens|seconds)|generation_tokens|engine_steps)'
     kill $server
     wait $server 2>/dev/null || true
 done

@@ -241,11 +241,18 @@ pub struct Summary {
     pub speculation: Option<Speculation>,
 }
 
-/// Tokens proposed and kept by a server's speculative decoding.
+/// Tokens proposed and kept by a server's speculative decoding, and what its draft model
+/// ran (zeros without one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Speculation {
     pub proposed: u64,
     pub accepted: u64,
+    /// Tokens run through the draft model (text read into its cache, tokens drafted) and
+    /// the seconds its passes took.
+    #[serde(default)]
+    pub draft_tokens: u64,
+    #[serde(default)]
+    pub draft_seconds: f64,
 }
 
 impl Speculation {
@@ -269,22 +276,27 @@ impl Speculation {
         let counter = |name: &str| {
             metrics.lines().find_map(|line| {
                 let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-                value.trim().parse::<f64>().ok().map(|v| v as u64)
+                value.trim().parse::<f64>().ok()
             })
         };
         Some(Speculation {
-            proposed: counter("llama_gpu_speculative_proposed_tokens_total")?,
-            accepted: counter("llama_gpu_speculative_accepted_tokens_total")?,
+            proposed: counter("llama_gpu_speculative_proposed_tokens_total")? as u64,
+            accepted: counter("llama_gpu_speculative_accepted_tokens_total")? as u64,
+            draft_tokens: counter("llama_gpu_draft_tokens_total").unwrap_or(0.0) as u64,
+            draft_seconds: counter("llama_gpu_draft_seconds_total").unwrap_or(0.0),
         })
     }
 
-    /// What was counted between `before` and `self`; `None` when nothing was proposed.
+    /// What was counted between `before` and `self`; `None` when nothing was proposed
+    /// and no draft model ran.
     pub fn since(self, before: Speculation) -> Option<Speculation> {
-        let proposed = self.proposed.saturating_sub(before.proposed);
-        (proposed > 0).then(|| Speculation {
-            proposed,
+        let counted = Speculation {
+            proposed: self.proposed.saturating_sub(before.proposed),
             accepted: self.accepted.saturating_sub(before.accepted),
-        })
+            draft_tokens: self.draft_tokens.saturating_sub(before.draft_tokens),
+            draft_seconds: (self.draft_seconds - before.draft_seconds).max(0.0),
+        };
+        (counted.proposed > 0 || counted.draft_tokens > 0).then_some(counted)
     }
 }
 
@@ -418,27 +430,48 @@ mod tests {
         let metrics = "# TYPE llama_gpu_speculative_proposed_tokens_total counter\n\
                        llama_gpu_speculative_proposed_tokens_total 496\n\
                        llama_gpu_speculative_accepted_tokens_total_extra 1\n\
-                       llama_gpu_speculative_accepted_tokens_total 332\n";
+                       llama_gpu_speculative_accepted_tokens_total 332\n\
+                       llama_gpu_draft_tokens_total 1200\n\
+                       llama_gpu_draft_seconds_total 2.5\n";
         let now = Speculation::parse(metrics).unwrap();
         assert_eq!(
             now,
             Speculation {
                 proposed: 496,
-                accepted: 332
+                accepted: 332,
+                draft_tokens: 1200,
+                draft_seconds: 2.5,
             }
         );
         let before = Speculation {
             proposed: 96,
             accepted: 32,
+            draft_tokens: 200,
+            draft_seconds: 0.5,
         };
         assert_eq!(
             now.since(before),
             Some(Speculation {
                 proposed: 400,
-                accepted: 300
+                accepted: 300,
+                draft_tokens: 1000,
+                draft_seconds: 2.0,
             })
         );
         assert_eq!(now.since(now), None);
+        // A draft that read prompts but proposed nothing still shows what it cost.
+        let read_only = Speculation {
+            proposed: 96,
+            accepted: 32,
+            ..now
+        };
+        assert_eq!(read_only.since(before).map(|s| s.draft_tokens), Some(1000));
+        // A server without a draft model: n-gram counters only.
+        let ngram = Speculation::parse(
+            "llama_gpu_speculative_proposed_tokens_total 4\n\
+             llama_gpu_speculative_accepted_tokens_total 3\n",
+        );
+        assert_eq!(ngram.map(|s| s.draft_tokens), Some(0));
         assert_eq!(Speculation::parse("vllm_requests_total 3\n"), None);
     }
 

@@ -621,6 +621,15 @@ fn speculating_servers_answer_the_same_text_and_count_their_proposals() {
         assert_eq!(proposed > 0.0 && kept > 0.0, !extra.is_empty(), "{extra:?}");
         let draft_pool = s.metric("llama_gpu_draft_kv_cache_blocks_total");
         assert_eq!(draft_pool > 0.0, extra.contains(&"draft"), "{extra:?}");
+        let (draft_tokens, draft_seconds) = (
+            s.metric("llama_gpu_draft_tokens_total"),
+            s.metric("llama_gpu_draft_seconds_total"),
+        );
+        assert_eq!(
+            draft_tokens > 0.0 && draft_seconds > 0.0,
+            extra.contains(&"draft"),
+            "{extra:?}: the draft ran {draft_tokens} tokens in {draft_seconds} s"
+        );
         // `bench serve` reports what the server proposed and kept during its run.
         let out = common::llama_gpu(&[
             "bench",

@@ -239,6 +239,20 @@ fn render_engine(out: &mut String, m: &Metrics) {
     );
     metric(
         out,
+        "llama_gpu_draft_tokens_total",
+        "counter",
+        "Tokens run through the draft model: text read into its cache and tokens drafted.",
+        m.draft_tokens as f64,
+    );
+    metric(
+        out,
+        "llama_gpu_draft_seconds_total",
+        "counter",
+        "Seconds the draft model's passes took.",
+        m.draft_seconds,
+    );
+    metric(
+        out,
         "llama_gpu_engine_steps_total",
         "counter",
         "Batched model steps.",

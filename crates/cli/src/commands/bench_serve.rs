@@ -272,13 +272,21 @@ fn print_table(label: &str, summaries: &[&Summary]) {
     }
     for s in summaries {
         if let Some(spec) = s.speculation {
-            println!(
-                "{}: the server kept {} of {} proposed tokens ({:.0} %)",
+            let kept = 100.0 * spec.accepted as f64 / spec.proposed.max(1) as f64;
+            print!(
+                "{}: the server kept {} of {} proposed tokens ({kept:.0} %)",
                 load_name(&s.load),
                 spec.accepted,
                 spec.proposed,
-                100.0 * spec.accepted as f64 / spec.proposed as f64
             );
+            match spec.draft_tokens {
+                0 => println!(),
+                tokens => println!(
+                    "; its draft model ran {tokens} tokens in {:.2} s ({:.0} % of the run)",
+                    spec.draft_seconds,
+                    100.0 * spec.draft_seconds / s.duration_s
+                ),
+            }
         }
     }
 }

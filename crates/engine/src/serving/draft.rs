@@ -59,6 +59,10 @@ pub(super) struct Drafting<B: Backend> {
     warm: bool,
     /// How long the latest answers were, to tell what reading a prompt may save.
     lengths: AnswerLengths,
+    /// Tokens run through the draft (text read and tokens drafted), and the seconds its
+    /// passes took: what drafting cost the server (`/metrics`).
+    ran_tokens: u64,
+    ran_seconds: f64,
 }
 
 impl<B: Backend> Drafting<B> {
@@ -90,6 +94,8 @@ impl<B: Backend> Drafting<B> {
             read_seconds_per_token: 0.0,
             warm: false,
             lengths: AnswerLengths::default(),
+            ran_tokens: 0,
+            ran_seconds: 0.0,
         })
     }
 
@@ -136,6 +142,11 @@ impl<B: Backend> Drafting<B> {
     /// (held, total) blocks of the draft's pool.
     pub fn gauges(&self) -> (usize, usize) {
         (self.blocks.used(), self.blocks.total())
+    }
+
+    /// (tokens, seconds) of every draft pass so far.
+    pub fn work(&self) -> (u64, f64) {
+        (self.ran_tokens, self.ran_seconds)
     }
 
     /// Up to `wanted[i]` tokens the draft expects after the tokens of `seqs[i]` (none
@@ -245,6 +256,8 @@ impl<B: Backend> Drafting<B> {
         let started = Instant::now();
         let logits = self.draft.model.forward_batch(&batch, &mut self.pools)?;
         let seconds = started.elapsed().as_secs_f64();
+        self.ran_tokens += tokens as u64;
+        self.ran_seconds += seconds;
         tracing::trace!(
             sequences = batch.len(),
             tokens,

@@ -45,6 +45,10 @@ pub struct Metrics {
     /// The draft model's pool (serving with a draft model; zeros without one).
     pub draft_kv_blocks_used: usize,
     pub draft_kv_blocks_total: usize,
+    /// Tokens run through the draft model (prompts and answers read, tokens drafted),
+    /// and the seconds its passes took.
+    pub draft_tokens: u64,
+    pub draft_seconds: f64,
     /// Prompt tokens looked up in the prefix cache, and how many were found.
     pub prefix_queried_tokens: u64,
     pub prefix_hit_tokens: u64,

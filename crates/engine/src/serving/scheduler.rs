@@ -654,6 +654,7 @@ impl<B: Backend> Scheduler<B> {
         ) = self.kv.windowed_gauges();
         (m.draft_kv_blocks_used, m.draft_kv_blocks_total) =
             self.drafting.as_ref().map_or((0, 0), Drafting::gauges);
+        (m.draft_tokens, m.draft_seconds) = self.drafting.as_ref().map_or((0, 0.0), Drafting::work);
     }
 }
 
