@@ -244,6 +244,9 @@ pub trait Backend: Send + Sync {
     fn new_kv_pool(&self, shape: KvShape, blocks: usize, types: KvTypes) -> Result<Self::KvPool>;
     /// Copies every layer of block `src` into block `dst` (copy-on-write of a shared block).
     fn kv_copy_block(&self, pool: &mut Self::KvPool, src: u32, dst: u32);
+    /// Takes all of `pool`'s memory now, where the device would otherwise take it as
+    /// it is first written (a server's pools, so that no step pays for it).
+    fn commit_kv_pool(&self, pool: &mut Self::KvPool);
 
     /// `out[t] = table[tokens[t]]`.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Buffer) -> Result<()>;

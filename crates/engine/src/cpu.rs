@@ -196,6 +196,10 @@ impl Backend for CpuBackend {
         pool.copy_block(src, dst);
     }
 
+    fn commit_kv_pool(&self, pool: &mut CpuKvPool) {
+        pool.commit();
+    }
+
     fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut CpuBuffer) -> Result<()> {
         let m = table.matrix();
         for (t, &id) in tokens.iter().enumerate() {

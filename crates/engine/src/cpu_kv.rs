@@ -86,6 +86,19 @@ impl CpuKvPool {
         (layer * self.slots + slot) * self.kv_dim
     }
 
+    /// Maps every page of the pool now. Left to the first writes, the pages come in the
+    /// middle of serving: a side is [layer][slot], so the first position written maps a
+    /// 2 MiB page in every layer, and a server's first 57-token prompt took 650 ms
+    /// instead of 170 (the next thousands of positions then cost nothing more).
+    pub fn commit(&mut self) {
+        for side in [&mut self.k, &mut self.v] {
+            match side {
+                Side::F16(data) => touch_pages(data),
+                Side::Quantized { data, .. } => touch_pages(data),
+            }
+        }
+    }
+
     /// Copies every layer of block `src` into block `dst`.
     pub fn copy_block(&mut self, src: u32, dst: u32) {
         let (slots, kv_dim, layers) = (self.slots, self.kv_dim, self.layers);
@@ -187,6 +200,20 @@ fn quantize_into(quant: KvQuant, x: &[f32], out: &mut [u8]) {
     out.copy_from_slice(&bytes);
 }
 
+/// Writes one value of every 4 KiB page of `memory` (as it was), so that the kernel
+/// maps them all; on every thread of the current pool.
+fn touch_pages<T: Copy + Send>(memory: &mut [T]) {
+    use rayon::prelude::*;
+    let page = 4096 / std::mem::size_of::<T>();
+    memory.par_chunks_mut(512 * page).for_each(|pages| {
+        for first in pages.chunks_mut(page).map(|p| p.as_mut_ptr()) {
+            // SAFETY: `first` points at an element of `pages`, held exclusively here;
+            // volatile, so that rewriting a value with itself is not optimised away.
+            unsafe { std::ptr::write_volatile(first, std::ptr::read_volatile(first)) }
+        }
+    });
+}
+
 /// Asks the kernel to back `memory` with 2 MiB pages where it can (Linux's transparent
 /// huge pages, which default to opt-in): attention reads a long context's blocks all over
 /// the pool, and with 4 KiB pages nearly every block read is a TLB miss.
@@ -209,4 +236,48 @@ fn huge_pages<T>(memory: Vec<T>) -> Vec<T> {
 fn bytemuck_f16(bits: &mut [u16]) -> &mut [f16] {
     use half::slice::HalfBitsSliceExt;
     bits.reinterpret_cast_mut::<f16>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sides(pool: &CpuKvPool, layer: usize) -> (Vec<u8>, Vec<u8>) {
+        let bytes = |side: LayerSide| match side {
+            LayerSide::F16(bits) => bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+            LayerSide::Quantized { data, .. } => data.to_vec(),
+        };
+        (bytes(pool.keys(layer)), bytes(pool.values(layer)))
+    }
+
+    #[test]
+    fn committing_a_pool_keeps_what_it_holds() {
+        let shape = KvShape {
+            layers: 3,
+            kv_dim: 64,
+            head_dim: 32,
+        };
+        let types = KvTypes {
+            k: KvCacheType::F16,
+            v: KvCacheType::Q8_0,
+        };
+        // Enough blocks for several pages per layer.
+        let mut pool = CpuKvPool::new(shape, 300, types).unwrap();
+        let rows = |seed: f32| CpuBuffer {
+            data: (0..5 * 64).map(|i| (i as f32 * seed).sin()).collect(),
+            rows: 5,
+            cols: 64,
+        };
+        let slots = [0, 17, 1000, 2047, 4799];
+        for layer in 0..3 {
+            pool.store(layer, &rows(0.1 + layer as f32), &rows(0.7), &slots);
+        }
+        let before: Vec<_> = (0..3).map(|l| sides(&pool, l)).collect();
+        assert!(before
+            .iter()
+            .all(|(k, v)| k.iter().any(|&b| b != 0) && v.iter().any(|&b| b != 0)));
+        pool.commit();
+        let after: Vec<_> = (0..3).map(|l| sides(&pool, l)).collect();
+        assert!(before == after, "committing changed the pool's contents");
+    }
 }

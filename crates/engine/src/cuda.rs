@@ -282,6 +282,9 @@ impl Backend for CudaBackend {
         ));
     }
 
+    /// Device memory is the pool's from its allocation on.
+    fn commit_kv_pool(&self, _pool: &mut CudaKvPool) {}
+
     fn embed(&self, table: &CudaWeight, tokens: &[u32], out: &mut CudaBuffer) -> Result<()> {
         let table = matrix(table);
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= table.rows) {

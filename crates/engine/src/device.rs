@@ -189,6 +189,13 @@ impl Backend for Device {
         }
     }
 
+    fn commit_kv_pool(&self, pool: &mut DeviceKvPool) {
+        match self {
+            Device::Cpu(b) => b.commit_kv_pool(pool.cpu_mut()),
+            Device::Cuda(b) => b.commit_kv_pool(pool.cuda_mut()),
+        }
+    }
+
     fn embed(&self, table: &DeviceWeight, tokens: &[u32], out: &mut DeviceBuffer) -> Result<()> {
         match self {
             Device::Cpu(b) => b.embed(table.cpu(), tokens, out.cpu_mut()),

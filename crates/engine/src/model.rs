@@ -341,6 +341,14 @@ impl<B: Backend> Llama<B> {
         })
     }
 
+    /// Takes all of the pools' memory now (see `Backend::commit_kv_pool`).
+    pub fn commit_kv_pools(&self, pools: &mut KvPools<B::KvPool>) {
+        self.backend.commit_kv_pool(&mut pools.full);
+        if let Some(windowed) = &mut pools.windowed {
+            self.backend.commit_kv_pool(windowed);
+        }
+    }
+
     pub fn kv_shape(&self) -> KvShape {
         let c = &self.config;
         KvShape {

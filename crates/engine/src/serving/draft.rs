@@ -52,8 +52,8 @@ pub(super) struct Drafting<B: Backend> {
     /// Seconds per token of reading text (prompts) into the draft's cache (decayed
     /// average; 0: not measured yet).
     read_seconds_per_token: f64,
-    /// Whether the draft has run a pass yet. The first pays for touching its weights and
-    /// cache pages for the first time (a 64-token prompt read in 626 ms, the next 29
+    /// Whether the draft has run a pass yet. The first pays for first touches (before
+    /// the pools were committed at start, a 64-token prompt read in 626 ms, the next 29
     /// tokens in 42 ms), and counted, it set the reading cost so high that no prompt was
     /// read again, so its time is not counted.
     warm: bool,
@@ -79,7 +79,8 @@ impl<B: Backend> Drafting<B> {
             true => blocks,
             false => 0,
         };
-        let pools = draft.model.new_kv_pools(blocks, windowed)?;
+        let mut pools = draft.model.new_kv_pools(blocks, windowed)?;
+        draft.model.commit_kv_pools(&mut pools);
         let (block_bytes, window_block_bytes) = draft.model.kv_block_bytes();
         tracing::info!(
             blocks,

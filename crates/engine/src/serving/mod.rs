@@ -164,7 +164,9 @@ impl Engine {
         }
         // A windowed table is never longer than the full one.
         config.kv_window_blocks = window_blocks.min(config.kv_blocks);
-        let pools = model.new_kv_pools(config.kv_blocks, config.kv_window_blocks)?;
+        let mut pools = model.new_kv_pools(config.kv_blocks, config.kv_window_blocks)?;
+        // The server takes its budget's memory at start, not in its first steps.
+        model.commit_kv_pools(&mut pools);
         let drafting = draft
             .map(|d| draft::Drafting::new(d, model.config.vocab_size, config.kv_blocks))
             .transpose()?;
