@@ -30,7 +30,7 @@ impl Default for NgramSpeculation {
         NgramSpeculation {
             max_draft: 8,
             max_ngram: 8,
-            min_ngram: 2,
+            min_ngram: 1,
         }
     }
 }
@@ -285,15 +285,15 @@ impl Acceptance {
 }
 
 /// How often n-gram proposals are kept, by the length of the match that proposed them
-/// (2 or fewer, 3–4, 5–8, 9 or more tokens; the last only with `max_ngram` above its
-/// default 8): the longer the match, the likelier its continuation is the text's (on
-/// the spec prompts, the first proposal of a 2-token match was kept 6 times in 10, of a
-/// match of 9 or more 97 in 100). It outlives a generation: how often a match of so
-/// many tokens is right depends on the model and the kind of text more than on one
-/// answer, which is too short to measure it.
+/// (1, 2, 3–4, 5–8, 9 or more tokens; the last only with `max_ngram` above its default
+/// 8): the longer the match, the likelier its continuation is the text's (on the spec
+/// prompts, the first proposal of a 2-token match was kept 6 times in 10, of a match of
+/// 9 or more 97 in 100). It outlives a generation: how often a match of so many tokens
+/// is right depends on the model and the kind of text more than on one answer, which
+/// is too short to measure it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MatchAcceptance {
-    by_length: [Acceptance; 4],
+    by_length: [Acceptance; 5],
 }
 
 impl MatchAcceptance {
@@ -612,9 +612,14 @@ mod tests {
         }
         assert_eq!(tuner.choose(&lookup(8, 2)), 0);
         assert_eq!(tuner.choose(&lookup(8, 9)), 8);
-        // Matches of 3–4 and 5–8 tokens have counts of their own: still even odds.
+        // Matches of 1, 3–4 and 5–8 tokens have counts of their own: still even odds.
+        assert_eq!(tuner.matches.chance(1), 0.5);
         assert_eq!(tuner.matches.chance(3), 0.5);
         assert_eq!(tuner.matches.chance(8), 0.5);
+        assert_eq!(
+            (1..=17).map(MatchAcceptance::class).collect::<Vec<_>>(),
+            [0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4]
+        );
         assert!(tuner.matches.chance(2) < 0.2 && tuner.matches.chance(40) > 0.9);
         // A draft model's outcomes are its own.
         assert_eq!(tuner.acceptance.chance(), 0.5);

@@ -276,10 +276,10 @@ pub struct SpeculationArgs {
     min_confidence: f32,
     /// The longest run of last tokens matched: the longest match (the latest among
     /// equals) proposes, and the longer it is, the more of its proposals are checked.
-    #[arg(long = "spec-ngram-max", default_value_t = 8, requires = "kind")]
+    #[arg(long = "spec-ngram-max", default_value_t = NgramSpeculation::default().max_ngram, requires = "kind")]
     max_ngram: usize,
     /// The shortest run of last tokens looked up.
-    #[arg(long = "spec-ngram-min", default_value_t = 2, requires = "kind")]
+    #[arg(long = "spec-ngram-min", default_value_t = NgramSpeculation::default().min_ngram, requires = "kind")]
     min_ngram: usize,
     /// `--spec draft`: the tokens the draft scores, the vocabulary's first ones by id
     /// (`half`, `all`, or a count). In a byte-pair vocabulary the later ids are rare
