@@ -88,8 +88,8 @@ impl CpuKvPool {
 
     /// Maps every page of the pool now. Left to the first writes, the pages come in the
     /// middle of serving: a side is [layer][slot], so the first position written maps a
-    /// 2 MiB page in every layer, and a server's first 57-token prompt took 650 ms
-    /// instead of 170 (the next thousands of positions then cost nothing more).
+    /// 2 MiB page in every layer, and a server's first 57-token prompt took 651 ms
+    /// instead of 115 (the next thousands of positions then cost nothing more).
     pub fn commit(&mut self) {
         for side in [&mut self.k, &mut self.v] {
             match side {

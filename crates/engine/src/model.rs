@@ -343,10 +343,15 @@ impl<B: Backend> Llama<B> {
 
     /// Takes all of the pools' memory now (see `Backend::commit_kv_pool`).
     pub fn commit_kv_pools(&self, pools: &mut KvPools<B::KvPool>) {
+        let started = std::time::Instant::now();
         self.backend.commit_kv_pool(&mut pools.full);
         if let Some(windowed) = &mut pools.windowed {
             self.backend.commit_kv_pool(windowed);
         }
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "KV cache memory taken"
+        );
     }
 
     pub fn kv_shape(&self) -> KvShape {
