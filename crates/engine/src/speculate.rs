@@ -298,7 +298,10 @@ pub struct MatchAcceptance {
 
 impl MatchAcceptance {
     fn class(matched: usize) -> usize {
-        (matched.max(2) - 1).ilog2().min(3) as usize
+        match matched {
+            0 | 1 => 0,
+            m => ((m - 1).ilog2() + 1).min(4) as usize,
+        }
     }
 
     /// The chance a proposal of a match of `matched` tokens is kept after its
