@@ -263,12 +263,15 @@ mod tests {
         };
         // Enough blocks for several pages per layer.
         let mut pool = CpuKvPool::new(shape, 300, types).unwrap();
+        // No value is zero, and most slots start a 4 KiB page of keys (32 positions of
+        // 64 f16 values), where committing writes: rewriting with anything but the value
+        // there would show.
         let rows = |seed: f32| CpuBuffer {
-            data: (0..5 * 64).map(|i| (i as f32 * seed).sin()).collect(),
+            data: (0..5 * 64).map(|i| 1.5 + (i as f32 * seed).sin()).collect(),
             rows: 5,
             cols: 64,
         };
-        let slots = [0, 17, 1000, 2047, 4799];
+        let slots = [0, 17, 1024, 2048, 4768];
         for layer in 0..3 {
             pool.store(layer, &rows(0.1 + layer as f32), &rows(0.7), &slots);
         }
