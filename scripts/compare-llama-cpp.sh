@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Measures llama.cpp (llama-cpp-python from PyPI, built from its sdist into a venv outside
 # the tree) and llama-gpu on the same model, threads and lengths, one after the other.
-# Usage: scripts/compare-llama-cpp.sh [MODEL] [-p 512] [-n 128] [-d 0,2048] [-t 1,2] [-r 5]
+# Usage: scripts/compare-llama-cpp.sh [MODEL] [-p 512] [-n 128] [-d 0,2048] [-t 1,2] [-r 5] [-c N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model_arg=${1:-default}; shift || true
 venv=${LLAMA_CPP_VENV:-$HOME/.cache/llama-gpu-bench/venv}
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
     python3 -m venv "$venv"
-    CMAKE_ARGS="-DGGML_NATIVE=ON" "$venv/bin/pip" install -q llama-cpp-python
+    CMAKE_ARGS="-DGGML_NATIVE=ON" "$venv/bin/pip" install -q llama-cpp-python==0.3.36
 fi
 cargo build --release -q
 model=$(./target/release/llama-gpu models list --json | python3 -c "

@@ -3,7 +3,7 @@ our engine: ppN = one N-token prompt in one pass, tgN = N tokens decoded one at 
 an empty context (or after D tokens already in it, `-d D`, filled once and not timed), one
 warm-up run, then mean ± stddev tokens/s over repetitions.
 
-Usage: python llama_cpp_bench.py MODEL.gguf [-p 512] [-n 128] [-d 0] [-t 1,2] [-r 5]
+Usage: python llama_cpp_bench.py MODEL.gguf [-p 512] [-n 128] [-d 0] [-t 1,2] [-r 5] [-c 0]
 """
 import argparse
 import statistics
@@ -12,9 +12,9 @@ import time
 import llama_cpp
 
 
-def run(model, n_prompt, n_gen, depth, threads, reps, flash_attn):
+def run(model, n_prompt, n_gen, depth, threads, reps, flash_attn, n_ctx):
     llm = llama_cpp.Llama(
-        model_path=model, n_ctx=depth + max(n_prompt, n_gen) + 16, n_batch=512, n_ubatch=512,
+        model_path=model, n_ctx=max(n_ctx, depth + max(n_prompt, n_gen) + 16), n_batch=512, n_ubatch=512,
         n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn, verbose=False,
     )
     vocab = llm.n_vocab()
@@ -58,13 +58,14 @@ def main():
     ap.add_argument("-d", default="0", help="tokens already in the context (comma-separated)")
     ap.add_argument("-t", default="2")
     ap.add_argument("-r", type=int, default=5)
+    ap.add_argument("-c", type=int, default=0, help="context size (at least what a test needs)")
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's -fa on")
     a = ap.parse_args()
     print(f"| engine | threads | test | t/s |")
     print(f"| --- | ---: | ---: | ---: |")
     runs = [(int(t), int(d)) for t in a.t.split(",") for d in a.d.split(",")]
     for t, depth in runs:
-        for threads, name, mean, sd in run(a.model, a.p, a.n, depth, t, a.r, a.flash_attn):
+        for threads, name, mean, sd in run(a.model, a.p, a.n, depth, t, a.r, a.flash_attn, a.c):
             print(f"| llama.cpp (llama-cpp-python {llama_cpp.__version__}) | {threads} | {name} | {mean:.2f} ± {sd:.2f} |")
 
 
